@@ -1,0 +1,198 @@
+"""Kickoff parsing: a `$export` URL (GET) or a `Parameters` resource (POST) -> `ExportRequest`.
+
+Every refusal happens here, before any job exists, as a `KickoffRefused` that
+names the parameter. Parameters that would narrow the output (`_typeFilter`,
+`_elements`) or reshape it (`organizeOutputBy`) are never ignored, because
+ignoring them would export more than was asked for. Others this engine does not
+support are ignored and named in the manifest's `message`, or refused under
+strict handling (`Prefer: handling=strict`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Iterable, Optional
+from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
+
+import orjson
+
+from pipelines.models import NDJSON_FORMATS, ExportLevel, ExportRequest
+from transforms.fhir.instant import InvalidInstant, instant_key
+from transforms.fhir.r4 import RESOURCE_TYPES
+
+DEFAULT_BASE_URL = "http://localhost/fhir"
+_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
+# Parameters the IG defines; each maps to how its values combine when repeated.
+_KNOWN = (
+    "_outputFormat",
+    "_since",
+    "_until",
+    "_type",
+    "_elements",
+    "patient",
+    "includeAssociatedData",
+    "_typeFilter",
+    "organizeOutputBy",
+    "allowPartialManifests",
+)
+_NOT_YET = {
+    "_typeFilter": "is not supported yet, and ignoring it would export more than was asked for",
+    "_elements": "is not supported yet, and ignoring it would export more than was asked for",
+    "organizeOutputBy": "is not supported; output is organized by resource type",
+}
+_IGNORABLE = {
+    "includeAssociatedData": "associated data is not added",
+    "allowPartialManifests": "one complete manifest is produced",
+}
+
+
+class KickoffRefused(ValueError):
+    """A kickoff the engine will not run; `str()` names the parameter and the reason."""
+
+    def __init__(self, parameter: str, reason: str):
+        super().__init__(f"{parameter}: {reason}")
+        self.parameter = parameter
+        self.reason = reason
+
+
+def parse_get(url: str, strict: bool = False) -> ExportRequest:
+    """Parses the GET form: `[base][/Patient | /Group/ID]/$export?...`."""
+    parts = urlsplit(url)
+    level, group_id = _level(parts.path)
+    params: dict[str, list[str]] = {}
+    for name, value in parse_qsl(parts.query, keep_blank_values=True):
+        params.setdefault(name, []).append(value)
+    if "patient" in params:
+        raise KickoffRefused(
+            "patient",
+            "is allowed only in a POST Parameters body (use --parameters FILE), not in the URL",
+        )
+    return _build(level, group_id, url, params, strict)
+
+
+def parse_post(parameters: dict, url: str, strict: bool = False) -> ExportRequest:
+    """Parses the POST form: a FHIR `Parameters` resource sent to `url`."""
+    parts = urlsplit(url)
+    if parts.query:
+        raise KickoffRefused("kickoff", "a POST kickoff takes its parameters from the body, not the URL")
+    if type(parameters) is not dict or parameters.get("resourceType") != "Parameters":
+        raise KickoffRefused("parameters", "the body must be a FHIR Parameters resource")
+    level, group_id = _level(parts.path)
+    params: dict[str, list[str]] = {}
+    for entry in parameters.get("parameter") or []:
+        name = entry.get("name") if type(entry) is dict else None
+        if not isinstance(name, str):
+            raise KickoffRefused("parameters", "every parameter needs a name")
+        params.setdefault(name, []).append(_post_value(name, entry))
+    request_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    return _build(level, group_id, request_url, params, strict)
+
+
+def load_parameters(path: str) -> dict:
+    """Reads a Parameters JSON file, refusing it clearly when it is unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return orjson.loads(f.read())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise KickoffRefused("parameters", f"cannot read {path}: {exc}") from None
+
+
+def system_url(base_url: str = DEFAULT_BASE_URL) -> str:
+    return base_url.rstrip("/") + "/$export"
+
+
+def _post_value(name: str, entry: dict) -> str:
+    values = [(k, v) for k, v in entry.items() if k.startswith("value")]
+    if len(values) != 1:
+        raise KickoffRefused(name, "needs exactly one value[x]")
+    key, value = values[0]
+    if name == "patient":
+        if key != "valueReference" or not isinstance(value, dict) or not value.get("reference"):
+            raise KickoffRefused("patient", "must be a valueReference with a reference")
+        return value["reference"]
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if not isinstance(value, str):
+        raise KickoffRefused(name, f"{key} must be a string value")
+    return value
+
+
+def _level(path: str) -> tuple[ExportLevel, Optional[str]]:
+    segments = [unquote(s) for s in path.split("/")]
+    if not segments or segments[-1] != "$export":
+        raise KickoffRefused("kickoff", f"the URL path must end with $export, got {path!r}")
+    before = segments[:-1]
+    if before[-1:] == ["Patient"]:
+        return ExportLevel.PATIENT, None
+    if len(before) >= 2 and before[-2] == "Group":
+        if not _FHIR_ID.match(before[-1]):
+            raise KickoffRefused("kickoff", f"{before[-1]!r} is not a valid Group id")
+        return ExportLevel.GROUP, before[-1]
+    return ExportLevel.SYSTEM, None
+
+
+def _build(
+    level: ExportLevel,
+    group_id: Optional[str],
+    url: str,
+    params: dict[str, list[str]],
+    strict: bool,
+) -> ExportRequest:
+    if level is not ExportLevel.SYSTEM:
+        name = "Patient/$export" if level is ExportLevel.PATIENT else "Group/[id]/$export"
+        raise KickoffRefused("kickoff", f"{name} is not supported yet; only system-level $export is")
+    # Repeated parameters are equivalent to one comma-joined value (IG v3).
+    joined = {name: ",".join(values) for name, values in params.items()}
+    ignored = []
+    for name, value in joined.items():
+        if name in _NOT_YET:
+            raise KickoffRefused(name, _NOT_YET[name])
+        if name == "patient":
+            raise KickoffRefused("patient", "is not allowed in a system-level export")
+        if name in _IGNORABLE or name not in _KNOWN:
+            reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
+            if strict:
+                raise KickoffRefused(name, f"{reason} (refused under strict handling)")
+            ignored.append(f"{name}={value} ({reason})")
+    output_format = joined.get("_outputFormat", NDJSON_FORMATS[0])
+    if output_format not in NDJSON_FORMATS:
+        raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {', '.join(NDJSON_FORMATS)}")
+    since, until = _instant(joined, "_since"), _instant(joined, "_until")
+    if since and until and instant_key(since) >= instant_key(until):
+        raise KickoffRefused("_since", f"{since} is not earlier than _until {until}")
+    return ExportRequest(
+        level=level,
+        group_id=group_id,
+        request_url=url,
+        types=_types(joined.get("_type")),
+        since=since,
+        until=until,
+        output_format=output_format,
+        ignored=tuple(ignored),
+    )
+
+
+def _instant(params: dict[str, str], name: str) -> Optional[str]:
+    value = params.get(name)
+    if value is None:
+        return None
+    if "," in value:
+        raise KickoffRefused(name, "was given more than once")
+    try:
+        instant_key(value)
+    except InvalidInstant as exc:
+        raise KickoffRefused(name, str(exc)) from None
+    return value
+
+
+def _types(value: Optional[str]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    names = [n.strip() for n in value.split(",")]
+    for name in names:
+        if name not in RESOURCE_TYPES:
+            raise KickoffRefused("_type", f"{name!r} is not an R4 resource type")
+    return tuple(dict.fromkeys(names))
+
+
+__all__: Iterable[str] = ("KickoffRefused", "parse_get", "parse_post", "load_parameters", "system_url")

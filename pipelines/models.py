@@ -1,0 +1,149 @@
+"""The pipeline's contract: the export request, job records and the manifest.
+
+These pydantic models sit at the boundaries. The launcher builds an
+`ExportRequest` from a kickoff, the job store persists `JobRecord`s, and the
+pipeline's last step writes a `Manifest` whose JSON uses the Bulk Data IG's
+field names (`transactionTime`, `requiresAccessToken`, ...).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from transforms.fhir.instant import InvalidInstant, instant_key
+
+NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
+FHIR_VERSION = "R4"
+
+
+class ExportLevel(str, enum.Enum):
+    """Which `$export` endpoint the kickoff addressed."""
+
+    SYSTEM = "system"
+    PATIENT = "patient"
+    GROUP = "group"
+
+
+class ExportStatus(str, enum.Enum):
+    """Job lifecycle: accepted -> in-progress -> complete | error | cancelled."""
+
+    ACCEPTED = "accepted"
+    IN_PROGRESS = "in-progress"
+    COMPLETE = "complete"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (ExportStatus.COMPLETE, ExportStatus.ERROR, ExportStatus.CANCELLED)
+
+
+class TypeFilter(BaseModel):
+    """One `_typeFilter` value, `Type?query`, kept URL-decoded."""
+
+    model_config = ConfigDict(frozen=True)
+
+    resource_type: str
+    query: str
+
+
+class ExportRequest(BaseModel):
+    """A validated kickoff, in the spec's terms. Built only by the kickoff parser."""
+
+    model_config = ConfigDict(frozen=True)
+
+    level: ExportLevel = ExportLevel.SYSTEM
+    group_id: Optional[str] = None
+    request_url: str
+    types: tuple[str, ...] = ()
+    since: Optional[str] = None
+    until: Optional[str] = None
+    type_filters: tuple[TypeFilter, ...] = ()
+    elements: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    include_associated_data: tuple[str, ...] = ()
+    output_format: str = "application/fhir+ndjson"
+    allow_partial_manifests: bool = False
+    # Parameters the server ignored (lenient handling); named in the manifest.
+    ignored: tuple[str, ...] = ()
+
+    @field_validator("since", "until")
+    @classmethod
+    def _instant(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            try:
+                instant_key(value)
+            except InvalidInstant as exc:
+                raise ValueError(str(exc)) from None
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ExportRequest":
+        if (self.level is ExportLevel.GROUP) != bool(self.group_id):
+            raise ValueError("a group id is required exactly for Group-level exports")
+        if self.since and self.until and instant_key(self.since) >= instant_key(self.until):
+            raise ValueError("_since must be earlier than _until")
+        return self
+
+
+class TypeProgress(BaseModel):
+    """Resources of one type written so far (exact once the job is complete)."""
+
+    type: str
+    exported: int = 0
+
+
+class JobRecord(BaseModel):
+    """A job as the store keeps it (the seed's ExportProgress + job metadata)."""
+
+    job_id: str
+    tenant: str
+    owner: Optional[str] = None
+    level: ExportLevel
+    request: ExportRequest
+    request_url: str
+    transaction_time: str
+    fhir_version: str = FHIR_VERSION
+    status: ExportStatus
+    created_at: str
+    started_at: Optional[str] = None
+    completed_at: Optional[str] = None
+    output_dir: str
+    error_message: Optional[str] = None
+    bad_records: int = 0
+    progress: list[TypeProgress] = Field(default_factory=list)
+
+
+class _SpecModel(BaseModel):
+    """Serialises with the IG's camelCase names."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True)
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
+class OutputFile(_SpecModel):
+    """One manifest entry: a file of one resource type and its line count."""
+
+    type: str
+    url: str
+    count: Optional[int] = None
+
+
+class Manifest(_SpecModel):
+    """The complete-status response body of the Bulk Data IG v3."""
+
+    transaction_time: str
+    request: str
+    requires_access_token: bool
+    output: list[OutputFile] = Field(default_factory=list)
+    error: list[OutputFile] = Field(default_factory=list)
+    deleted: list[OutputFile] = Field(default_factory=list)
+    link: Optional[list[dict[str, str]]] = None
+    message: Optional[str] = None
+    extension: Optional[dict[str, Any]] = None

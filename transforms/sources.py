@@ -1,0 +1,305 @@
+"""Reading FHIR resources from NDJSON and Bundle files as batches.
+
+`ReadResources` expands a `--source` (file, glob or directory, any scheme Beam's
+FileSystems knows) into chunks: line-aligned byte ranges of plain NDJSON files,
+whole gzip files, and whole JSON documents (Bundles). Only those small chunk
+descriptors are shuffled; each chunk is then read, parsed once with orjson and
+emitted as `ResourceBatch`es. Lines that are not resources go to the `errors`
+output as `BadRecord`s, so a bad line never fails the job and is never lost.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import posixpath
+from typing import IO, Iterable, Iterator, NamedTuple
+
+import apache_beam as beam
+import orjson
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+
+NDJSON, DOCUMENT, AUTO = "ndjson", "bundle", "auto"
+SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT)
+_NDJSON_SUFFIXES = (".ndjson", ".jsonl")
+_DOCUMENT_SUFFIXES = (".json",)
+_GZIP_MAGIC = b"\x1f\x8b"
+_BLOCK = 1 << 20
+# Bundle types whose entries are the resources; other Bundles are resources themselves.
+_CONTAINER_BUNDLES = frozenset({"transaction", "batch", "collection", "searchset"})
+_UNSUPPORTED_BUNDLES = frozenset({"history", "transaction-response", "batch-response"})
+
+
+class SourceError(IOError):
+    """The source is missing or unreadable; the whole export must fail."""
+
+
+class Chunk(NamedTuple):
+    """A unit of reading: a byte range of a plain NDJSON file, or a whole file."""
+
+    path: str
+    start: int
+    end: int  # exclusive; -1 for a whole (gzip or document) file
+    gzip: bool
+    document: bool
+
+
+class ReadResources(beam.PTransform):
+    """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`)."""
+
+    def __init__(
+        self,
+        source: str,
+        source_format: str = AUTO,
+        chunk_bytes: int = 16 << 20,
+        batch_size: int = 2000,
+    ):
+        super().__init__()
+        if source_format not in SOURCE_FORMATS:
+            raise ValueError(f"source format must be one of {SOURCE_FORMATS}")
+        self._source = source
+        self._format = source_format
+        self._chunk_bytes = chunk_bytes
+        self._batch_size = batch_size
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        return (
+            pbegin
+            | "Source" >> beam.Create([self._source])
+            | "PlanChunks" >> beam.ParDo(_PlanChunksFn(self._format, self._chunk_bytes))
+            | "Spread" >> beam.Reshuffle()
+            | "ReadChunks"
+            >> beam.ParDo(_ReadChunkFn(self._batch_size)).with_outputs("errors", main="batches")
+        )
+
+
+def match_source(source: str) -> list[tuple[str, int]]:
+    """Lists `(path, size)` of the files `source` names, or raises `SourceError`."""
+    pattern = source
+    if source.endswith("/") or FileSystems.get_scheme(source) is None and _is_local_dir(source):
+        pattern = FileSystems.join(source.rstrip("/") or "/", "*")
+    try:
+        found = FileSystems.match([pattern])[0].metadata_list
+    except Exception as exc:  # Beam raises BeamIOError with the cause inside
+        raise SourceError(f"cannot list source {source!r}: {exc}") from exc
+    files = sorted(
+        (m.path, m.size_in_bytes)
+        for m in found
+        if not posixpath.basename(m.path).startswith(".") and not _is_local_dir(m.path)
+    )
+    if not files:
+        raise SourceError(f"source {source!r} matches no files")
+    return files
+
+
+def _is_local_dir(path: str) -> bool:
+    import os
+
+    return FileSystems.get_scheme(path) is None and os.path.isdir(path)
+
+
+def _open(path: str) -> IO[bytes]:
+    try:
+        return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    except Exception as exc:
+        raise SourceError(f"cannot read source file {path!r}: {exc}") from exc
+
+
+class _PlanChunksFn(beam.DoFn):
+    """Splits every matched file into chunks; sniffs gzip and NDJSON-vs-document."""
+
+    def __init__(self, source_format: str, chunk_bytes: int):
+        self._format = source_format
+        self._chunk_bytes = chunk_bytes
+
+    def process(self, source: str) -> Iterator[Chunk]:
+        for path, size in match_source(source):
+            if size == 0:
+                continue
+            with _open(path) as f:
+                is_gzip = f.read(2) == _GZIP_MAGIC
+            document = self._is_document(path, is_gzip)
+            if is_gzip or document:
+                yield Chunk(path, 0, -1, is_gzip, document)
+                continue
+            for start in range(0, size, self._chunk_bytes):
+                yield Chunk(path, start, min(start + self._chunk_bytes, size), False, False)
+
+    def _is_document(self, path: str, is_gzip: bool) -> bool:
+        if self._format != AUTO:
+            return self._format == DOCUMENT
+        name = path[:-3] if path.endswith(".gz") else path
+        if name.endswith(_NDJSON_SUFFIXES):
+            return False
+        if name.endswith(_DOCUMENT_SUFFIXES):
+            return True
+        # Any other name: NDJSON when its first line is a complete JSON object.
+        with _reader(path, is_gzip) as f:
+            first = f.readline().strip()
+        try:
+            return not isinstance(orjson.loads(first), dict)
+        except orjson.JSONDecodeError:
+            return True
+
+
+def _reader(path: str, is_gzip: bool) -> IO[bytes]:
+    raw = _open(path)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
+
+
+class _ReadChunkFn(beam.DoFn):
+    """Reads one chunk and emits batches of parsed resources, plus bad records."""
+
+    def __init__(self, batch_size: int):
+        self._batch_size = batch_size
+        self._lines = Metrics.counter("bulk_export", "source_lines")
+        self._bad = Metrics.counter("bulk_export", "bad_records")
+
+    def process(self, chunk: Chunk) -> Iterator:
+        try:
+            with _reader(chunk.path, chunk.gzip) as f:
+                if chunk.document:
+                    yield from self._document(chunk.path, f)
+                else:
+                    yield from self._ndjson(chunk, f)
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise SourceError(f"cannot read source file {chunk.path!r}: {exc}") from exc
+
+    def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
+        lines = _span_lines(f, chunk.start, chunk.end if chunk.end >= 0 else None)
+        origin = Origin(chunk.path, next(lines))
+        batch: list[Resource] = []
+        for index, line in enumerate(lines):
+            resource = _parse(line.rstrip(b"\r"), index, origin, None)
+            if resource is None:
+                continue
+            if isinstance(resource, BadRecord):
+                self._bad.inc()
+                yield beam.pvalue.TaggedOutput("errors", resource)
+                continue
+            batch.append(resource)
+            if len(batch) >= self._batch_size:
+                self._lines.inc(len(batch))
+                yield ResourceBatch(origin, batch)
+                batch = []
+        if batch:
+            self._lines.inc(len(batch))
+            yield ResourceBatch(origin, batch)
+
+    def _document(self, path: str, f: IO[bytes]) -> Iterator:
+        origin = Origin(path, -1)
+        resources, bad = _document_resources(origin, f.read())
+        for record in bad:
+            self._bad.inc()
+            yield beam.pvalue.TaggedOutput("errors", record)
+        for start in range(0, len(resources), self._batch_size):
+            yield ResourceBatch(origin, resources[start : start + self._batch_size])
+
+
+def _span_lines(f: IO[bytes], start: int, end: int | None) -> Iterator:
+    """Yields the offset of the first line, then every line starting in [start, end).
+
+    A line belongs to the chunk in which its first byte lies, so adjacent
+    chunks split a file into lines with no line lost or read twice.
+    """
+    if start:
+        f.seek(start - 1)
+        f.readline()
+    pos = f.tell() if start else 0
+    yield pos
+    tail = b""
+    while end is None or pos < end:
+        block = f.read(_BLOCK)
+        if not block:
+            if tail:
+                yield tail
+            return
+        lines = (tail + block).split(b"\n")
+        tail = lines.pop()
+        for line in lines:
+            yield line
+            pos += len(line) + 1
+            if end is not None and pos >= end:
+                return
+
+
+def _parse(line: bytes, index: int, origin: Origin, raw: bytes | None):
+    """Parses one line into a `Resource`, a `BadRecord`, or None for a blank line."""
+    if not line.strip():
+        return None
+    try:
+        body = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        return BadRecord(origin, index, f"not valid JSON ({exc})")
+    return _resource(body, line if raw is None else raw, index, origin)
+
+
+def _resource(body: object, raw: bytes, index: int, origin: Origin):
+    if type(body) is not dict:
+        return BadRecord(origin, index, "not a JSON object")
+    resource_type = body.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        return BadRecord(origin, index, "has no resourceType")
+    if resource_type not in RESOURCE_TYPES:
+        return BadRecord(origin, index, f"resourceType {resource_type!r} is not an R4 resource type")
+    return Resource(resource_type, raw, body, index)
+
+
+def _document_resources(origin: Origin, data: bytes) -> tuple[list[Resource], list[BadRecord]]:
+    """Resources of a JSON document: a Bundle's entries, or the one resource it is."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        return [], [BadRecord(origin, 0, f"document is not valid JSON ({exc})")]
+    if type(doc) is dict and doc.get("resourceType") == "Bundle":
+        kind = doc.get("type")
+        if kind in _UNSUPPORTED_BUNDLES:
+            return [], [BadRecord(origin, 0, f"Bundle type {kind!r} is not a source of resources")]
+        if kind in _CONTAINER_BUNDLES:
+            return _entries(origin, doc.get("entry") or [])
+    one = _resource(doc, b"", 0, origin)
+    if isinstance(one, BadRecord):
+        return [], [one._replace(reason=f"document {one.reason}")]
+    return [one._replace(raw=orjson.dumps(one.body))], []
+
+
+def _entries(origin: Origin, entries: Iterable) -> tuple[list[Resource], list[BadRecord]]:
+    resources, bad = [], []
+    for index, entry in enumerate(entries):
+        body = entry.get("resource") if type(entry) is dict else None
+        if body is None:
+            method = (entry.get("request") or {}).get("method") if type(entry) is dict else None
+            detail = f" (request.method {method})" if method else ""
+            bad.append(BadRecord(origin, index, f"Bundle entry has no resource{detail}"))
+            continue
+        parsed = _resource(body, b"", index, origin)
+        if isinstance(parsed, BadRecord):
+            bad.append(parsed)
+        else:
+            resources.append(parsed._replace(raw=orjson.dumps(body)))
+    return resources, bad
+
+
+def count_newlines_before(path: str, offsets: Iterable[int]) -> dict[int, int]:
+    """Counts newlines before each byte offset of a plain file, in one pass."""
+    wanted = sorted(set(offsets))
+    counts: dict[int, int] = {}
+    seen = pos = 0
+    with _open(path) as f:
+        for offset in wanted:
+            while pos < offset:
+                block = f.read(min(_BLOCK, offset - pos))
+                if not block:
+                    break
+                seen += block.count(b"\n")
+                pos += len(block)
+            counts[offset] = seen
+    return counts
+
+
+__all__ = ["ReadResources", "SourceError", "match_source", "count_newlines_before", "io"]
