@@ -1,0 +1,63 @@
+"""Shared fixtures: a real local Beam runner, generated data, and the CLI in-process."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from launcher import cli
+from launcher.sample_data import generate
+from pipelines.options import LOCAL_RUNNER
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def pipeline():
+    """A TestPipeline on the embedded runner (the DirectRunner would try to fetch Prism)."""
+    return TestPipeline(runner=LOCAL_RUNNER)
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """Generated R4 NDJSON: 30 patients, about 500 resources."""
+    out = tmp_path_factory.mktemp("sample")
+    generate(out, patients=30, seed=11)
+    return out
+
+
+class CliResult:
+    def __init__(self, code: int, out: str, err: str):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def manifest_path(self) -> Path:
+        for line in self.out.splitlines():
+            if line.startswith("manifest: "):
+                return Path(line.removeprefix("manifest: "))
+        raise AssertionError(f"no manifest path in output:\n{self.out}\n{self.err}")
+
+    def manifest(self) -> dict:
+        return json.loads(self.manifest_path.read_text())
+
+
+@pytest.fixture
+def run_cli(tmp_path):
+    """Runs `bulk-export ARGS` in-process with --state-dir in tmp_path; returns CliResult."""
+
+    def run(*args: str, state_dir: os.PathLike | None = None) -> CliResult:
+        argv = list(args)
+        if argv and argv[0] != "sample-data" and "--state-dir" not in argv:
+            argv[1:1] = ["--state-dir", str(state_dir or tmp_path / "state")]
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+        return CliResult(code, out.getvalue(), err.getvalue())
+
+    return run

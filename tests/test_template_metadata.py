@@ -1,0 +1,45 @@
+"""The Flex Template's metadata.json maps one to one to the pipeline's options."""
+
+import argparse
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from pipelines.export import ExportJob
+from pipelines.options import ExportOptions
+
+METADATA = json.loads((Path(__file__).parents[1] / "templates" / "metadata.json").read_text())
+
+
+def _option_actions() -> dict[str, argparse.Action]:
+    parser = argparse.ArgumentParser()
+    ExportOptions._add_argparse_args(parser)
+    return {a.dest: a for a in parser._actions if a.dest != "help"}
+
+
+def test_parameters_equal_options_one_to_one():
+    names = [p["name"] for p in METADATA["parameters"]]
+    assert len(names) == len(set(names))
+    assert sorted(names) == sorted(_option_actions())
+
+
+@pytest.mark.parametrize("parameter", METADATA["parameters"], ids=lambda p: p["name"])
+def test_parameter_is_documented_and_consistent(parameter):
+    action = _option_actions()[parameter["name"]]
+    assert parameter["label"] and parameter["helpText"] == action.help
+    for regex in parameter.get("regexes", []):
+        if action.default is not None:
+            assert re.fullmatch(regex, str(action.default)), (regex, action.default)
+        for choice in action.choices or ():
+            assert re.fullmatch(regex, choice)
+    if action.default is None:
+        assert parameter["isOptional"] is False
+
+
+def test_job_flags_are_options():
+    """The launcher hands a job to the pipeline as these flags; each must be an option."""
+    job = ExportJob(job_id="j", transaction_time="2020-01-01T00:00:00Z", source="s", output="o")
+    flags = {arg.split("=", 1)[0][2:] for arg in job.to_argv()}
+    assert flags <= set(_option_actions())
