@@ -30,11 +30,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
     try:
+        if hasattr(args, "tenant"):
+            check_tenant(args.tenant)
         return args.handler(args, extra)
     except (kickoff.KickoffRefused, UnsafeRunnerOptions, ValueError) as exc:
         print(f"bulk-export: refused: {exc}", file=sys.stderr)
         return 2
-    except (JobNotFound, InvalidJobState, ExportFailed) as exc:
+    except ExportFailed as exc:
+        # The job exists (status `error`); name it so `status JOB` can be asked.
+        print(f"bulk-export: job {exc.job_id} failed: {exc}", file=sys.stderr)
+        return 1
+    except (JobNotFound, InvalidJobState) as exc:
         print(f"bulk-export: {exc}", file=sys.stderr)
         return 1
 
@@ -95,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="job store folder (default ./.bulk-export)")
-    parser.add_argument("--tenant", default="default", type=_tenant)
+    parser.add_argument("--tenant", default="default")
     parser.add_argument("--owner", help="owner subject; jobs of other owners are not visible")
 
 
@@ -178,13 +184,6 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be a positive integer")
     return value
-
-
-def _tenant(text: str) -> str:
-    try:
-        return check_tenant(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 if __name__ == "__main__":

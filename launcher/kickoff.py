@@ -128,6 +128,12 @@ def _level(path: str) -> tuple[ExportLevel, Optional[str]]:
         if not _FHIR_ID.match(before[-1]):
             raise KickoffRefused("kickoff", f"{before[-1]!r} is not a valid Group id")
         return ExportLevel.GROUP, before[-1]
+    # Anything else that addresses a resource type or instance is not an $export
+    # endpoint; taking it for the system level would export more than was asked for.
+    if before[-1:] == ["Group"]:
+        raise KickoffRefused("kickoff", "Group/$export needs a Group id: Group/[id]/$export")
+    if any(segment in RESOURCE_TYPES for segment in before[-2:]):
+        raise KickoffRefused("kickoff", f"{path!r} is not a Bulk Data $export endpoint")
     return ExportLevel.SYSTEM, None
 
 
@@ -151,10 +157,11 @@ def _build(
             raise KickoffRefused("patient", "is not allowed in a system-level export")
         if name in _IGNORABLE or name not in _KNOWN:
             reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
+            shown = _printable(name)
             if strict:
-                raise KickoffRefused(name, f"{reason} (refused under strict handling)")
-            ignored.append(f"{name}={value} ({reason})")
-    output_format = joined.get("_outputFormat", NDJSON_FORMATS[0])
+                raise KickoffRefused(shown, f"{reason} (refused under strict handling)")
+            ignored.append(f"{shown}={_printable(value)} ({reason})")
+    output_format = ",".join(dict.fromkeys(params.get("_outputFormat", [NDJSON_FORMATS[0]])))
     if output_format not in NDJSON_FORMATS:
         raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {', '.join(NDJSON_FORMATS)}")
     since, until = _instant(joined, "_since"), _instant(joined, "_until")
@@ -172,6 +179,11 @@ def _build(
     )
 
 
+def _printable(text: str) -> str:
+    """Unknown names and values may hold anything; keep messages on one line."""
+    return text if text.isprintable() else repr(text)
+
+
 def _instant(params: dict[str, str], name: str) -> Optional[str]:
     value = params.get(name)
     if value is None:
@@ -181,7 +193,10 @@ def _instant(params: dict[str, str], name: str) -> Optional[str]:
     try:
         instant_key(value)
     except InvalidInstant as exc:
-        raise KickoffRefused(name, str(exc)) from None
+        hint = ""
+        if " " in value:
+            hint = " (a '+' offset in a URL query must be encoded as %2B)"
+        raise KickoffRefused(name, f"{exc}{hint}") from None
     return value
 
 

@@ -1,0 +1,305 @@
+"""Kickoff parsing against the Bulk Data IG v3, and its refusals through the CLI.
+
+Every refusal must name the parameter, and through the CLI it must exit 2 with
+one line on stderr before any job or output file exists.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from launcher.kickoff import KickoffRefused, parse_get, parse_post
+from pipelines.models import ExportLevel
+
+BASE = "https://ehr.example.org/fhir"
+EXPORT = f"{BASE}/$export"
+
+
+def refusal(parse, *args, **kwargs) -> KickoffRefused:
+    with pytest.raises(KickoffRefused) as info:
+        parse(*args, **kwargs)
+    return info.value
+
+
+def params(*entries: tuple[str, str, object]) -> dict:
+    """A Parameters resource from (name, value[x] key, value) triples."""
+    return {"resourceType": "Parameters", "parameter": [{"name": n, k: v} for n, k, v in entries]}
+
+
+# ---- GET form -------------------------------------------------------------------------------
+
+
+def test_get_system_level_keeps_the_request_as_given():
+    url = f"{EXPORT}?_type=Patient,Observation&_since=2020-01-01T00:00:00Z"
+    request = parse_get(url)
+    assert request.level is ExportLevel.SYSTEM and request.group_id is None
+    assert request.types == ("Patient", "Observation")
+    assert request.since == "2020-01-01T00:00:00Z" and request.until is None
+    assert request.output_format == "application/fhir+ndjson"
+    assert request.request_url == url
+    assert request.ignored == ()
+
+
+@pytest.mark.parametrize(
+    "query, types",
+    [
+        ("_type=Patient&_type=Observation", ("Patient", "Observation")),
+        ("_type=Patient,Observation", ("Patient", "Observation")),
+        ("_type=Observation,Patient&_type=Observation", ("Observation", "Patient")),
+        ("_type=Patient&_type=Patient,Condition&_type=Patient", ("Patient", "Condition")),
+    ],
+)
+def test_repeated_parameters_combine_comma_joined_without_duplicates(query, types):
+    assert parse_get(f"{EXPORT}?{query}").types == types
+
+
+def test_percent_encoded_export_is_recognised():
+    request = parse_get(f"{BASE}/%24export?_type=Patient")
+    assert request.level is ExportLevel.SYSTEM and request.types == ("Patient",)
+
+
+@pytest.mark.parametrize(
+    "path, level",
+    [("Patient/$export", "Patient/$export"), ("Group/abc/$export", "Group/[id]/$export")],
+)
+def test_patient_and_group_levels_are_recognised_but_refused_naming_the_level(path, level):
+    for refused in (refusal(parse_get, f"{BASE}/{path}"), refusal(parse_post, params(), f"{BASE}/{path}")):
+        assert refused.parameter == "kickoff"
+        assert level in refused.reason and "not supported yet" in refused.reason
+
+
+@pytest.mark.parametrize(
+    "path, says",
+    [
+        ("Group/$export", "needs a Group id"),  # would otherwise export every patient
+        ("Patient/123/$export", "not a Bulk Data $export endpoint"),
+        ("Observation/$export", "not a Bulk Data $export endpoint"),
+        ("Group/a%20b/$export", "not a valid Group id"),
+        ("export", "must end with $export"),
+        ("$export/", "must end with $export"),
+    ],
+)
+def test_paths_that_are_not_export_endpoints_are_refused(path, says):
+    refused = refusal(parse_get, f"{BASE}/{path}?_type=Patient")
+    assert refused.parameter == "kickoff" and says in refused.reason
+
+
+@pytest.mark.parametrize(
+    "encoded, decoded",
+    [
+        ("application%2Ffhir%2Bndjson", "application/fhir+ndjson"),
+        ("application/fhir%2Bndjson", "application/fhir+ndjson"),
+        ("application/ndjson", "application/ndjson"),
+        ("ndjson", "ndjson"),
+    ],
+)
+def test_output_format_accepts_the_ndjson_names(encoded, decoded):
+    assert parse_get(f"{EXPORT}?_outputFormat={encoded}").output_format == decoded
+
+
+# A raw "+" in a query is a space, so unencoded "fhir+ndjson" is not an NDJSON name.
+@pytest.mark.parametrize("value", ["text/csv", "application/fhir+ndjson", ""])
+def test_output_format_refuses_anything_else(value):
+    refused = refusal(parse_get, f"{EXPORT}?_outputFormat={value}")
+    assert refused.parameter == "_outputFormat" and "not one of" in refused.reason
+
+
+@pytest.mark.parametrize("name", ["_since", "_until"])
+@pytest.mark.parametrize("value", ["2020-01-01", "2020-01-01T00:00:00", "2020-02-30T00:00:00Z", "garbage"])
+def test_since_and_until_must_be_fhir_instants(name, value):
+    refused = refusal(parse_get, f"{EXPORT}?{name}={value}")
+    assert refused.parameter == name and repr(value) in refused.reason
+
+
+def test_instants_with_offsets_are_kept_as_given():
+    request = parse_get(f"{EXPORT}?_since=2020-01-01T00:30:00.120%2B05:30&_until=2020-01-01T00:00:00Z")
+    assert request.since == "2020-01-01T00:30:00.120+05:30"  # 2019-12-31T19:00:00.12Z
+    assert request.until == "2020-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "since, until",
+    [
+        ("2020-01-01T00:00:00Z", "2020-01-01T00:00:00Z"),  # equal
+        ("2020-06-01T00:00:00Z", "2020-01-01T00:00:00Z"),  # later
+        ("2020-01-01T01:00:00%2B01:00", "2020-01-01T00:00:00Z"),  # the same instant
+        ("2020-01-01T00:00:00.000Z", "2020-01-01T00:00:00Z"),  # the same instant
+    ],
+)
+def test_since_must_be_earlier_than_until(since, until):
+    refused = refusal(parse_get, f"{EXPORT}?_since={since}&_until={until}")
+    assert refused.parameter == "_since" and "not earlier than _until" in refused.reason
+
+
+def test_since_given_twice_is_refused():
+    refused = refusal(parse_get, f"{EXPORT}?_since=2020-01-01T00:00:00Z&_since=2021-01-01T00:00:00Z")
+    assert refused.parameter == "_since" and "more than once" in refused.reason
+
+
+@pytest.mark.parametrize("value, culprit", [("Patient,Foo", "'Foo'"), ("patient", "'patient'"), ("", "''")])
+def test_type_names_must_be_r4_resource_types(value, culprit):
+    refused = refusal(parse_get, f"{EXPORT}?_type={value}")
+    assert refused.parameter == "_type" and culprit in refused.reason and "R4 resource type" in refused.reason
+
+
+def test_patient_in_the_url_points_to_the_post_form():
+    refused = refusal(parse_get, f"{EXPORT}?patient=Patient/1")
+    assert refused.parameter == "patient" and "--parameters" in refused.reason
+
+
+NARROWING = ["_typeFilter=Observation%3Fstatus%3Dfinal", "_elements=id", "organizeOutputBy=Patient"]
+
+
+@pytest.mark.parametrize("strict", [False, True])
+@pytest.mark.parametrize("query", NARROWING)
+def test_parameters_that_narrow_or_reshape_output_are_always_refused(query, strict):
+    refused = refusal(parse_get, f"{EXPORT}?_type=Patient&{query}", strict=strict)
+    assert refused.parameter == query.split("=")[0]
+
+
+IGNORABLE = ["foo=bar", "includeAssociatedData=LatestProvenanceResources", "allowPartialManifests=true"]
+
+
+@pytest.mark.parametrize("query", IGNORABLE)
+def test_unsupported_parameters_are_ignored_and_named_when_lenient(query):
+    request = parse_get(f"{EXPORT}?_type=Patient&{query}")
+    assert request.types == ("Patient",)
+    assert len(request.ignored) == 1 and request.ignored[0].startswith(f"{query} (")
+
+
+@pytest.mark.parametrize("query", IGNORABLE)
+def test_unsupported_parameters_are_refused_when_strict(query):
+    refused = refusal(parse_get, f"{EXPORT}?_type=Patient&{query}", strict=True)
+    assert refused.parameter == query.split("=")[0] and "strict" in refused.reason
+
+
+# ---- POST form ------------------------------------------------------------------------------
+
+
+def test_post_parameters_combine_and_the_request_url_has_no_query():
+    body = params(
+        ("_type", "valueString", "Patient"),
+        ("_type", "valueString", "Observation,Patient"),
+        ("_since", "valueInstant", "2020-01-01T00:00:00Z"),
+        ("includeAssociatedData", "valueCode", "LatestProvenanceResources"),
+    )
+    request = parse_post(body, EXPORT)
+    assert request.level is ExportLevel.SYSTEM
+    assert request.types == ("Patient", "Observation") and request.since == "2020-01-01T00:00:00Z"
+    assert request.request_url == EXPORT
+    assert [i.split("=")[0] for i in request.ignored] == ["includeAssociatedData"]
+
+
+@pytest.mark.parametrize(
+    "body, url, parameter, says",
+    [
+        (params(("_type", "valueString", "Patient")), f"{EXPORT}?_type=Patient", "kickoff", "from the body"),
+        ({"resourceType": "Bundle"}, EXPORT, "parameters", "Parameters resource"),
+        ([{"name": "_type"}], EXPORT, "parameters", "Parameters resource"),
+        ({"resourceType": "Parameters", "parameter": [{"valueString": "x"}]}, EXPORT, "parameters", "name"),
+        (
+            {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Patient", "valueCode": "x"}]},
+            EXPORT, "_type", "exactly one value[x]",
+        ),
+        (params(("patient", "valueString", "Patient/1")), EXPORT, "patient", "valueReference"),
+        (params(("patient", "valueReference", {"reference": "Patient/1"})), EXPORT, "patient", "system-level"),
+        (params(("_since", "valueInstant", "2020-01-01")), EXPORT, "_since", "not a FHIR instant"),
+        (params(("_elements", "valueString", "id")), EXPORT, "_elements", "more than was asked"),
+    ],
+)
+def test_post_refusals(body, url, parameter, says):
+    refused = refusal(parse_post, body, url)
+    assert refused.parameter == parameter and says in refused.reason
+
+
+# ---- through the CLI: refused before any job or file exists ---------------------------------
+
+
+def assert_refused_before_any_job(run_cli, tmp_path, result, *expected):
+    assert result.code == 2, result.err
+    lines = result.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bulk-export: refused: "), result.err
+    assert all(text in lines[0] for text in expected), (expected, lines[0])
+    assert result.out == ""
+    assert not (tmp_path / "out").exists()
+    if (tmp_path / "state").exists():
+        listing = run_cli("list", "--all")
+        assert listing.code == 0 and listing.out == ""
+
+
+CLI_KICKOFF_REFUSALS = [
+    # (extra CLI args, kickoff URL, text the one stderr line must contain)
+    ([], f"{BASE}/Patient/$export", ["kickoff", "Patient/$export"]),
+    ([], f"{BASE}/Group/abc/$export", ["kickoff", "Group/[id]/$export"]),
+    ([], f"{BASE}/Group/$export", ["kickoff", "Group id"]),
+    ([], f"{EXPORT}?_outputFormat=text/csv", ["_outputFormat"]),
+    ([], f"{EXPORT}?_since=2020-01-01", ["_since"]),
+    ([], f"{EXPORT}?_until=2020-01-01T00:00:00", ["_until"]),
+    ([], f"{EXPORT}?_since=2020-02-30T00:00:00Z", ["_since"]),
+    ([], f"{EXPORT}?_since=2020-01-01T01:00:00%2B01:00&_until=2020-01-01T00:00:00Z", ["_since", "_until"]),
+    ([], f"{EXPORT}?_type=Patient,Foo", ["_type", "Foo"]),
+    ([], f"{EXPORT}?_type=patient", ["_type", "patient"]),
+    ([], f"{EXPORT}?patient=Patient/1", ["patient", "--parameters"]),
+    *[([], f"{EXPORT}?{q}", [q.split("=")[0]]) for q in NARROWING],
+    *[(["--strict"], f"{EXPORT}?{q}", [q.split("=")[0], "strict"]) for q in IGNORABLE],
+]
+
+
+@pytest.mark.parametrize("extra, url, expected", CLI_KICKOFF_REFUSALS)
+def test_cli_kickoff_refusals(run_cli, sample_dir, tmp_path, extra, url, expected):
+    result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), *extra, "--kickoff", url)
+    assert_refused_before_any_job(run_cli, tmp_path, result, *expected)
+
+
+CLI_PARAMETERS_REFUSALS = [
+    # (body written to the --parameters file, extra CLI args, expected text)
+    ('{"resourceType": "Bundle"}', [], ["parameters", "Parameters resource"]),
+    ('{"resourceType": "Parameters", "parameter": [', [], ["parameters", "cannot read"]),
+    (json.dumps(params(("patient", "valueString", "Patient/1"))), [], ["patient", "valueReference"]),
+    (json.dumps(params(("patient", "valueReference", {"reference": "Patient/1"}))), [], ["patient", "system-level"]),
+    (json.dumps(params(("_type", "valueString", "Foo"))), [], ["_type", "Foo"]),
+    (json.dumps(params(("_type", "valueString", "Patient"))), ["--kickoff", f"{EXPORT}?_type=Patient"], ["kickoff"]),
+    (json.dumps(params(("foo", "valueString", "bar"))), ["--strict"], ["foo", "strict"]),
+]
+
+
+@pytest.mark.parametrize("body, extra, expected", CLI_PARAMETERS_REFUSALS)
+def test_cli_parameters_file_refusals(run_cli, sample_dir, tmp_path, body, extra, expected):
+    path = tmp_path / "parameters.json"
+    path.write_text(body)
+    result = run_cli(
+        "export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), "--parameters", str(path), *extra
+    )
+    assert_refused_before_any_job(run_cli, tmp_path, result, *expected)
+
+
+def test_cli_refuses_the_multi_threading_runner_mode(run_cli, sample_dir, tmp_path):
+    result = run_cli(
+        "export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+        "--kickoff", f"{EXPORT}?_type=Patient", "--direct_running_mode=multi_threading",
+    )
+    assert_refused_before_any_job(run_cli, tmp_path, result, "direct_running_mode", "drop records")
+
+
+def test_cli_refuses_an_unsafe_tenant(run_cli, sample_dir, tmp_path):
+    result = run_cli(
+        "export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), "--tenant", "../x",
+        "--kickoff", f"{EXPORT}?_type=Patient",
+    )
+    assert_refused_before_any_job(run_cli, tmp_path, result, "--tenant", "'../x'")
+
+
+def test_cli_lenient_kickoff_runs_and_the_manifest_names_what_was_ignored(run_cli, sample_dir, tmp_path):
+    url = f"{EXPORT}?_type=Patient&foo=bar&includeAssociatedData=LatestProvenanceResources"
+    result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), "--kickoff", url)
+    assert result.code == 0, result.err
+    manifest = result.manifest()
+    assert manifest["request"] == url
+    assert "foo=bar" in manifest["message"]
+    assert "includeAssociatedData=LatestProvenanceResources" in manifest["message"]
+    assert {entry["type"] for entry in manifest["output"]} == {"Patient"}
+    assert sum(entry["count"] for entry in manifest["output"]) == 30
+    listing = run_cli("list", "--all")
+    assert listing.code == 0 and len(listing.out.splitlines()) == 1 and " complete " in listing.out
