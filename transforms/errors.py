@@ -10,7 +10,7 @@ from transforms.sources import count_newlines_before
 
 
 def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:
-    """Pairs each bad record with a human location: `path line N` or `path Bundle entry N`.
+    """Pairs each bad record with a human location: `path line N` (from 1) or `path Bundle.entry[N]` (from 0, as in FHIRPath).
 
     Line numbers of chunks that start mid-file are found by counting newlines
     before the chunk, once per file and only here, on the error path.
@@ -25,7 +25,7 @@ def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:
     for record in records:
         path, offset = record.origin
         if offset < 0:
-            where = f"{path} Bundle entry {record.index}"
+            where = f"{path} Bundle.entry[{record.index}]" if record.index >= 0 else path
         else:
             lines_before = before[path][offset] if offset else 0
             where = f"{path} line {lines_before + record.index + 1}"

@@ -103,7 +103,7 @@ class _AssembleFn(beam.DoFn):
 
     def _finalize_parts(self, parts: list[PartFile]) -> list[FinalFile]:
         # Sorting by temp path only makes numbering stable for a given set of parts.
-        parts = sorted((p for p in parts if p.count), key=lambda p: (p.type, p.temp_path))
+        parts = sorted(parts, key=lambda p: (p.type, p.temp_path))
         numbers: dict[str, int] = {}
         sources, final = [], []
         for part in parts:

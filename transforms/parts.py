@@ -116,7 +116,7 @@ class _WritePartsFn(beam.DoFn):
             if (
                 part is None
                 or part.count >= self._max_lines
-                or (part.count and part.size + size > self._max_bytes)
+                or part.size + size > self._max_bytes
             ):
                 if part is not None:
                     _flush(part, pending)

@@ -29,6 +29,8 @@ SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT)
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 _DOCUMENT_SUFFIXES = (".json",)
 _GZIP_MAGIC = b"\x1f\x8b"
+_BOM = b"\xef\xbb\xbf"
+_WHOLE = -1  # BadRecord.index of an error about a whole document
 _BLOCK = 1 << 20
 # Bundle types whose entries are the resources; other Bundles are resources themselves.
 _CONTAINER_BUNDLES = frozenset({"transaction", "batch", "collection", "searchset"})
@@ -87,14 +89,27 @@ def match_source(source: str) -> list[tuple[str, int]]:
         found = FileSystems.match([pattern])[0].metadata_list
     except Exception as exc:  # Beam raises BeamIOError with the cause inside
         raise SourceError(f"cannot list source {source!r}: {exc}") from exc
+    base = _literal_prefix(pattern)
     files = sorted(
         (m.path, m.size_in_bytes)
         for m in found
-        if not posixpath.basename(m.path).startswith(".") and not _is_local_dir(m.path)
+        if not _is_hidden(m.path, base) and not _is_local_dir(m.path)
     )
     if not files:
         raise SourceError(f"source {source!r} matches no files")
     return files
+
+
+def _literal_prefix(pattern: str) -> str:
+    """The folder part of a pattern before its first wildcard."""
+    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
+    return pattern[: pattern.rfind("/", 0, cut) + 1]
+
+
+def _is_hidden(path: str, base: str) -> bool:
+    """True when a file, or a folder the pattern reached into, is hidden (e.g. `.parts-tmp`)."""
+    relative = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
+    return any(segment.startswith(".") for segment in relative.split("/"))
 
 
 def _is_local_dir(path: str) -> bool:
@@ -140,7 +155,12 @@ class _PlanChunksFn(beam.DoFn):
             return True
         # Any other name: NDJSON when its first line is a complete JSON object.
         with _reader(path, is_gzip) as f:
-            first = f.readline().strip()
+            first = b""
+            while not first:
+                line = f.readline()
+                if not line:
+                    break
+                first = line.strip().removeprefix(_BOM)
         try:
             return not isinstance(orjson.loads(first), dict)
         except orjson.JSONDecodeError:
@@ -167,6 +187,8 @@ class _ReadChunkFn(beam.DoFn):
                     yield from self._document(chunk.path, f)
                 else:
                     yield from self._ndjson(chunk, f)
+        except SourceError:
+            raise
         except (OSError, EOFError, gzip.BadGzipFile) as exc:
             raise SourceError(f"cannot read source file {chunk.path!r}: {exc}") from exc
 
@@ -175,6 +197,8 @@ class _ReadChunkFn(beam.DoFn):
         origin = Origin(chunk.path, next(lines))
         batch: list[Resource] = []
         for index, line in enumerate(lines):
+            if index == 0 and origin.offset == 0:
+                line = line.removeprefix(_BOM)
             resource = _parse(line.rstrip(b"\r"), index, origin, None)
             if resource is None:
                 continue
@@ -255,16 +279,19 @@ def _document_resources(origin: Origin, data: bytes) -> tuple[list[Resource], li
     try:
         doc = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
-        return [], [BadRecord(origin, 0, f"document is not valid JSON ({exc})")]
+        return [], [BadRecord(origin, _WHOLE, f"document is not valid JSON ({exc})")]
     if type(doc) is dict and doc.get("resourceType") == "Bundle":
         kind = doc.get("type")
         if kind in _UNSUPPORTED_BUNDLES:
-            return [], [BadRecord(origin, 0, f"Bundle type {kind!r} is not a source of resources")]
+            return [], [BadRecord(origin, _WHOLE, f"Bundle type {kind!r} is not a source of resources")]
         if kind in _CONTAINER_BUNDLES:
-            return _entries(origin, doc.get("entry") or [])
+            entries = doc.get("entry") or []
+            if type(entries) is not list:
+                return [], [BadRecord(origin, _WHOLE, "Bundle.entry is not a JSON array")]
+            return _entries(origin, entries)
     one = _resource(doc, b"", 0, origin)
     if isinstance(one, BadRecord):
-        return [], [one._replace(reason=f"document {one.reason}")]
+        return [], [one._replace(index=_WHOLE, reason=f"document {one.reason}")]
     return [one._replace(raw=orjson.dumps(one.body))], []
 
 
@@ -273,7 +300,8 @@ def _entries(origin: Origin, entries: Iterable) -> tuple[list[Resource], list[Ba
     for index, entry in enumerate(entries):
         body = entry.get("resource") if type(entry) is dict else None
         if body is None:
-            method = (entry.get("request") or {}).get("method") if type(entry) is dict else None
+            request = entry.get("request") if type(entry) is dict else None
+            method = request.get("method") if type(request) is dict else None
             detail = f" (request.method {method})" if method else ""
             bad.append(BadRecord(origin, index, f"Bundle entry has no resource{detail}"))
             continue

@@ -1,0 +1,99 @@
+"""Tests for transforms.fhir.instant: strict FHIR instant parsing and exact ordering."""
+import datetime as dt
+
+import pytest
+
+from transforms.fhir.instant import InvalidInstant, instant_key, is_instant, now_instant
+
+
+@pytest.mark.parametrize("a, b", [
+    ("2020-01-01T00:00:00.1+01:00", "2019-12-31T23:00:00.100Z"),
+    ("2020-01-01T01:00:00+01:00", "2020-01-01T00:00:00Z"),
+    ("2020-01-01T00:00:00Z", "2020-01-01T00:00:00.000000000Z"),
+    ("2019-12-31T19:30:00-04:30", "2020-01-01T00:00:00.0Z"),
+    ("2020-01-01T14:00:00+14:00", "2020-01-01T00:00:00Z"),
+    ("2020-03-01T00:00:00-00:00", "2020-03-01T00:00:00+00:00"),
+])
+def test_same_instant_across_offsets_and_precisions_is_equal(a, b):
+    assert instant_key(a) == instant_key(b)
+    assert hash(instant_key(a)) == hash(instant_key(b))
+
+
+def test_fractions_order_numerically_not_by_length():
+    texts = [
+        "2020-01-01T00:00:00.51Z",
+        "2020-01-01T00:00:00Z",
+        "2020-01-01T00:00:00.5Z",
+        "2020-01-01T00:00:00.05Z",
+        "2020-01-01T00:00:00.500Z",
+    ]
+    ordered = sorted(texts, key=instant_key)
+    assert ordered[0] == "2020-01-01T00:00:00Z"
+    assert ordered[1] == "2020-01-01T00:00:00.05Z"
+    assert set(ordered[2:4]) == {"2020-01-01T00:00:00.5Z", "2020-01-01T00:00:00.500Z"}
+    assert ordered[4] == "2020-01-01T00:00:00.51Z"
+    assert instant_key("2020-01-01T00:00:00.05Z") < instant_key("2020-01-01T00:00:00.5Z")
+    # A whole second beats any fraction of the previous second.
+    assert instant_key("2020-01-01T00:00:00.999999Z") < instant_key("2020-01-01T00:00:01Z")
+
+
+def test_more_than_six_fraction_digits_are_kept_exactly():
+    base = instant_key("2020-01-01T00:00:00Z")
+    tiny = instant_key("2020-01-01T00:00:00.0000001Z")
+    assert tiny > base
+    assert tiny < instant_key("2020-01-01T00:00:00.000001Z")
+    assert instant_key("2020-01-01T00:00:00.1234567891Z") > instant_key("2020-01-01T00:00:00.123456789Z")
+    assert instant_key("2020-01-01T00:00:00.0000001Z") == instant_key("2020-01-01T00:00:00.00000010Z")
+
+
+def test_offset_moves_the_instant_the_right_way():
+    # +01:00 is one hour ahead of UTC, so its wall clock is earlier in UTC.
+    assert instant_key("2020-01-01T00:30:00+01:00") < instant_key("2020-01-01T00:00:00Z")
+    assert instant_key("2020-01-01T00:30:00-01:00") > instant_key("2020-01-01T01:00:00Z")
+
+
+def test_key_seconds_are_the_epoch_seconds():
+    text = "2021-06-15T12:34:56.789+02:00"
+    expected = dt.datetime.fromisoformat(text).timestamp()
+    key = instant_key(text)
+    assert key.seconds == int(expected)
+    assert key.fraction == "789"
+
+
+@pytest.mark.parametrize("text", [
+    "2020-01-01T00:00:00",          # no zone
+    "2020-01-01",                   # date only
+    "2020-01-01T00:00Z",            # no seconds
+    "2020-02-30T00:00:00Z",         # Feb 30
+    "2019-02-29T00:00:00Z",         # not a leap year
+    "2020-04-31T00:00:00Z",         # April has 30 days
+    "2020-01-01T24:00:00Z",         # hour 24
+    "2020-01-01T00:00:00+15:00",    # offset out of range
+    "2020-01-01T00:00:00+14:30",    # beyond +14:00
+    "2020-01-01T00:00:00+0100",     # offset without colon
+    "2020-01-01T00:00:00.Z",        # empty fraction
+    "2020-01-01 00:00:00Z",         # space separator
+    "2020-01-01T00:00:00Z ",        # trailing space
+    "0000-01-01T00:00:00Z",         # year zero
+    "",
+    None,
+    20200101,
+])
+def test_invalid_values_raise(text):
+    with pytest.raises(InvalidInstant):
+        instant_key(text)
+    assert not is_instant(text)
+
+
+def test_leap_day_is_valid():
+    assert instant_key("2020-02-29T00:00:00Z") < instant_key("2020-03-01T00:00:00Z")
+
+
+def test_now_instant_is_a_valid_current_utc_instant():
+    before = dt.datetime.now(dt.timezone.utc).timestamp()
+    text = now_instant()
+    after = dt.datetime.now(dt.timezone.utc).timestamp()
+    assert is_instant(text)
+    assert text.endswith("Z")
+    assert len(text.split(".")[1]) == 4  # three digits of milliseconds, then Z
+    assert int(before) <= instant_key(text).seconds <= after
