@@ -97,3 +97,23 @@ def test_now_instant_is_a_valid_current_utc_instant():
     assert text.endswith("Z")
     assert len(text.split(".")[1]) == 4  # three digits of milliseconds, then Z
     assert int(before) <= instant_key(text).seconds <= after
+
+
+def test_seconds_agree_with_datetime_over_random_instants():
+    import datetime as dt
+    import random
+
+    rng = random.Random(7)
+    for _ in range(5000):
+        moment = dt.datetime(1, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(
+            seconds=rng.randrange(0, 9998 * 365 * 86400)
+        )
+        minutes = rng.randrange(-14 * 60, 14 * 60 + 1)
+        local = moment.astimezone(dt.timezone(dt.timedelta(minutes=minutes)))
+        if not 1 <= local.year <= 9999:
+            continue
+        text = f"{local.year:04d}" + local.strftime("-%m-%dT%H:%M:%S") + (
+            "Z" if minutes == 0 else local.strftime("%z")[:3] + ":" + local.strftime("%z")[3:]
+        )
+        expected = int((moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds())
+        assert instant_key(text).seconds == expected, text

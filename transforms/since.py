@@ -63,9 +63,9 @@ class FilterLastUpdated(beam.PTransform):
         self._window = window
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.pvalue.DoOutputsTuple:
-        return batches | beam.ParDo(_WindowFn(self._window)).with_outputs(
-            "errors", main="batches"
-        )
+        return batches | beam.ParDo(_WindowFn(self._window)).with_output_types(
+            ResourceBatch
+        ).with_outputs("errors", main="batches")
 
 
 class _WindowFn(beam.DoFn):

@@ -19,7 +19,7 @@ class FilterTypes(beam.PTransform):
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[ResourceBatch]:
         if not self._types:
             return batches
-        return batches | beam.ParDo(_FilterTypesFn(self._types))
+        return batches | beam.ParDo(_FilterTypesFn(self._types)).with_output_types(ResourceBatch)
 
 
 class _FilterTypesFn(beam.DoFn):

@@ -8,7 +8,6 @@ and no precision is lost to float or microsecond rounding.
 
 from __future__ import annotations
 
-import calendar
 import datetime as _dt
 import re
 from typing import NamedTuple
@@ -41,15 +40,34 @@ def instant_key(text: object) -> InstantKey:
         )
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     year, month, day = int(year), int(month), int(day)
-    if year == 0 or day > calendar.monthrange(year, month)[1]:
+    if year == 0 or day > _days_in_month(year, month):
         raise InvalidInstant(f"{text!r} is not a calendar date")
-    seconds = calendar.timegm(
-        (year, month, day, int(hour), int(minute), int(second), 0, 0, 0)
+    seconds = _days_from_civil(year, month, day) * 86400 + (
+        int(hour) * 3600 + int(minute) * 60 + int(second)
     )
     if zone != "Z":
         offset = int(zone[1:3]) * 3600 + int(zone[4:6]) * 60
         seconds -= offset if zone[0] == "+" else -offset
-    return InstantKey(seconds, (fraction or "").rstrip("0"))
+    return InstantKey(seconds, fraction.rstrip("0") if fraction else "")
+
+
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_in_month(year: int, month: int) -> int:
+    if month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0):
+        return 29
+    return _MONTH_DAYS[month]
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
 
 
 def is_instant(text: object) -> bool:
