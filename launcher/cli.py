@@ -43,6 +43,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (JobNotFound, InvalidJobState) as exc:
         print(f"bulk-export: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # start_export has already recorded an interrupted export as `error`.
+        print("bulk-export: interrupted", file=sys.stderr)
+        return 130
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -94,8 +94,8 @@ def start_export(
             output_dir=job.job_dir,
         )
     )
-    store.mark_in_progress(job.job_id)
     try:
+        store.mark_in_progress(job.job_id)
         match_source(job.source)
         _check_writable(job.job_dir)
         argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
@@ -104,10 +104,14 @@ def start_export(
         if record.status is not ExportStatus.COMPLETE:
             raise RuntimeError(f"pipeline finished but the job is {record.status.value}")
         return record
-    except Exception as exc:
-        message = describe(exc)
+    except BaseException as exc:
+        # Ctrl-C (KeyboardInterrupt) or SystemExit must not leave the job `in-progress` forever.
+        interrupted = not isinstance(exc, Exception)
+        message = f"interrupted ({type(exc).__name__})" if interrupted else describe(exc)
         store.fail(job.job_id, message)
         _remove_output(job.job_dir)
+        if interrupted:
+            raise
         raise ExportFailed(job.job_id, message) from exc
 
 

@@ -156,6 +156,12 @@ class SqliteJobStore:
 
     def add_progress(self, job_id: str, counts: dict[str, int]) -> None:
         with self._connect() as db:
+            row = db.execute("SELECT status FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+            if row is None:
+                raise JobNotFound(f"job {job_id} not found")
+            if row[0] != ExportStatus.IN_PROGRESS.value:
+                # A late report (e.g. a retried worker) must not change a finished job's exact counts.
+                return
             db.executemany(
                 "INSERT INTO type_progress (job_id, type, exported) VALUES (?, ?, ?)"
                 " ON CONFLICT (job_id, type) DO UPDATE SET exported = exported + excluded.exported",

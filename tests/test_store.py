@@ -1,0 +1,193 @@
+"""SqliteJobStore on a real SQLite file: lifecycle, guarded transitions, isolation, processes."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+
+import pytest
+
+from launcher.store import DB_NAME, InvalidJobState, JobNotFound, SqliteJobStore, StoreJobSink
+from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest, OutputFile
+
+TX = "2024-05-01T12:00:00.000Z"
+
+
+def _record(job_id: str, tenant: str = "acme", owner: str | None = None, created: str = TX) -> JobRecord:
+    return JobRecord(
+        job_id=job_id,
+        tenant=tenant,
+        owner=owner,
+        level="system",
+        request=ExportRequest(request_url="http://x/fhir/$export?_type=Patient", types=("Patient",)),
+        request_url="http://x/fhir/$export?_type=Patient",
+        transaction_time=TX,
+        status=ExportStatus.ACCEPTED,
+        created_at=created,
+        output_dir=f"/out/{tenant}/{job_id}",
+    )
+
+
+def _manifest(counts: list[tuple[str, int]]) -> Manifest:
+    return Manifest(
+        transaction_time=TX,
+        request="http://x/fhir/$export?_type=Patient",
+        requires_access_token=False,
+        output=[OutputFile(type=t, url=f"file:///out/{t}-{i}.ndjson", count=n) for i, (t, n) in enumerate(counts)],
+    )
+
+
+def _progress(record: JobRecord) -> dict[str, int]:
+    return {p.type: p.exported for p in record.progress}
+
+
+@pytest.fixture
+def store(tmp_path) -> SqliteJobStore:
+    return SqliteJobStore(str(tmp_path / "state"))
+
+
+@pytest.fixture
+def running(store) -> str:
+    store.create(_record("job-1"))
+    store.mark_in_progress("job-1")
+    return "job-1"
+
+
+def test_create_is_accepted_and_in_a_real_sqlite_file(store, tmp_path):
+    store.create(_record("job-1", owner="alice"))
+    record = store.get("acme", "job-1")
+    assert record.status is ExportStatus.ACCEPTED
+    assert (record.owner, record.transaction_time, record.request.types) == ("alice", TX, ("Patient",))
+    assert record.started_at is None and record.progress == []
+    with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
+        assert db.execute("SELECT job_id, status FROM jobs").fetchall() == [("job-1", "accepted")]
+
+
+def test_mark_in_progress_sets_status_and_start_time(store, running):
+    record = store.get("acme", running)
+    assert record.status is ExportStatus.IN_PROGRESS
+    assert record.started_at is not None
+
+
+def test_add_progress_accumulates_per_type(store, running):
+    store.add_progress(running, {"Patient": 3, "Observation": 10})
+    store.add_progress(running, {"Patient": 4})
+    store.add_progress(running, {"Observation": 5, "Condition": 1})
+    assert _progress(store.get("acme", running)) == {"Patient": 7, "Observation": 15, "Condition": 1}
+
+
+def test_complete_replaces_progress_with_manifest_counts(store, running):
+    store.add_progress(running, {"Patient": 999, "Encounter": 5})
+    manifest = _manifest([("Patient", 40), ("Patient", 2), ("Observation", 17)])
+    store.complete(running, manifest, bad_records=3)
+    record = store.get("acme", running)
+    assert record.status is ExportStatus.COMPLETE
+    assert record.completed_at is not None and record.bad_records == 3
+    # Parts of one type add up; a type only in the running progress disappears.
+    assert _progress(record) == {"Patient": 42, "Observation": 17}
+    assert store.manifest("acme", running) == manifest
+
+
+def test_progress_reported_after_completion_is_ignored(store, running):
+    store.complete(running, _manifest([("Patient", 4)]), bad_records=0)
+    store.add_progress(running, {"Patient": 2, "Observation": 1})
+    assert _progress(store.get("acme", running)) == {"Patient": 4}
+
+
+def test_complete_twice_is_refused(store, running):
+    store.complete(running, _manifest([("Patient", 1)]), 0)
+    with pytest.raises(InvalidJobState):
+        store.complete(running, _manifest([("Patient", 5)]), 0)
+    assert _progress(store.get("acme", running)) == {"Patient": 1}
+
+
+def test_fail_after_complete_is_refused(store, running):
+    store.complete(running, _manifest([("Patient", 1)]), 0)
+    with pytest.raises(InvalidJobState):
+        store.fail(running, "too late")
+    record = store.get("acme", running)
+    assert record.status is ExportStatus.COMPLETE and record.error_message is None
+
+
+def test_complete_before_in_progress_is_refused(store):
+    store.create(_record("job-1"))
+    with pytest.raises(InvalidJobState):
+        store.complete("job-1", _manifest([("Patient", 1)]), 0)
+    assert store.get("acme", "job-1").status is ExportStatus.ACCEPTED
+
+
+def test_fail_records_message_and_has_no_manifest(store, running):
+    store.fail(running, "source missing")
+    record = store.get("acme", running)
+    assert (record.status, record.error_message) == (ExportStatus.ERROR, "source missing")
+    with pytest.raises(InvalidJobState):
+        store.manifest("acme", running)
+    with pytest.raises(InvalidJobState):
+        store.mark_in_progress(running)
+
+
+def test_transitions_of_an_unknown_job_are_not_found(store):
+    with pytest.raises(JobNotFound):
+        store.mark_in_progress("nope")
+    with pytest.raises(JobNotFound):
+        store.fail("nope", "x")
+    with pytest.raises(JobNotFound):
+        store.add_progress("nope", {"Patient": 1})
+
+
+def test_tenant_and_owner_isolation(store):
+    store.create(_record("job-1", tenant="acme", owner="alice"))
+    with pytest.raises(JobNotFound):
+        store.get("other", "job-1")
+    with pytest.raises(JobNotFound):
+        store.get("acme", "job-1", owner="bob")
+    with pytest.raises(JobNotFound):
+        store.manifest("other", "job-1")
+    assert store.get("acme", "job-1", owner="alice").job_id == "job-1"
+    assert store.list("other", include_terminal=True) == []
+    assert store.list("acme", owner="bob", include_terminal=True) == []
+
+
+def test_list_with_and_without_terminal_jobs(store):
+    for n, job_id in enumerate(("a", "b", "c", "d")):
+        store.create(_record(job_id, owner="alice" if job_id != "d" else "bob", created=f"2024-05-01T12:00:0{n}.000Z"))
+    store.mark_in_progress("b")
+    store.mark_in_progress("c")
+    store.complete("c", _manifest([("Patient", 1)]), 0)
+    store.fail("d", "boom")
+    assert [r.job_id for r in store.list("acme")] == ["a", "b"]
+    assert [r.job_id for r in store.list("acme", include_terminal=True)] == ["a", "b", "c", "d"]
+    assert [r.job_id for r in store.list("acme", owner="alice", include_terminal=True)] == ["a", "b", "c"]
+    assert [r.status for r in store.list("acme", include_terminal=True)] == [
+        ExportStatus.ACCEPTED, ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE, ExportStatus.ERROR,
+    ]
+
+
+def test_data_survives_reopening(tmp_path, store, running):
+    store.add_progress(running, {"Patient": 2})
+    manifest = _manifest([("Patient", 2)])
+    store.complete(running, manifest, 1)
+    reopened = SqliteJobStore(str(tmp_path / "state"))
+    record = reopened.get("acme", running)
+    assert (record.status, record.bad_records, _progress(record)) == (ExportStatus.COMPLETE, 1, {"Patient": 2})
+    assert reopened.manifest("acme", running) == manifest
+
+
+def _report_progress(state_dir: str, job_id: str, barrier, rounds: int) -> None:
+    sink = StoreJobSink(state_dir, job_id)
+    barrier.wait()
+    for n in range(rounds):
+        sink.progress({"Observation": 3, "Patient": 1 if n % 2 else 0})
+
+
+def test_sinks_in_separate_processes_accumulate(tmp_path, store, running):
+    state_dir, rounds = str(tmp_path / "state"), 40
+    ctx = multiprocessing.get_context("spawn")
+    barrier = ctx.Barrier(2)
+    workers = [ctx.Process(target=_report_progress, args=(state_dir, running, barrier, rounds)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert _progress(store.get("acme", running)) == {"Observation": 2 * rounds * 3, "Patient": 2 * (rounds // 2)}
