@@ -1,0 +1,279 @@
+#!/usr/bin/env python
+"""Benchmark: the Beam `$export` pipeline against a plain Python loop, same data, same filter.
+
+    python benchmarks/bench_export.py --resources 300000 [--runner multi_process --workers 2]
+
+Each case runs in a fresh subprocess so that its peak memory (summed RSS of its whole
+process tree, sampled every 0.1 s) is its own. The pipeline's manifest must count
+exactly what the baseline kept, type by type, or the benchmark fails. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # runnable as a plain script from any folder
+
+import orjson  # noqa: E402
+
+from launcher.sample_data import RESOURCES_PER_PATIENT, generate  # noqa: E402
+from transforms.fhir.instant import instant_key, now_instant  # noqa: E402
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
+MAX_LINES_PER_PART = 100_000
+SAMPLE_EVERY_S = 0.1
+
+
+def _parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--resources", type=int, required=True, help="About how many input resources.")
+    p.add_argument("--since", default="2019-01-01T00:00:00Z", help="_since ('' for none).")
+    p.add_argument("--types", default="Patient,Observation", help="_type, comma-separated ('' = all).")
+    p.add_argument("--runner", choices=("in_process", "multi_process"), default="in_process")
+    p.add_argument("--workers", type=int, default=2, help="SDK worker processes (multi_process).")
+    p.add_argument("--seed", type=int, default=42, help="Sample data seed.")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
+                   help="Cache root; data goes to <data-dir>/<N>-<seed>/ (reused if present).")
+    p.add_argument("--repeat", type=int, default=1, help="Runs per case; the fastest is reported.")
+    p.add_argument("--keep", action="store_true", help="Keep both cases' output folders.")
+    hidden = argparse.SUPPRESS  # set by the parent for a child run
+    for name in ("--_child", "--_source", "--_out", "--_tx", "--_result"):
+        p.add_argument(name, help=hidden)
+    return p.parse_args(argv)
+
+
+def _types(args) -> list[str]:
+    return [t for t in args.types.split(",") if t.strip()]
+
+
+# ---------------------------------------------------------------- the two cases (children)
+
+def run_baseline(args) -> dict:
+    """Single process: parse every line, filter, write original lines into rolling parts."""
+    types = set(_types(args)) or None
+    since = instant_key(args.since) if args.since else None
+    tx = instant_key(args._tx)
+    counts: dict[str, int] = {}
+    parts: dict[str, list] = {}  # type -> [file, lines in part, part number]
+    loads = orjson.loads
+    started = time.perf_counter()
+    for path in sorted(Path(args._source).glob("*.ndjson")):
+        with open(path, "rb") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                body = loads(line)
+                rtype = body.get("resourceType")
+                if types is not None and rtype not in types:
+                    continue
+                meta = body.get("meta")
+                text = meta.get("lastUpdated") if meta else None
+                if text is not None:
+                    key = instant_key(text)
+                    if key > tx or (since is not None and not key > since):
+                        continue
+                part = parts.get(rtype)
+                if part is None or part[1] >= MAX_LINES_PER_PART:
+                    n = 0 if part is None else part[2] + 1
+                    if part is not None:
+                        part[0].close()
+                    handle = open(os.path.join(args._out, f"{rtype}-{n}.ndjson"), "wb", 1 << 20)
+                    part = parts[rtype] = [handle, 0, n]
+                part[0].write(line if line.endswith(b"\n") else line + b"\n")
+                part[1] += 1
+                counts[rtype] = counts.get(rtype, 0) + 1
+    for handle, _, _ in parts.values():
+        handle.close()
+    return {"seconds": time.perf_counter() - started, "counts": counts, "errors": 0}
+
+
+def run_pipeline(args) -> dict:
+    """The real export: `build_pipeline` on the embedded FnApiRunner, then read the manifest."""
+    import apache_beam as beam
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.export import ExportJob, build_pipeline
+    from pipelines.models import ExportRequest
+    from pipelines.options import prepare_runner
+
+    if args.runner == "in_process":
+        beam_args = ["--direct_running_mode=in_memory"]
+    else:
+        beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    query = "&".join(f"{k}={v}" for k, v in (("_type", args.types), ("_since", args.since)) if v)
+    started = time.perf_counter()
+    options = PipelineOptions(beam_args)
+    prepare_runner(options)
+    request = ExportRequest(
+        request_url=f"http://localhost/fhir/$export?{query}",
+        types=tuple(_types(args)),
+        since=args.since or None,
+    )
+    job = ExportJob(job_id=str(uuid.uuid4()), transaction_time=args._tx,
+                    source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART)
+    with beam.Pipeline(options=options) as pipeline:
+        build_pipeline(pipeline, request, job)
+    seconds = time.perf_counter() - started
+    manifest = orjson.loads(Path(job.job_dir, "manifest.json").read_bytes())
+    counts: dict[str, int] = {}
+    for entry in manifest["output"]:
+        counts[entry["type"]] = counts.get(entry["type"], 0) + entry["count"]
+    errors = sum(entry.get("count", 0) for entry in manifest.get("error", []))
+    return {"seconds": seconds, "counts": counts, "errors": errors}
+
+
+# ---------------------------------------------------------------- the parent
+
+def ensure_data(root: Path, resources: int, seed: int) -> tuple[Path, int]:
+    """Generates (or reuses) the sample data; returns its NDJSON folder and resource count."""
+    folder = root / f"{resources}-{seed}"
+    if not (folder / "counts.json").exists():
+        patients = math.ceil(resources / RESOURCES_PER_PATIENT)
+        print(f"generating {patients:,} patients into {folder} ...", flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+        staging = root / f".{folder.name}.{os.getpid()}"  # renamed into place when complete
+        started = time.perf_counter()
+        counts = generate(staging / "ndjson", patients, seed)
+        (staging / "counts.json").write_bytes(orjson.dumps(counts))
+        staging.rename(folder)
+        print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
+    counts = orjson.loads((folder / "counts.json").read_bytes())
+    return folder / "ndjson", sum(counts.values())
+
+
+def tree_rss_kb(root: int) -> int:
+    """VmRSS summed over `root` and all its descendants, in kB."""
+    children: dict[int, list[int]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        todo.extend(children.get(pid, ()))
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmRSS:"):
+                        total += int(line.split()[1])
+                        break
+        except OSError:
+            pass  # exited between the scan and the read
+    return total
+
+
+def run_case(case: str, args, source: Path, tx: str) -> dict:
+    """Runs one case in a fresh subprocess while sampling its tree's RSS."""
+    out = tempfile.mkdtemp(prefix=f"bench-{case}-")
+    result_file = Path(out, ".result.json")
+    cmd = [sys.executable, __file__, f"--resources={args.resources}", f"--since={args.since}",
+           f"--types={args.types}", f"--runner={args.runner}", f"--workers={args.workers}",
+           f"--_child={case}", f"--_source={source}", f"--_out={out}", f"--_tx={tx}",
+           f"--_result={result_file}"]
+    peak = 0
+    started = time.perf_counter()
+    with tempfile.TemporaryFile() as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, tree_rss_kb(proc.pid))
+                done.wait(SAMPLE_EVERY_S)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        code = proc.wait()
+        done.set()
+        sampler.join()
+        if code != 0:
+            log.seek(0)
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+            sys.exit(f"{case} failed with exit code {code}:\n{log.read().decode(errors='replace')[-4000:]}")
+    result = orjson.loads(result_file.read_bytes())
+    result_file.unlink()
+    result.update(case=case, process_seconds=time.perf_counter() - started, peak_mb=peak / 1024)
+    if args.keep:
+        print(f"kept {case} output: {out}")
+    else:
+        shutil.rmtree(out, ignore_errors=True)
+    return result
+
+
+def best_of(repeat: int, case: str, args, source: Path, tx: str) -> dict:
+    """The fastest of `repeat` runs, with the highest peak RSS seen in any of them."""
+    runs = [run_case(case, args, source, tx) for _ in range(max(1, repeat))]
+    best = min(runs, key=lambda r: r["seconds"])
+    return {**best, "peak_mb": max(r["peak_mb"] for r in runs)}
+
+
+def machine() -> str:
+    model = "unknown CPU"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return (f"machine: nproc={os.cpu_count()}, CPU={model}, Python {platform.python_version()}, "
+            f"Beam {metadata.version('apache-beam')}, {platform.system()} {platform.release()}, "
+            f"load average at end {os.getloadavg()[0]:.2f}")
+
+
+def main(argv=None) -> None:
+    args = _parse_args(argv)
+    if args._child:
+        result = (run_baseline if args._child == "baseline" else run_pipeline)(args)
+        Path(args._result).write_bytes(orjson.dumps(result))
+        return
+    source, resources_in = ensure_data(args.data_dir, args.resources, args.seed)
+    tx = now_instant()
+    label = "in_process" if args.runner == "in_process" else f"multi_process x{args.workers}"
+    print(f"{resources_in:,} resources in {source}; _type={args.types or '(all)'} "
+          f"_since={args.since or '(none)'} transactionTime={tx}; pipeline runner: {label}", flush=True)
+    base = best_of(args.repeat, "baseline", args, source, tx)
+    pipe = best_of(args.repeat, "pipeline", args, source, tx)
+    pipe["case"] = f"pipeline ({label})"
+    if pipe["counts"] != base["counts"] or pipe["errors"]:
+        sys.exit(f"OUTPUT MISMATCH: baseline kept {base['counts']}, pipeline manifest counts "
+                 f"{pipe['counts']} with {pipe['errors']} error records")
+    rows = [("case", "resources in", "resources out", "seconds", "resources/s",
+             "ratio to baseline", "peak tree RSS MB", "process s")]
+    for r in (base, pipe):
+        rows.append((r["case"], f"{resources_in:,}", f"{sum(r['counts'].values()):,}",
+                     f"{r['seconds']:.2f}", f"{resources_in / r['seconds']:,.0f}",
+                     f"{base['seconds'] / r['seconds']:.2f}x", f"{r['peak_mb']:,.0f}",
+                     f"{r['process_seconds']:.2f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print(f"outputs equal: {sum(base['counts'].values()):,} resources, per type {base['counts']}")
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
