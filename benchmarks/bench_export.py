@@ -106,7 +106,7 @@ def run_pipeline(args) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from pipelines.export import ExportJob, build_pipeline
+    from pipelines.export import ExportJob, ExportSettings, build_pipeline
     from pipelines.models import ExportRequest
     from pipelines.options import prepare_runner
 
@@ -123,8 +123,8 @@ def run_pipeline(args) -> dict:
         types=tuple(_types(args)),
         since=args.since or None,
     )
-    job = ExportJob(job_id=str(uuid.uuid4()), transaction_time=args._tx,
-                    source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART)
+    settings = ExportSettings(source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART)
+    job = ExportJob(str(uuid.uuid4()), args._tx, settings)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, request, job)
     seconds = time.perf_counter() - started

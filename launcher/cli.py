@@ -14,7 +14,8 @@ import sys
 from typing import Optional, Sequence
 
 from launcher import kickoff
-from launcher.jobs import ExportFailed, ExportSettings, check_tenant, start_export
+from launcher.jobs import ExportFailed, check_tenant, start_export
+from pipelines.export import ExportSettings
 from launcher.store import InvalidJobState, JobNotFound, SqliteJobStore
 from pipelines.models import JobRecord
 from pipelines.options import UnsafeRunnerOptions
@@ -28,6 +29,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "export":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    # Beam's options are spelled with underscores; a hyphenated unknown flag is a
+    # typo of ours, and passing it on would silently drop what the user asked for.
+    typos = [a for a in extra if a.startswith("--") and "-" in a[2:].split("=", 1)[0]]
+    if typos:
+        print(f"bulk-export: refused: unknown option {typos[0]}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
     try:
         if hasattr(args, "tenant"):
@@ -74,7 +81,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--chunk-bytes", type=_positive, default=16 << 20, help="NDJSON bytes per work item")
     export.add_argument(
         "--exclude-missing-last-updated",
-        action="store_true",
+        dest="include_missing_last_updated",
+        action="store_false",
         help="with _since/_until, drop resources that have no meta.lastUpdated (default: export them)",
     )
     export.set_defaults(handler=_export)
@@ -111,15 +119,7 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
-    settings = ExportSettings(
-        source=args.source,
-        output=args.output,
-        source_format=args.source_format,
-        max_lines_per_part=args.max_lines_per_part,
-        max_bytes_per_part=args.max_bytes_per_part,
-        chunk_bytes=args.chunk_bytes,
-        include_missing_last_updated=not args.exclude_missing_last_updated,
-    )
+    settings = ExportSettings.from_namespace(args)
     store = SqliteJobStore(args.state_dir)
     record = start_export(
         store, args.state_dir, request, settings, args.tenant, args.owner, tuple(beam_args), _print_progress

@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export import ExportJob, run
+from pipelines.export import ExportJob, ExportSettings, run
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
 from pipelines.options import prepare_runner
 from transforms.fhir.instant import now_instant
@@ -37,19 +37,6 @@ class ExportFailed(RuntimeError):
     def __init__(self, job_id: str, message: str):
         super().__init__(message)
         self.job_id = job_id
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportSettings:
-    """Where to read and write, and the output limits, as given on the command line."""
-
-    source: str
-    output: str
-    source_format: str = "auto"
-    max_lines_per_part: int = 100_000
-    max_bytes_per_part: int = 256 << 20
-    chunk_bytes: int = 16 << 20
-    include_missing_last_updated: bool = True
 
 
 def check_tenant(tenant: str) -> str:
@@ -73,13 +60,9 @@ def start_export(
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
     check_tenant(tenant)
     transaction_time = now_instant()
-    output = settings.output if FileSystems.get_scheme(settings.output) else os.path.abspath(settings.output)
-    job = ExportJob(
-        job_id=str(uuid.uuid4()),
-        transaction_time=transaction_time,
-        tenant=tenant,
-        **{**dataclasses.asdict(settings), "output": output},
-    )
+    if FileSystems.get_scheme(settings.output) is None:
+        settings = dataclasses.replace(settings, output=os.path.abspath(settings.output))
+    job = ExportJob(str(uuid.uuid4()), transaction_time, settings, tenant)
     store.create(
         JobRecord(
             job_id=job.job_id,
@@ -96,7 +79,7 @@ def start_export(
     )
     try:
         store.mark_in_progress(job.job_id)
-        match_source(job.source)
+        match_source(settings.source)
         _check_writable(job.job_dir)
         argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
         _run_and_watch(argv, StoreJobSink(state_dir, job.job_id), store, tenant, job.job_id, on_progress)

@@ -29,23 +29,39 @@ TEMP_DIR_NAME = ".parts-tmp"
 
 
 @dataclasses.dataclass(frozen=True)
-class ExportJob:
-    """Everything a run needs besides the request: where, who, when and limits."""
+class ExportSettings:
+    """Where to read and write, and the output limits: what a user chooses per run."""
 
-    job_id: str
-    transaction_time: str
     source: str
     output: str
-    tenant: str = "default"
     source_format: str = "auto"
     max_lines_per_part: int = 100_000
     max_bytes_per_part: int = 256 << 20
     chunk_bytes: int = 16 << 20
     include_missing_last_updated: bool = True
 
+    @classmethod
+    def from_namespace(cls, namespace: object) -> "ExportSettings":
+        """Reads the fields from an object with attributes of the same names
+        (parsed CLI arguments or `ExportOptions`; booleans may be "true"/"false")."""
+        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+        flag = values["include_missing_last_updated"]
+        values["include_missing_last_updated"] = flag in (True, "true")
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportJob:
+    """Everything a run needs besides the request: which job, when, for whom, and settings."""
+
+    job_id: str
+    transaction_time: str
+    settings: ExportSettings
+    tenant: str = "default"
+
     @property
     def job_dir(self) -> str:
-        return FileSystems.join(self.output, self.tenant, self.job_id)
+        return FileSystems.join(self.settings.output, self.tenant, self.job_id)
 
     @property
     def temp_dir(self) -> str:
@@ -57,27 +73,20 @@ class ExportJob:
         if missing:
             raise ValueError(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
         return cls(
-            job_id=options.job_id,
-            transaction_time=options.transaction_time,
-            source=options.source,
-            output=options.output,
-            tenant=options.tenant,
-            source_format=options.source_format,
-            max_lines_per_part=options.max_lines_per_part,
-            max_bytes_per_part=options.max_bytes_per_part,
-            chunk_bytes=options.chunk_bytes,
-            include_missing_last_updated=options.include_missing_last_updated == "true",
+            options.job_id, options.transaction_time, ExportSettings.from_namespace(options), options.tenant
         )
 
     def to_argv(self) -> list[str]:
         """The same job as `ExportOptions` flags."""
-        argv = []
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            argv.append(f"--{field.name}={value}")
-        return argv
+        values = {"job_id": self.job_id, "transaction_time": self.transaction_time, "tenant": self.tenant}
+        values.update(dataclasses.asdict(self.settings))
+        return [f"--{name}={_flag(value)}" for name, value in values.items()]
+
+
+def _flag(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 class ExportOutputs(NamedTuple):
@@ -95,21 +104,22 @@ def build_pipeline(
     sink: Optional[JobSink] = None,
 ) -> ExportOutputs:
     """Adds the export of `request` to `pipeline` and returns its main PCollections."""
-    read = pipeline | "Read" >> ReadResources(job.source, job.source_format, job.chunk_bytes)
+    settings = job.settings
+    read = pipeline | "Read" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
     typed = read.batches | "Type" >> FilterTypes(request.types)
     window = LastUpdatedWindow(
-        job.transaction_time, request.since, request.until, job.include_missing_last_updated
+        job.transaction_time, request.since, request.until, settings.include_missing_last_updated
     )
     timed = typed | "Since" >> FilterLastUpdated(window)
     parts = timed.batches | "WriteParts" >> WriteParts(
-        job.temp_dir, job.max_lines_per_part, job.max_bytes_per_part, progress=sink
+        job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink
     )
     errors = (read.errors, timed.errors) | "Errors" >> beam.Flatten()
     manifest = (parts, errors) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
         _ManifestRenderer(request, job.transaction_time),
-        job.max_lines_per_part,
+        settings.max_lines_per_part,
         on_complete=_Completion(sink) if sink is not None else None,
     )
     return ExportOutputs(parts, errors, manifest)

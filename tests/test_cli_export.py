@@ -348,3 +348,11 @@ def test_ctrl_c_records_the_job_as_error_without_a_manifest(run_cli, tmp_path):
     record = json.loads(run_cli("status", line.split()[0], "--json", state_dir=state).out)
     assert "interrupted" in record["error_message"]
     assert list(out.rglob("manifest.json")) == []
+
+
+def test_a_misspelled_option_is_refused_not_passed_to_beam(run_cli, sample_dir, tmp_path):
+    result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+                     "--exclude-missing-lastupdated")
+    assert result.code == 2
+    assert result.err.strip() == "bulk-export: refused: unknown option --exclude-missing-lastupdated"
+    assert not (tmp_path / "out").exists()

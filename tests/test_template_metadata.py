@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.export import ExportJob
+from pipelines.export import ExportJob, ExportSettings
 from pipelines.options import ExportOptions
 
 METADATA = json.loads((Path(__file__).parents[1] / "templates" / "metadata.json").read_text())
@@ -40,6 +40,14 @@ def test_parameter_is_documented_and_consistent(parameter):
 
 def test_job_flags_are_options():
     """The launcher hands a job to the pipeline as these flags; each must be an option."""
-    job = ExportJob(job_id="j", transaction_time="2020-01-01T00:00:00Z", source="s", output="o")
+    job = ExportJob("j", "2020-01-01T00:00:00Z", ExportSettings(source="s", output="o"))
     flags = {arg.split("=", 1)[0][2:] for arg in job.to_argv()}
     assert flags <= set(_option_actions())
+
+
+def test_job_round_trips_through_the_options():
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    settings = ExportSettings("in/*.ndjson", "out", "bundle", 5, 1000, 64, include_missing_last_updated=False)
+    job = ExportJob("job-1", "2020-01-01T00:00:00Z", settings, tenant="acme")
+    assert ExportJob.from_options(PipelineOptions(job.to_argv()).view_as(ExportOptions)) == job
