@@ -9,7 +9,8 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.errors import locate
-from transforms.sources import ReadResources, SourceError, _span_lines, match_source
+from transforms.ndjson import span_lines
+from transforms.sources import ReadResources, SourceError, match_source
 
 
 def _line(rtype: str, rid: str, pad: int = 0) -> bytes:
@@ -228,7 +229,7 @@ def test_pipeline_fails_with_source_error_when_nothing_matches(pipeline, tmp_pat
         pipeline.run()
 
 
-# --- _span_lines, property style -----------------------------------------------
+# --- span_lines, property style -----------------------------------------------
 
 def _random_file(rng: random.Random) -> bytes:
     alphabet = [b"a", b"b", b"\n", b"\r", b"{", b" "]
@@ -236,7 +237,7 @@ def _random_file(rng: random.Random) -> bytes:
     return b"".join(rng.choices(alphabet, weights, k=rng.randrange(0, 120)))
 
 
-def test_span_lines_chunks_partition_the_file_into_its_lines():
+def testspan_lines_chunks_partition_the_file_into_its_lines():
     rng = random.Random(20240601)
     for case in range(400):
         data = _random_file(rng)
@@ -246,7 +247,7 @@ def test_span_lines_chunks_partition_the_file_into_its_lines():
             expected.pop()
         got, offsets = [], []
         for start in range(0, len(data), chunk):
-            lines = _span_lines(io.BytesIO(data), start, min(start + chunk, len(data)))
+            lines = span_lines(io.BytesIO(data), start, min(start + chunk, len(data)))
             first = next(lines)
             chunk_lines = list(lines)
             if chunk_lines:
@@ -255,7 +256,7 @@ def test_span_lines_chunks_partition_the_file_into_its_lines():
         assert got == expected, (case, data, chunk)
         for n, offset in offsets:  # a chunk's first offset is where its first line starts
             assert offset == sum(len(line) + 1 for line in expected[:n]), (case, data, chunk)
-        whole = _span_lines(io.BytesIO(data), 0, None)
+        whole = span_lines(io.BytesIO(data), 0, None)
         assert next(whole) == 0 and list(whole) == expected
 
 

@@ -24,7 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.records import PartFile, ResourceBatch
 
 NDJSON_MIME = "application/fhir+ndjson"
-_PROGRESS_EVERY_S = 5.0
+_PROGRESS_EVERY_S = 2.0
 
 
 class ProgressSink(Protocol):

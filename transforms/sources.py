@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
-import io
 import posixpath
 import threading
 from typing import IO, Iterable, Iterator, NamedTuple
@@ -24,8 +23,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from transforms.fhir.r4 import RESOURCE_TYPES
-from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.bundles import document_resources
+from transforms.ndjson import BLOCK_BYTES, parse_lines, span_blocks
+from transforms.records import Origin, ResourceBatch
 
 NDJSON, DOCUMENT, AUTO = "ndjson", "bundle", "auto"
 SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT)
@@ -33,11 +33,6 @@ _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 _DOCUMENT_SUFFIXES = (".json",)
 _GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
-_WHOLE = -1  # BadRecord.index of an error about a whole document
-_BLOCK = 1 << 20
-# Bundle types whose entries are the resources; other Bundles are resources themselves.
-_CONTAINER_BUNDLES = frozenset({"transaction", "batch", "collection", "searchset"})
-_UNSUPPORTED_BUNDLES = frozenset({"history", "transaction-response", "batch-response"})
 
 
 class SourceError(IOError):
@@ -182,7 +177,7 @@ class _ReadChunkFn(beam.DoFn):
 
     def __init__(self, batch_size: int):
         self._batch_size = batch_size
-        self._lines = Metrics.counter("bulk_export", "source_lines")
+        self._read = Metrics.counter("bulk_export", "resources_read")
         self._bad = Metrics.counter("bulk_export", "bad_records")
 
     def setup(self) -> None:
@@ -202,34 +197,23 @@ class _ReadChunkFn(beam.DoFn):
             raise SourceError(f"cannot read source file {chunk.path!r}: {exc}") from exc
 
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
-        lines = _span_lines(f, chunk.start, chunk.end if chunk.end >= 0 else None)
-        origin = Origin(chunk.path, next(lines))
-        batch: list[Resource] = []
-        for index, line in enumerate(lines):
-            if index == 0 and origin.offset == 0:
-                line = line.removeprefix(_BOM)
-            resource = _parse(line.rstrip(b"\r"), index, origin, None)
-            if resource is None:
-                continue
-            if isinstance(resource, BadRecord):
+        blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
+        origin = Origin(chunk.path, next(blocks))
+        for item in parse_lines(blocks, origin, self._batch_size):
+            if type(item) is ResourceBatch:
+                self._read.inc(len(item.resources))
+                yield item
+            else:
                 self._bad.inc()
-                yield beam.pvalue.TaggedOutput("errors", resource)
-                continue
-            batch.append(resource)
-            if len(batch) >= self._batch_size:
-                self._lines.inc(len(batch))
-                yield ResourceBatch(origin, batch)
-                batch = []
-        if batch:
-            self._lines.inc(len(batch))
-            yield ResourceBatch(origin, batch)
+                yield beam.pvalue.TaggedOutput("errors", item)
 
     def _document(self, path: str, f: IO[bytes]) -> Iterator:
         origin = Origin(path, -1)
-        resources, bad = _document_resources(origin, f.read())
+        resources, bad = document_resources(origin, f.read())
         for record in bad:
             self._bad.inc()
             yield beam.pvalue.TaggedOutput("errors", record)
+        self._read.inc(len(resources))
         for start in range(0, len(resources), self._batch_size):
             yield ResourceBatch(origin, resources[start : start + self._batch_size])
 
@@ -261,94 +245,6 @@ def _collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _span_lines(f: IO[bytes], start: int, end: int | None) -> Iterator:
-    """Yields the offset of the first line, then every line starting in [start, end).
-
-    A line belongs to the chunk in which its first byte lies, so adjacent
-    chunks split a file into lines with no line lost or read twice.
-    """
-    if start:
-        f.seek(start - 1)
-        f.readline()
-    pos = f.tell() if start else 0
-    yield pos
-    tail = b""
-    while end is None or pos < end:
-        block = f.read(_BLOCK)
-        if not block:
-            if tail:
-                yield tail
-            return
-        lines = (tail + block).split(b"\n")
-        tail = lines.pop()
-        for line in lines:
-            yield line
-            pos += len(line) + 1
-            if end is not None and pos >= end:
-                return
-
-
-def _parse(line: bytes, index: int, origin: Origin, raw: bytes | None):
-    """Parses one line into a `Resource`, a `BadRecord`, or None for a blank line."""
-    if not line.strip():
-        return None
-    try:
-        body = orjson.loads(line)
-    except orjson.JSONDecodeError as exc:
-        return BadRecord(origin, index, f"not valid JSON ({exc})")
-    return _resource(body, line if raw is None else raw, index, origin)
-
-
-def _resource(body: object, raw: bytes, index: int, origin: Origin):
-    if type(body) is not dict:
-        return BadRecord(origin, index, "not a JSON object")
-    resource_type = body.get("resourceType")
-    if not isinstance(resource_type, str) or not resource_type:
-        return BadRecord(origin, index, "has no resourceType")
-    if resource_type not in RESOURCE_TYPES:
-        return BadRecord(origin, index, f"resourceType {resource_type!r} is not an R4 resource type")
-    return Resource(resource_type, raw, body, index)
-
-
-def _document_resources(origin: Origin, data: bytes) -> tuple[list[Resource], list[BadRecord]]:
-    """Resources of a JSON document: a Bundle's entries, or the one resource it is."""
-    try:
-        doc = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        return [], [BadRecord(origin, _WHOLE, f"document is not valid JSON ({exc})")]
-    if type(doc) is dict and doc.get("resourceType") == "Bundle":
-        kind = doc.get("type")
-        if kind in _UNSUPPORTED_BUNDLES:
-            return [], [BadRecord(origin, _WHOLE, f"Bundle type {kind!r} is not a source of resources")]
-        if kind in _CONTAINER_BUNDLES:
-            entries = doc.get("entry") or []
-            if type(entries) is not list:
-                return [], [BadRecord(origin, _WHOLE, "Bundle.entry is not a JSON array")]
-            return _entries(origin, entries)
-    one = _resource(doc, b"", 0, origin)
-    if isinstance(one, BadRecord):
-        return [], [one._replace(index=_WHOLE, reason=f"document {one.reason}")]
-    return [one._replace(raw=orjson.dumps(one.body))], []
-
-
-def _entries(origin: Origin, entries: Iterable) -> tuple[list[Resource], list[BadRecord]]:
-    resources, bad = [], []
-    for index, entry in enumerate(entries):
-        body = entry.get("resource") if type(entry) is dict else None
-        if body is None:
-            request = entry.get("request") if type(entry) is dict else None
-            method = request.get("method") if type(request) is dict else None
-            detail = f" (request.method {method})" if method else ""
-            bad.append(BadRecord(origin, index, f"Bundle entry has no resource{detail}"))
-            continue
-        parsed = _resource(body, b"", index, origin)
-        if isinstance(parsed, BadRecord):
-            bad.append(parsed)
-        else:
-            resources.append(parsed._replace(raw=orjson.dumps(body)))
-    return resources, bad
-
-
 def count_newlines_before(path: str, offsets: Iterable[int]) -> dict[int, int]:
     """Counts newlines before each byte offset of a plain file, in one pass."""
     wanted = sorted(set(offsets))
@@ -357,13 +253,10 @@ def count_newlines_before(path: str, offsets: Iterable[int]) -> dict[int, int]:
     with _open(path) as f:
         for offset in wanted:
             while pos < offset:
-                block = f.read(min(_BLOCK, offset - pos))
+                block = f.read(min(BLOCK_BYTES, offset - pos))
                 if not block:
                     break
                 seen += block.count(b"\n")
                 pos += len(block)
             counts[offset] = seen
     return counts
-
-
-__all__ = ["ReadResources", "SourceError", "match_source", "count_newlines_before", "io"]

@@ -1,0 +1,115 @@
+"""NDJSON: the lines of a byte range of a file, parsed once into resources.
+
+This is the export's hot loop. Lines are read in blocks and split in bulk, a
+line is parsed once with orjson, and the common case (a JSON object with an R4
+`resourceType`) costs one dict lookup beyond the parse. Anything else is
+explained on a slow path and becomes a `BadRecord`.
+"""
+
+from __future__ import annotations
+
+from typing import IO, Iterator, Optional, Union
+
+import orjson
+
+from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+
+BLOCK_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
+
+
+def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
+    """Yields the offset of the first line, then lists of the lines starting in [start, end).
+
+    A line belongs to the range in which its first byte lies, so adjacent
+    ranges split a file into its lines with none lost or read twice. `end`
+    None reads to the end of the stream. A UTF-8 BOM opening a file is dropped.
+    """
+    if start:
+        f.seek(start - 1)
+        f.readline()
+    pos = f.tell() if start else 0
+    yield pos
+    tail = b""
+    first = not start
+    while end is None or pos < end:
+        block = f.read(BLOCK_BYTES)
+        if not block:
+            if tail:
+                yield [tail]
+            return
+        data = tail + block
+        lines = data.split(b"\n")
+        tail = lines.pop()
+        if first and lines:
+            lines[0] = lines[0].removeprefix(_BOM)
+            first = False
+        consumed = len(data) - len(tail)
+        if end is None or pos + consumed <= end:
+            pos += consumed
+            yield lines
+            continue
+        kept = []  # the range ends inside this block: keep the lines starting before it
+        for line in lines:
+            kept.append(line)
+            pos += len(line) + 1
+            if pos >= end:
+                break
+        yield kept
+        return
+
+
+def span_lines(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
+    """`span_blocks`, one line at a time (after the first line's offset)."""
+    blocks = span_blocks(f, start, end)
+    yield next(blocks)
+    for lines in blocks:
+        yield from lines
+
+
+def parse_lines(
+    blocks: Iterator[list[bytes]], origin: Origin, batch_size: int
+) -> Iterator[Union[ResourceBatch, BadRecord]]:
+    """Parses blocks of lines into `ResourceBatch`es and `BadRecord`s; blank lines are skipped.
+
+    `Resource.index` counts every line of the range, blank ones included, so
+    that line numbers can be recovered from `origin`.
+    """
+    loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
+    batch: list[Resource] = []
+    index = -1
+    for lines in blocks:
+        for line in lines:
+            index += 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            try:
+                body = loads(line)
+            except decode_error as exc:
+                if line.strip():
+                    yield BadRecord(origin, index, f"not valid JSON ({exc})")
+                continue
+            if type(body) is dict:
+                resource_type = body.get("resourceType")
+                if type(resource_type) is str and resource_type in known:
+                    batch.append(Resource(resource_type, line, body, index))
+                    if len(batch) >= batch_size:
+                        yield ResourceBatch(origin, batch)
+                        batch = []
+                    continue
+            yield to_resource(body, line, index, origin)
+    if batch:
+        yield ResourceBatch(origin, batch)
+
+
+def to_resource(body: object, raw: bytes, index: int, origin: Origin) -> Union[Resource, BadRecord]:
+    """A parsed JSON value as a `Resource`, or a `BadRecord` saying why it is not one."""
+    if type(body) is not dict:
+        return BadRecord(origin, index, "not a JSON object")
+    resource_type = body.get("resourceType")
+    if not isinstance(resource_type, str) or not resource_type:
+        return BadRecord(origin, index, "has no resourceType")
+    if resource_type not in RESOURCE_TYPES:
+        return BadRecord(origin, index, f"resourceType {resource_type!r} is not an R4 resource type")
+    return Resource(resource_type, raw, body, index)
