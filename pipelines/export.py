@@ -106,15 +106,15 @@ def build_pipeline(
     """Adds the export of `request` to `pipeline` and returns its main PCollections."""
     settings = job.settings
     read = pipeline | "Read" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
-    typed = read.batches | "Type" >> FilterTypes(request.types)
-    window = LastUpdatedWindow(
-        job.transaction_time, request.since, request.until, settings.include_missing_last_updated
-    )
-    timed = typed | "Since" >> FilterLastUpdated(window)
-    parts = timed.batches | "WriteParts" >> WriteParts(
+    batches, errors = read.batches, [read.errors]
+    for label, step in _steps(request, job):
+        out = batches | label >> step
+        batches = out.batches
+        errors.append(out.errors)
+    parts = batches | "WriteParts" >> WriteParts(
         job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink
     )
-    errors = (read.errors, timed.errors) | "Errors" >> beam.Flatten()
+    errors = tuple(errors) | "Errors" >> beam.Flatten()
     manifest = (parts, errors) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
@@ -123,6 +123,18 @@ def build_pipeline(
         on_complete=_Completion(sink) if sink is not None else None,
     )
     return ExportOutputs(parts, errors, manifest)
+
+
+def _steps(request: ExportRequest, job: ExportJob) -> list[tuple[str, beam.PTransform]]:
+    """The request's filters, in order, each a `ResourceStep` fused between read and write."""
+    steps: list[tuple[str, beam.PTransform]] = []
+    if request.types:
+        steps.append(("Type", FilterTypes(request.types)))
+    window = LastUpdatedWindow(
+        job.transaction_time, request.since, request.until, job.settings.include_missing_last_updated
+    )
+    steps.append(("Since", FilterLastUpdated(window)))
+    return steps
 
 
 def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> beam.runners.runner.PipelineResult:

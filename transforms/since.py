@@ -20,6 +20,7 @@ import apache_beam as beam
 
 from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key
 from transforms.records import BadRecord, ResourceBatch
+from transforms.steps import ResourceStep, StepOutputs
 
 
 class LastUpdatedWindow:
@@ -62,10 +63,8 @@ class FilterLastUpdated(beam.PTransform):
         super().__init__()
         self._window = window
 
-    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.pvalue.DoOutputsTuple:
-        return batches | beam.ParDo(_WindowFn(self._window)).with_output_types(
-            ResourceBatch
-        ).with_outputs("errors", main="batches")
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
+        return batches | ResourceStep("_since/_until", _WindowFn(self._window))
 
 
 class _WindowFn(beam.DoFn):

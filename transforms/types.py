@@ -7,19 +7,20 @@ from typing import Iterable, Iterator
 import apache_beam as beam
 
 from transforms.records import ResourceBatch
+from transforms.steps import ResourceStep, StepOutputs
 
 
 class FilterTypes(beam.PTransform):
-    """Keeps resources whose type is in `types`; an empty `types` keeps all."""
+    """Keeps resources whose type is in `types` (which must not be empty)."""
 
     def __init__(self, types: Iterable[str]):
         super().__init__()
         self._types = frozenset(types)
-
-    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[ResourceBatch]:
         if not self._types:
-            return batches
-        return batches | beam.ParDo(_FilterTypesFn(self._types)).with_output_types(ResourceBatch)
+            raise ValueError("FilterTypes needs at least one type; without _type, skip the step")
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
+        return batches | ResourceStep("_type", _FilterTypesFn(self._types))
 
 
 class _FilterTypesFn(beam.DoFn):
