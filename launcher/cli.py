@@ -128,8 +128,10 @@ def _export(args: argparse.Namespace, beam_args: list[str]) -> int:
         store, args.state_dir, request, settings, args.tenant, args.owner, tuple(beam_args), _print_progress
     )
     total = sum(p.exported for p in record.progress)
-    print(f"job {record.job_id} complete: {total:,} resources in {len(record.progress)} types", end="")
-    print(f", {record.bad_records:,} bad records" if record.bad_records else "")
+    summary = f"job {record.job_id} complete: {_count(total, 'resource')} in {_count(len(record.progress), 'type')}"
+    if record.bad_records:
+        summary += f", {_count(record.bad_records, 'bad record')}"
+    print(summary)
     print(f"manifest: {os.path.join(record.output_dir, MANIFEST_NAME)}")
     return 0
 
@@ -184,6 +186,10 @@ def _sample_data(args: argparse.Namespace, _: list[str]) -> int:
     counts = generate(args.out, args.patients, args.seed)
     print(f"wrote {sum(counts.values()):,} resources to {args.out}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
     return 0
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
 def _positive(text: str) -> int:

@@ -60,8 +60,12 @@ def start_export(
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
     check_tenant(tenant)
     transaction_time = now_instant()
-    if FileSystems.get_scheme(settings.output) is None:
-        settings = dataclasses.replace(settings, output=os.path.abspath(settings.output))
+    # Local paths are made absolute: the manifest's URLs and error locations must
+    # mean the same thing wherever they are read.
+    for field in ("source", "output"):
+        path = getattr(settings, field)
+        if FileSystems.get_scheme(path) is None:
+            settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
     job = ExportJob(str(uuid.uuid4()), transaction_time, settings, tenant)
     store.create(
         JobRecord(

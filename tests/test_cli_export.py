@@ -356,3 +356,16 @@ def test_a_misspelled_option_is_refused_not_passed_to_beam(run_cli, sample_dir, 
     assert result.code == 2
     assert result.err.strip() == "bulk-export: refused: unknown option --exclude-missing-lastupdated"
     assert not (tmp_path / "out").exists()
+
+
+def test_a_relative_source_is_named_absolutely_in_error_files(run_cli, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "data.ndjson").write_text('{"resourceType":"Patient","id":"p"}\n{oops\n')
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("export", "--source", "in", "--output", "out")
+    assert result.code == 0, result.err
+    assert "1 resource in 1 type, 1 bad record" in result.out
+    [entry] = result.manifest()["error"]
+    [outcome] = [json.loads(line) for line in _file_of(entry["url"]).read_text().splitlines()]
+    assert outcome["issue"][0]["code"] == "invalid"
+    assert outcome["issue"][0]["diagnostics"].startswith(f"{tmp_path / 'in' / 'data.ndjson'} line 2: not valid JSON")

@@ -28,13 +28,14 @@ def test_a_failing_batch_is_dead_lettered_resource_by_resource(pipeline):
     batches = [_batch("a.ndjson", "a1", "a2"), _batch("secret.ndjson", "s1", "s2", "s3"), _batch("odd.ndjson", "o1")]
     out = pipeline | beam.Create(batches) | ResourceStep("my step", _FailsOnSecretFile())
     kept = out.batches | "Kept" >> beam.FlatMap(lambda b: [r.body["id"] for r in b.resources])
-    errors = out.errors | "Why" >> beam.Map(lambda r: (r.origin.path, r.index, r.reason, r.resource_type))
+    errors = out.errors | "Why" >> beam.Map(lambda r: (r.origin.path, r.index, r.reason, r.resource_type, r.code))
     assert_that(kept, equal_to(["a1", "a2", "o1"]))
     failed = "not exported: my step failed unexpectedly (KeyError)"
     assert_that(
         errors,
         equal_to(
-            [("secret.ndjson", i, failed, "Patient") for i in range(3)] + [("odd.ndjson", 0, "odd", "Patient")]
+            [("secret.ndjson", i, failed, "Patient", "exception") for i in range(3)]
+            + [("odd.ndjson", 0, "odd", "Patient", "invalid")]
         ),
         label="Errors",
     )

@@ -40,7 +40,7 @@ def operation_outcome(record: BadRecord, where: str) -> dict:
         "issue": [
             {
                 "severity": "error",
-                "code": "invalid" if record.resource_type is None else "processing",
+                "code": record.code,
                 "diagnostics": f"{where}: {record.reason}; not exported",
             }
         ],

@@ -56,6 +56,7 @@ class BadRecord(NamedTuple):
     index: int
     reason: str
     resource_type: str | None = None
+    code: str = "invalid"  # the OperationOutcome issue type: bad content, or `exception`
 
 
 class PartFile(NamedTuple):

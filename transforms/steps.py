@@ -58,4 +58,4 @@ def _dead_letter_records(failure, step: str) -> Iterator[BadRecord]:
     # The exception text may quote resource content, so only its type is reported.
     reason = f"not exported: {step} failed unexpectedly ({exc_type.__name__})"
     for resource in batch.resources:
-        yield BadRecord(batch.origin, resource.index, reason, resource.type)
+        yield BadRecord(batch.origin, resource.index, reason, resource.type, code="exception")
