@@ -38,6 +38,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"bulk-export: refused: unknown option {typos[0]}", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
+    if not args.verbose:
+        # A failed job is reported in one line and kept in the store; Beam's own
+        # tracebacks are for -v.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     try:
         if hasattr(args, "tenant"):
             check_tenant(args.tenant)
@@ -47,7 +51,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     except ExportFailed as exc:
         # The job exists (status `error`); name it so `status JOB` can be asked.
-        print(f"bulk-export: job {exc.job_id} failed: {exc}", file=sys.stderr)
+        hint = "" if args.verbose else " (-v shows Beam's log)"
+        print(f"bulk-export: job {exc.job_id} failed: {exc}{hint}", file=sys.stderr)
         return 1
     except (JobNotFound, InvalidJobState) as exc:
         print(f"bulk-export: {exc}", file=sys.stderr)

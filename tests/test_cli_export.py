@@ -243,20 +243,30 @@ def test_gzip_ndjson_source_is_read(run_cli, source, tmp_path):
     assert set(exported) == {"Patient", "Group"}
 
 
-@pytest.mark.parametrize("broken", ["source", "output"])
+@pytest.mark.parametrize("broken", ["source", "output", "gzip"])
 def test_a_failed_export_is_an_error_job_without_a_manifest(run_cli, source, tmp_path, broken):
     blocker = tmp_path / "a-file"  # a regular file cannot hold an output folder
     blocker.write_text("not a folder")
-    src, out = {"source": (tmp_path / "no-such", tmp_path / "out"), "output": (source, blocker / "out")}[broken]
+    (corrupt := tmp_path / "corrupt").mkdir()  # readable until mid-stream, then not: found mid-run
+    shutil.copy(source / "Patient.ndjson", corrupt / "Patient.ndjson")
+    packed = gzip.compress((source / "Observation.ndjson").read_bytes())
+    (corrupt / "Observation.ndjson.gz").write_bytes(packed[: len(packed) // 2])
+    src, out, named = {
+        "source": (tmp_path / "no-such", tmp_path / "out", tmp_path / "no-such"),
+        "output": (source, blocker / "out", blocker),
+        "gzip": (corrupt, tmp_path / "out", corrupt / "Observation.ndjson.gz"),
+    }[broken]
     result = run_cli("export", "--source", str(src), "--output", str(out))
     assert result.code == 1
     [job_id] = [line.split()[0] for line in run_cli("list", "--all").out.splitlines()]
-    assert f"job {job_id} failed" in result.err
+    [line] = result.err.splitlines()  # one line, no Beam traceback
+    assert line.startswith(f"bulk-export: job {job_id} failed: ")
     record = json.loads(run_cli("status", job_id, "--json").out)
     assert record["status"] == "error"
-    assert str(src if broken == "source" else blocker) in record["error_message"]
+    assert str(named) in record["error_message"] and str(named) in line
     assert f"job {job_id}: error" in run_cli("status", job_id).out
     assert list(tmp_path.rglob("manifest.json")) == []
+    assert list(Path(out).rglob("*.ndjson")) == []  # partial parts are removed too
 
 
 def test_status_manifest_and_list_report_the_finished_job(run_cli, source, tmp_path):
