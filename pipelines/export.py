@@ -19,7 +19,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job_sink import JobSink
 from pipelines.models import ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, prepare_runner
-from transforms.manifest import AssembleManifest, Completed
+from transforms.manifest import AssembleManifest, Completed, FinalFile
 from transforms.parts import WriteParts
 from transforms.since import FilterLastUpdated, LastUpdatedWindow
 from transforms.sources import ReadResources
@@ -169,11 +169,15 @@ class _ManifestRenderer:
             transaction_time=self._transaction_time,
             request=self._request.request_url,
             requires_access_token=False,
-            output=[OutputFile(type=f.type, url=file_url(f.path), count=f.count) for f in completed.output],
-            error=[OutputFile(type=f.type, url=file_url(f.path), count=f.count) for f in completed.error],
+            output=_entries(completed.output),
+            error=_entries(completed.error),
             message=_message(self._request),
         )
         return orjson.dumps(manifest.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _entries(files: list[FinalFile]) -> list[OutputFile]:
+    return [OutputFile(type=f.type, url=file_url(f.path), count=f.count) for f in files]
 
 
 def _message(request: ExportRequest) -> Optional[str]:

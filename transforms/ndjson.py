@@ -16,7 +16,7 @@ from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
 
 BLOCK_BYTES = 1 << 20
-_BOM = b"\xef\xbb\xbf"
+BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which some writers put first
 
 
 def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
@@ -43,7 +43,7 @@ def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
         lines = data.split(b"\n")
         tail = lines.pop()
         if first and lines:
-            lines[0] = lines[0].removeprefix(_BOM)
+            lines[0] = lines[0].removeprefix(BOM)
             first = False
         consumed = len(data) - len(tail)
         if end is None or pos + consumed <= end:

@@ -71,6 +71,8 @@ class _OpenPart:
 
 
 class _WritePartsFn(beam.DoFn):
+    """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
+
     def __init__(self, temp_dir, max_lines, max_bytes, progress):
         self._temp_dir = temp_dir
         self._max_lines = max_lines
@@ -113,11 +115,8 @@ class _WritePartsFn(beam.DoFn):
         pending: list[bytes] = []
         for raw in lines:
             size = len(raw) + 1
-            if (
-                part is None
-                or part.count >= self._max_lines
-                or part.size + size > self._max_bytes
-            ):
+            # A part never starts empty, so a line larger than max_bytes gets a part of its own.
+            if part is None or part.count >= self._max_lines or part.size + size > self._max_bytes:
                 if part is not None:
                     _flush(part, pending)
                     self._closed.append(part.close())

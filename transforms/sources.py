@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
+import os
 import posixpath
 import threading
 from typing import IO, Iterable, Iterator, NamedTuple
@@ -24,7 +25,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.bundles import document_resources
-from transforms.ndjson import BLOCK_BYTES, parse_lines, span_blocks
+from transforms.ndjson import BLOCK_BYTES, BOM, parse_lines, span_blocks
 from transforms.records import Origin, ResourceBatch
 
 NDJSON, DOCUMENT, AUTO = "ndjson", "bundle", "auto"
@@ -32,7 +33,6 @@ SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT)
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 _DOCUMENT_SUFFIXES = (".json",)
 _GZIP_MAGIC = b"\x1f\x8b"
-_BOM = b"\xef\xbb\xbf"
 
 
 class SourceError(IOError):
@@ -113,8 +113,6 @@ def _is_hidden(path: str, base: str) -> bool:
 
 
 def _is_local_dir(path: str) -> bool:
-    import os
-
     return FileSystems.get_scheme(path) is None and os.path.isdir(path)
 
 
@@ -160,7 +158,7 @@ class _PlanChunksFn(beam.DoFn):
                 line = f.readline()
                 if not line:
                     break
-                first = line.strip().removeprefix(_BOM)
+                first = line.strip().removeprefix(BOM)
         try:
             return not isinstance(orjson.loads(first), dict)
         except orjson.JSONDecodeError:
