@@ -73,7 +73,8 @@ def _parser() -> argparse.ArgumentParser:
         "export",
         allow_abbrev=False,
         help="run an export; unknown --flags are passed to Beam",
-        description="Runs an export. Options not listed here are Beam pipeline options.",
+        description="Runs an export and waits for it, printing progress. Options not listed here are "
+        "Beam pipeline options, e.g. --direct_running_mode=multi_processing --direct_num_workers=2.",
     )
     _job_options(export)
     export.add_argument("--source", required=True, help="NDJSON/Bundle file, glob or folder")
@@ -82,10 +83,13 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--parameters", help="a FHIR Parameters JSON file: the POST form")
     export.add_argument("--base-url", default=kickoff.DEFAULT_BASE_URL, help="base of the request URL when --kickoff is absent")
     export.add_argument("--strict", action="store_true", help="refuse unsupported parameters (Prefer: handling=strict)")
-    export.add_argument("--source-format", default="auto", choices=("auto", "ndjson", "bundle"))
-    export.add_argument("--max-lines-per-part", type=_positive, default=100_000)
-    export.add_argument("--max-bytes-per-part", type=_positive, default=256 << 20)
-    export.add_argument("--chunk-bytes", type=_positive, default=16 << 20, help="NDJSON bytes per work item")
+    export.add_argument(
+        "--source-format", default="auto", choices=("auto", "ndjson", "bundle"),
+        help="auto: by file name, then by content (default)",
+    )
+    export.add_argument("--max-lines-per-part", type=_positive, default=100_000, help="default 100000")
+    export.add_argument("--max-bytes-per-part", type=_positive, default=256 << 20, help="default 256 MiB")
+    export.add_argument("--chunk-bytes", type=_positive, default=16 << 20, help="NDJSON bytes per work item (default 16 MiB)")
     export.add_argument(
         "--exclude-missing-last-updated",
         dest="include_missing_last_updated",
@@ -120,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _job_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="job store folder (default ./.bulk-export)")
-    parser.add_argument("--tenant", default="default")
+    parser.add_argument("--tenant", default="default", help="tenant; namespaces jobs and output folders (default: default)")
     parser.add_argument("--owner", help="owner subject; jobs of other owners are not visible")
 
 
