@@ -1,0 +1,31 @@
+"""Runner choice: the embedded default, and refusal of the mode that lost records."""
+
+import pytest
+from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from pipelines.options import LOCAL_RUNNER, UnsafeRunnerOptions, prepare_runner
+
+
+@pytest.mark.parametrize("argv", [[], ["--runner=DirectRunner"]], ids=["unset", "DirectRunner"])
+def test_local_runs_use_the_embedded_runner_that_needs_no_network(argv):
+    options = PipelineOptions(argv)
+    prepare_runner(options)
+    assert options.view_as(StandardOptions).runner == LOCAL_RUNNER == "FnApiRunner"
+
+
+@pytest.mark.parametrize("runner", ["PortableRunner", "DataflowRunner", "FlinkRunner"])
+def test_other_runners_pass_through(runner):
+    options = PipelineOptions([f"--runner={runner}"])
+    prepare_runner(options)
+    assert options.view_as(StandardOptions).runner == runner
+
+
+def test_multi_processing_is_allowed():
+    options = PipelineOptions(["--direct_running_mode=multi_processing", "--direct_num_workers=2"])
+    prepare_runner(options)
+    assert options.view_as(DirectOptions).direct_running_mode == "multi_processing"
+
+
+def test_multi_threading_is_refused_with_the_reason():
+    with pytest.raises(UnsafeRunnerOptions, match=r"multi_threading.*74,955 records in, 74,787 out"):
+        prepare_runner(PipelineOptions(["--direct_running_mode=multi_threading"]))
