@@ -13,14 +13,12 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from launcher import kickoff
 from launcher.jobs import ExportFailed, check_tenant, start_export
 from launcher.store import InvalidJobState, JobNotFound, SqliteJobStore
 from pipelines.export import ExportSettings
 from pipelines.models import JobRecord
-from pipelines.options import UnsafeRunnerOptions, prepare_runner
+from pipelines.options import UnsafeRunnerOptions
 from transforms.manifest import MANIFEST_NAME
 
 DEFAULT_STATE_DIR = ".bulk-export"
@@ -131,7 +129,6 @@ def _job_options(parser: argparse.ArgumentParser) -> None:
 def _export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
-    prepare_runner(PipelineOptions(beam_args))  # refuses unsafe runner options before any file exists
     store = SqliteJobStore(args.state_dir)
     record = start_export(
         store, args.state_dir, request, settings, args.tenant, args.owner, tuple(beam_args), _print_progress

@@ -75,13 +75,17 @@ class SqliteJobStore:
     """The embedded job store: one SQLite file, safe across processes (WAL, busy timeout)."""
 
     def __init__(self, state_dir: str):
-        os.makedirs(state_dir, exist_ok=True)
         self.path = os.path.join(state_dir, DB_NAME)
+        self._ready = False  # nothing touches the disk until the store is first used
+
+    def _ensure_schema(self) -> None:
+        os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
         setup = sqlite3.connect(self.path, timeout=30)
         try:
             setup.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
         finally:
             setup.close()
+        self._ready = True
         with self._connect() as db:
             row = db.execute("SELECT version FROM schema_version").fetchone()
             if row is None:
@@ -91,6 +95,8 @@ class SqliteJobStore:
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
+        if not self._ready:
+            self._ensure_schema()
         db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
         db.row_factory = sqlite3.Row
         try:
