@@ -16,9 +16,9 @@ from typing import Optional, Sequence
 from launcher import kickoff
 from launcher.jobs import ExportFailed, check_tenant, start_export
 from launcher.store import InvalidJobState, JobNotFound, SqliteJobStore
-from pipelines.export import ExportSettings
 from pipelines.models import JobRecord
-from pipelines.options import UnsafeRunnerOptions
+from pipelines.options import DEFAULTS, ExportSettings, UnsafeRunnerOptions
+from transforms.sources import SOURCE_FORMATS
 from transforms.manifest import MANIFEST_NAME
 
 DEFAULT_STATE_DIR = ".bulk-export"
@@ -82,12 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--base-url", default=kickoff.DEFAULT_BASE_URL, help="base of the request URL when --kickoff is absent")
     export.add_argument("--strict", action="store_true", help="refuse unsupported parameters (Prefer: handling=strict)")
     export.add_argument(
-        "--source-format", default="auto", choices=("auto", "ndjson", "bundle"),
+        "--source-format", default=DEFAULTS["source_format"], choices=SOURCE_FORMATS,
         help="auto: by file name, then by content (default)",
     )
-    export.add_argument("--max-lines-per-part", type=_positive, default=100_000, help="default 100000")
-    export.add_argument("--max-bytes-per-part", type=_positive, default=256 << 20, help="default 256 MiB")
-    export.add_argument("--chunk-bytes", type=_positive, default=16 << 20, help="NDJSON bytes per work item (default 16 MiB)")
+    export.add_argument("--max-lines-per-part", type=_positive, default=DEFAULTS["max_lines_per_part"], help="default %(default)s")
+    export.add_argument("--max-bytes-per-part", type=_positive, default=DEFAULTS["max_bytes_per_part"], help="default %(default)s")
+    export.add_argument("--chunk-bytes", type=_positive, default=DEFAULTS["chunk_bytes"], help="NDJSON bytes per work item (default %(default)s)")
     export.add_argument(
         "--exclude-missing-last-updated",
         dest="include_missing_last_updated",

@@ -20,9 +20,9 @@ from typing import Callable, Optional
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export import ExportJob, ExportSettings, run
+from pipelines.export import ExportJob, run
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
-from pipelines.options import prepare_runner
+from pipelines.options import ExportSettings, prepare_runner
 from transforms.fhir.instant import now_instant
 from transforms.sources import match_source
 from launcher.store import JobStore, StoreJobSink

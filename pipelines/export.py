@@ -18,7 +18,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.job_sink import JobSink
 from pipelines.models import ExportRequest, Manifest, OutputFile
-from pipelines.options import ExportOptions, prepare_runner
+from pipelines.options import ExportOptions, ExportSettings, prepare_runner
 from transforms.manifest import AssembleManifest, Completed, FinalFile
 from transforms.parts import WriteParts
 from transforms.since import FilterLastUpdated, LastUpdatedWindow
@@ -26,28 +26,6 @@ from transforms.sources import ReadResources
 from transforms.types import FilterTypes
 
 TEMP_DIR_NAME = ".parts-tmp"
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportSettings:
-    """Where to read and write, and the output limits: what a user chooses per run."""
-
-    source: str
-    output: str
-    source_format: str = "auto"
-    max_lines_per_part: int = 100_000
-    max_bytes_per_part: int = 256 << 20
-    chunk_bytes: int = 16 << 20
-    include_missing_last_updated: bool = True
-
-    @classmethod
-    def from_namespace(cls, namespace: object) -> "ExportSettings":
-        """Reads the fields from an object with attributes of the same names
-        (parsed CLI arguments or `ExportOptions`; booleans may be "true"/"false")."""
-        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
-        flag = values["include_missing_last_updated"]
-        values["include_missing_last_updated"] = flag in (True, "true")
-        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)

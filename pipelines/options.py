@@ -1,10 +1,14 @@
-"""Pipeline options of an export, one to one with `templates/metadata.json`."""
+"""Pipeline options of an export, one to one with `templates/metadata.json`, and the
+user's per-run settings whose defaults every entry point (CLI, options) shares."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+
+from transforms.sources import SOURCE_FORMATS
 
 _LOG = logging.getLogger(__name__)
 
@@ -12,6 +16,31 @@ _LOG = logging.getLogger(__name__)
 # downloads anything. Beam 2.77's DirectRunner first fetches a Prism binary.
 LOCAL_RUNNER = "FnApiRunner"
 SAFE_RUNNING_MODES = ("in_memory", "multi_processing")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportSettings:
+    """Where to read and write, and the output limits: what a user chooses per run."""
+
+    source: str
+    output: str
+    source_format: str = "auto"
+    max_lines_per_part: int = 100_000
+    max_bytes_per_part: int = 256 << 20
+    chunk_bytes: int = 16 << 20
+    include_missing_last_updated: bool = True
+
+    @classmethod
+    def from_namespace(cls, namespace: object) -> "ExportSettings":
+        """Reads the fields from an object with attributes of the same names
+        (parsed CLI arguments or `ExportOptions`; booleans may be "true"/"false")."""
+        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+        flag = values["include_missing_last_updated"]
+        values["include_missing_last_updated"] = flag in (True, "true")
+        return cls(**values)
+
+
+DEFAULTS = {f.name: f.default for f in dataclasses.fields(ExportSettings) if f.default is not dataclasses.MISSING}
 
 
 class UnsafeRunnerOptions(ValueError):
@@ -26,8 +55,8 @@ class ExportOptions(PipelineOptions):
         parser.add_argument("--source", help="NDJSON or Bundle files: a file, glob or folder.")
         parser.add_argument(
             "--source_format",
-            default="auto",
-            choices=("auto", "ndjson", "bundle"),
+            default=DEFAULTS["source_format"],
+            choices=SOURCE_FORMATS,
             help="How to read source files; auto decides by name, then by content.",
         )
         parser.add_argument("--output", help="Root folder; parts go to <output>/<tenant>/<job_id>/.")
@@ -36,17 +65,17 @@ class ExportOptions(PipelineOptions):
         parser.add_argument("--tenant", default="default", help="The job's tenant.")
         parser.add_argument("--transaction_time", help="The kickoff instant, frozen.")
         parser.add_argument(
-            "--max_lines_per_part", type=int, default=100_000, help="Most lines in one part."
+            "--max_lines_per_part", type=int, default=DEFAULTS["max_lines_per_part"], help="Most lines in one part."
         )
         parser.add_argument(
-            "--max_bytes_per_part", type=int, default=256 << 20, help="Most bytes in one part."
+            "--max_bytes_per_part", type=int, default=DEFAULTS["max_bytes_per_part"], help="Most bytes in one part."
         )
         parser.add_argument(
-            "--chunk_bytes", type=int, default=16 << 20, help="Bytes of NDJSON read per work item."
+            "--chunk_bytes", type=int, default=DEFAULTS["chunk_bytes"], help="Bytes of NDJSON read per work item."
         )
         parser.add_argument(
             "--include_missing_last_updated",
-            default="true",
+            default="true" if DEFAULTS["include_missing_last_updated"] else "false",
             choices=("true", "false"),
             help="Export resources without meta.lastUpdated even when _since/_until is set.",
         )
