@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import re
 import sys
 import tarfile
 from collections.abc import Callable, Iterator
@@ -116,19 +117,177 @@ def iter_package_json(tgz_path: Path) -> Iterator[dict[str, Any]]:
 def derive_resource_types(resources: list[dict[str, Any]]) -> dict[str, Any]:
     """Concrete resource types: StructureDefinitions with kind=resource,
     derivation=specialization and abstract=false."""
-    types = {
-        r["type"]
+    types = {r["type"] for r in _concrete_resource_definitions(resources)}
+    return {"source": SOURCE, "resourceTypes": sorted(types)}
+
+
+def _concrete_resource_definitions(resources: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The StructureDefinitions of concrete resource types (see derive_resource_types)."""
+    return [
+        r
         for r in resources
         if r.get("resourceType") == "StructureDefinition"
         and r.get("kind") == "resource"
         and r.get("derivation") == "specialization"
         and r.get("abstract") is False
+    ]
+
+
+_WHERE_PATIENT = ".where(resolve() is Patient)"
+
+
+def derive_patient_compartment(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """The reference paths that put each resource type in a patient's compartment.
+
+    From CompartmentDefinition/patient: for every member type, each listed
+    search parameter's FHIRPath branches for that type, as element paths
+    (`Observation.performer` -> `performer`). A `.where(resolve() is Patient)`
+    restriction is dropped: only references to a Patient ever match a patient.
+    """
+    definition = next(
+        r
+        for r in resources
+        if r.get("resourceType") == "CompartmentDefinition" and r.get("code") == "Patient"
+    )
+    params: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in resources:
+        if r.get("resourceType") == "SearchParameter":
+            for base in r.get("base", []):
+                params.setdefault((base, r["code"]), r)
+    compartment: dict[str, dict[str, list[str]]] = {}
+    for entry in definition["resource"]:
+        resource_type = entry["code"]
+        by_param: dict[str, list[str]] = {}
+        for code in entry.get("param", []):
+            if code == "{def}":
+                continue
+            param = params[(resource_type, code)]
+            if param["type"] != "reference":
+                raise ValueError(f"{resource_type}.{code} is not a reference parameter")
+            paths = []
+            for branch in param["expression"].split("|"):
+                branch = branch.strip()
+                if not branch.startswith(resource_type + "."):
+                    continue
+                path = branch[len(resource_type) + 1 :].removesuffix(_WHERE_PATIENT)
+                if not re.fullmatch(r"[A-Za-z]+(\.[A-Za-z]+)*", path):
+                    raise ValueError(f"unsupported compartment expression {branch!r}")
+                paths.append(path)
+            if not paths:
+                raise ValueError(f"{resource_type}.{code} has no branch for its type")
+            by_param[code] = paths
+        if by_param:
+            compartment[resource_type] = by_param
+    return {"source": SOURCE, "compartment": "Patient", "resourceTypes": compartment}
+
+
+def derive_elements(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each resource type's root elements, for `_elements` subsetting.
+
+    From each snapshot's `Type.x` elements (inherited ones included): `elements`
+    names them all (a choice as `value[x]`), `mandatory` those with min >= 1 or
+    isModifier, and `choices` maps each choice to its type codes.
+    """
+    types: dict[str, dict[str, Any]] = {}
+    for definition in _concrete_resource_definitions(resources):
+        prefix = definition["type"] + "."
+        elements, mandatory, choices = [], [], {}
+        for element in definition["snapshot"]["element"]:
+            name = element["path"].removeprefix(prefix)
+            if name == element["path"] or "." in name:
+                continue
+            elements.append(name)
+            if element["min"] >= 1 or element["isModifier"]:
+                mandatory.append(name)
+            if name.endswith("[x]"):
+                choices[name] = sorted(t["code"] for t in element["type"])
+        types[definition["type"]] = {
+            "elements": sorted(elements),
+            "mandatory": sorted(mandatory),
+            "choices": dict(sorted(choices.items())),
+        }
+    return {"source": SOURCE, "resourceTypes": dict(sorted(types.items()))}
+
+
+_PATH_HEAD = re.compile(r"\(?([A-Za-z]+(?:\.[A-Za-z]+)*)")
+_NESTED = ("BackboneElement", "Element")  # defined inline, in the same snapshot
+
+
+def derive_search_parameters(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each resource type's search parameters, for `_typeFilter`.
+
+    From every non-experimental SearchParameter with an expression: per base
+    type, its `type`, the `|` branches of its FHIRPath `expression` that start
+    with that type (`Resource.` for the common parameters, kept under
+    `Resource`), and `target` for references (`Resource` meaning any type).
+    `choices` maps each choice element those branches walk through
+    (`Observation.effective`) to the key suffixes of its types (`DateTime`,
+    `Period`, ...), following datatypes.
+    """
+    definitions = {
+        r["type"]: {e["path"]: e for e in r["snapshot"]["element"]}
+        for r in resources
+        if r.get("resourceType") == "StructureDefinition" and r.get("derivation") != "constraint"
     }
-    return {"source": SOURCE, "resourceTypes": sorted(types)}
+    any_type = {r["type"] for r in _concrete_resource_definitions(resources)} - {"Parameters"}
+    types: dict[str, dict[str, Any]] = {}
+    choices: dict[str, list[str]] = {}
+    for param in resources:
+        if param.get("resourceType") != "SearchParameter" or param.get("experimental"):
+            continue
+        for base in param.get("base", []):
+            branches = [
+                b.strip()
+                for b in param.get("expression", "").split("|")
+                if b.strip().lstrip("(").startswith(base + ".") or b.strip() == base
+            ]
+            if not branches:
+                continue
+            entry = {"type": param["type"], "expression": " | ".join(branches)}
+            if param.get("target"):
+                # Reference(Any) lists every type but Parameters: written as `Resource`.
+                targets = set(param["target"])
+                entry["target"] = ["Resource"] if targets >= any_type else sorted(targets)
+            types.setdefault(base, {})[param["code"]] = entry
+            for branch in branches:
+                choices.update(_choice_elements(_PATH_HEAD.match(branch).group(1), definitions))
+    return {
+        "source": SOURCE,
+        "choices": dict(sorted(choices.items())),
+        "resourceTypes": {t: dict(sorted(p.items())) for t, p in sorted(types.items())},
+    }
+
+
+def _choice_elements(path: str, definitions: dict[str, dict[str, Any]]) -> dict[str, list[str]]:
+    """The choice elements along a dotted path, walking into datatypes."""
+    names = path.split(".")
+    found: dict[str, list[str]] = {}
+    owner, element_path = names[0], names[0]
+    for depth, name in enumerate(names[1:], start=2):
+        elements = definitions[owner]
+        element = elements.get(f"{element_path}.{name}")
+        if element is None:
+            element = elements.get(f"{element_path}.{name}[x]")
+            if element is not None:
+                codes = [t["code"] for t in element["type"]]
+                found[".".join(names[:depth])] = sorted(c[0].upper() + c[1:] for c in codes)
+            break
+        if "contentReference" in element:
+            element_path = element["contentReference"].lstrip("#")
+            continue
+        codes = [t["code"] for t in element.get("type", [])]
+        if len(codes) == 1 and codes[0] in definitions and codes[0] not in _NESTED:
+            owner = element_path = codes[0]
+        else:
+            element_path = element["path"]
+    return found
 
 
 DERIVATIONS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
     "resource_types.json": derive_resource_types,
+    "search_parameters.json": derive_search_parameters,
+    "elements.json": derive_elements,
+    "patient_compartment.json": derive_patient_compartment,
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -70,3 +71,37 @@ def test_resource_types():
         assert not is_resource_type(name)
     assert len(RESOURCE_TYPES) == 146
     assert isinstance(RESOURCE_TYPES, frozenset)
+
+
+def test_elements_from_snapshots():
+    types = json.loads((COMMITTED_DIR / "elements.json").read_text())["resourceTypes"]
+    assert set(types) == RESOURCE_TYPES
+    observation, patient = types["Observation"], types["Patient"]
+    # Inherited from Resource/DomainResource: the snapshot holds them under Observation.
+    assert {"id", "meta", "implicitRules", "modifierExtension", "status", "code", "value[x]"} <= set(
+        observation["elements"]
+    )
+    assert observation["mandatory"] == ["code", "implicitRules", "modifierExtension", "status"]
+    assert "Quantity" in observation["choices"]["value[x]"]
+    assert "string" in observation["choices"]["value[x]"]
+    # In R4 no Patient element has min >= 1; active, deceased[x] and link are modifiers.
+    assert patient["mandatory"] == ["active", "deceased[x]", "implicitRules", "link", "modifierExtension"]
+    assert patient["choices"] == {"deceased[x]": ["boolean", "dateTime"], "multipleBirth[x]": ["boolean", "integer"]}
+
+
+def test_search_parameters_per_type():
+    data = json.loads((COMMITTED_DIR / "search_parameters.json").read_text())
+    types = data["resourceTypes"]
+    observation, patient = types["Observation"], types["Patient"]
+    assert observation["code"] == {"type": "token", "expression": "Observation.code"}
+    assert observation["subject"]["type"] == "reference"
+    assert observation["subject"]["target"] == ["Device", "Group", "Location", "Patient"]
+    assert observation["date"] == {"type": "date", "expression": "Observation.effective"}
+    assert observation["patient"]["expression"] == "Observation.subject.where(resolve() is Patient)"
+    assert patient["name"] == {"type": "string", "expression": "Patient.name"}
+    # A union over many bases keeps only this type's branches.
+    assert types["Condition"]["code"] == {"type": "token", "expression": "Condition.code"}
+    assert set(types["Resource"]) == {"_id", "_lastUpdated", "_profile", "_security", "_source", "_tag"}
+    assert types["Resource"]["_lastUpdated"] == {"type": "date", "expression": "Resource.meta.lastUpdated"}
+    assert data["choices"]["Observation.effective"] == ["DateTime", "Instant", "Period", "Timing"]
+    assert set(types) - {"Resource"} <= RESOURCE_TYPES

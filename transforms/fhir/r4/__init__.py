@@ -10,15 +10,16 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-__all__ = ["RESOURCE_TYPES", "is_resource_type"]
+__all__ = ["RESOURCE_TYPES", "is_resource_type", "load_definition"]
 
 
-def _load_json(name: str):
+def load_definition(name: str):
+    """Parses one derived JSON file of this package, e.g. ``patient_compartment.json``."""
     return json.loads(resources.files(__name__).joinpath(name).read_text("utf-8"))
 
 
 RESOURCE_TYPES: frozenset[str] = frozenset(
-    _load_json("resource_types.json")["resourceTypes"]
+    load_definition("resource_types.json")["resourceTypes"]
 )
 
 
