@@ -3,7 +3,7 @@ import datetime as dt
 
 import pytest
 
-from transforms.fhir.instant import InvalidInstant, instant_key, is_instant, now_instant
+from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key, is_instant, now_instant
 
 
 @pytest.mark.parametrize("a, b", [
@@ -117,3 +117,14 @@ def test_seconds_agree_with_datetime_over_random_instants():
         )
         expected = int((moment - dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)).total_seconds())
         assert instant_key(text).seconds == expected, text
+
+
+def test_datetime_bounds_span_their_precision():
+    assert datetime_bounds("2020") == (instant_key("2020-01-01T00:00:00Z"), instant_key("2021-01-01T00:00:00Z"))
+    assert datetime_bounds("2020-02") == (instant_key("2020-02-01T00:00:00Z"), instant_key("2020-03-01T00:00:00Z"))
+    assert datetime_bounds("2020-02-28")[1] == instant_key("2020-02-29T00:00:00Z")
+    full = instant_key("2020-02-03T01:02:03+01:00")
+    assert datetime_bounds("2020-02-03T01:02:03+01:00") == (full, full)
+    for bad in ("2020-13", "2020-02-30", "2020-02-03T01:02", "20", None):
+        with pytest.raises(InvalidInstant):
+            datetime_bounds(bad)

@@ -10,7 +10,8 @@ from transforms.sources import count_newlines_before
 
 
 def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:
-    """Pairs each bad record with a human location: `path line N` (from 1) or `path Bundle.entry[N]` (from 0, as in FHIRPath).
+    """Pairs each bad record with a human location: `path line N` (from 1), `path Bundle.entry[N]`
+    (from 0, as in FHIRPath) or, for Avro and Parquet, `path record N` (the row number, from 0).
 
     Line numbers of chunks that start mid-file are found by counting newlines
     before the chunk, once per file and only here, on the error path.
@@ -24,7 +25,12 @@ def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:
     located = []
     for record in records:
         path, offset = record.origin
-        if offset < 0:
+        if record.location is not None:
+            located.append((record, record.location))
+            continue
+        if record.origin.is_records:
+            where = f"{path} record {record.index}" if record.index >= 0 else path
+        elif offset < 0:
             where = f"{path} Bundle.entry[{record.index}]" if record.index >= 0 else path
         else:
             lines_before = before[path][offset] if offset else 0

@@ -21,6 +21,8 @@ class Resource(NamedTuple):
     raw: bytes
     body: dict[str, Any]
     index: int  # position within its batch's source span, for error locations
+    # A columnar source's `lastUpdated` column, as a FHIR instant; it wins over meta.lastUpdated.
+    last_updated: str | None = None
 
 
 class Origin(NamedTuple):
@@ -28,7 +30,9 @@ class Origin(NamedTuple):
 
     For NDJSON, `offset` is the byte offset at which line `index` 0 starts, so a
     line's number can be computed later and only when an error needs it. For a
-    JSON document (a Bundle), `offset` is -1 and `index` counts entries.
+    JSON document (a Bundle), `offset` is -1 and `index` counts entries. For an
+    Avro or Parquet file, `offset` is `RECORDS` and `index` is the record's row
+    number in the file, from 0.
     """
 
     path: str
@@ -36,7 +40,14 @@ class Origin(NamedTuple):
 
     @property
     def is_document(self) -> bool:
-        return self.offset < 0
+        return self.offset == DOCUMENT
+
+    @property
+    def is_records(self) -> bool:
+        return self.offset == RECORDS
+
+
+DOCUMENT, RECORDS = -1, -2  # the Origin.offset of a JSON document, and of a columnar file
 
 
 class ResourceBatch(NamedTuple):
@@ -57,6 +68,7 @@ class BadRecord(NamedTuple):
     reason: str
     resource_type: str | None = None
     code: str = "invalid"  # the OperationOutcome issue type: bad content, or `exception`
+    location: str | None = None  # set when the record is not a source line, e.g. a Group member
 
 
 class PartFile(NamedTuple):

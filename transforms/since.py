@@ -19,8 +19,10 @@ from typing import Iterator, Optional
 import apache_beam as beam
 
 from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key
-from transforms.records import BadRecord, ResourceBatch
-from transforms.steps import ResourceStep, StepOutputs
+from transforms.records import ResourceBatch
+from transforms.steps import ResourceStep, StepOutputs, each_resource
+
+LAST_UPDATED = "meta.lastUpdated"  # how bad records name the element at fault
 
 
 class LastUpdatedWindow:
@@ -33,19 +35,23 @@ class LastUpdatedWindow:
         until: Optional[str] = None,
         include_missing: bool = True,
     ):
+        self._bounds = (transaction_time, since, until, include_missing)
         self._since = instant_key(since) if since else None
         self._until = instant_key(until) if until else None
         self._tx = instant_key(transaction_time)
         self._keep_missing = include_missing or not (since or until)
 
-    def admits(self, body: dict) -> bool:
-        """True when the resource is in the window; raises `InvalidInstant` on bad data."""
-        meta = body.get("meta")
-        if meta is None:
-            return self._keep_missing
-        if type(meta) is not dict:
-            raise InvalidInstant("meta is not a JSON object")
-        text = meta.get("lastUpdated")
+    def without_since(self) -> "LastUpdatedWindow":
+        """The same window with no `_since` bound."""
+        transaction_time, _, until, include_missing = self._bounds
+        return LastUpdatedWindow(transaction_time, None, until, include_missing)
+
+    def admits(self, body: dict, last_updated: Optional[str] = None) -> bool:
+        """True when the resource is in the window; raises `InvalidInstant` on bad data.
+
+        `last_updated`, a columnar source's `lastUpdated` column, wins over `meta.lastUpdated`.
+        """
+        text = last_updated if last_updated is not None else _meta_last_updated(body)
         if text is None:
             return self._keep_missing
         key: InstantKey = instant_key(text)
@@ -54,6 +60,15 @@ class LastUpdatedWindow:
         if self._since is not None and not key > self._since:
             return False
         return self._until is None or key < self._until
+
+
+def _meta_last_updated(body: dict) -> Optional[object]:
+    meta = body.get("meta")
+    if meta is None:
+        return None
+    if type(meta) is not dict:
+        raise InvalidInstant("meta is not a JSON object")
+    return meta.get("lastUpdated")
 
 
 class FilterLastUpdated(beam.PTransform):
@@ -72,16 +87,7 @@ class _WindowFn(beam.DoFn):
         self._window = window
 
     def process(self, batch: ResourceBatch) -> Iterator:
-        kept = []
         admits = self._window.admits
-        for resource in batch.resources:
-            try:
-                if admits(resource.body):
-                    kept.append(resource)
-            except InvalidInstant as exc:
-                yield beam.pvalue.TaggedOutput(
-                    "errors",
-                    BadRecord(batch.origin, resource.index, f"meta.lastUpdated: {exc}", resource.type),
-                )
-        if kept:
-            yield batch.replace(kept)
+        return each_resource(
+            batch, lambda r: r if admits(r.body, r.last_updated) else None, InvalidInstant, LAST_UPDATED
+        )

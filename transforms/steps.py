@@ -11,11 +11,11 @@ instead of failing the whole export or losing resources silently.
 from __future__ import annotations
 
 import logging
-from typing import Iterator, NamedTuple
+from typing import Callable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
 
-from transforms.records import BadRecord, ResourceBatch
+from transforms.records import BadRecord, Resource, ResourceBatch
 
 _LOG = logging.getLogger(__name__)
 
@@ -28,18 +28,19 @@ class StepOutputs(NamedTuple):
 
 
 class ResourceStep(beam.PTransform):
-    """Applies `fn` to batches; returns `StepOutputs(batches, errors)`."""
+    """Applies `fn` (with any side inputs) to batches; returns `StepOutputs(batches, errors)`."""
 
-    def __init__(self, step: str, fn: beam.DoFn):
+    def __init__(self, step: str, fn: beam.DoFn, *side_inputs: beam.pvalue.AsSideInput):
         super().__init__()
         self._step = step
         self._fn = fn
+        self._side_inputs = side_inputs
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
         out = (
             batches
             | "Apply"
-            >> beam.ParDo(self._fn)
+            >> beam.ParDo(self._fn, *self._side_inputs)
             .with_output_types(ResourceBatch, errors=BadRecord)
             .with_outputs("errors", main="batches")
             .with_exception_handling(dead_letter_tag="failed", on_failure_callback=_log_failure)
@@ -59,3 +60,25 @@ def _dead_letter_records(failure, step: str) -> Iterator[BadRecord]:
     reason = f"not exported: {step} failed unexpectedly ({exc_type.__name__})"
     for resource in batch.resources:
         yield BadRecord(batch.origin, resource.index, reason, resource.type, code="exception")
+
+
+def each_resource(
+    batch: ResourceBatch,
+    keep: Callable[[Resource], Optional[Resource]],
+    bad_data: type[Exception],
+    label: str,
+) -> Iterator:
+    """A step's per-resource loop: yields the batch of what `keep` returns (None drops a
+    resource), and a `BadRecord`, tagged `errors`, for each resource on which it raises `bad_data`."""
+    kept = []
+    for resource in batch.resources:
+        try:
+            result = keep(resource)
+        except bad_data as exc:
+            reason = f"{label}: {exc}"
+            yield beam.pvalue.TaggedOutput("errors", BadRecord(batch.origin, resource.index, reason, resource.type))
+            continue
+        if result is not None:
+            kept.append(result)
+    if kept:
+        yield batch.replace(kept)

@@ -83,3 +83,37 @@ def now_instant() -> str:
     """The current time as a FHIR instant in UTC with millisecond precision."""
     now = _dt.datetime.now(_dt.timezone.utc)
     return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+
+
+# The FHIR R4 `dateTime` primitive: a year, year-month, date, or a full time with a zone.
+_DATETIME = re.compile(
+    r"([0-9]{4})(?:-(0[1-9]|1[0-2])(?:-(0[1-9]|[12][0-9]|3[01])"
+    r"(T([01][0-9]|2[0-3]):[0-5][0-9]:(?:[0-5][0-9]|60)(?:\.[0-9]+)?"
+    r"(?:Z|[+-](?:(?:0[0-9]|1[0-3]):[0-5][0-9]|14:00)))?)?)?\Z"
+)
+
+
+def datetime_bounds(text: object) -> tuple[InstantKey, InstantKey]:
+    """The instants a FHIR `dateTime` of any precision spans: `[start, end)`.
+
+    `2020` spans the year, `2020-03` the month, `2020-03-04` the day (taken in
+    UTC, since a date carries no zone). A full dateTime is one instant, for
+    which `start == end`.
+    """
+    match = _DATETIME.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise InvalidInstant(f"{text!r} is not a FHIR dateTime")
+    year, month, day, time = match.group(1, 2, 3, 4)
+    if time:
+        key = instant_key(text)
+        return key, key
+    year = int(year)
+    if day:
+        start = instant_key(f"{text}T00:00:00Z")
+        return start, InstantKey(start.seconds + 86400, "")
+    if month:
+        month = int(month)
+        start = instant_key(f"{year:04d}-{month:02d}-01T00:00:00Z")
+        return start, InstantKey(start.seconds + _days_in_month(year, month) * 86400, "")
+    start = instant_key(f"{year:04d}-01-01T00:00:00Z")
+    return start, instant_key(f"{year + 1:04d}-01-01T00:00:00Z")
