@@ -1,0 +1,181 @@
+"""Compiling `_typeFilter` values into `TypeFilters`, and applying them.
+
+Filters for one type are ORed, the parameters of one filter ANDed, and the
+comma-separated values of one parameter ORed. Everything is compiled once; a
+resource is then only walked as a dict. Whatever cannot be applied exactly
+(result parameters, chaining, `_has`, composites, unknown modifiers, bad
+values) is refused with `TypeFilterRefused`, because ignoring it would export
+more than was asked for.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Iterable, Optional, Sequence
+
+from transforms.fhir.r4 import is_resource_type
+from transforms.fhir.search.common import InvalidSearchValue, MalformedData
+from transforms.fhir.search.dates import DateMatch
+from transforms.fhir.search.numbers import NumberMatch, QuantityMatch
+from transforms.fhir.search.paths import UnsupportedExpression, compile_expression
+from transforms.fhir.search.query import ParsedFilter, QueryParameter, parse_type_filter
+from transforms.fhir.search.references import ReferenceMatch
+from transforms.fhir.search.registry import SearchParameter, search_parameters
+from transforms.fhir.search.text import StringMatch, UriMatch
+from transforms.fhir.search.tokens import TokenMatch
+
+RESULT_PARAMETERS = frozenset(
+    ("_include", "_revinclude", "_sort", "_count", "_elements", "_summary", "_total",
+     "_contained", "_containedType", "_format", "_pretty", "_maxresults", "_graph")
+)
+NOT_SUPPORTED = frozenset(("_text", "_content", "_query", "_filter", "_list", "_type"))
+MODIFIERS = {
+    "token": {"not", "text"},
+    "string": {"exact", "contains"},
+    "uri": {"below", "above"},
+    "date": set(),
+    "number": set(),
+    "quantity": set(),
+    "reference": set(),  # plus `:Type`, checked against the parameter's targets
+}
+
+# Criterion modes
+_ANY, _NONE, _MISSING, _PRESENT = range(4)
+
+
+class _Criterion:
+    """One parameter of one filter: an extractor and its ORed value matchers."""
+
+    __slots__ = ("label", "extract", "matchers", "mode")
+
+    def __init__(self, label: str, extract: Callable, matchers: tuple, mode: int):
+        self.label, self.extract, self.matchers, self.mode = label, extract, matchers, mode
+
+    def __call__(self, body: dict) -> bool:
+        values = self.extract(body)
+        mode = self.mode
+        if mode >= _MISSING:
+            return not values if mode == _MISSING else bool(values)
+        try:
+            hit = any(match(v) for v in values for match in self.matchers)
+        except MalformedData as exc:
+            raise MalformedData(f"{self.label}: {exc}") from None
+        return hit if mode == _ANY else not hit
+
+
+class TypeFilters:
+    """Compiled `_typeFilter`s by resource type; picklable, for a Beam DoFn."""
+
+    def __init__(self, by_type: dict[str, tuple[tuple[_Criterion, ...], ...]]):
+        self._by_type = by_type
+
+    @property
+    def types(self) -> frozenset[str]:
+        """The resource types that have at least one filter."""
+        return frozenset(self._by_type)
+
+    def matches(self, resource_type: str, body: dict) -> bool:
+        """True when a filter of the type admits `body` (always, for types without filters).
+
+        Raises `MalformedData` when a value the filter reads is not of its type.
+        """
+        filters = self._by_type.get(resource_type)
+        if filters is None:
+            return True
+        for criteria in filters:
+            for criterion in criteria:
+                if not criterion(body):
+                    break
+            else:
+                return True
+        return False
+
+    def __repr__(self) -> str:
+        return f"TypeFilters({sorted(self._by_type)})"
+
+
+def compile_type_filters(
+    values: Iterable[str], types: Sequence[str] = (), now: Optional[str] = None
+) -> TypeFilters:
+    """Compiles raw `Type?query` values; raises `TypeFilterRefused` naming what it refuses.
+
+    `types` is the kickoff's `_type` (a filter on another type is refused when
+    it is not empty); `now` is the instant `ap` dates are relative to.
+    """
+    by_type: dict[str, list] = {}
+    for text in values:
+        parsed = parse_type_filter(text)
+        if not is_resource_type(parsed.type):
+            raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type")
+        if types and parsed.type not in types:
+            raise parsed.refuse(f"{parsed.type} is not in _type ({', '.join(types)})")
+        known = search_parameters(parsed.type)
+        criteria = tuple(_compile_parameter(parsed, p, known, now) for p in parsed.parameters)
+        by_type.setdefault(parsed.type, []).append(criteria)
+    return TypeFilters({t: tuple(f) for t, f in by_type.items()})
+
+
+def _compile_parameter(
+    parsed: ParsedFilter,
+    param: QueryParameter,
+    known: dict[str, SearchParameter],
+    now: Optional[str],
+) -> _Criterion:
+    name, modifier = param.name, param.modifier
+    if name in RESULT_PARAMETERS:
+        raise parsed.refuse("result parameters cannot be used inside _typeFilter", name)
+    if name == "_has" or name.startswith("_has:"):
+        raise parsed.refuse("_has (reverse chaining) is not supported", name)
+    if "." in name:
+        raise parsed.refuse("chained parameters are not supported", name)
+    if name in NOT_SUPPORTED:
+        raise parsed.refuse(f"{name} is not supported in _typeFilter", name)
+    definition = known.get(name)
+    if definition is None:
+        raise parsed.refuse(f"not a search parameter of {parsed.type}", name)
+    if definition.type in ("composite", "special"):
+        raise parsed.refuse(f"{definition.type} parameters are not supported", name)
+    label = f"{parsed.type}?{name}"
+    try:
+        skip = ("String",) if definition.type == "date" else ()
+        extract = compile_expression(definition.expression, parsed.type, skip)
+    except UnsupportedExpression as exc:
+        raise parsed.refuse(str(exc), name) from None
+    if modifier == "missing":
+        if param.values not in (("true",), ("false",)):
+            raise parsed.refuse(":missing takes true or false", name)
+        return _Criterion(label, extract, (), _MISSING if param.values[0] == "true" else _PRESENT)
+    _check_modifier(parsed, name, modifier, definition)
+    try:
+        matchers = tuple(_matcher(definition, modifier, v, now) for v in param.values)
+    except InvalidSearchValue as exc:
+        raise parsed.refuse(str(exc), name) from None
+    return _Criterion(label, extract, matchers, _NONE if modifier == "not" else _ANY)
+
+
+def _check_modifier(parsed: ParsedFilter, name: str, modifier: Optional[str], definition) -> None:
+    if modifier is None or modifier in MODIFIERS[definition.type]:
+        return
+    if definition.type == "reference" and is_resource_type(modifier):
+        targets = definition.target or ()
+        if "Resource" in targets or modifier in targets:
+            return
+        raise parsed.refuse(f":{modifier} is not a target of {name} ({', '.join(targets)})", name)
+    reason = f"modifier :{modifier} is not supported on a {definition.type} parameter"
+    raise parsed.refuse(reason, name)
+
+
+def _matcher(definition: SearchParameter, modifier: Optional[str], value: str, now: Optional[str]):
+    kind = definition.type
+    if kind == "token":
+        return TokenMatch(value, text=modifier == "text")
+    if kind == "string":
+        return StringMatch(value, modifier)
+    if kind == "uri":
+        return UriMatch(value, modifier)
+    if kind == "date":
+        return DateMatch(value, now)
+    if kind == "number":
+        return NumberMatch(value)
+    if kind == "quantity":
+        return QuantityMatch(value)
+    return ReferenceMatch(value, modifier, definition.target or ())

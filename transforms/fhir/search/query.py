@@ -1,0 +1,53 @@
+"""Parsing one `_typeFilter` value, `Type?name[:modifier]=value&...`, into parameters."""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Optional
+from urllib.parse import unquote
+
+from transforms.fhir.search.common import TypeFilterRefused
+
+_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+
+
+class QueryParameter(NamedTuple):
+    """One `name[:modifier]=v1,v2` of a filter; the values are ORed."""
+
+    name: str
+    modifier: Optional[str]
+    values: tuple[str, ...]
+
+
+class ParsedFilter(NamedTuple):
+    """One `_typeFilter` value: its text, its type and its ANDed parameters."""
+
+    text: str
+    type: str
+    parameters: tuple[QueryParameter, ...]
+
+    def refuse(self, reason: str, parameter: Optional[str] = None) -> TypeFilterRefused:
+        """The refusal for this filter (and parameter), naming both."""
+        where = f" parameter {parameter!r}:" if parameter else ""
+        return TypeFilterRefused(f"_typeFilter {self.text!r}:{where} {reason}")
+
+
+def parse_type_filter(text: str) -> ParsedFilter:
+    """Splits `Type?query` on `?`, `&`, `=`, `:` and unescaped commas, then unquotes."""
+    resource_type, question, query = text.partition("?")
+    shell = ParsedFilter(text, resource_type, ())
+    if not question or not resource_type:
+        raise shell.refuse("expected Type?query, e.g. Observation?code=1234-5")
+    parameters = []
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, equals, value = part.partition("=")
+        name, _, modifier = unquote(name).partition(":")
+        if not equals or not value:
+            raise shell.refuse("has no value", name or part)
+        values = tuple(unquote(v).replace("\\,", ",") for v in _UNESCAPED_COMMA.split(value))
+        parameters.append(QueryParameter(name, modifier or None, values))
+    if not parameters:
+        raise shell.refuse("the query is empty")
+    return shell._replace(parameters=tuple(parameters))

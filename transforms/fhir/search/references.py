@@ -1,0 +1,92 @@
+"""Reference search: `Type/id`, a bare `id`, an absolute URL, the `:Type` modifier.
+
+Both sides are reduced to `(base, type, id)`. They match when the ids are equal,
+the types are equal or one is unknown, and the bases are equal or one is
+relative. `urn:uuid:X` (and `urn:oid:X`) in data is id `X`, of the reference's
+`type` element when present and else of any type; real exports and Bundles
+refer to entries that way.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+from transforms.fhir.r4 import is_resource_type
+from transforms.fhir.search.common import InvalidSearchValue, MalformedData
+
+
+class Target(NamedTuple):
+    base: Optional[str]
+    type: Optional[str]
+    id: Optional[str]
+
+
+_NOWHERE = Target(None, None, None)
+
+
+def split_reference(text: str, element_type: Optional[str] = None) -> Target:
+    """`http://x/fhir/Patient/1/_history/2` -> (`http://x/fhir`, `Patient`, `1`)."""
+    for scheme in ("urn:uuid:", "urn:oid:"):
+        if text.startswith(scheme):
+            return Target(None, element_type, text[len(scheme) :])
+    if text.startswith("#"):
+        return _NOWHERE  # a contained resource: no id a search could name
+    history = text.find("/_history/")
+    if history >= 0:
+        text = text[:history]
+    parts = text.rsplit("/", 2)
+    if len(parts) == 1:
+        return Target(None, element_type, text)
+    base = parts[0] if len(parts) == 3 else None
+    return Target(base, parts[-2], parts[-1])
+
+
+def reference_type(element: object) -> Optional[str]:
+    """The resource type a Reference element points at, or None when unknown."""
+    if type(element) is not dict:
+        return None
+    text = element.get("reference")
+    if type(text) is not str:
+        return element.get("type")
+    return split_reference(text, element.get("type")).type
+
+
+class ReferenceMatch:
+    """Matches one reference search value against Reference (or canonical) elements."""
+
+    __slots__ = ("raw", "target")
+
+    def __init__(self, raw: str, modifier_type: Optional[str], targets: tuple[str, ...]):
+        if not raw:
+            raise InvalidSearchValue("a reference value cannot be empty")
+        target = split_reference(raw, modifier_type)
+        if modifier_type and target.type != modifier_type:
+            raise InvalidSearchValue(f"{raw!r} does not name a {modifier_type}")
+        if target.type is not None:
+            if not is_resource_type(target.type):
+                raise InvalidSearchValue(f"{target.type!r} in {raw!r} is not an R4 resource type")
+            if "Resource" not in targets and target.type not in targets:
+                listed = ", ".join(targets)
+                raise InvalidSearchValue(f"{target.type} is not a target (targets: {listed})")
+        self.raw = raw
+        self.target = target
+
+    def __call__(self, element: object) -> bool:
+        if type(element) is str:  # a canonical
+            return element == self.raw
+        if type(element) is not dict:
+            raise MalformedData(f"a reference is {type(element).__name__}, not an object")
+        text = element.get("reference")
+        if text is None:
+            return False
+        if type(text) is not str:
+            raise MalformedData("Reference.reference is not a string")
+        if text == self.raw:
+            return True
+        found = split_reference(text, element.get("type"))
+        want = self.target
+        return (
+            found.id == want.id
+            and (want.type is None or found.type is None or found.type == want.type)
+            and (want.base is None or found.base is None or found.base == want.base)
+        )
