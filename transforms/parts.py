@@ -1,8 +1,9 @@
-"""Part writing: rolling per-type NDJSON files, written where resources are filtered.
+"""Part writing: rolling per-type files, written where resources are filtered.
 
 `WriteParts` writes each batch's resources, as their original bytes, into
 temporary files under a hidden folder, opening a new part per type whenever
-the line or byte limit would be passed. It emits only `PartFile` metadata;
+the line or byte limit would be passed. The file format is a `PartSink`
+(`transforms.sinks`): NDJSON by default, or Parquet. It emits only `PartFile` metadata;
 resource bodies are never shuffled. Final names are given later, all at once,
 by `AssembleManifest`, so no file is ever visible under its final name
 half-written.
@@ -21,9 +22,8 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.records import PartFile, ResourceBatch
-
-NDJSON_MIME = "application/fhir+ndjson"
+from transforms.records import PartFile, Resource, ResourceBatch
+from transforms.sinks import NDJSON_MIME, NdjsonSink, PartSink
 _PROGRESS_EVERY_S = 2.0
 
 
@@ -33,9 +33,9 @@ class ProgressSink(Protocol):
     def progress(self, counts: dict[str, int]) -> None: ...
 
 
-def create_file(path: str) -> IO[bytes]:
+def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
     """Opens `path` for writing through Beam's FileSystems (any scheme)."""
-    return FileSystems.create(path, NDJSON_MIME, CompressionTypes.UNCOMPRESSED)
+    return FileSystems.create(path, mime, CompressionTypes.UNCOMPRESSED)
 
 
 class WriteParts(beam.PTransform):
@@ -47,25 +47,28 @@ class WriteParts(beam.PTransform):
         max_lines: int = 100_000,
         max_bytes: int = 256 << 20,
         progress: Optional[ProgressSink] = None,
+        sink: PartSink = NdjsonSink(),
     ):
         super().__init__()
         if max_lines < 1 or max_bytes < 1:
             raise ValueError("part limits must be positive")
-        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress)
+        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return batches | beam.ParDo(self._fn)
 
 
 class _OpenPart:
-    __slots__ = ("type", "path", "handle", "count", "size")
+    __slots__ = ("type", "path", "handle", "writer", "count", "size")
 
-    def __init__(self, resource_type: str, path: str):
+    def __init__(self, resource_type: str, path: str, sink: PartSink):
         self.type, self.path = resource_type, path
-        self.handle = create_file(path)
-        self.count = self.size = 0
+        self.handle = create_file(path, sink.mime)
+        self.writer = sink.open(self.handle, resource_type)
+        self.count = self.size = 0  # size: the resources' NDJSON bytes, which the byte limit counts
 
     def close(self) -> PartFile:
+        self.writer.close()
         self.handle.close()
         return PartFile(self.type, self.path, self.count, self.size)
 
@@ -73,8 +76,9 @@ class _OpenPart:
 class _WritePartsFn(beam.DoFn):
     """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink):
         self._temp_dir = temp_dir
+        self._sink = sink
         self._max_lines = max_lines
         self._max_bytes = max_bytes
         self._progress = progress
@@ -87,15 +91,15 @@ class _WritePartsFn(beam.DoFn):
         self._reported_at = time.monotonic()
 
     def process(self, batch: ResourceBatch) -> Iterator[PartFile]:
-        by_type: dict[str, list[bytes]] = {}
+        by_type: dict[str, list[Resource]] = {}
         for resource in batch.resources:
-            lines = by_type.get(resource.type)
-            if lines is None:
-                lines = by_type[resource.type] = []
-            lines.append(resource.raw)
-        for resource_type, lines in by_type.items():
-            self._write(resource_type, lines)
-            self._count(resource_type, len(lines))
+            same = by_type.get(resource.type)
+            if same is None:
+                same = by_type[resource.type] = []
+            same.append(resource)
+        for resource_type, resources in by_type.items():
+            self._write(resource_type, resources)
+            self._count(resource_type, len(resources))
         if self._progress and time.monotonic() - self._reported_at > _PROGRESS_EVERY_S:
             self._report()
         return iter(())
@@ -110,21 +114,20 @@ class _WritePartsFn(beam.DoFn):
         for part in self._closed:
             yield WindowedValue(part, window.max_timestamp(), [window])
 
-    def _write(self, resource_type: str, lines: list[bytes]) -> None:
+    def _write(self, resource_type: str, resources: list[Resource]) -> None:
         part = self._open.get(resource_type)
-        pending: list[bytes] = []
-        for raw in lines:
-            size = len(raw) + 1
+        pending: list[Resource] = []
+        for resource in resources:
+            size = len(resource.raw) + 1
             # A part never starts empty, so a line larger than max_bytes gets a part of its own.
             if part is None or part.count >= self._max_lines or part.size + size > self._max_bytes:
                 if part is not None:
                     _flush(part, pending)
                     self._closed.append(part.close())
                     pending = []
-                part = self._open[resource_type] = _OpenPart(
-                    resource_type, f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}.ndjson"
-                )
-            pending.append(raw)
+                path = f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}{self._sink.extension}"
+                part = self._open[resource_type] = _OpenPart(resource_type, path, self._sink)
+            pending.append(resource)
             part.count += 1
             part.size += size
         _flush(part, pending)
@@ -145,7 +148,6 @@ class _WritePartsFn(beam.DoFn):
         self._reported_at = time.monotonic()
 
 
-def _flush(part: _OpenPart, lines: list[bytes]) -> None:
-    if lines:
-        lines.append(b"")
-        part.handle.write(b"\n".join(lines))
+def _flush(part: _OpenPart, resources: list[Resource]) -> None:
+    if resources:
+        part.writer.write(resources)

@@ -1,0 +1,55 @@
+"""Test helpers for columnar sources and Parquet parts: converting NDJSON, running exports, reading parts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import orjson
+import pyarrow.parquet as pq
+from apache_beam.testing.test_pipeline import TestPipeline
+
+from pipelines.export import ExportJob, ExportSettings, build_pipeline
+from pipelines.models import ExportRequest
+from pipelines.options import LOCAL_RUNNER
+from transforms.columnar import convert_ndjson
+
+TX = "2030-01-01T00:00:00Z"
+
+
+def columnar_copy(ndjson_dir: Path, out: Path, kind: str, rows_per_group: int = 64) -> Path:
+    """Writes every NDJSON file of a folder as an Avro or Parquet file of the same resources."""
+    out.mkdir(parents=True, exist_ok=True)
+    for path in sorted(ndjson_dir.glob("*.ndjson")):
+        convert_ndjson(str(path), str(out / f"{path.stem}.{kind}"), kind, rows_per_group)
+    return out
+
+
+def run_export(source: Path, out: Path, request: ExportRequest, **settings) -> dict:
+    """Runs `build_pipeline` on the embedded runner; returns the manifest."""
+    job = ExportJob("job", TX, ExportSettings(source=str(source), output=str(out), **settings))
+    pipeline = TestPipeline(runner=LOCAL_RUNNER)
+    build_pipeline(pipeline, request, job)
+    pipeline.run().wait_until_finish()
+    return orjson.loads(Path(job.job_dir, "manifest.json").read_bytes())
+
+
+def file_of(url: str) -> Path:
+    return Path(url.removeprefix("file://"))
+
+
+def part_lines(path: Path) -> list[bytes]:
+    """The resources of an NDJSON part as lines, or of a Parquet part as its `resource` column's bytes."""
+    if path.suffix == ".parquet":
+        return [text.encode() for text in pq.read_table(path, columns=["resource"]).column(0).to_pylist()]
+    return path.read_bytes().splitlines()
+
+
+def exported(manifest: dict) -> dict[str, Counter]:
+    """Resource bytes per type over a manifest's output files, checking each count."""
+    found: dict[str, Counter] = {}
+    for entry in manifest["output"]:
+        lines = part_lines(file_of(entry["url"]))
+        assert len(lines) == entry["count"], entry
+        found.setdefault(entry["type"], Counter()).update(lines)
+    return found

@@ -1,0 +1,210 @@
+"""Avro and Parquet sources: resource records read in batches into the NDJSON path's batches.
+
+A Parquet file is read one row group per chunk (`pyarrow.parquet.ParquetFile.
+iter_batches`), an Avro file whole, record blocks at a time (fastavro). Each
+Arrow batch or run of Avro records becomes one `ResourceBatch`, so everything
+downstream is the same as for NDJSON. A row's `raw` bytes are its `resource`
+string's UTF-8 bytes, unchanged, unless that JSON spans lines: an NDJSON part
+needs one line per resource, so such a resource is written as compact JSON.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import IO, Iterator, Optional, Sequence, Union
+
+import fastavro
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+from apache_beam.metrics import Metrics
+
+from transforms.bundles import WHOLE
+from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.ndjson import parse_lines, to_resource
+from transforms.record_schema import (
+    TIMESTAMP,
+    arrow_schema_of_avro,
+    instant_texts,
+    load_avro_schema,
+    record_columns,
+    record_id,
+    record_table,
+    schema_problem,
+)
+from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
+
+AVRO, PARQUET = "avro", "parquet"
+COLUMNAR_FORMATS = (AVRO, PARQUET)
+_SUFFIXES = {".avro": AVRO, ".parquet": PARQUET, ".parq": PARQUET}
+_MAGIC = {b"Obj\x01": AVRO, b"PAR1": PARQUET}
+_ROW_FIELDS = ("resourceType", "id", "lastUpdated", "deleted", "resource")
+
+# resourceType, id, lastUpdated (FHIR instants), deleted, resource (bytes): one list each
+Columns = tuple[list, list, list, list, list]
+Item = Union[ResourceBatch, BadRecord]
+
+
+class UnreadableFile(OSError):
+    """A file that is not the Avro or Parquet file it should be (corrupt, truncated)."""
+
+
+def columnar_kind(path: str, head: bytes) -> Optional[str]:
+    """`avro` or `parquet` by the file's extension, else by its magic bytes; None for neither."""
+    for suffix, kind in _SUFFIXES.items():
+        if path.endswith(suffix):
+            return kind
+    return _MAGIC.get(head[:4])
+
+
+def parquet_row_groups(f: IO[bytes]) -> int:
+    """How many row groups a Parquet file has (reads its footer only)."""
+    return _parquet_file(f).metadata.num_row_groups
+
+
+def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batch_size: int) -> Iterator[Item]:
+    """Reads row groups [start, end) of a Parquet file, or a whole Avro file, as batches and bad records."""
+    if kind == PARQUET:
+        return _read_parquet(path, f, start, end, batch_size)
+    return _read_avro(path, f, batch_size)
+
+
+def write_records(path: str, kind: str, resources: Sequence[Resource], rows_per_group: int = 10_000) -> None:
+    """Writes resources as an Avro or Parquet file of resource records (tests, benchmarks, conversions)."""
+    if kind == PARQUET:
+        pq.write_table(record_table(resources), path, row_group_size=rows_per_group)
+        return
+    columns = record_columns(resources)
+    columns["resource"] = [raw.decode() for raw in columns["resource"]]
+    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), records)
+
+
+def convert_ndjson(source: str, dest: str, kind: str, rows_per_group: int = 10_000) -> int:
+    """Writes the resources of a local NDJSON file as an Avro or Parquet file; returns how many.
+    Lines that are not resources are left out."""
+    with open(source, "rb") as f:
+        items = parse_lines(iter([f.read().split(b"\n")]), Origin(source, 0), batch_size=1 << 62)
+        resources = [r for item in items if type(item) is ResourceBatch for r in item.resources]
+    write_records(dest, kind, resources, rows_per_group)
+    return len(resources)
+
+
+def _parquet_file(f: IO[bytes]) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(f)
+    except (pa.ArrowException, ValueError) as exc:
+        raise UnreadableFile(f"not a readable Parquet file ({exc})") from exc
+
+
+def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int) -> Iterator[Item]:
+    parquet = _parquet_file(f)
+    origin = Origin(path, RECORDS)
+    problem = schema_problem(parquet.schema_arrow)
+    if problem:
+        if start == 0:  # one error per file, not one per row group
+            yield BadRecord(origin, WHOLE, f"Parquet file {problem}")
+        return
+    metadata = parquet.metadata
+    groups = range(start, min(end, metadata.num_row_groups))
+    first = sum(metadata.row_group(g).num_rows for g in range(start))
+    columns = [name for name in _ROW_FIELDS if name in parquet.schema_arrow.names]
+    try:
+        for batch in parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns):
+            yield from to_resources(origin, first, _arrow_columns(batch))
+            first += batch.num_rows
+    except pa.ArrowInvalid as exc:
+        raise UnreadableFile(f"corrupt Parquet data ({exc})") from exc
+
+
+def _arrow_columns(batch: pa.RecordBatch) -> Columns:
+    """The record columns of an Arrow batch as lists: `lastUpdated` as instants, `resource` as bytes."""
+    names, n = batch.schema.names, batch.num_rows
+    column = batch.column
+    resource = column("resource")
+    resource = resource.cast(pa.large_binary() if pa.types.is_large_string(resource.type) else pa.binary())
+    return (
+        column("resourceType").to_pylist(),
+        column("id").to_pylist(),
+        instant_texts(column("lastUpdated")) if "lastUpdated" in names else [None] * n,
+        column("deleted").to_pylist() if "deleted" in names else [None] * n,
+        resource.to_pylist(),
+    )
+
+
+def _read_avro(path: str, f: IO[bytes], batch_size: int) -> Iterator[Item]:
+    origin = Origin(path, RECORDS)
+    try:
+        reader = fastavro.reader(f)
+    except Exception as exc:  # fastavro reports a bad header as KeyError, ValueError, EOFError...
+        raise UnreadableFile(f"not a readable Avro file ({exc})") from exc
+    problem = schema_problem(arrow_schema_of_avro(reader.writer_schema))
+    if problem:
+        yield BadRecord(origin, WHOLE, f"Avro file {problem}")
+        return
+    records = iter(reader)
+    try:
+        for first in itertools.count(0, batch_size):
+            chunk = list(itertools.islice(records, batch_size))
+            if not chunk:
+                return
+            yield from to_resources(origin, first, _avro_columns(chunk))
+    except (ValueError, EOFError) as exc:
+        raise UnreadableFile(f"corrupt Avro data ({exc})") from exc
+
+
+def _avro_columns(records: list[dict]) -> Columns:
+    moments = [r.get("lastUpdated") for r in records]
+    return (
+        [r["resourceType"] for r in records],
+        [r["id"] for r in records],
+        instant_texts(pa.array(moments, TIMESTAMP)) if any(moments) else moments,
+        [r.get("deleted") for r in records],
+        [r["resource"].encode() if r["resource"] is not None else None for r in records],
+    )
+
+
+_deleted = Metrics.counter("bulk_export", "deleted_records_skipped")
+
+
+def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]:
+    """Turns resource records numbered from `first` into one `ResourceBatch` and `BadRecord`s.
+
+    A record is bad when its `resource` is not an R4 resource's JSON or its
+    `resourceType` or `id` column disagrees with that JSON (an empty `id` stands for
+    a resource without one, as the Parquet output writes it). Deleted records are
+    skipped (counted, never exported).
+    """
+    loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
+    resources: list[Resource] = []
+    for index, (resource_type, rid, last_updated, deleted, raw) in enumerate(zip(*columns), first):
+        if deleted:
+            _deleted.inc()
+            continue
+        if raw is None or resource_type is None or rid is None:
+            yield BadRecord(origin, index, "has a null resourceType, id or resource column")
+            continue
+        try:
+            body = loads(raw)
+        except decode_error as exc:
+            yield BadRecord(origin, index, f"resource column: not valid JSON ({exc})")
+            continue
+        # The common case costs a few lookups; anything else is explained on the slow path.
+        if type(body) is dict and body.get("resourceType") == resource_type and resource_type in known:
+            if record_id(body) != rid:
+                yield BadRecord(origin, index, "id column disagrees with the resource's id", resource_type)
+                continue
+            if b"\n" in raw or b"\r" in raw:
+                raw = orjson.dumps(body)
+            resources.append(Resource(resource_type, raw, body, index, last_updated))
+            continue
+        parsed = to_resource(body, raw, index, origin)
+        if type(parsed) is BadRecord:
+            yield parsed._replace(reason=f"resource column: {parsed.reason}")
+        else:
+            yield BadRecord(
+                origin, index, f"resourceType column {resource_type!r} disagrees with the resource's {parsed.type!r}"
+            )
+    if resources:
+        yield ResourceBatch(origin, resources)
