@@ -4,4 +4,6 @@ import sys
 
 from launcher.cli import main
 
-sys.exit(main())
+# Guarded: the pipeline's child processes import this module again.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The job sink: how the pipeline's last step reports to whoever tracks the job.
+"""The job sink: how the pipeline reports to whoever tracks the job.
 
 The launcher injects an implementation (e.g. one bound to its job store), so
 `pipelines/` never imports `launcher/`. It must be picklable: on a distributed
@@ -7,9 +7,15 @@ runner it travels to the workers with the DoFns.
 
 from __future__ import annotations
 
-from typing import Protocol
+import time
+from typing import Iterator, Protocol
+
+import apache_beam as beam
 
 from pipelines.models import Manifest
+from transforms.records import ResourceBatch
+
+_REPORT_EVERY_S = 2.0
 
 
 class JobSink(Protocol):
@@ -18,5 +24,48 @@ class JobSink(Protocol):
     def progress(self, counts: dict[str, int]) -> None:
         """Adds resources written so far, per type."""
 
-    def complete(self, manifest: Manifest, bad_records: int) -> None:
-        """Marks the job complete; called only after the manifest is written."""
+    def read(self, nbytes: int) -> None:
+        """Adds source bytes read so far (the job's overall fraction)."""
+
+    def complete(self, manifest: Manifest, bad_records: int) -> bool:
+        """Claims completion before the manifest becomes visible.
+
+        Returns False when the job has meanwhile ended otherwise (e.g. it was
+        cancelled): the manifest must then never appear.
+        """
+
+
+class ReportRead(beam.PTransform):
+    """Passes batches through unchanged, reporting the source bytes they came from."""
+
+    def __init__(self, sink: JobSink):
+        super().__init__()
+        self._sink = sink
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[ResourceBatch]:
+        return batches | beam.ParDo(_ReportReadFn(self._sink)).with_output_types(ResourceBatch)
+
+
+class _ReportReadFn(beam.DoFn):
+    def __init__(self, sink: JobSink):
+        self._sink = sink
+
+    def start_bundle(self) -> None:
+        self._unreported = 0
+        self._reported_at = time.monotonic()
+
+    def process(self, batch: ResourceBatch) -> Iterator[ResourceBatch]:
+        # One newline per line read; bad lines are not counted, a rounding error.
+        self._unreported += sum(len(r.raw) + 1 for r in batch.resources)
+        if time.monotonic() - self._reported_at > _REPORT_EVERY_S:
+            self._report()
+        yield batch
+
+    def finish_bundle(self) -> None:
+        self._report()
+
+    def _report(self) -> None:
+        if self._unreported:
+            self._sink.read(self._unreported)
+            self._unreported = 0
+        self._reported_at = time.monotonic()

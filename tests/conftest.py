@@ -12,6 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from launcher import cli
+from tests import pgserver
 from launcher.sample_data import generate
 from pipelines.options import LOCAL_RUNNER
 
@@ -22,6 +23,21 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def pipeline():
     """A TestPipeline on the embedded runner (the DirectRunner would try to fetch Prism)."""
     return TestPipeline(runner=LOCAL_RUNNER)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The DSN of a real PostgreSQL server for this session (see `tests/pgserver.py`)."""
+    with pgserver.server() as dsn:
+        if dsn is None:
+            pytest.skip(pgserver.server.reason)
+        yield dsn
+
+
+@pytest.fixture
+def postgres_dsn(postgres_server) -> str:
+    """A DSN whose schema is new and empty for this test."""
+    return pgserver.fresh_schema(postgres_server)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
-"""SqliteJobStore on a real SQLite file: lifecycle, guarded transitions, isolation, processes."""
+"""The job store conformance suite, run on SQLite and on a real PostgreSQL: lifecycle,
+guarded transitions, isolation, processes. More in `test_store_lifecycle.py`."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import sqlite3
 import pytest
 
 from launcher.store import DB_NAME, InvalidJobState, JobNotFound, SqliteJobStore, StoreJobSink
+from launcher.stores import open_store
 from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest, OutputFile
 
 TX = "2024-05-01T12:00:00.000Z"
@@ -41,9 +43,12 @@ def _progress(record: JobRecord) -> dict[str, int]:
     return {p.type: p.exported for p in record.progress}
 
 
-@pytest.fixture
-def store(tmp_path) -> SqliteJobStore:
-    return SqliteJobStore(str(tmp_path / "state"))
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    """Each conformance test runs against both stores."""
+    if request.param == "sqlite":
+        return SqliteJobStore(str(tmp_path / "state"))
+    return open_store(request.getfixturevalue("postgres_dsn"))
 
 
 @pytest.fixture
@@ -53,12 +58,16 @@ def running(store) -> str:
     return "job-1"
 
 
-def test_create_is_accepted_and_in_a_real_sqlite_file(store, tmp_path):
+def test_create_is_accepted(store):
     store.create(_record("job-1", owner="alice"))
     record = store.get("acme", "job-1")
     assert record.status is ExportStatus.ACCEPTED
     assert (record.owner, record.transaction_time, record.request.types) == ("alice", TX, ("Patient",))
     assert record.started_at is None and record.progress == []
+
+
+def test_sqlite_store_is_a_real_sqlite_file(tmp_path):
+    SqliteJobStore(str(tmp_path / "state")).create(_record("job-1"))
     with sqlite3.connect(tmp_path / "state" / DB_NAME) as db:
         assert db.execute("SELECT job_id, status FROM jobs").fetchall() == [("job-1", "accepted")]
 
@@ -167,21 +176,21 @@ def test_data_survives_reopening(tmp_path, store, running):
     store.add_progress(running, {"Patient": 2})
     manifest = _manifest([("Patient", 2)])
     store.complete(running, manifest, 1)
-    reopened = SqliteJobStore(str(tmp_path / "state"))
+    reopened = open_store(store.url)
     record = reopened.get("acme", running)
     assert (record.status, record.bad_records, _progress(record)) == (ExportStatus.COMPLETE, 1, {"Patient": 2})
     assert reopened.manifest("acme", running) == manifest
 
 
-def _report_progress(state_dir: str, job_id: str, barrier, rounds: int) -> None:
-    sink = StoreJobSink(state_dir, job_id)
+def _report_progress(store_url: str, job_id: str, barrier, rounds: int) -> None:
+    sink = StoreJobSink(store_url, job_id)
     barrier.wait()
     for n in range(rounds):
         sink.progress({"Observation": 3, "Patient": 1 if n % 2 else 0})
 
 
 def test_sinks_in_separate_processes_accumulate(tmp_path, store, running):
-    state_dir, rounds = str(tmp_path / "state"), 40
+    state_dir, rounds = store.url, 40
     ctx = multiprocessing.get_context("spawn")
     barrier = ctx.Barrier(2)
     workers = [ctx.Process(target=_report_progress, args=(state_dir, running, barrier, rounds)) for _ in range(2)]

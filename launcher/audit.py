@@ -1,0 +1,96 @@
+"""The audit log: one FHIR R4 `AuditEvent` per job lifecycle event, appended as NDJSON.
+
+Events are kickoff, complete, error, cancel, delete and cleanup, each carrying
+the job id, tenant, owner, export level, types and outcome, as the seed's
+`record_export_event` does. Each tenant has its own file,
+`<state-dir>/audit/<tenant>.ndjson`; every event is one `write` to a file opened
+for appending, so concurrent launchers never interleave lines.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import Optional
+
+import orjson
+
+from launcher.paths import check_tenant
+from pipelines.models import JobRecord
+from transforms.fhir.instant import now_instant
+
+EVENTS = ("kickoff", "complete", "error", "cancel", "delete", "cleanup")
+SUCCESS, SERIOUS_FAILURE = "0", "8"  # R4 audit-event-outcome codes
+# R4 audit-event-action codes: deletions are "D", everything else executes the operation.
+_ACTIONS = {"delete": "D", "cleanup": "D"}
+_EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
+               "display": "RESTful Operation"}
+_SUBTYPE = {"system": "http://hl7.org/fhir/restful-interaction", "code": "operation", "display": "operation"}
+_JOB_ENTITY = {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
+               "display": "System Object"}
+OBSERVER = "bulk-export"
+
+
+class AuditLog:
+    """Appends AuditEvents under `folder/audit/`, one file per tenant."""
+
+    def __init__(self, folder: str):
+        self.folder = os.path.join(folder, "audit")
+
+    def path(self, tenant: str) -> str:
+        return os.path.join(self.folder, f"{check_tenant(tenant)}.ndjson")
+
+    def record(self, event: str, job: JobRecord, outcome: str = SUCCESS, description: Optional[str] = None,
+               agent: Optional[str] = None) -> dict:
+        """Appends the event for `job` and returns it. `agent` names a system actor (e.g. cleanup)."""
+        resource = audit_event(event, job, outcome, description, agent)
+        os.makedirs(self.folder, exist_ok=True)
+        fd = os.open(self.path(job.tenant), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        try:
+            os.write(fd, orjson.dumps(resource) + b"\n")
+        finally:
+            os.close(fd)
+        return resource
+
+
+def audit_event(event: str, job: JobRecord, outcome: str = SUCCESS, description: Optional[str] = None,
+                agent: Optional[str] = None) -> dict:
+    """The R4 AuditEvent of one lifecycle `event` of `job`."""
+    if event not in EVENTS:
+        raise ValueError(f"audit event {event!r} is not one of {', '.join(EVENTS)}")
+    details = {
+        "audit-operation": "bulk-export",
+        "lifecycle-event": event,
+        "job-id": job.job_id,
+        "tenant": job.tenant,
+        "owner": job.owner,
+        "export-level": job.level.value,
+        "resource-types": ",".join(job.request.types),
+        "status": job.status.value,
+    }
+    if agent is not None:
+        who, requestor = {"display": agent}, False
+    elif job.owner is not None:
+        who, requestor = {"identifier": {"value": job.owner}}, True
+    else:
+        who, requestor = {"display": "unidentified requestor"}, True
+    resource = {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": _EVENT_TYPE,
+        "subtype": [_SUBTYPE],
+        "action": _ACTIONS.get(event, "E"),
+        "recorded": now_instant(),
+        "outcome": outcome,
+        "agent": [{"who": who, "requestor": requestor}],
+        "source": {"site": job.tenant, "observer": {"display": OBSERVER}},
+        "entity": [{
+            "what": {"identifier": {"value": job.job_id}},
+            "type": _JOB_ENTITY,
+            "name": f"bulk export job {job.job_id}",
+            "detail": [{"type": k, "valueString": v} for k, v in details.items() if v],
+        }],
+    }
+    if description:
+        resource["outcomeDesc"] = description
+    return resource

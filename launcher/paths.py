@@ -1,0 +1,68 @@
+"""Safe filesystem names for jobs: validated path segments, per-tenant sources, removal.
+
+A tenant or a job id becomes a folder name, so each is checked to be one plain
+segment: no `/`, no `..`, nothing absolute ever reaches the filesystem.
+"""
+
+from __future__ import annotations
+
+import gzip
+import re
+import struct
+from typing import Iterable
+
+from apache_beam.io.filesystems import FileSystems
+
+
+TENANT_PLACEHOLDER = "{tenant}"
+_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
+
+
+def check_segment(name: str, value: str) -> str:
+    """Returns `value` if it is a safe single path segment, else raises naming `name`."""
+    if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
+        raise ValueError(f"{name} {value!r} must be 1-64 letters, digits, '.', '_' or '-' (no '..'), "
+                         "starting with a letter or digit")
+    return value
+
+
+def check_tenant(tenant: str) -> str:
+    """Tenants name folders, so they are restricted to a safe path segment."""
+    return check_segment("--tenant", tenant)
+
+
+def check_job_id(job_id: str) -> str:
+    return check_segment("job id", job_id)
+
+
+def source_for_tenant(source: str, tenant: str) -> str:
+    """`source` with `{tenant}` replaced, so a per-tenant layout reads only that tenant's data."""
+    return source.replace(TENANT_PLACEHOLDER, check_tenant(tenant))
+
+
+def job_output_dir(output_dir: str, tenant: str, job_id: str) -> str:
+    """A recorded output folder, checked to be `<root>/<tenant>/<job_id>` before anything removes it."""
+    parts = output_dir.rstrip("/").split("/")
+    if parts[-2:] != [check_tenant(tenant), check_job_id(job_id)] or ".." in parts:
+        raise ValueError(f"recorded output folder {output_dir!r} is not <output>/{tenant}/{job_id}")
+    return output_dir
+
+
+def source_bytes(files: Iterable[tuple[str, int]]) -> int:
+    """The bytes the pipeline will read from `(path, size)` files: gzip counts its content."""
+    total = 0
+    for path, size in files:
+        total += _gzip_content_size(path, size) if path.endswith(".gz") else size
+    return total
+
+
+def _gzip_content_size(path: str, size: int) -> int:
+    # The gzip trailer holds the content size modulo 2**32; good enough for a fraction.
+    try:
+        with FileSystems.open(path, compression_type="uncompressed") as f:
+            if f.read(2) != b"\x1f\x8b" or size < 18:
+                return size
+            f.seek(size - 4)
+            return struct.unpack("<I", f.read(4))[0] or size
+    except (OSError, gzip.BadGzipFile):
+        return size

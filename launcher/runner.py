@@ -1,0 +1,154 @@
+"""Runs one attempt of an export in a child process that the launcher can stop.
+
+The embedded runner cannot be interrupted inside a process, so the pipeline
+runs in a child (forked from a forkserver that has Beam imported, so a start
+costs milliseconds). The child leads its own process group, which also holds
+Beam's worker processes in multi_processing mode: stopping the job kills the
+group. The child holds the read end of a "lifeline" pipe whose only writer is
+the launcher; when the launcher dies, even by SIGKILL, the pipe closes and the
+child kills its group, so no orphan keeps writing parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import re
+import signal
+import threading
+import time
+from typing import Callable, Optional
+
+from launcher.stores import JobStore, Lease, StoredJob, now_ms
+from pipelines.models import ExportStatus
+
+POLL_S = 0.25
+_CTX = multiprocessing.get_context("forkserver")
+_CTX.set_forkserver_preload(["pipelines.export", "launcher.runner"])
+
+
+class JobCancelled(RuntimeError):
+    """The job was cancelled while this launcher ran it."""
+
+    def __init__(self, job_id: str):
+        super().__init__(f"job {job_id} was cancelled")
+        self.job_id = job_id
+
+
+class LeaseLost(RuntimeError):
+    """Another store client decided this launcher was gone and took the job over."""
+
+
+def describe(exc: BaseException) -> str:
+    """A one-line message for a failure, without Beam's wrapping and stack dumps."""
+    text = str(exc).strip() or type(exc).__name__
+    # Beam re-raises worker errors with the original message embedded.
+    for line in text.splitlines():
+        match = re.search(r"(?:SourceError|OSError|PermissionError|FileNotFoundError): (.+)", line)
+        if match:
+            return re.sub(r" \[while running .*\]$", "", match.group(1))
+    first = text.splitlines()[0]
+    return re.sub(r" \[while running .*\]$", "", first)
+
+
+def new_lease(seconds: float) -> Lease:
+    """A lease for this launcher process, valid for `seconds` from now."""
+    holder = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
+    return Lease(holder, now_ms() + int(seconds * 1000))
+
+
+class PipelineProcess:
+    """One pipeline run in a child process; `wait` polls it, `stop` ends it and its workers."""
+
+    def __init__(self, argv: list[str], sink: object):
+        lifeline, self._lifeline = _CTX.Pipe(duplex=False)
+        self._results, results = _CTX.Pipe(duplex=False)
+        level = logging.getLogger("apache_beam").getEffectiveLevel()
+        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, level), name="export")
+        self._process.start()
+        lifeline.close()
+        results.close()
+        self.failure: Optional[str] = None
+
+    def wait(self, timeout: float) -> bool:
+        """True once the run has ended; then `failure` is None or its one-line message."""
+        if not self._results.poll(timeout):
+            return False
+        try:
+            self.failure = self._results.recv()
+        except EOFError:
+            self._process.join(5)
+            self.failure = f"the pipeline process died (exit code {self._process.exitcode})"
+        self._process.join(30)
+        return True
+
+    def stop(self) -> None:
+        """Kills the run and every process it started; idempotent."""
+        if self._process.pid is not None and self._process.exitcode is None:
+            try:
+                os.killpg(self._process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._process.join(30)
+        self._lifeline.close()
+        self._results.close()
+
+
+def _child_main(argv, sink, lifeline, results, log_level) -> None:
+    os.setpgid(0, 0)
+    threading.Thread(target=_die_with_launcher, args=(lifeline,), daemon=True).start()
+    logging.getLogger("apache_beam").setLevel(log_level)
+    from pipelines.export import run
+
+    try:
+        run(argv, sink=sink).wait_until_finish()
+    except BaseException as exc:  # reported to the launcher, which records it
+        results.send(describe(exc))
+        return
+    results.send(None)
+
+
+def _die_with_launcher(lifeline) -> None:
+    try:
+        lifeline.recv()  # the launcher never sends: this returns only when it has gone
+    except (EOFError, OSError):
+        pass
+    os.killpg(0, signal.SIGKILL)
+
+
+def run_and_watch(
+    argv: list[str],
+    sink: object,
+    store: JobStore,
+    tenant: str,
+    job_id: str,
+    lease: Lease,
+    lease_s: float,
+    on_progress: Optional[Callable[[StoredJob], None]] = None,
+    progress_every_s: float = 2.0,
+) -> None:
+    """Runs the pipeline to its end, renewing the job's lease and reporting progress.
+
+    Stops the run at once when the job is cancelled (`JobCancelled`) or the
+    lease was taken over (`LeaseLost`); a failed run raises `RuntimeError`.
+    """
+    process = PipelineProcess(argv, sink)
+    try:
+        renew_at = time.monotonic()
+        report_at = renew_at + progress_every_s
+        while not process.wait(POLL_S):
+            if store.status(job_id) is ExportStatus.CANCELLED:
+                raise JobCancelled(job_id)
+            now = time.monotonic()
+            if now >= renew_at:
+                if not store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000))):
+                    raise LeaseLost(f"job {job_id}: this launcher's lease was taken over")
+                renew_at = now + lease_s / 3
+            if on_progress is not None and now >= report_at:
+                on_progress(store.get(tenant, job_id))
+                report_at = now + progress_every_s
+        if process.failure is not None:
+            raise RuntimeError(process.failure)
+    finally:
+        process.stop()

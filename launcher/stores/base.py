@@ -1,0 +1,342 @@
+"""The job store contract and its one SQL implementation, shared by SQLite and PostgreSQL.
+
+Every lifecycle transition is a guarded `UPDATE ... WHERE status IN (...)`, so
+a job reaches exactly one terminal state even when a cancel and the pipeline's
+completion race from different processes or machines. A dialect subclass only
+says how to open a transaction, how to serialise kickoffs of one tenant, and
+how to skip rows another store client has locked.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import Any, Iterator, Optional
+
+import orjson
+
+from launcher.schedules import ScheduleQueries
+from launcher.stores.contract import (
+    InvalidJobState, JobNotFound, JobStore, Lease, StoredJob, TooManyActiveExports, now_ms,
+)
+from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
+from pipelines.models import ExportRequest, ExportStatus, Manifest, TypeProgress
+from transforms.fhir.instant import now_instant
+
+ACTIVE = (ExportStatus.ACCEPTED.value, ExportStatus.IN_PROGRESS.value)
+TERMINAL = (ExportStatus.COMPLETE.value, ExportStatus.ERROR.value, ExportStatus.CANCELLED.value)
+_ACTIVE_SQL = "status IN ('accepted', 'in-progress')"
+_TERMINAL_SQL = "status IN ('complete', 'error', 'cancelled')"
+_FREE_LEASE_SQL = "(lease_holder IS NULL OR lease_expires_ms < ?)"
+_SCHEMA_CHECK = threading.Lock()
+
+
+class SqlJobStore(ScheduleQueries):
+    """`JobStore` in SQL that SQLite and PostgreSQL both accept (`?` placeholders)."""
+
+    url: str
+    # Appended to SELECTs that claim rows; PostgreSQL skips rows other clients hold.
+    claim_suffix = ""
+
+    _ready = False
+
+    @contextlib.contextmanager
+    def _tx(self, write: bool = True) -> Iterator[Any]:
+        """A transaction whose `execute(sql, args)` returns a cursor of dict rows; migrates on first use."""
+        if not self._ready:
+            with _SCHEMA_CHECK:
+                if not self._ready:
+                    with self._open(write=True) as db:
+                        self._migrate(db)
+                    self._ready = True
+        with self._open(write) as db:
+            yield db
+
+    def _open(self, write: bool) -> contextlib.AbstractContextManager:
+        """A transaction on a new connection."""
+        raise NotImplementedError
+
+    def _lock_tenant(self, db: Any, tenant: str) -> None:
+        """Serialises kickoffs of one tenant, so the concurrency cap cannot be overrun."""
+
+    def _lock_schema(self, db: Any) -> None:
+        """Serialises migrations between store clients."""
+
+    def _migrate(self, db: Any) -> None:
+        self._lock_schema(db)
+        db.execute(VERSION_TABLE)
+        row = db.execute("SELECT version FROM schema_version").fetchone()
+        current = row["version"] if row else 0
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"job store {self.url} has schema version {current}; this code knows {SCHEMA_VERSION}")
+        for migration in MIGRATIONS:
+            if migration.version > current:
+                for statement in migration.statements:
+                    db.execute(statement)
+                if migration.backfill is not None:
+                    migration.backfill(db)
+        if row is None:
+            db.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif current != SCHEMA_VERSION:
+            db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def create(self, record, *, run_spec=None, lease=None, max_active=None, total_bytes=0) -> None:
+        with self._tx() as db:
+            if max_active is not None:
+                self._lock_tenant(db, record.tenant)
+                self._check_cap(db, record.tenant, max_active)
+            db.execute(
+                "INSERT INTO jobs (job_id, tenant, owner, level, request_json, request_url, transaction_time,"
+                " fhir_version, status, created_at, output_dir, run_spec, lease_holder, lease_expires_ms,"
+                " total_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.job_id, record.tenant, record.owner, record.level.value,
+                    record.request.model_dump_json(), record.request_url, record.transaction_time,
+                    record.fhir_version, record.status.value, record.created_at, record.output_dir,
+                    orjson.dumps(run_spec).decode() if run_spec is not None else None,
+                    lease.holder if lease else None, lease.expires_ms if lease else None, total_bytes,
+                ),
+            )
+
+    def _check_cap(self, db, tenant: str, max_active: int) -> None:
+        active = self._count_active(db, tenant)
+        if active >= max_active:
+            raise TooManyActiveExports(
+                f"too many concurrent exports for tenant {tenant}: {active} accepted or in-progress"
+                f" (--max-active-per-tenant {max_active}); retry when one has finished"
+            )
+
+    def get(self, tenant, job_id, owner=None) -> StoredJob:
+        with self._tx(write=False) as db:
+            return self._record(db, self._visible(db, tenant, job_id, owner))
+
+    def list(self, tenant, owner=None, include_terminal=False) -> list[StoredJob]:
+        query, args = "SELECT * FROM jobs WHERE tenant = ?", [tenant]
+        if owner is not None:
+            query += " AND owner = ?"
+            args.append(owner)
+        if not include_terminal:
+            query += f" AND {_ACTIVE_SQL}"
+        with self._tx(write=False) as db:
+            rows = db.execute(query + " ORDER BY created_at, job_id", args).fetchall()
+            return [self._record(db, row) for row in rows]
+
+    def status(self, job_id) -> ExportStatus:
+        with self._tx(write=False) as db:
+            return ExportStatus(self._row(db, job_id, "status")["status"])
+
+    def mark_in_progress(self, job_id) -> None:
+        with self._tx() as db:
+            self._transition(db, job_id, ACTIVE[:1], ExportStatus.IN_PROGRESS, "started_at = ?", (now_instant(),))
+
+    def set_total_bytes(self, job_id, nbytes) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET total_bytes = ? WHERE job_id = ?", (nbytes, job_id))
+
+    def add_progress(self, job_id, counts, attempt=None) -> None:
+        with self._tx() as db:
+            if self._is_running(db, job_id, attempt):
+                for resource_type, n in counts.items():
+                    db.execute(
+                        "INSERT INTO type_progress (job_id, type, exported) VALUES (?, ?, ?) ON CONFLICT (job_id, type)"
+                        " DO UPDATE SET exported = type_progress.exported + excluded.exported",
+                        (job_id, resource_type, n),
+                    )
+
+    def add_read_bytes(self, job_id, nbytes, attempt=None) -> None:
+        with self._tx() as db:
+            if self._is_running(db, job_id, attempt):
+                db.execute("UPDATE jobs SET read_bytes = read_bytes + ? WHERE job_id = ?", (nbytes, job_id))
+
+    def _is_running(self, db, job_id: str, attempt: Optional[int]) -> bool:
+        # A late report (a retried worker, an older attempt) must not change a finished job's counts.
+        row = self._row(db, job_id, "status, attempt")
+        return row["status"] == ExportStatus.IN_PROGRESS.value and attempt in (None, row["attempt"])
+
+    def complete(self, job_id, manifest, bad_records, attempt=None) -> None:
+        totals: dict[str, int] = {}
+        for entry in manifest.output:
+            totals[entry.type] = totals.get(entry.type, 0) + (entry.count or 0)
+        with self._tx() as db:
+            self._transition(
+                db, job_id, ACTIVE[1:], ExportStatus.COMPLETE,
+                "completed_at = ?, ended_ms = ?, manifest_json = ?, bad_records = ?, read_bytes = total_bytes,"
+                " lease_holder = NULL",
+                (now_instant(), now_ms(), manifest.model_dump_json(by_alias=True, exclude_none=True), bad_records),
+                attempt,
+            )
+            self._advance_schedule(db, job_id)
+            # The manifest's counts are exact; they replace the running progress.
+            db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
+            for resource_type, n in totals.items():
+                db.execute("INSERT INTO type_progress (job_id, type, exported) VALUES (?, ?, ?)",
+                           (job_id, resource_type, n))
+
+    def fail(self, job_id, message, resumable=False) -> None:
+        with self._tx() as db:
+            self._transition(
+                db, job_id, ACTIVE, ExportStatus.ERROR,
+                "completed_at = ?, ended_ms = ?, error_message = ?, resumable = ?, lease_holder = NULL",
+                (now_instant(), now_ms(), message, int(resumable)),
+            )
+
+    def cancel(self, tenant, job_id, owner=None) -> StoredJob:
+        # The lease stays: the launcher running the job releases it once its output is gone.
+        with self._tx() as db:
+            self._visible(db, tenant, job_id, owner)
+            self._transition(db, job_id, ACTIVE, ExportStatus.CANCELLED, "completed_at = ?, ended_ms = ?",
+                             (now_instant(), now_ms()), verb="be cancelled")
+            return self._record(db, self._row(db, job_id))
+
+    def delete(self, tenant, job_id, owner=None) -> StoredJob:
+        with self._tx() as db:
+            record = self._record(db, self._visible(db, tenant, job_id, owner))
+            if not record.status.is_terminal:
+                raise InvalidJobState(f"job {job_id} is {record.status.value}; cancel it before deleting it")
+            db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
+            db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
+            return record
+
+    def manifest(self, tenant, job_id, owner=None) -> Manifest:
+        with self._tx(write=False) as db:
+            row = self._visible(db, tenant, job_id, owner)
+        if row["status"] != ExportStatus.COMPLETE.value:
+            raise InvalidJobState(f"job {job_id} is {row['status']}; it has no manifest")
+        return Manifest.model_validate_json(row["manifest_json"])
+
+    def run_spec(self, job_id) -> dict:
+        with self._tx(write=False) as db:
+            text = self._row(db, job_id, "run_spec")["run_spec"]
+        if not text:
+            raise InvalidJobState(f"job {job_id} was recorded without its run settings; it cannot be resumed")
+        return orjson.loads(text)
+
+    def count_active(self, tenant) -> int:
+        with self._tx(write=False) as db:
+            return self._count_active(db, tenant)
+
+    @staticmethod
+    def _count_active(db, tenant: str) -> int:
+        row = db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND {_ACTIVE_SQL}", (tenant,)).fetchone()
+        return int(row["n"])
+
+    _EXPIRED = f"SELECT * FROM jobs WHERE {_TERMINAL_SQL} AND ended_ms < ? AND {_FREE_LEASE_SQL} ORDER BY ended_ms, job_id LIMIT ?"
+
+    def list_expired(self, cutoff_ms, limit) -> list[StoredJob]:
+        """Terminal jobs of every tenant that ended before `cutoff_ms`, oldest first."""
+        with self._tx(write=False) as db:
+            rows = db.execute(self._EXPIRED, (cutoff_ms, now_ms(), limit)).fetchall()
+            return [self._record(db, row) for row in rows]
+
+    def claim_expired(self, cutoff_ms, limit, lease) -> list[StoredJob]:
+        """Like `list_expired`, and leases them, so concurrent cleaners never share a job."""
+        with self._tx() as db:
+            rows = db.execute(self._EXPIRED + self.claim_suffix, (cutoff_ms, now_ms(), limit)).fetchall()
+            for row in rows:
+                db.execute("UPDATE jobs SET lease_holder = ?, lease_expires_ms = ? WHERE job_id = ?",
+                           (lease.holder, lease.expires_ms, row["job_id"]))
+            return [self._record(db, row) for row in rows]
+
+    def renew_lease(self, job_id, lease) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("UPDATE jobs SET lease_expires_ms = ? WHERE job_id = ? AND lease_holder = ?",
+                                (lease.expires_ms, job_id, lease.holder))
+            return cursor.rowcount == 1
+
+    def release_lease(self, job_id, holder) -> None:
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET lease_holder = NULL WHERE job_id = ? AND lease_holder = ?", (job_id, holder))
+
+    def is_leased(self, job_id) -> bool:
+        with self._tx(write=False) as db:
+            row = self._row(db, job_id, "lease_holder, lease_expires_ms")
+        return row["lease_holder"] is not None and row["lease_expires_ms"] >= now_ms()
+
+    def reap_expired(self, now=None) -> list[StoredJob]:
+        """Marks `error` every active job whose launcher stopped renewing its lease."""
+        now = now_ms() if now is None else now
+        with self._tx() as db:
+            rows = db.execute(
+                f"SELECT job_id, lease_expires_ms FROM jobs WHERE {_ACTIVE_SQL} AND lease_expires_ms < ?"
+                + self.claim_suffix,
+                (now,),
+            ).fetchall()
+            reaped = []
+            for row in rows:
+                job_id = row["job_id"]
+                message = (f"the launcher running this job stopped renewing its lease (expired"
+                           f" {_ago(now, row['lease_expires_ms'])}); `bulk-export resume {job_id}` runs it again")
+                self._transition(db, job_id, ACTIVE, ExportStatus.ERROR,
+                                 "completed_at = ?, ended_ms = ?, error_message = ?, resumable = 1, lease_holder = NULL",
+                                 (now_instant(), now, message))
+                reaped.append(self._record(db, self._row(db, job_id)))
+            return reaped
+
+    def claim_resume(self, tenant, job_id, owner, lease, max_active=None) -> StoredJob:
+        with self._tx() as db:
+            row = self._visible(db, tenant, job_id, owner)
+            if not row["resumable"]:
+                raise InvalidJobState(f"job {job_id} is {row['status']}; only a job whose launcher stopped can be resumed")
+            if max_active is not None:
+                self._lock_tenant(db, tenant)
+                self._check_cap(db, tenant, max_active)
+            self._transition(
+                db, job_id, (ExportStatus.ERROR.value,), ExportStatus.IN_PROGRESS,
+                "attempt = attempt + 1, started_at = ?, completed_at = NULL, ended_ms = NULL, error_message = NULL,"
+                " resumable = 0, read_bytes = 0, lease_holder = ?, lease_expires_ms = ?",
+                (now_instant(), lease.holder, lease.expires_ms), verb="be resumed",
+            )
+            db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
+            return self._record(db, self._row(db, job_id))
+
+    def _visible(self, db, tenant: str, job_id: str, owner: Optional[str]) -> dict:
+        row = db.execute("SELECT * FROM jobs WHERE job_id = ? AND tenant = ?", (job_id, tenant)).fetchone()
+        if row is None or (owner is not None and row["owner"] != owner):
+            raise JobNotFound(f"job {job_id} not found")
+        return row
+
+    @staticmethod
+    def _row(db, job_id: str, columns: str = "*") -> dict:
+        row = db.execute(f"SELECT {columns} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None:
+            raise JobNotFound(f"job {job_id} not found")
+        return row
+
+    def _transition(self, db, job_id, sources, target, assignments, values, attempt=None, verb=None) -> None:
+        marks = ", ".join("?" for _ in sources)
+        query = f"UPDATE jobs SET status = ?, {assignments} WHERE job_id = ? AND status IN ({marks})"
+        args = [target.value, *values, job_id, *(s.value if isinstance(s, ExportStatus) else s for s in sources)]
+        if attempt is not None:
+            query += " AND attempt = ?"
+            args.append(attempt)
+        if db.execute(query, args).rowcount != 1:
+            row = self._row(db, job_id, "status, attempt")
+            if attempt is not None and row["attempt"] != attempt:
+                raise InvalidJobState(f"job {job_id} has been restarted (attempt {row['attempt']}, not {attempt})")
+            raise InvalidJobState(f"job {job_id} is {row['status']}; it cannot {verb or 'become ' + target.value}")
+
+    @staticmethod
+    def _record(db, row: dict) -> StoredJob:
+        progress = db.execute(
+            "SELECT type, exported FROM type_progress WHERE job_id = ? ORDER BY type", (row["job_id"],)
+        ).fetchall()
+        fields = {name: row[name] for name in StoredJob.model_fields if name in row and name not in _COMPUTED}
+        return StoredJob(
+            **fields,
+            request=ExportRequest.model_validate_json(row["request_json"]),
+            resumable=bool(row["resumable"]),
+            progress=[TypeProgress(type=p["type"], exported=p["exported"]) for p in progress],
+        )
+
+
+_COMPUTED = ("request", "resumable", "progress")
+
+
+def _ago(now: int, then: Optional[int]) -> str:
+    return "at an unknown time" if then is None else f"{max(0, now - then) // 1000} s ago"
+
+
+__all__ = [
+    "ACTIVE", "TERMINAL", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "SqlJobStore", "StoredJob",
+    "TooManyActiveExports", "instant_ms", "now_ms",
+]

@@ -1,0 +1,85 @@
+"""The job store contract: its errors, its models and the `JobStore` protocol."""
+
+from __future__ import annotations
+
+import time
+from typing import NamedTuple, Optional, Protocol
+
+from pydantic import computed_field
+
+from pipelines.models import ExportStatus, JobRecord, Manifest
+
+
+class JobNotFound(LookupError):
+    """No such job for this tenant and owner (another tenant's jobs look the same)."""
+
+
+class InvalidJobState(RuntimeError):
+    """The job is not in a state that allows the requested transition."""
+
+
+class TooManyActiveExports(RuntimeError):
+    """The tenant already has its maximum of accepted or running jobs (HTTP 429)."""
+
+
+class Lease(NamedTuple):
+    """Who runs or cleans a job, until when (milliseconds since the epoch)."""
+
+    holder: str
+    expires_ms: int
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class StoredJob(JobRecord):
+    """A job as a store returns it: the record plus its attempt and source progress."""
+
+    attempt: int = 1
+    total_bytes: int = 0
+    read_bytes: int = 0
+    resumable: bool = False
+
+    @computed_field
+    @property
+    def fraction(self) -> Optional[float]:
+        """Share of the source read so far (1.0 once complete; None when unknown)."""
+        if self.status is ExportStatus.COMPLETE:
+            return 1.0
+        if not self.total_bytes:
+            return None
+        # Bundle entries are counted as compact JSON, so reading may fall short of
+        # the file's size; a running job is never shown as done.
+        return round(min(self.read_bytes / self.total_bytes, 0.99), 4)
+
+
+class JobStore(Protocol):
+    """What the launcher and the pipeline's job sink need from a job store."""
+
+    url: str
+
+    def create(self, record: JobRecord, *, run_spec: Optional[dict] = None, lease: Optional[Lease] = None,
+               max_active: Optional[int] = None, total_bytes: int = 0) -> None: ...
+    def get(self, tenant: str, job_id: str, owner: Optional[str] = None) -> StoredJob: ...
+    def list(self, tenant: str, owner: Optional[str] = None, include_terminal: bool = False) -> list[StoredJob]: ...
+    def status(self, job_id: str) -> ExportStatus: ...
+    def mark_in_progress(self, job_id: str) -> None: ...
+    def set_total_bytes(self, job_id: str, nbytes: int) -> None: ...
+    def add_progress(self, job_id: str, counts: dict[str, int], attempt: Optional[int] = None) -> None: ...
+    def add_read_bytes(self, job_id: str, nbytes: int, attempt: Optional[int] = None) -> None: ...
+    def complete(self, job_id: str, manifest: Manifest, bad_records: int, attempt: Optional[int] = None) -> None: ...
+    def fail(self, job_id: str, message: str, resumable: bool = False) -> None: ...
+    def cancel(self, tenant: str, job_id: str, owner: Optional[str] = None) -> StoredJob: ...
+    def delete(self, tenant: str, job_id: str, owner: Optional[str] = None) -> StoredJob: ...
+    def manifest(self, tenant: str, job_id: str, owner: Optional[str] = None) -> Manifest: ...
+    def run_spec(self, job_id: str) -> dict: ...
+    def count_active(self, tenant: str) -> int: ...
+    def list_expired(self, cutoff_ms: int, limit: int) -> list[StoredJob]: ...
+    def claim_expired(self, cutoff_ms: int, limit: int, lease: Lease) -> list[StoredJob]: ...
+    def renew_lease(self, job_id: str, lease: Lease) -> bool: ...
+    def release_lease(self, job_id: str, holder: str) -> None: ...
+    def is_leased(self, job_id: str) -> bool: ...
+    def reap_expired(self, now: Optional[int] = None) -> list[StoredJob]: ...
+    def claim_resume(self, tenant: str, job_id: str, owner: Optional[str], lease: Lease,
+                     max_active: Optional[int] = None) -> StoredJob: ...

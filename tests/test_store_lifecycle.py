@@ -1,0 +1,230 @@
+"""Conformance of both job stores (SQLite, real PostgreSQL) for the lifecycle: cancel,
+the cancel/complete race, the per-tenant cap, expiry, leases, resume, delete, migration."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+
+import pytest
+
+from launcher.store import StoreJobSink
+from launcher.stores import (
+    InvalidJobState, JobNotFound, Lease, SqliteJobStore, TooManyActiveExports, now_ms, open_store,
+)
+from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION
+from pipelines.models import ExportStatus
+from tests.test_store import TX, _manifest, _progress, _record
+
+FAR = now_ms() + 3_600_000
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return SqliteJobStore(str(tmp_path / "state"))
+    return open_store(request.getfixturevalue("postgres_dsn"))
+
+
+def _running(store, job_id, tenant="acme", lease=None):
+    store.create(_record(job_id, tenant=tenant), lease=lease or Lease("me", FAR))
+    store.mark_in_progress(job_id)
+
+
+def test_cancel_ends_an_active_job_and_refuses_a_finished_one(store):
+    store.create(_record("queued"))
+    _running(store, "running")
+    _running(store, "done")
+    store.complete("done", _manifest([("Patient", 1)]), 0)
+    for job_id in ("queued", "running"):
+        assert store.cancel("acme", job_id).status is ExportStatus.CANCELLED
+        assert store.get("acme", job_id).completed_at is not None
+    with pytest.raises(InvalidJobState, match="complete; it cannot be cancelled"):
+        store.cancel("acme", "done")
+    with pytest.raises(JobNotFound):
+        store.cancel("other-tenant", "running")
+    with pytest.raises(InvalidJobState):  # a cancelled job never completes afterwards
+        store.complete("running", _manifest([("Patient", 1)]), 0)
+    with pytest.raises(InvalidJobState):
+        store.manifest("acme", "running")
+
+
+def _race(store_url: str, job_ids: list[str], side: str, barrier, results) -> None:
+    store = open_store(store_url)
+    for job_id in job_ids:
+        barrier.wait()
+        try:
+            if side == "complete":
+                won = StoreJobSink(store_url, job_id, 1).complete(_manifest([("Patient", 3)]), 0)
+            else:
+                store.cancel("acme", job_id)
+                won = True
+        except InvalidJobState:
+            won = False
+        results.put((job_id, side, won))
+
+
+def test_cancel_and_completion_race_to_exactly_one_terminal_state(store):
+    job_ids = [f"race-{n}" for n in range(12)]
+    for job_id in job_ids:
+        _running(store, job_id)
+    ctx = multiprocessing.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    racers = [ctx.Process(target=_race, args=(store.url, job_ids, side, barrier, results))
+              for side in ("complete", "cancel")]
+    for racer in racers:
+        racer.start()
+    outcomes = [results.get(timeout=120) for _ in range(2 * len(job_ids))]
+    for racer in racers:
+        racer.join(60)
+    winners = {}
+    for job_id, side, won in outcomes:
+        if won:
+            assert job_id not in winners, f"{job_id}: both {winners.get(job_id)} and {side} won"
+            winners[job_id] = side
+    assert set(winners) == set(job_ids)
+    for job_id, side in winners.items():
+        record = store.get("acme", job_id)
+        assert record.status is (ExportStatus.COMPLETE if side == "complete" else ExportStatus.CANCELLED)
+        assert (_progress(record) == {"Patient": 3}) is (side == "complete")
+
+
+def test_count_active_is_per_tenant(store):
+    store.create(_record("a1", tenant="a"))
+    _running(store, "a2", tenant="a")
+    _running(store, "a3", tenant="a")
+    store.fail("a3", "boom")
+    _running(store, "b1", tenant="b")
+    store.cancel("b", "b1")
+    store.create(_record("b2", tenant="b"))
+    assert (store.count_active("a"), store.count_active("b"), store.count_active("c")) == (2, 1, 0)
+
+
+def test_the_cap_refuses_the_fifth_kickoff_and_records_nothing(store):
+    for n in range(4):
+        store.create(_record(f"j{n}"), max_active=4)
+    with pytest.raises(TooManyActiveExports, match="too many concurrent exports for tenant acme"):
+        store.create(_record("j4"), max_active=4)
+    with pytest.raises(JobNotFound):
+        store.get("acme", "j4")
+    store.create(_record("elsewhere", tenant="other"), max_active=4)  # other tenants are unaffected
+    _running(store, "j-late")  # no cap given: recorded
+    store.cancel("acme", "j-late")
+    store.cancel("acme", "j0")
+    store.create(_record("j5"), max_active=4)  # a finished job frees a place
+
+
+def test_concurrent_kickoffs_never_overrun_the_cap(store):
+    accepted, refused = [], []
+    barrier = threading.Barrier(8)
+
+    def kickoff(n: int) -> None:
+        barrier.wait()
+        try:
+            store.create(_record(f"c{n}"), max_active=3)
+            accepted.append(n)
+        except TooManyActiveExports:
+            refused.append(n)
+
+    threads = [threading.Thread(target=kickoff, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert (len(accepted), len(refused)) == (3, 5)
+    assert store.count_active("acme") == 3
+
+
+def test_list_expired_spans_tenants_and_comes_in_batches(store):
+    for tenant in ("a", "b"):
+        for n in range(3):
+            _running(store, f"{tenant}{n}", tenant=tenant)
+    store.complete("a0", _manifest([("Patient", 1)]), 0)
+    store.fail("a1", "boom")
+    store.cancel("b", "b0")
+    store.release_lease("b0", "me")  # as its launcher does once the output is gone
+    store.complete("b1", _manifest([("Patient", 1)]), 0)
+    ended = {"a0", "a1", "b0", "b1"}
+    cutoff = now_ms() + 1
+    assert {r.job_id for r in store.list_expired(cutoff, 10)} == ended
+    assert store.list_expired(now_ms() - 600_000, 10) == []  # nothing ended ten minutes ago
+    first = store.claim_expired(cutoff, 3, Lease("cleaner-1", FAR))
+    second = store.claim_expired(cutoff, 3, Lease("cleaner-2", FAR))
+    assert len(first) == 3 and len(second) == 1
+    assert {r.job_id for r in first + second} == ended
+    assert {r.tenant for r in first + second} == {"a", "b"}
+    assert store.list_expired(cutoff, 10) == []  # claimed jobs are not listed again
+
+
+def test_delete_removes_a_finished_job_only(store):
+    _running(store, "j")
+    with pytest.raises(InvalidJobState):
+        store.delete("acme", "j")
+    store.add_progress("j", {"Patient": 2})
+    store.complete("j", _manifest([("Patient", 2)]), 0)
+    with pytest.raises(JobNotFound):
+        store.delete("acme", "j", owner="mallory")
+    assert store.delete("acme", "j").job_id == "j"
+    with pytest.raises(JobNotFound):
+        store.get("acme", "j")
+
+
+def test_an_expired_lease_makes_the_job_a_resumable_error(store):
+    _running(store, "lost", lease=Lease("dead-launcher", now_ms() - 1))
+    _running(store, "alive", lease=Lease("live-launcher", FAR))
+    store.add_progress("lost", {"Patient": 5})
+    [reaped] = store.reap_expired()
+    assert reaped.job_id == "lost" and reaped.status is ExportStatus.ERROR and reaped.resumable
+    assert "stopped renewing its lease" in reaped.error_message
+    assert store.get("acme", "alive").status is ExportStatus.IN_PROGRESS
+    assert store.reap_expired() == []
+    assert not store.renew_lease("lost", Lease("dead-launcher", FAR))  # the lease is gone
+    resumed = store.claim_resume("acme", "lost", None, Lease("new-launcher", FAR))
+    assert (resumed.status, resumed.attempt, resumed.progress, resumed.error_message) == (
+        ExportStatus.IN_PROGRESS, 2, [], None)
+    # Reports from the first attempt no longer count, and it cannot complete the job.
+    store.add_progress("lost", {"Patient": 7}, attempt=1)
+    assert _progress(store.get("acme", "lost")) == {}
+    assert StoreJobSink(store.url, "lost", 1).complete(_manifest([("Patient", 5)]), 0) is False
+    assert StoreJobSink(store.url, "lost", 2).complete(_manifest([("Patient", 9)]), 0) is True
+    assert _progress(store.get("acme", "lost")) == {"Patient": 9}
+
+
+def test_only_a_lost_job_can_be_resumed(store):
+    _running(store, "failed")
+    store.fail("failed", "bad source")
+    with pytest.raises(InvalidJobState, match="only a job whose launcher stopped"):
+        store.claim_resume("acme", "failed", None, Lease("x", FAR))
+    with pytest.raises(JobNotFound):
+        store.claim_resume("other", "failed", None, Lease("x", FAR))
+
+
+def test_read_bytes_give_the_running_fraction(store):
+    _running(store, "j")
+    store.set_total_bytes("j", 1000)
+    store.add_read_bytes("j", 250)
+    store.add_read_bytes("j", 250)
+    assert store.get("acme", "j").fraction == 0.5
+    store.complete("j", _manifest([("Patient", 1)]), 0)
+    assert store.get("acme", "j").fraction == 1.0
+
+
+def test_a_version_1_sqlite_store_is_migrated_in_place(tmp_path):
+    (tmp_path / "state").mkdir()
+    with sqlite3.connect(tmp_path / "state" / "jobs.sqlite3") as db:
+        db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        db.execute("INSERT INTO schema_version VALUES (1)")
+        for statement in MIGRATIONS[0].statements:
+            db.execute(statement)
+        db.execute(
+            "INSERT INTO jobs (job_id, tenant, level, request_json, request_url, transaction_time, fhir_version,"
+            " status, created_at, completed_at, output_dir) VALUES ('old', 'acme', 'system', ?, 'u', ?, 'R4',"
+            " 'complete', ?, '2024-05-01T13:00:00.000Z', '/out/acme/old')",
+            (_record("old").request.model_dump_json(), TX, TX),
+        )
+    store = SqliteJobStore(str(tmp_path / "state"))
+    assert store.get("acme", "old").status is ExportStatus.COMPLETE
+    assert [r.job_id for r in store.list_expired(now_ms(), 10)] == ["old"]  # ended_ms backfilled
+    with sqlite3.connect(tmp_path / "state" / "jobs.sqlite3") as db:
+        assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
