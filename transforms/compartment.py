@@ -1,0 +1,230 @@
+"""The Patient compartment: which patients a resource belongs to, and the step that keeps members'.
+
+A resource is in patient X's compartment when one of the reference paths that
+`CompartmentDefinition/patient` lists for its type points at X (the paths are
+derived from the official R4 package into `patient_compartment.json`). Patient X
+itself is in its own compartment. Types the definition leaves out (Organization,
+Practitioner, Medication, ...) are in no patient's compartment.
+
+The export keeps a resource when its compartment patients meet the job's
+`PatientSet`, so a resource shared by several members is written once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+
+from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.r4 import load_definition
+from transforms.records import Resource, ResourceBatch
+from transforms.since import LAST_UPDATED, LastUpdatedWindow
+from transforms.steps import ResourceStep, StepOutputs, each_resource
+
+PATIENT = "Patient"
+_URN_UUID = "urn:uuid:"
+
+
+def _load_paths() -> dict[str, tuple[tuple[str, ...], ...]]:
+    definition = load_definition("patient_compartment.json")["resourceTypes"]
+    return {
+        resource_type: tuple(
+            dict.fromkeys(tuple(path.split(".")) for paths in params.values() for path in paths)
+        )
+        for resource_type, params in definition.items()
+    }
+
+
+# Resource type -> the element paths whose references place it in a compartment.
+COMPARTMENT_PATHS: dict[str, tuple[tuple[str, ...], ...]] = _load_paths()
+COMPARTMENT_TYPES: frozenset[str] = frozenset(COMPARTMENT_PATHS) | {PATIENT}
+
+
+def patient_reference_id(reference: object) -> Optional[str]:
+    """The patient id a `Reference.reference` may point at, or None when it cannot be a patient.
+
+    Accepts `Patient/X`, `Patient/X/_history/N`, absolute URLs ending so, and
+    the `urn:uuid:X` form of transaction Bundles (a candidate that only matches
+    when X is a known patient id). Contained (`#x`) and other types' references
+    are not patients.
+    """
+    if type(reference) is not str:
+        return None
+    if reference.startswith(_URN_UUID):
+        return reference[len(_URN_UUID) :] or None
+    segments = reference.split("/")
+    if len(segments) >= 4 and segments[-2] == "_history":
+        segments = segments[:-2]
+    if len(segments) >= 2 and segments[-2] == PATIENT and segments[-1]:
+        return segments[-1]
+    return None
+
+
+def _walk(node: object, path: tuple[str, ...], depth: int, found: set[str]) -> None:
+    if type(node) is list:
+        for item in node:
+            _walk(item, path, depth, found)
+        return
+    if type(node) is not dict:
+        return
+    if depth == len(path):
+        patient = patient_reference_id(node.get("reference"))
+        if patient is not None:
+            found.add(patient)
+        return
+    child = node.get(path[depth])
+    if child is not None:
+        _walk(child, path, depth + 1, found)
+
+
+def compartment_patients(resource_type: str, body: dict) -> set[str]:
+    """The ids of the patients whose compartment holds this resource (candidates for `urn:uuid:`)."""
+    found: set[str] = set()
+    for path in COMPARTMENT_PATHS.get(resource_type, ()):
+        _walk(body, path, 0, found)
+    if resource_type == PATIENT:
+        own = body.get("id")
+        if type(own) is str:
+            found.add(own)
+    return found
+
+
+class PatientSet(NamedTuple):
+    """The patients an export covers, and those of them whose whole compartment skips `_since`."""
+
+    ids: frozenset[str]
+    whole: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, ids: Iterable[str], whole: Iterable[str] = ()) -> "PatientSet":
+        return cls(frozenset(ids), frozenset(whole))
+
+
+class FilterCompartment(beam.PTransform):
+    """Keeps resources in the compartment of a patient of the `PatientSet` side input.
+
+    With `window`, it also applies the `_since`/`_until`/`transactionTime`
+    window, except that resources in the compartment of a `whole` patient (a
+    Group member added after `_since`) are kept whatever `_since` says.
+    """
+
+    def __init__(self, patients: beam.pvalue.AsSideInput, window: Optional[LastUpdatedWindow] = None):
+        super().__init__()
+        self._patients = patients
+        self._window = window
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
+        fn = _CompartmentFn(self._window)
+        return batches | ResourceStep("patient compartment", fn, self._patients)
+
+
+class CompartmentRule:
+    """The compartment-and-window test for one `PatientSet`, as a plain function of a resource.
+
+    Called with a `Resource`, it returns it when kept and None otherwise, and
+    raises `InvalidInstant` on a bad `meta.lastUpdated` (see `each_resource`).
+    """
+
+    def __init__(self, patients: PatientSet, window: Optional[LastUpdatedWindow], unbounded=None):
+        self._ids, self._whole = patients.ids, patients.whole
+        self._window = window
+        self._unbounded = unbounded or (window.without_since() if window is not None else None)
+
+    def __call__(self, resource: Resource) -> Optional[Resource]:
+        if resource.type not in COMPARTMENT_TYPES:
+            return None
+        found = compartment_patients(resource.type, resource.body)
+        if found.isdisjoint(self._ids):
+            return None
+        window = self._window
+        if window is None or window.admits(resource.body, resource.last_updated):
+            return resource
+        if self._whole and not found.isdisjoint(self._whole):
+            return resource if self._unbounded.admits(resource.body, resource.last_updated) else None
+        return None
+
+
+class _CompartmentFn(beam.DoFn):
+    def __init__(self, window: Optional[LastUpdatedWindow]):
+        self._window = window
+        self._unbounded = window.without_since() if window is not None else None
+
+    def process(self, batch: ResourceBatch, patients: PatientSet) -> Iterator:
+        rule = CompartmentRule(patients, self._window, self._unbounded)
+        return each_resource(batch, rule, InvalidInstant, LAST_UPDATED)
+
+
+class JoinCompartment(beam.PTransform):
+    """`FilterCompartment` for patient sets too large for one worker's memory: a keyed join.
+
+    `patients` is a PCollection of `(patient_id, whole)`. Resources are joined
+    to members by the patient ids of their compartments in two steps: first
+    only `(patient id, resource key)` metadata is shuffled to find the chosen
+    resources, then each candidate resource is shuffled once, under its own
+    key, to meet its verdict. No worker ever holds the whole patient set.
+    """
+
+    def __init__(self, patients: beam.PCollection, window: Optional[LastUpdatedWindow] = None):
+        super().__init__()
+        self._patients = patients
+        self._window = window
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
+        keyed = batches | "Candidates" >> beam.ParDo(_CandidatesFn()).with_outputs("by_patient", main="by_key")
+        verdicts = (
+            {"resources": keyed.by_patient, "members": self._patients}
+            | "ByPatient" >> beam.CoGroupByKey()
+            | "Verdicts" >> beam.FlatMap(_verdicts)
+        )
+        out = (
+            {"resource": keyed.by_key, "verdict": verdicts}
+            | "ByResource" >> beam.CoGroupByKey()
+            | "Choose" >> beam.ParDo(_ChooseFn(self._window)).with_outputs("errors", main="batches")
+        )
+        return StepOutputs(out.batches, out.errors)
+
+
+class _CandidatesFn(beam.DoFn):
+    """Keys every compartment resource by itself, and its key by each of its patients."""
+
+    def process(self, batch: ResourceBatch) -> Iterator:
+        origin = batch.origin
+        for resource in batch.resources:
+            if resource.type not in COMPARTMENT_TYPES:
+                continue
+            found = compartment_patients(resource.type, resource.body)
+            if not found:
+                continue
+            key = (origin.path, origin.offset, resource.index)
+            yield key, (origin, resource)
+            for patient in found:
+                yield beam.pvalue.TaggedOutput("by_patient", (patient, key))
+
+
+def _verdicts(joined: tuple) -> Iterator[tuple]:
+    _, grouped = joined
+    members = list(grouped["members"])
+    if members:
+        whole = any(members)
+        for key in grouped["resources"]:
+            yield key, whole
+
+
+class _ChooseFn(beam.DoFn):
+    def __init__(self, window: Optional[LastUpdatedWindow]):
+        self._window = window
+        self._unbounded = window.without_since() if window is not None else None
+
+    def process(self, joined: tuple) -> Iterator:
+        _, grouped = joined
+        verdicts = list(grouped["verdict"])
+        if not verdicts:
+            return
+        window = self._unbounded if any(verdicts) else self._window
+        for origin, resource in grouped["resource"]:
+            yield from each_resource(ResourceBatch(origin, [resource]), self._admitted(window), InvalidInstant, LAST_UPDATED)
+
+    @staticmethod
+    def _admitted(window: Optional[LastUpdatedWindow]):
+        return lambda r: r if window is None or window.admits(r.body, r.last_updated) else None

@@ -1,0 +1,156 @@
+"""Group membership: the patients a `Group/[id]/$export` covers, resolved from Group resources.
+
+A member counts when it is active at the export's `transactionTime`: members
+with `inactive=true`, a `period.end` before `transactionTime` or a
+`period.start` after it are left out. `member.entity` may reference a Patient
+(`Patient/X`, an absolute URL, or the `urn:uuid:X` / bare `X` forms real data
+carries when X is a known Patient id) or another Group, which is resolved
+recursively with a guard against cycles. A member that resolves to nothing is
+not dropped silently: it is reported as a `MemberIssue`, which the export lists
+in its manifest's `error[]`.
+
+With `_since`, a patient whose membership started after `_since` (on every
+path by which it is a member) is `whole`: its whole compartment is exported,
+not only what changed in the window, since the client has never received it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, NamedTuple, Optional
+
+from transforms.compartment import PatientSet, patient_reference_id
+from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key
+
+GROUP = "Group"
+
+
+class GroupRefused(ValueError):
+    """The Group cannot be exported as asked; `str()` says why."""
+
+
+class MemberIssue(NamedTuple):
+    """A member entry that resolved to no patient, and why."""
+
+    group_id: str
+    index: int  # position in Group.member, from 0
+    reason: str
+
+
+class Membership(NamedTuple):
+    """The resolved patients and the member entries that could not be resolved."""
+
+    patients: PatientSet
+    issues: list[MemberIssue]
+
+
+def resolve_group(
+    group_id: str,
+    groups: dict[str, dict],
+    patient_ids: Iterable[str],
+    transaction_time: str,
+    since: Optional[str] = None,
+) -> Membership:
+    """Resolves `Group/group_id` against the source's Groups and Patient ids."""
+    root = groups.get(group_id)
+    if root is None:
+        raise GroupRefused(f"Group/{group_id} is not in the source")
+    _check_exportable(group_id, root)
+    resolver = _Resolver(groups, frozenset(patient_ids), instant_key(transaction_time), since)
+    resolver.visit(group_id, root, new=False, path=(group_id,))
+    new_on_every_path = {p for p, flags in resolver.found.items() if all(flags)}
+    return Membership(PatientSet.of(resolver.found, new_on_every_path), resolver.issues)
+
+
+def _check_exportable(group_id: str, group: dict) -> None:
+    if group.get("actual") is False:
+        raise GroupRefused(
+            f"Group/{group_id} has actual=false: it describes a kind of patient, not a list of patients"
+        )
+    if not group.get("member") and group.get("characteristic"):
+        raise GroupRefused(
+            f"Group/{group_id} defines its members only by characteristic, which this engine does not evaluate"
+        )
+
+
+class _Resolver:
+    def __init__(self, groups: dict[str, dict], patients: frozenset[str], tx, since: Optional[str]):
+        self._groups = groups
+        self._patients = patients
+        self._tx = tx
+        self._since = instant_key(since) if since else None
+        self.found: dict[str, list[bool]] = {}
+        self.issues: list[MemberIssue] = []
+
+    def visit(self, group_id: str, group: dict, new: bool, path: tuple[str, ...]) -> None:
+        members = group.get("member") or []
+        if type(members) is not list:
+            self.issues.append(MemberIssue(group_id, -1, "Group.member is not a list"))
+            return
+        for index, member in enumerate(members):
+            try:
+                self._member(group_id, index, member, new, path)
+            except InvalidInstant as exc:
+                self.issues.append(MemberIssue(group_id, index, f"member.period: {exc}"))
+
+    def _member(self, group_id: str, index: int, member: object, new: bool, path: tuple[str, ...]) -> None:
+        def issue(reason: str) -> None:
+            self.issues.append(MemberIssue(group_id, index, reason))
+
+        if type(member) is not dict:
+            return issue("member is not a JSON object")
+        if member.get("inactive") is True or not self._in_period(member.get("period")):
+            return
+        new = new or self._joined_after_since(member.get("period"))
+        entity = member.get("entity")
+        reference = entity.get("reference") if type(entity) is dict else None
+        if type(reference) is not str or not reference:
+            return issue("member.entity has no reference to a Patient or Group")
+        kind, target = self._target(reference)
+        if kind == "Patient":
+            self.found.setdefault(target, []).append(new)
+        elif kind == GROUP:
+            if target in path:
+                return issue(f"member.entity {reference} makes a cycle: {' -> '.join(path + (target,))}")
+            nested = self._groups.get(target)
+            if nested is None:
+                return issue(f"member.entity {reference}: Group/{target} is not in the source")
+            if nested.get("actual") is False:
+                return issue(f"member.entity {reference}: Group/{target} has actual=false")
+            self.visit(target, nested, new, path + (target,))
+        else:
+            issue(f"member.entity {reference} is not a Patient or Group in the source")
+
+    def _target(self, reference: str) -> tuple[Optional[str], Optional[str]]:
+        segments = reference.split("/")
+        if len(segments) >= 2 and segments[-2] == GROUP:
+            return GROUP, segments[-1]
+        patient = patient_reference_id(reference)
+        if patient is not None and patient in self._patients:
+            return "Patient", patient
+        # `urn:uuid:X` and bare `X`, as real data carries, may name a Patient or a Group.
+        untyped = reference.removeprefix("urn:uuid:")
+        if "/" in untyped or ":" in untyped:
+            return None, None
+        if untyped in self._patients:
+            return "Patient", untyped
+        return (GROUP, untyped) if untyped in self._groups else (None, None)
+
+    def _in_period(self, period: object) -> bool:
+        """False when the membership ended before, or starts after, `transactionTime`."""
+        if type(period) is not dict:
+            return True
+        start, end = period.get("start"), period.get("end")
+        if start is not None and datetime_bounds(start)[0] > self._tx:
+            return False
+        return end is None or not _wholly_before(end, self._tx)
+
+    def _joined_after_since(self, period: object) -> bool:
+        if self._since is None or type(period) is not dict or period.get("start") is None:
+            return False
+        return datetime_bounds(period["start"])[1] > self._since
+
+
+def _wholly_before(text: str, moment) -> bool:
+    """True when every instant a `dateTime` spans is before `moment`."""
+    start, end = datetime_bounds(text)
+    return start < moment if start == end else end <= moment

@@ -1,0 +1,73 @@
+"""Kickoff-time lookups in the source: every Patient id and every Group, without a pipeline.
+
+A Patient- or Group-level kickoff must be refused before a job exists when its
+Group or `patient` is not in the source, so the launcher scans the source once
+for those two types. NDJSON lines are screened with a byte search before any
+JSON is parsed (Patients and Groups are a small share of a typical export);
+Bundles, Avro and Parquet files are read by the pipeline's own chunk reader.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, NamedTuple
+
+import orjson
+
+from transforms.ndjson import span_blocks
+from transforms.sources import AUTO, open_chunk, plan_chunks, read_chunk
+
+PATIENT, GROUP = "Patient", "Group"
+_MARKERS = (b'"Patient"', b'"Group"')
+_WHOLE_FILES = 1 << 62  # plan one chunk per file
+
+
+class SourceIndex(NamedTuple):
+    """What a kickoff needs to know about a source's patients and groups."""
+
+    patient_ids: frozenset[str]
+    groups: dict[str, dict]
+
+
+def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
+    """Scans `source` for Patient ids and Group resources; raises `SourceError` if unreadable.
+
+    Lines that are not valid resources are skipped here; the export reports them.
+    """
+    patient_ids: set[str] = set()
+    groups: dict[str, dict] = {}
+    for resource_type, body in _patients_and_groups(source, source_format):
+        resource_id = body.get("id")
+        if type(resource_id) is not str:
+            continue
+        if resource_type == PATIENT:
+            patient_ids.add(resource_id)
+        else:
+            groups.setdefault(resource_id, body)
+    return SourceIndex(frozenset(patient_ids), groups)
+
+
+def _patients_and_groups(source: str, source_format: str) -> Iterator[tuple[str, dict]]:
+    for chunk in plan_chunks(source, source_format, _WHOLE_FILES):
+        if chunk.document or chunk.columnar:
+            for batch in read_chunk(chunk, batch_size=10_000):
+                yield from ((r.type, r.body) for r in batch.resources if r.type in (PATIENT, GROUP))
+            continue
+        with open_chunk(chunk) as f:
+            blocks = span_blocks(f, 0, None)
+            next(blocks)
+            for lines in blocks:
+                yield from _screened(lines)
+
+
+def _screened(lines: list[bytes]) -> Iterator[tuple[str, dict]]:
+    """Parses only the lines that can be a Patient or a Group (a byte search screens them)."""
+    patient_marker, group_marker = _MARKERS
+    for line in lines:
+        if patient_marker not in line and group_marker not in line:
+            continue
+        try:
+            body = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if type(body) is dict and body.get("resourceType") in (PATIENT, GROUP):
+            yield body["resourceType"], body
