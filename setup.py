@@ -10,15 +10,20 @@ setup(
     description="FHIR Bulk Data $export as an Apache Beam batch pipeline",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["launcher", "pipelines", "transforms", "transforms.*"]),
-    package_data={"transforms.fhir.r4": ["*.json"]},
+    package_data={"transforms.fhir.r4": ["*.json"], "transforms": ["schemas/*.avsc"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "pydantic>=2.7,<3",
         "pyarrow",
         "fastavro",
-        "google-cloud-storage",
+        "google-cloud-storage>=2.18.2,<4",
         "orjson>=3.10",
+        "fhirpathpy>=2.2.4,<3",
     ],
-    extras_require={"test": ["pytest>=8"]},
+    extras_require={
+        "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],
+        # Dataflow submission and Google credentials for Beam's GCS filesystem (the Docker image).
+        "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+    },
     entry_points={"console_scripts": ["bulk-export=launcher.cli:main"]},
 )

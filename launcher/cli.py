@@ -1,25 +1,28 @@
-"""The `bulk-export` command line: export, status, manifest, list, sample-data.
+"""The `bulk-export` command line: export, status, manifest, list, cancel, delete,
+cleanup, resume, sample-data. The job commands' handlers are in `launcher.commands`.
 
-Exit codes: 0 success; 1 the job failed or was not found; 2 the kickoff or the
-command line was refused (no job was created).
+Exit codes: 0 success; 1 the job failed, was cancelled or was not found, or the
+command does not apply to its state; 2 the kickoff or the command line was
+refused (no job was created); 3 too many concurrent exports for the tenant
+(HTTP 429; nothing was started).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import os
 import sys
 from typing import Optional, Sequence
 
-from launcher import kickoff
-from launcher.jobs import ExportFailed, check_tenant, start_export
-from launcher.store import InvalidJobState, JobNotFound, SqliteJobStore
-from pipelines.models import JobRecord
-from pipelines.options import DEFAULTS, ExportSettings, UnsafeRunnerOptions
+from launcher import commands, kickoff
+from launcher.durations import parse_duration
+from launcher.jobs import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE, ExportFailed
+from launcher.lifecycle import DEFAULT_CLEANUP_BATCH
+from launcher.paths import check_job_id, check_tenant
+from launcher.runner import JobCancelled
+from launcher.stores import InvalidJobState, JobNotFound, TooManyActiveExports
+from pipelines.options import DEFAULTS, UnsafeRunnerOptions
 from transforms.sources import SOURCE_FORMATS
-from transforms.manifest import MANIFEST_NAME
 
 DEFAULT_STATE_DIR = ".bulk-export"
 
@@ -43,6 +46,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if hasattr(args, "tenant"):
             check_tenant(args.tenant)
+        if getattr(args, "job_id", None) is not None:
+            check_job_id(args.job_id)
         return args.handler(args, extra)
     except (kickoff.KickoffRefused, UnsafeRunnerOptions, ValueError) as exc:
         print(f"bulk-export: refused: {exc}", file=sys.stderr)
@@ -52,7 +57,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         hint = "" if args.verbose else " (-v shows Beam's log)"
         print(f"bulk-export: job {exc.job_id} failed: {exc}{hint}", file=sys.stderr)
         return 1
-    except (JobNotFound, InvalidJobState) as exc:
+    except TooManyActiveExports as exc:
+        print(f"bulk-export: refused: {exc}", file=sys.stderr)
+        return 3
+    except (JobNotFound, InvalidJobState, JobCancelled) as exc:
         print(f"bulk-export: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -64,10 +72,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bulk-export", description="FHIR Bulk Data $export on Apache Beam.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's progress")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands_ = parser.add_subparsers(dest="command", required=True)
     # No abbreviations: unknown --flags are Beam options and must never be taken for ours.
 
-    export = commands.add_parser(
+    export = commands_.add_parser(
         "export",
         allow_abbrev=False,
         help="run an export; unknown --flags are passed to Beam",
@@ -89,113 +97,117 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--max-bytes-per-part", type=_positive, default=DEFAULTS["max_bytes_per_part"], help="default %(default)s")
     export.add_argument("--chunk-bytes", type=_positive, default=DEFAULTS["chunk_bytes"], help="NDJSON bytes per work item (default %(default)s)")
     export.add_argument(
+        "--max-side-input-patients", type=_positive, default=DEFAULTS["max_side_input_patients"],
+        help="Patient/Group exports: most patients kept in memory; more are joined by key (default %(default)s)",
+    )
+    export.add_argument(
+        "--include-referenced", default=DEFAULTS["include_referenced"], metavar="TYPES",
+        help="Patient/Group exports: add these types outside the compartment (e.g. Organization,Practitioner), "
+        "only the resources that exported ones reference",
+    )
+    export.add_argument(
         "--exclude-missing-last-updated",
         dest="include_missing_last_updated",
         action="store_false",
         help="with _since/_until, drop resources that have no meta.lastUpdated (default: export them)",
     )
-    export.set_defaults(handler=_export)
+    export.add_argument("--schedule", metavar="NAME",
+                        help="a named incremental export: _since is this schedule's last completed transactionTime")
+    export.add_argument("--signed-urls", action="store_true",
+                        help="gs:// output: V4 signed URLs in the manifest (requiresAccessToken false)")
+    _url_options(export)
+    _run_options(export)
+    export.set_defaults(handler=commands.export)
 
-    status = commands.add_parser("status", allow_abbrev=False, help="show a job's status and per-type progress")
+    status = commands_.add_parser("status", allow_abbrev=False, help="show a job's status and per-type progress")
     _job_options(status)
     status.add_argument("job_id")
     status.add_argument("--json", action="store_true", help="print the job record as JSON")
-    status.set_defaults(handler=_status)
+    status.set_defaults(handler=commands.status)
 
-    manifest = commands.add_parser("manifest", allow_abbrev=False, help="print a complete job's manifest JSON")
+    manifest = commands_.add_parser("manifest", allow_abbrev=False, help="print a complete job's manifest JSON")
     _job_options(manifest)
     manifest.add_argument("job_id")
-    manifest.set_defaults(handler=_manifest)
+    manifest.add_argument("--refresh-urls", action="store_true", help="re-sign the manifest's GCS URLs from now")
+    _url_options(manifest)
+    manifest.set_defaults(handler=commands.manifest)
 
-    listing = commands.add_parser("list", allow_abbrev=False, help="list active jobs (--all: every job)")
+    listing = commands_.add_parser("list", allow_abbrev=False, help="list active jobs (--all: every job)")
     _job_options(listing)
     listing.add_argument("--all", action="store_true", help="include finished jobs")
-    listing.set_defaults(handler=_list)
+    listing.set_defaults(handler=commands.list_jobs)
 
-    sample = commands.add_parser("sample-data", allow_abbrev=False, help="write deterministic sample R4 NDJSON")
+    cancel = commands_.add_parser("cancel", allow_abbrev=False, help="cancel an accepted or running job")
+    _job_options(cancel)
+    cancel.add_argument("job_id")
+    cancel.set_defaults(handler=commands.cancel)
+
+    delete = commands_.add_parser("delete", allow_abbrev=False, help="delete a job's output and records")
+    _job_options(delete)
+    delete.add_argument("job_id")
+    delete.set_defaults(handler=commands.delete)
+
+    cleanup = commands_.add_parser(
+        "cleanup", allow_abbrev=False, help="delete finished jobs older than --ttl, of every tenant",
+        description="Deletes the output and records of complete, failed and cancelled jobs that ended "
+        "more than --ttl ago, across all tenants, in bounded batches. Safe to run from a scheduler.",
+    )
+    _job_options(cleanup)
+    cleanup.add_argument("--ttl", type=_duration("--ttl"), default="24h", help="e.g. 24h, 90m, 7d (default 24h)")
+    cleanup.add_argument("--batch-size", type=_positive, default=DEFAULT_CLEANUP_BATCH,
+                         help="jobs claimed per batch (default %(default)s)")
+    cleanup.set_defaults(handler=commands.cleanup)
+
+    resume = commands_.add_parser("resume", allow_abbrev=False, help="run again a job whose launcher died")
+    _job_options(resume)
+    resume.add_argument("job_id")
+    _run_options(resume)
+    resume.set_defaults(handler=commands.resume)
+
+    sample = commands_.add_parser("sample-data", allow_abbrev=False, help="write deterministic sample R4 NDJSON")
     sample.add_argument("--patients", type=_positive, default=100)
     sample.add_argument("--out", required=True)
     sample.add_argument("--seed", type=int, default=42)
-    sample.set_defaults(handler=_sample_data)
+    sample.set_defaults(handler=commands.sample_data)
     return parser
 
 
 def _job_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="job store folder (default ./.bulk-export)")
+    parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
+                        help="SQLite job store and audit log folder (default ./.bulk-export)")
+    parser.add_argument("--job-store", metavar="URL",
+                        help="a shared job store instead of the SQLite one: postgresql://user@host:port/db")
     parser.add_argument("--tenant", default="default", help="tenant; namespaces jobs and output folders (default: default)")
     parser.add_argument("--owner", help="owner subject; jobs of other owners are not visible")
 
 
-def _export(args: argparse.Namespace, beam_args: list[str]) -> int:
-    request = _request(args)
-    settings = ExportSettings.from_namespace(args)
-    store = SqliteJobStore(args.state_dir)
-    record = start_export(
-        store, args.state_dir, request, settings, args.tenant, args.owner, tuple(beam_args), _print_progress
-    )
-    total = sum(p.exported for p in record.progress)
-    summary = f"job {record.job_id} complete: {_count(total, 'resource')} in {_count(len(record.progress), 'type')}"
-    if record.bad_records:
-        summary += f", {_count(record.bad_records, 'bad record')}"
-    print(summary)
-    print(f"manifest: {os.path.join(record.output_dir, MANIFEST_NAME)}")
-    return 0
+def _url_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url-ttl", type=_seconds("--url-ttl"), default=f"{DEFAULTS['url_ttl']}s",
+                        help="how long signed URLs stay valid, e.g. 1h, at most 7d (default %(default)s)")
+    parser.add_argument("--signing-key", default=DEFAULTS["signing_key"], metavar="KEY_JSON",
+                        help="service-account JSON key that signs URLs (default $GOOGLE_APPLICATION_CREDENTIALS)")
 
 
-def _request(args: argparse.Namespace):
-    if args.parameters:
-        body = kickoff.load_parameters(args.parameters)
-        return kickoff.parse_post(body, args.kickoff or kickoff.system_url(args.base_url), args.strict)
-    return kickoff.parse_get(args.kickoff or kickoff.system_url(args.base_url), args.strict)
+def _seconds(name: str):
+    parse = _duration(name)
+    return lambda text: int(parse(text))
 
 
-def _print_progress(record: JobRecord) -> None:
-    total = sum(p.exported for p in record.progress)
-    print(f"  {record.status.value}: {total:,} resources written", file=sys.stderr, flush=True)
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--max-active-per-tenant", type=_positive, default=DEFAULT_MAX_ACTIVE,
+                        help="refuse a kickoff when the tenant has this many accepted or running jobs (default %(default)s)")
+    parser.add_argument("--lease", type=_duration("--lease"), default=f"{DEFAULT_LEASE_S:g}s",
+                        help="how long the job outlives this launcher if it dies; renewed while it runs (default %(default)s)")
 
 
-def _status(args: argparse.Namespace, _: list[str]) -> int:
-    record = SqliteJobStore(args.state_dir).get(args.tenant, args.job_id, args.owner)
-    if args.json:
-        print(record.model_dump_json(indent=2))
-        return 0
-    print(f"job {record.job_id}: {record.status.value}")
-    print(f"  level {record.level.value}, tenant {record.tenant}, owner {record.owner or '-'}")
-    print(f"  request {record.request_url}")
-    print(f"  transactionTime {record.transaction_time}")
-    for progress in record.progress:
-        print(f"  {progress.type:<28}{progress.exported:>12,}")
-    if record.bad_records:
-        print(f"  bad records {record.bad_records:,} (see the manifest's error files)")
-    if record.error_message:
-        print(f"  error: {record.error_message}")
-    return 0
+def _duration(name: str):
+    def parse(text: str) -> float:
+        try:
+            return parse_duration(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
 
-
-def _manifest(args: argparse.Namespace, _: list[str]) -> int:
-    manifest = SqliteJobStore(args.state_dir).manifest(args.tenant, args.job_id, args.owner)
-    print(json.dumps(manifest.to_json_dict(), indent=2))
-    return 0
-
-
-def _list(args: argparse.Namespace, _: list[str]) -> int:
-    records = SqliteJobStore(args.state_dir).list(args.tenant, args.owner, include_terminal=args.all)
-    for record in records:
-        total = sum(p.exported for p in record.progress)
-        print(f"{record.job_id}  {record.status.value:<12}{record.level.value:<8}{record.created_at}  {total:,}")
-    return 0
-
-
-def _sample_data(args: argparse.Namespace, _: list[str]) -> int:
-    from launcher.sample_data import generate
-
-    counts = generate(args.out, args.patients, args.seed)
-    print(f"wrote {sum(counts.values()):,} resources to {args.out}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))
-    return 0
-
-
-def _count(n: int, noun: str) -> str:
-    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+    return parse
 
 
 def _positive(text: str) -> int:

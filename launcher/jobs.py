@@ -1,34 +1,44 @@
-"""Job lifecycle on the launcher side: record a job, start its pipeline, watch it locally.
+"""Job lifecycle on the launcher side: record a job, run its pipeline, watch it locally.
 
 The walk is: the kickoff has been validated -> runner options are checked ->
-the job is recorded `accepted` with `transactionTime` frozen -> `in-progress`
--> the pipeline runs and its last step marks the job `complete`. Any failure
-marks the job `error` with a clear message and removes its partial output, so
-a failed job never leaves a manifest behind.
+the job is recorded `accepted` with `transactionTime` frozen (refused if the
+tenant already has `max_active` jobs) -> `in-progress` -> the pipeline runs in
+a child process while this launcher renews the job's lease -> its last step
+claims `complete`. Any failure marks the job `error` with a clear message and
+removes its partial output, so a failed job never leaves a manifest behind. A
+cancel stops the child and removes the output. `resume_export` runs a job
+again whose launcher died, from an empty folder, as its next attempt.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import threading
-import time
 import uuid
 from typing import Callable, Optional
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.export import ExportJob, run
+from launcher.audit import SERIOUS_FAILURE, AuditLog
+from launcher.lifecycle import recover_abandoned
+from launcher.paths import check_tenant, job_output_dir, source_bytes, source_for_tenant
+from transforms.gcs import remove_tree
+from launcher.runner import JobCancelled, describe, new_lease, run_and_watch
+from launcher.schedules import check_schedule, scheduled_request
+from launcher.stores import InvalidJobState, Lease, StoredJob
+from pipelines.export import ExportJob
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
 from pipelines.options import ExportSettings, prepare_runner
 from transforms.fhir.instant import now_instant
 from transforms.sources import match_source
+from launcher.membership import resolve_patients
 from launcher.store import JobStore, StoreJobSink
+from transforms.patients import write_patients
 
-_TENANT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
-_WATCH_EVERY_S = 2.0
+DEFAULT_MAX_ACTIVE = 4
+DEFAULT_LEASE_S = 30.0
+ProgressCallback = Callable[[StoredJob], None]
 
 
 class ExportFailed(RuntimeError):
@@ -39,34 +49,46 @@ class ExportFailed(RuntimeError):
         self.job_id = job_id
 
 
-def check_tenant(tenant: str) -> str:
-    """Tenants name folders, so they are restricted to a safe path segment."""
-    if not _TENANT.match(tenant):
-        raise ValueError(f"--tenant {tenant!r} must be 1-64 letters, digits, '.', '_' or '-'")
-    return tenant
+@dataclasses.dataclass(frozen=True)
+class RunControl:
+    """How this launcher runs jobs: the cap, its lease, where it audits and reports."""
+
+    audit: AuditLog
+    max_active: int = DEFAULT_MAX_ACTIVE
+    lease_s: float = DEFAULT_LEASE_S
+    on_progress: Optional[ProgressCallback] = None
 
 
 def start_export(
     store: JobStore,
-    state_dir: str,
+    control: RunControl,
     request: ExportRequest,
     settings: ExportSettings,
     tenant: str = "default",
     owner: Optional[str] = None,
     beam_args: tuple[str, ...] = (),
-    on_progress: Optional[Callable[[JobRecord], None]] = None,
-) -> JobRecord:
-    """Records a job for `request`, runs it to the end on this machine, and returns it."""
+    schedule: Optional[str] = None,
+) -> StoredJob:
+    """Records a job for `request`, runs it to the end on this machine, and returns it.
+
+    With a `schedule`, `_since` is that schedule's last completed `transactionTime`.
+    """
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
     check_tenant(tenant)
+    if schedule:
+        request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
     transaction_time = now_instant()
+    settings = dataclasses.replace(settings, source=source_for_tenant(settings.source, tenant))
     # Local paths are made absolute: the manifest's URLs and error locations must
     # mean the same thing wherever they are read.
     for field in ("source", "output"):
         path = getattr(settings, field)
         if FileSystems.get_scheme(path) is None:
             settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
+    patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
     job = ExportJob(str(uuid.uuid4()), transaction_time, settings, tenant)
+    recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
+    lease = new_lease(control.lease_s)
     store.create(
         JobRecord(
             job_id=job.job_id,
@@ -79,39 +101,77 @@ def start_export(
             status=ExportStatus.ACCEPTED,
             created_at=transaction_time,
             output_dir=job.job_dir,
-        )
+        ),
+        run_spec={"settings": dataclasses.asdict(settings), "beam_args": list(beam_args), "schedule": schedule},
+        lease=lease,
+        max_active=control.max_active,
     )
+    control.audit.record("kickoff", store.get(tenant, job.job_id))
+    return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
+
+
+def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str,
+                  owner: Optional[str] = None) -> StoredJob:
+    """Runs again, as its next attempt, a job whose launcher stopped; returns it complete.
+
+    The job keeps its request and `transactionTime`; its folder is emptied
+    first, so parts of two attempts never mix.
+    """
+    lease = new_lease(control.lease_s)
+    record = store.claim_resume(tenant, job_id, owner, lease, control.max_active)
+    spec = store.run_spec(job_id)
+    job = ExportJob(job_id, record.transaction_time, ExportSettings(**spec["settings"]), tenant)
+    remove_tree(job_output_dir(job.job_dir, tenant, job_id))
+    settings = job.settings
+
+    def patients():
+        return resolve_patients(record.request, settings.source, settings.source_format, record.transaction_time)
+
+    return _run_attempt(store, control, job, record.request, tuple(spec["beam_args"]), lease, record.attempt,
+                        patients)
+
+
+def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt: int, patients) -> StoredJob:
+    """Runs one attempt of a recorded job; records `error` and cleans up if it does not complete."""
     try:
-        store.mark_in_progress(job.job_id)
-        match_source(settings.source)
+        if attempt == 1:
+            store.mark_in_progress(job.job_id)
+        store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
         _check_writable(job.job_dir)
+        members = patients()
+        if members is not None:
+            write_patients(job.patients_path, members)
         argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
-        _run_and_watch(argv, StoreJobSink(state_dir, job.job_id), store, tenant, job.job_id, on_progress)
-        record = store.get(tenant, job.job_id)
+        sink = StoreJobSink(store.url, job.job_id, attempt)
+        run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress)
+        record = store.get(job.tenant, job.job_id)
+        if record.status is ExportStatus.CANCELLED:
+            raise JobCancelled(job.job_id)
         if record.status is not ExportStatus.COMPLETE:
             raise RuntimeError(f"pipeline finished but the job is {record.status.value}")
+        control.audit.record("complete", record)
         return record
+    except JobCancelled:
+        _remove_output(job.job_dir)
+        store.release_lease(job.job_id, lease.holder)
+        raise
     except BaseException as exc:
         # Ctrl-C (KeyboardInterrupt) or SystemExit must not leave the job `in-progress` forever.
         interrupted = not isinstance(exc, Exception)
         message = f"interrupted ({type(exc).__name__})" if interrupted else describe(exc)
-        store.fail(job.job_id, message)
+        try:
+            store.fail(job.job_id, message)
+        except InvalidJobState:
+            if store.status(job.job_id) is not ExportStatus.CANCELLED:
+                raise
+            _remove_output(job.job_dir)  # a cancel won the race with this failure
+            store.release_lease(job.job_id, lease.holder)
+            raise JobCancelled(job.job_id) from exc
         _remove_output(job.job_dir)
+        control.audit.record("error", store.get(job.tenant, job.job_id), SERIOUS_FAILURE, message)
         if interrupted:
             raise
         raise ExportFailed(job.job_id, message) from exc
-
-
-def describe(exc: BaseException) -> str:
-    """A one-line message for a failure, without Beam's wrapping and stack dumps."""
-    text = str(exc).strip() or type(exc).__name__
-    # Beam re-raises worker errors with the original message embedded.
-    for line in text.splitlines():
-        match = re.search(r"(?:SourceError|OSError|PermissionError|FileNotFoundError): (.+)", line)
-        if match:
-            return re.sub(r" \[while running .*\]$", "", match.group(1))
-    first = text.splitlines()[0]
-    return re.sub(r" \[while running .*\]$", "", first)
 
 
 def _check_writable(job_dir: str) -> None:
@@ -129,27 +189,7 @@ def _check_writable(job_dir: str) -> None:
 
 def _remove_output(job_dir: str) -> None:
     try:
-        if FileSystems.exists(job_dir):
-            FileSystems.delete([job_dir])
+        remove_tree(job_dir)
     except Exception:  # the job already failed; keep its first error
         pass
 
-
-def _run_and_watch(argv, sink, store, tenant, job_id, on_progress) -> None:
-    """Runs the pipeline in a thread while reporting the store's progress every few seconds."""
-    failure: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            run(argv, sink=sink).wait_until_finish()
-        except BaseException as exc:  # handed to the caller below
-            failure.append(exc)
-
-    worker = threading.Thread(target=target, name=f"export-{job_id}", daemon=True)
-    worker.start()
-    while worker.is_alive():
-        worker.join(_WATCH_EVERY_S)
-        if worker.is_alive() and on_progress is not None:
-            on_progress(store.get(tenant, job_id))
-    if failure:
-        raise failure[0]

@@ -16,7 +16,10 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 
-from pipelines.models import NDJSON_FORMATS, ExportLevel, ExportRequest
+from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
+from transforms.compartment import patient_reference_id
+from transforms.elements import ElementsRefused, parse_elements
+from transforms.type_filter import TypeFilterRefused, compile_type_filters
 from transforms.fhir.instant import InvalidInstant, instant_key
 from transforms.fhir.r4 import RESOURCE_TYPES
 
@@ -36,10 +39,10 @@ _KNOWN = (
     "allowPartialManifests",
 )
 _NOT_YET = {
-    "_typeFilter": "is not supported yet, and ignoring it would export more than was asked for",
-    "_elements": "is not supported yet, and ignoring it would export more than was asked for",
     "organizeOutputBy": "is not supported; output is organized by resource type",
 }
+# IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
+_NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 _IGNORABLE = {
     "includeAssociatedData": "associated data is not added",
     "allowPartialManifests": "one complete manifest is produced",
@@ -144,17 +147,14 @@ def _build(
     params: dict[str, list[str]],
     strict: bool,
 ) -> ExportRequest:
-    if level is not ExportLevel.SYSTEM:
-        name = "Patient/$export" if level is ExportLevel.PATIENT else "Group/[id]/$export"
-        raise KickoffRefused("kickoff", f"{name} is not supported yet; only system-level $export is")
     # Repeated parameters are equivalent to one comma-joined value (IG v3).
     joined = {name: ",".join(values) for name, values in params.items()}
     ignored = []
     for name, value in joined.items():
         if name in _NOT_YET:
             raise KickoffRefused(name, _NOT_YET[name])
-        if name == "patient":
-            raise KickoffRefused("patient", "is not allowed in a system-level export")
+        if name == "patient" and level is ExportLevel.SYSTEM:
+            raise KickoffRefused("patient", "is allowed only in Patient- and Group-level exports")
         if name in _IGNORABLE or name not in _KNOWN:
             reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
             shown = _printable(name)
@@ -162,18 +162,23 @@ def _build(
                 raise KickoffRefused(shown, f"{reason} (refused under strict handling)")
             ignored.append(f"{shown}={_printable(value)} ({reason})")
     output_format = ",".join(dict.fromkeys(params.get("_outputFormat", [NDJSON_FORMATS[0]])))
-    if output_format not in NDJSON_FORMATS:
-        raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {', '.join(NDJSON_FORMATS)}")
+    if output_format not in NDJSON_FORMATS + PARQUET_FORMATS:
+        accepted = ", ".join(NDJSON_FORMATS + PARQUET_FORMATS)
+        raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {accepted}")
     since, until = _instant(joined, "_since"), _instant(joined, "_until")
     if since and until and instant_key(since) >= instant_key(until):
         raise KickoffRefused("_since", f"{since} is not earlier than _until {until}")
+    types = _types(joined.get("_type"))
     return ExportRequest(
         level=level,
         group_id=group_id,
         request_url=url,
-        types=_types(joined.get("_type")),
+        types=types,
+        elements=_elements(joined.get("_elements"), types),
+        type_filters=_type_filters(params.get("_typeFilter", []), types),
         since=since,
         until=until,
+        patients=_patients(params.get("patient", [])),
         output_format=output_format,
         ignored=tuple(ignored),
     )
@@ -198,6 +203,36 @@ def _instant(params: dict[str, str], name: str) -> Optional[str]:
             hint = " (a '+' offset in a URL query must be encoded as %2B)"
         raise KickoffRefused(name, f"{exc}{hint}") from None
     return value
+
+
+def _patients(references: list[str]) -> tuple[str, ...]:
+    """The `patient` references as patient ids; each must be a Patient reference."""
+    ids = []
+    for reference in references:
+        patient = patient_reference_id(reference)
+        if patient is None or reference.startswith("urn:") or not _FHIR_ID.match(patient):
+            raise KickoffRefused("patient", f"{_printable(reference)!r} is not a Patient reference (Patient/[id])")
+        ids.append(patient)
+    return tuple(dict.fromkeys(ids))
+
+
+def _elements(value: Optional[str], types: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    try:
+        return tuple(parse_elements(value, types).entries)
+    except ElementsRefused as exc:
+        raise KickoffRefused("_elements", exc.reason) from None
+
+
+def _type_filters(values: list[str], types: tuple[str, ...]) -> tuple[TypeFilter, ...]:
+    """Every `_typeFilter` query, compiled once here so that a filter is never stored unapplied."""
+    queries = [query for value in values for query in _NEXT_QUERY.split(value)]
+    try:
+        compile_type_filters(queries, types)
+    except TypeFilterRefused as exc:
+        raise KickoffRefused("_typeFilter", str(exc).removeprefix("_typeFilter ")) from None
+    return tuple(TypeFilter(resource_type=q.split("?", 1)[0], query=q.split("?", 1)[1]) for q in queries)
 
 
 def _types(value: Optional[str]) -> tuple[str, ...]:

@@ -8,22 +8,24 @@ shuffle only the parts' metadata into the manifest assembly, which runs last.
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
-from typing import NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.job_sink import JobSink
-from pipelines.models import ExportRequest, Manifest, OutputFile
+from pipelines.job_sink import JobSink, ReportRead
+from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
+from pipelines.steps import add_referenced, apply_steps, steps
 from transforms.manifest import AssembleManifest, Completed, FinalFile
 from transforms.parts import WriteParts
-from transforms.since import FilterLastUpdated, LastUpdatedWindow
+from transforms.patients import FILE_NAME as PATIENTS_FILE
+from transforms.patients import ReadPatients, read_header
+from transforms.sinks import NdjsonSink, ParquetSink, PartSink
 from transforms.sources import ReadResources
-from transforms.types import FilterTypes
+from transforms.urls import ManifestUrls
 
 TEMP_DIR_NAME = ".parts-tmp"
 
@@ -44,6 +46,11 @@ class ExportJob:
     @property
     def temp_dir(self) -> str:
         return FileSystems.join(self.job_dir, TEMP_DIR_NAME)
+
+    @property
+    def patients_path(self) -> str:
+        """Where the launcher leaves the patients a Patient- or Group-level export covers."""
+        return FileSystems.join(self.temp_dir, PATIENTS_FILE)
 
     @classmethod
     def from_options(cls, options: ExportOptions) -> "ExportJob":
@@ -85,34 +92,42 @@ def build_pipeline(
     settings = job.settings
     read = pipeline | "Read" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
     batches, errors = read.batches, [read.errors]
-    for label, step in _steps(request, job):
-        out = batches | label >> step
-        batches = out.batches
-        errors.append(out.errors)
+    if sink is not None:
+        batches = batches | "ReportRead" >> ReportRead(sink)
+    patients = None
+    if request.level is not ExportLevel.SYSTEM:
+        joined = read_header(job.patients_path).patients > settings.max_side_input_patients
+        covered = pipeline | "Patients" >> ReadPatients(job.patients_path, as_set=not joined)
+        patients = covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
+        errors.append(covered.issues)
+    batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
+    if patients is not None and settings.referenced_types:
+        batches = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)
     parts = batches | "WriteParts" >> WriteParts(
-        job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink
+        job.temp_dir,
+        settings.max_lines_per_part,
+        settings.max_bytes_per_part,
+        progress=sink,
+        sink=part_sink(request.output_format),
     )
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     manifest = (parts, errors) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
-        _ManifestRenderer(request, job.transaction_time),
+        _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),
         settings.max_lines_per_part,
         on_complete=_Completion(sink) if sink is not None else None,
     )
     return ExportOutputs(parts, errors, manifest)
 
 
-def _steps(request: ExportRequest, job: ExportJob) -> list[tuple[str, beam.PTransform]]:
-    """The request's filters, in order, each a `ResourceStep` fused between read and write."""
-    steps: list[tuple[str, beam.PTransform]] = []
-    if request.types:
-        steps.append(("Type", FilterTypes(request.types)))
-    window = LastUpdatedWindow(
-        job.transaction_time, request.since, request.until, job.settings.include_missing_last_updated
-    )
-    steps.append(("Since", FilterLastUpdated(window)))
-    return steps
+def part_sink(output_format: str) -> PartSink:
+    """The part format `_outputFormat` names: NDJSON or Parquet; any other is refused."""
+    if output_format in NDJSON_FORMATS:
+        return NdjsonSink()
+    if output_format in PARQUET_FORMATS:
+        return ParquetSink()
+    raise ValueError(f"_outputFormat {output_format!r} is not supported; use one of {NDJSON_FORMATS + PARQUET_FORMATS}")
 
 
 def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> beam.runners.runner.PipelineResult:
@@ -128,34 +143,30 @@ def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> bea
     return pipeline.run()
 
 
-def file_url(path: str) -> str:
-    """An absolute URL for a written file: `file://` for local paths."""
-    if FileSystems.get_scheme(path) is None:
-        return Path(path).absolute().as_uri()
-    return path
-
-
 class _ManifestRenderer:
     """Renders the spec's manifest JSON for a finished export."""
 
-    def __init__(self, request: ExportRequest, transaction_time: str):
+    def __init__(self, request: ExportRequest, transaction_time: str, output_root: str, urls: ManifestUrls):
         self._request = request
         self._transaction_time = transaction_time
+        self._output_root = output_root
+        self._urls = urls
 
     def __call__(self, completed: Completed) -> bytes:
+        url = self._urls.namer(self._output_root)
         manifest = Manifest(
             transaction_time=self._transaction_time,
             request=self._request.request_url,
-            requires_access_token=False,
-            output=_entries(completed.output),
-            error=_entries(completed.error),
+            requires_access_token=self._urls.requires_access_token(self._output_root),
+            output=_entries(completed.output, url),
+            error=_entries(completed.error, url),
             message=_message(self._request),
         )
         return orjson.dumps(manifest.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def _entries(files: list[FinalFile]) -> list[OutputFile]:
-    return [OutputFile(type=f.type, url=file_url(f.path), count=f.count) for f in files]
+def _entries(files: list[FinalFile], url: Callable[[str], str]) -> list[OutputFile]:
+    return [OutputFile(type=f.type, url=url(f.path), count=f.count) for f in files]
 
 
 def _message(request: ExportRequest) -> Optional[str]:
@@ -165,10 +176,10 @@ def _message(request: ExportRequest) -> Optional[str]:
 
 
 class _Completion:
-    """Hands the written manifest to the job sink."""
+    """Claims the job's completion through the job sink; False if the claim was lost."""
 
     def __init__(self, sink: JobSink):
         self._sink = sink
 
-    def __call__(self, manifest: bytes, bad_records: int) -> None:
-        self._sink.complete(Manifest.model_validate_json(manifest), bad_records)
+    def __call__(self, manifest: bytes, bad_records: int) -> bool:
+        return self._sink.complete(Manifest.model_validate_json(manifest), bad_records)

@@ -17,6 +17,7 @@ from pydantic.alias_generators import to_camel
 from transforms.fhir.instant import InvalidInstant, instant_key
 
 NDJSON_FORMATS = ("application/fhir+ndjson", "application/ndjson", "ndjson")
+PARQUET_FORMATS = ("application/vnd.apache.parquet", "parquet")
 FHIR_VERSION = "R4"
 
 

@@ -102,13 +102,16 @@ class _Render:
 
 
 class _OnComplete:
-    def __init__(self, log: Path, job_dir: Path):
-        self.log, self.job_dir = log, job_dir
+    """Records each completion claim; `claim=False` acts as a job cancelled meanwhile."""
 
-    def __call__(self, manifest: bytes, bad: int) -> None:
-        on_disk = (self.job_dir / MANIFEST_NAME).read_bytes()
+    def __init__(self, log: Path, job_dir: Path, claim: bool = True):
+        self.log, self.job_dir, self.claim = log, job_dir, claim
+
+    def __call__(self, manifest: bytes, bad: int) -> bool:
+        visible = (self.job_dir / MANIFEST_NAME).exists()
         with self.log.open("a") as f:
-            f.write(json.dumps({"manifest": manifest.decode(), "bad": bad, "on_disk": on_disk == manifest}) + "\n")
+            f.write(json.dumps({"manifest": manifest.decode(), "bad": bad, "visible": visible}) + "\n")
+        return self.claim
 
 
 def _one_nonempty(lengths):
@@ -141,7 +144,8 @@ def test_assemble_manifest_finalizes_parts_errors_then_manifest(pipeline, tmp_pa
     assert json.loads(render_log.read_text()) == {"manifest_exists": False, "temp_exists": False, "all_final": True}
     written = (job_dir / MANIFEST_NAME).read_bytes()
     done = [json.loads(line) for line in done_log.read_text().splitlines()]
-    assert done == [{"manifest": written.decode(), "bad": len(bad) + 1, "on_disk": True}]
+    # Completion is claimed before the manifest becomes visible, then it appears.
+    assert done == [{"manifest": written.decode(), "bad": len(bad) + 1, "visible": False}]
     files = json.loads(written)
 
     # Output parts: <Type>-<n>.ndjson, n = 0..k-1 per type, holding the original lines.
@@ -174,14 +178,19 @@ def test_assemble_manifest_finalizes_parts_errors_then_manifest(pipeline, tmp_pa
     assert names == sorted(expected_names)
 
 
-def test_assemble_manifest_with_nothing_to_export(pipeline, tmp_path):
+@pytest.mark.parametrize("claim", [True, False], ids=["claimed", "claim-lost"])
+def test_assemble_manifest_with_nothing_to_export(pipeline, tmp_path, claim):
     job_dir, done_log = tmp_path / "job", tmp_path / "done.jsonl"
     parts = pipeline | "NoParts" >> beam.Create([]).with_output_types(tuple)
     errors = pipeline | "NoErrors" >> beam.Create([]).with_output_types(tuple)
-    _ = (parts, errors) | AssembleManifest(
+    manifest = (parts, errors) | AssembleManifest(
         str(job_dir), str(job_dir / ".tmp"), _Render(job_dir, job_dir / ".tmp", tmp_path / "r.json"),
-        on_complete=_OnComplete(done_log, job_dir))
+        on_complete=_OnComplete(done_log, job_dir, claim))
+    assert_that(manifest | beam.Map(lambda m: m.startswith(b"{")), equal_to([True] if claim else []))
     pipeline.run()
-    assert json.loads((job_dir / MANIFEST_NAME).read_bytes()) == {"output": [], "error": []}
     assert [json.loads(line)["bad"] for line in done_log.read_text().splitlines()] == [0]
-    assert sorted(p.name for p in job_dir.iterdir()) == [MANIFEST_NAME]
+    if claim:
+        assert json.loads((job_dir / MANIFEST_NAME).read_bytes()) == {"output": [], "error": []}
+        assert sorted(p.name for p in job_dir.iterdir()) == [MANIFEST_NAME]
+    else:  # a job cancelled meanwhile: no manifest, not even a hidden one
+        assert not job_dir.exists() or not list(job_dir.iterdir())

@@ -1,14 +1,15 @@
 """Manifest assembly: final part names, error files, then the manifest, last.
 
 This is the pipeline's only fan-in, and it sees file metadata only. It gives
-the temporary parts their final names `<Type>-<n>.ndjson` (n counting from 0
-per type), writes bad records as `error/OperationOutcome-<n>.ndjson` parts,
+the temporary parts their final names `<Type>-<n>.ndjson` or `.parquet` (n
+counting from 0 per type), writes bad records as `error/OperationOutcome-<n>.ndjson` parts,
 removes the temporary folder, and only then writes `manifest.json`. A failed
 run never reaches this step, so it never leaves a manifest behind.
 """
 
 from __future__ import annotations
 
+import posixpath
 import uuid
 from typing import Callable, Iterator, NamedTuple, Optional
 
@@ -17,6 +18,7 @@ import orjson
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.errors import locate, operation_outcome
+from transforms.gcs import publish_once, remove_tree
 from transforms.parts import create_file
 from transforms.records import BadRecord, PartFile
 
@@ -45,8 +47,9 @@ class AssembleManifest(beam.PTransform):
     """Takes `(parts, bad_records)` and emits the manifest bytes once everything is final.
 
     `render` turns the `Completed` files into manifest JSON bytes, and
-    `on_complete`, if given, is called with those bytes after the manifest is
-    written (e.g. to mark the job complete).
+    `on_complete`, if given, is called with those bytes to claim the job's
+    completion before the manifest is made visible; if it returns False (the
+    job was cancelled meanwhile) no manifest appears.
     """
 
     def __init__(
@@ -55,7 +58,7 @@ class AssembleManifest(beam.PTransform):
         temp_dir: str,
         render: Callable[[Completed], bytes],
         max_lines: int = 100_000,
-        on_complete: Optional[Callable[[bytes, int], None]] = None,
+        on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
     ):
         super().__init__()
         self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete)
@@ -81,25 +84,34 @@ class _AssembleFn(beam.DoFn):
     def process(self, _, parts: list[PartFile], errors: list[BadRecord]) -> Iterator[bytes]:
         output = self._finalize_parts(parts)
         error = self._write_errors(errors)
-        if FileSystems.exists(self._temp_dir):
-            FileSystems.delete([self._temp_dir])
+        remove_tree(self._temp_dir)
         manifest = self._render(Completed(output, error))
-        self._write_atomically(self._path(MANIFEST_NAME), manifest)
-        if self._on_complete is not None:
-            self._on_complete(manifest, len(errors))
+        # The manifest waits under a hidden name until the job's completion is
+        # claimed, so a job cancelled meanwhile never shows one.
+        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest)
+        if self._on_complete is not None and self._on_complete(manifest, len(errors)) is False:
+            FileSystems.delete([temp])
+            return
+        # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never overwritten.
+        publish_once(temp, self._path(MANIFEST_NAME))
         yield manifest
 
     def _path(self, name: str) -> str:
         return FileSystems.join(self._job_dir, name)
 
-    @staticmethod
-    def _write_atomically(path: str, data: bytes) -> None:
+    @classmethod
+    def _write_atomically(cls, path: str, data: bytes) -> None:
         """Writes beside `path` under a hidden name, then renames into place."""
+        FileSystems.rename([cls._write_hidden(path, data)], [path])
+
+    @staticmethod
+    def _write_hidden(path: str, data: bytes) -> str:
+        """Writes `data` beside `path` under a hidden name, and returns that name."""
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
         with create_file(temp) as f:
             f.write(data)
-        FileSystems.rename([temp], [path])
+        return temp
 
     def _finalize_parts(self, parts: list[PartFile]) -> list[FinalFile]:
         # Sorting by temp path only makes numbering stable for a given set of parts.
@@ -110,7 +122,8 @@ class _AssembleFn(beam.DoFn):
             n = numbers.get(part.type, 0)
             numbers[part.type] = n + 1
             sources.append(part.temp_path)
-            final.append(FinalFile(part.type, self._path(f"{part.type}-{n}.ndjson"), part.count))
+            extension = posixpath.splitext(part.temp_path)[1]  # the part sink's: .ndjson, .parquet
+            final.append(FinalFile(part.type, self._path(f"{part.type}-{n}{extension}"), part.count))
         if sources:
             FileSystems.rename(sources, [f.path for f in final])
         return final

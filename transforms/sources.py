@@ -1,8 +1,9 @@
-"""Reading FHIR resources from NDJSON and Bundle files as batches.
+"""Reading FHIR resources from NDJSON, Bundle, Avro and Parquet files as batches.
 
 `ReadResources` expands a `--source` (file, glob or directory, any scheme Beam's
 FileSystems knows) into chunks: line-aligned byte ranges of plain NDJSON files,
-whole gzip files, and whole JSON documents (Bundles). Only those small chunk
+whole gzip files, whole JSON documents (Bundles), Parquet row groups and whole
+Avro files (`transforms.columnar`). Only those small chunk
 descriptors are shuffled; each chunk is then read, parsed once with orjson and
 emitted as `ResourceBatch`es. Lines that are not resources go to the `errors`
 output as `BadRecord`s, so a bad line never fails the job and is never lost.
@@ -16,7 +17,7 @@ import gzip
 import os
 import posixpath
 import threading
-from typing import IO, Iterable, Iterator, NamedTuple
+from typing import IO, Iterable, Iterator, NamedTuple, Union
 
 import apache_beam as beam
 import orjson
@@ -25,11 +26,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from transforms.bundles import document_resources
+from transforms.columnar import COLUMNAR_FORMATS, PARQUET, columnar_kind, parquet_row_groups, read_columnar
 from transforms.ndjson import BLOCK_BYTES, BOM, parse_lines, span_blocks
-from transforms.records import Origin, ResourceBatch
+from transforms.records import BadRecord, Origin, ResourceBatch
+from transforms import gcs  # noqa: F401  (on an emulator, GCS access is anonymous at once)
 
 NDJSON, DOCUMENT, AUTO = "ndjson", "bundle", "auto"
-SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT)
+SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT, *COLUMNAR_FORMATS)
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 _DOCUMENT_SUFFIXES = (".json",)
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -40,13 +43,14 @@ class SourceError(IOError):
 
 
 class Chunk(NamedTuple):
-    """A unit of reading: a byte range of a plain NDJSON file, or a whole file."""
+    """A unit of reading: a byte range of a plain NDJSON file, row groups of a Parquet file, or a whole file."""
 
     path: str
     start: int
-    end: int  # exclusive; -1 for a whole (gzip or document) file
+    end: int  # exclusive; -1 for a whole (gzip, document or Avro) file
     gzip: bool
     document: bool
+    columnar: str = ""  # `avro` or `parquet`; then start and end count Parquet row groups
 
 
 class ReadResources(beam.PTransform):
@@ -83,7 +87,8 @@ class ReadResources(beam.PTransform):
 def match_source(source: str) -> list[tuple[str, int]]:
     """Lists `(path, size)` of the files `source` names, or raises `SourceError`."""
     pattern = source
-    if source.endswith("/") or FileSystems.get_scheme(source) is None and _is_local_dir(source):
+    if source.endswith("/") or (_is_local_dir(source) if FileSystems.get_scheme(source) is None
+                                else _is_object_folder(source)):
         pattern = FileSystems.join(source.rstrip("/") or "/", "*")
     try:
         found = FileSystems.match([pattern])[0].metadata_list
@@ -98,6 +103,11 @@ def match_source(source: str) -> list[tuple[str, int]]:
     if not files:
         raise SourceError(f"source {source!r} matches no files")
     return files
+
+
+def _is_object_folder(source: str) -> bool:
+    """In an object store (gs://) a folder is a prefix: a plain name that is not an object itself."""
+    return not any(c in source for c in "*?[") and not FileSystems.exists(source)
 
 
 def _literal_prefix(pattern: str) -> str:
@@ -135,13 +145,23 @@ class _PlanChunksFn(beam.DoFn):
             if size == 0:
                 continue
             with _open(path) as f:
-                is_gzip = f.read(2) == _GZIP_MAGIC
+                head = f.read(4)
+            columnar = self._columnar(path, head)
+            if columnar:
+                yield from _columnar_chunks(path, columnar)
+                continue
+            is_gzip = head[:2] == _GZIP_MAGIC
             document = self._is_document(path, is_gzip)
             if is_gzip or document:
                 yield Chunk(path, 0, -1, is_gzip, document)
                 continue
             for start in range(0, size, self._chunk_bytes):
                 yield Chunk(path, start, min(start + self._chunk_bytes, size), False, False)
+
+    def _columnar(self, path: str, head: bytes) -> str:
+        if self._format in COLUMNAR_FORMATS:
+            return self._format
+        return (columnar_kind(path, head) or "") if self._format == AUTO else ""
 
     def _is_document(self, path: str, is_gzip: bool) -> bool:
         if self._format != AUTO:
@@ -165,6 +185,20 @@ class _PlanChunksFn(beam.DoFn):
             return True
 
 
+def _columnar_chunks(path: str, kind: str) -> Iterator[Chunk]:
+    """One chunk per Parquet row group (at least one, which reports a bad schema); an Avro file whole."""
+    if kind != PARQUET:
+        yield Chunk(path, 0, -1, False, False, kind)
+        return
+    with _open(path) as f:
+        try:
+            groups = parquet_row_groups(f)
+        except OSError as exc:
+            raise SourceError(f"cannot read source file {path!r}: {exc}") from exc
+    for group in range(max(groups, 1)):
+        yield Chunk(path, group, group + 1, False, False, kind)
+
+
 def _reader(path: str, is_gzip: bool) -> IO[bytes]:
     raw = _open(path)
     return gzip.GzipFile(fileobj=raw, mode="rb") if is_gzip else raw
@@ -185,7 +219,10 @@ class _ReadChunkFn(beam.DoFn):
     def process(self, chunk: Chunk) -> Iterator:
         try:
             with _collector_paused(), _reader(chunk.path, chunk.gzip) as f:
-                if chunk.document:
+                if chunk.columnar:
+                    items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size)
+                    yield from self._emit(items)
+                elif chunk.document:
                     yield from self._document(chunk.path, f)
                 else:
                     yield from self._ndjson(chunk, f)
@@ -197,7 +234,11 @@ class _ReadChunkFn(beam.DoFn):
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
         blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
         origin = Origin(chunk.path, next(blocks))
-        for item in parse_lines(blocks, origin, self._batch_size):
+        return self._emit(parse_lines(blocks, origin, self._batch_size))
+
+    def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
+        """Counts and yields batches, and bad records tagged `errors`."""
+        for item in items:
             if type(item) is ResourceBatch:
                 self._read.inc(len(item.resources))
                 yield item
@@ -241,6 +282,23 @@ def _collector_paused() -> Iterator[None]:
             _gc_pause["depth"] -= 1
             if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
                 gc.enable()
+
+
+def plan_chunks(source: str, source_format: str = AUTO, chunk_bytes: int = 16 << 20) -> Iterator[Chunk]:
+    """The chunks `ReadResources` reads, planned in the calling process (e.g. at kickoff)."""
+    return _PlanChunksFn(source_format, chunk_bytes).process(source)
+
+
+def read_chunk(chunk: Chunk, batch_size: int = 2000) -> Iterator[ResourceBatch]:
+    """The resource batches of one chunk, read in the calling process; bad records are skipped."""
+    for item in _ReadChunkFn(batch_size).process(chunk):
+        if type(item) is ResourceBatch:
+            yield item
+
+
+def open_chunk(chunk: Chunk) -> IO[bytes]:
+    """The chunk's file, decompressed when it is gzip."""
+    return _reader(chunk.path, chunk.gzip)
 
 
 def count_newlines_before(path: str, offsets: Iterable[int]) -> dict[int, int]:

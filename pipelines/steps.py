@@ -1,0 +1,99 @@
+"""Which steps an export request needs, in order, between reading and writing parts.
+
+Selection comes first (`_type`, `_typeFilter`, then the time window or, at
+Patient and Group level, the compartment with the window inside it); shaping (`_elements`)
+comes last, so it applies to every exported resource, referenced ones too.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import apache_beam as beam
+
+from pipelines.models import ExportRequest
+from pipelines.options import ExportSettings
+from transforms.compartment import FilterCompartment, JoinCompartment
+from transforms.elements import SubsetElements, parse_elements
+from transforms.referenced import CollectReferences, FilterReferenced
+from transforms.since import FilterLastUpdated, LastUpdatedWindow
+from transforms.sources import ReadResources
+from transforms.type_filter import FilterTypeFilter, compile_type_filters
+from transforms.types import FilterTypes
+
+Step = tuple[str, beam.PTransform]
+Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
+
+
+def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:
+    return LastUpdatedWindow(transaction_time, request.since, request.until, settings.include_missing_last_updated)
+
+
+def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
+    """The request's steps; `patients` is the covered-patients side input or PCollection (None at system level)."""
+    chosen: list[Step] = []
+    if request.types:
+        chosen.append(("Type", FilterTypes(request.types)))
+    chosen += type_filter_steps(request, transaction_time)
+    bounds = window(request, transaction_time, settings)
+    # At Patient and Group level the compartment step applies the window itself:
+    # a Group member added after `_since` gets their whole compartment.
+    if patients is None:
+        chosen.append(("Since", FilterLastUpdated(bounds)))
+    elif isinstance(patients, beam.PCollection):
+        chosen.append(("Compartment", JoinCompartment(patients, bounds)))
+    else:
+        chosen.append(("Compartment", FilterCompartment(patients, bounds)))
+    return chosen + shaping_steps(request)
+
+
+def type_filter_steps(request: ExportRequest, transaction_time: str) -> list[Step]:
+    """The `_typeFilter` step, compiled with `transactionTime` as the `ap` prefix's "now"."""
+    if not request.type_filters:
+        return []
+    queries = [f"{f.resource_type}?{f.query}" for f in request.type_filters]
+    return [("TypeFilter", FilterTypeFilter(compile_type_filters(queries, request.types, now=transaction_time)))]
+
+
+def shaping_steps(request: ExportRequest) -> list[Step]:
+    """Steps that change, rather than choose, exported resources."""
+    if not request.elements:
+        return []
+    return [("Elements", SubsetElements(parse_elements(request.elements, request.types)))]
+
+
+def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
+    """Applies `chosen` in order, adding each step's bad records to `errors`."""
+    for label, step in chosen:
+        out = batches | prefix + label >> step
+        batches = out.batches
+        errors.append(out.errors)
+    return batches
+
+
+def add_referenced(
+    pipeline: beam.Pipeline,
+    batches: beam.PCollection,
+    request: ExportRequest,
+    transaction_time: str,
+    settings: ExportSettings,
+    errors: list,
+) -> beam.PCollection:
+    """`batches` plus the resources of `settings.referenced_types` that they reference.
+
+    The source is read a second time for them; that read's bad lines are
+    already reported by the first read, so only its steps' errors are kept.
+    """
+    types = [t for t in settings.referenced_types if not request.types or t in request.types]
+    if not types:
+        return batches
+    keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
+    again = pipeline | "ReadReferenced" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
+    chosen = [
+        ("Type", FilterTypes(types)),
+        *type_filter_steps(request, transaction_time),
+        ("Referenced", FilterReferenced(keys, window(request, transaction_time, settings))),
+        *shaping_steps(request),
+    ]
+    referenced = apply_steps(again.batches, chosen, errors, prefix="Referenced")
+    return (batches, referenced) | "WithReferenced" >> beam.Flatten()
