@@ -11,7 +11,6 @@ exactly what the baseline kept, type by type, or the benchmark fails. See README
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -24,6 +23,7 @@ import time
 import uuid
 from importlib import metadata
 from pathlib import Path
+from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # runnable as a plain script from any folder
@@ -31,11 +31,14 @@ sys.path.insert(0, str(ROOT))  # runnable as a plain script from any folder
 import orjson  # noqa: E402
 
 from launcher.sample_data import RESOURCES_PER_PATIENT, generate  # noqa: E402
-from transforms.fhir.instant import instant_key, now_instant  # noqa: E402
+from transforms.fhir.instant import now_instant  # noqa: E402
+from transforms.records import Resource  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
 MAX_LINES_PER_PART = 100_000
+OUTPUT_FORMATS = {"ndjson": "application/fhir+ndjson", "parquet": "application/vnd.apache.parquet"}
 SAMPLE_EVERY_S = 0.1
+BENCH_GROUP_ID, BENCH_GROUP_SIZE = "bench-group", 1000
 
 
 def _parse_args(argv=None) -> argparse.Namespace:
@@ -49,6 +52,14 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="Cache root; data goes to <data-dir>/<N>-<seed>/ (reused if present).")
     p.add_argument("--repeat", type=int, default=1, help="Runs per case; the fastest is reported.")
+    p.add_argument("--source-format", choices=("ndjson", "avro", "parquet"), default="ndjson",
+                   help="The pipeline's source: the NDJSON data, or it converted (once, cached) to Avro or Parquet.")
+    p.add_argument("--output-format", choices=("ndjson", "parquet"), default="ndjson",
+                   help="The pipeline's _outputFormat (the baseline always writes NDJSON).")
+    p.add_argument("--level", choices=("system", "patient", "group"), default="system",
+                   help=f"Export level; group exports a {BENCH_GROUP_SIZE:,}-member Group added to the data.")
+    p.add_argument("--type-filter", default="", help="A _typeFilter query, e.g. 'Observation?code=http://loinc.org|8302-2'.")
+    p.add_argument("--elements", default="", help="_elements, e.g. 'Observation.code,Observation.value'.")
     p.add_argument("--keep", action="store_true", help="Keep both cases' output folders.")
     hidden = argparse.SUPPRESS  # set by the parent for a child run
     for name in ("--_child", "--_source", "--_out", "--_tx", "--_result"):
@@ -60,32 +71,48 @@ def _types(args) -> list[str]:
     return [t for t in args.types.split(",") if t.strip()]
 
 
+def _request(args):
+    """The benchmark's request, parsed as a real kickoff URL would be."""
+    from launcher.kickoff import parse_get
+
+    path = {"system": "$export", "patient": "Patient/$export", "group": f"Group/{BENCH_GROUP_ID}/$export"}[args.level]
+    params = {"_type": args.types, "_since": args.since, "_typeFilter": args.type_filter,
+              "_elements": args.elements, "_outputFormat": OUTPUT_FORMATS[args.output_format]}
+    query = "&".join(f"{k}={quote(v, safe='')}" for k, v in params.items() if v)
+    return parse_get(f"http://localhost/fhir/{path}?{query}")
+
+
+def _covered_patients(args, request, source: str, job=None):
+    """Resolves the level's patients as the launcher does (and writes them for the pipeline)."""
+    from launcher.membership import resolve_patients
+    from transforms.patients import write_patients
+
+    membership = resolve_patients(request, source, "auto", args._tx)
+    if membership is not None and job is not None:
+        write_patients(job.patients_path, membership)
+    return membership
+
+
 # ---------------------------------------------------------------- the two cases (children)
 
 def run_baseline(args) -> dict:
-    """Single process: parse every line, filter, write original lines into rolling parts."""
-    types = set(_types(args)) or None
-    since = instant_key(args.since) if args.since else None
-    tx = instant_key(args._tx)
+    """Single process: parse every line, apply the request with the same rules, write rolling parts."""
     counts: dict[str, int] = {}
     parts: dict[str, list] = {}  # type -> [file, lines in part, part number]
     loads = orjson.loads
     started = time.perf_counter()
+    keep = _baseline_rule(args)
     for path in sorted(Path(args._source).glob("*.ndjson")):
         with open(path, "rb") as f:
             for line in f:
+                line = line.rstrip(b"\n")
                 if not line.strip():
                     continue
                 body = loads(line)
                 rtype = body.get("resourceType")
-                if types is not None and rtype not in types:
+                resource = keep(Resource(rtype, line, body, 0))
+                if resource is None:
                     continue
-                meta = body.get("meta")
-                text = meta.get("lastUpdated") if meta else None
-                if text is not None:
-                    key = instant_key(text)
-                    if key > tx or (since is not None and not key > since):
-                        continue
                 part = parts.get(rtype)
                 if part is None or part[1] >= MAX_LINES_PER_PART:
                     n = 0 if part is None else part[2] + 1
@@ -93,12 +120,45 @@ def run_baseline(args) -> dict:
                         part[0].close()
                     handle = open(os.path.join(args._out, f"{rtype}-{n}.ndjson"), "wb", 1 << 20)
                     part = parts[rtype] = [handle, 0, n]
-                part[0].write(line if line.endswith(b"\n") else line + b"\n")
+                part[0].write(resource.raw + b"\n")
                 part[1] += 1
                 counts[rtype] = counts.get(rtype, 0) + 1
     for handle, _, _ in parts.values():
         handle.close()
     return {"seconds": time.perf_counter() - started, "counts": counts, "errors": 0}
+
+
+def _baseline_rule(args):
+    """One function applying the request to a resource: the library's rules, no Beam."""
+    from transforms.compartment import CompartmentRule
+    from transforms.elements import parse_elements
+    from transforms.since import LastUpdatedWindow
+    from transforms.type_filter import compile_type_filters
+
+    request = _request(args)
+    types = set(request.types) or None
+    window = LastUpdatedWindow(args._tx, request.since)
+    queries = [f"{f.resource_type}?{f.query}" for f in request.type_filters]
+    filters = compile_type_filters(queries, request.types, now=args._tx) if queries else None
+    elements = parse_elements(request.elements, request.types) if request.elements else None
+    membership = _covered_patients(args, request, args._source)
+    rule = CompartmentRule(membership.patients, window) if membership is not None else None
+
+    def keep(resource: Resource):
+        if types is not None and resource.type not in types:
+            return None
+        if filters is not None and not filters.matches(resource.type, resource.body):
+            return None
+        if rule is not None:
+            resource = rule(resource)
+        elif not window.admits(resource.body):
+            resource = None
+        if resource is None or elements is None:
+            return resource
+        changed = elements.subset(resource.type, resource.body)
+        return resource if changed is None else resource._replace(raw=changed[0], body=changed[1])
+
+    return keep
 
 
 def run_pipeline(args) -> dict:
@@ -107,24 +167,20 @@ def run_pipeline(args) -> dict:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from pipelines.export import ExportJob, ExportSettings, build_pipeline
-    from pipelines.models import ExportRequest
     from pipelines.options import prepare_runner
 
     if args.runner == "in_process":
         beam_args = ["--direct_running_mode=in_memory"]
     else:
         beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
-    query = "&".join(f"{k}={v}" for k, v in (("_type", args.types), ("_since", args.since)) if v)
     started = time.perf_counter()
     options = PipelineOptions(beam_args)
     prepare_runner(options)
-    request = ExportRequest(
-        request_url=f"http://localhost/fhir/$export?{query}",
-        types=tuple(_types(args)),
-        since=args.since or None,
-    )
-    settings = ExportSettings(source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART)
+    request = _request(args)
+    settings = ExportSettings(source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART,
+                              source_format=args.source_format)
     job = ExportJob(str(uuid.uuid4()), args._tx, settings)
+    _covered_patients(args, request, args._source, job)  # the kickoff's scan is part of the cost
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, request, job)
     seconds = time.perf_counter() - started
@@ -153,6 +209,38 @@ def ensure_data(root: Path, resources: int, seed: int) -> tuple[Path, int]:
         print(f"generated in {time.perf_counter() - started:.1f} s", flush=True)
     counts = orjson.loads((folder / "counts.json").read_bytes())
     return folder / "ndjson", sum(counts.values())
+
+
+def ensure_bench_group(ndjson: Path) -> None:
+    """Adds (once) a Group of `BENCH_GROUP_SIZE` patients spread evenly over the data."""
+    path = ndjson / "BenchGroup.ndjson"
+    if path.exists():
+        return
+    with open(ndjson / "Patient.ndjson", "rb") as f:
+        ids = [orjson.loads(line)["id"] for line in f if line.strip()]
+    step = max(1, len(ids) // BENCH_GROUP_SIZE)
+    members = [{"entity": {"reference": f"Patient/{i}"}} for i in ids[::step][:BENCH_GROUP_SIZE]]
+    group = {"resourceType": "Group", "id": BENCH_GROUP_ID, "type": "person", "actual": True, "member": members}
+    path.write_bytes(orjson.dumps(group) + b"\n")
+    counts_path = ndjson.parent / "counts.json"
+    counts = orjson.loads(counts_path.read_bytes())
+    counts["Group"] = counts.get("Group", 0) + 1
+    counts_path.write_bytes(orjson.dumps(counts))
+
+
+def ensure_columnar(ndjson: Path, kind: str) -> Path:
+    """Converts (or reuses) the NDJSON data as one Avro or Parquet file per NDJSON file, beside it."""
+    folder = ndjson.parent / kind
+    if not folder.exists():
+        from transforms.columnar import convert_ndjson
+
+        print(f"converting {ndjson} to {kind} ...", flush=True)
+        staging = ndjson.parent / f".{kind}.{os.getpid()}"  # renamed into place when complete
+        staging.mkdir()
+        for path in sorted(ndjson.glob("*.ndjson")):
+            convert_ndjson(str(path), str(staging / f"{path.stem}.{kind}"), kind)
+        staging.rename(folder)
+    return folder
 
 
 def tree_rss_kb(root: int) -> int:
@@ -189,6 +277,8 @@ def run_case(case: str, args, source: Path, tx: str) -> dict:
     result_file = Path(out, ".result.json")
     cmd = [sys.executable, __file__, f"--resources={args.resources}", f"--since={args.since}",
            f"--types={args.types}", f"--runner={args.runner}", f"--workers={args.workers}",
+           f"--source-format={args.source_format}", f"--output-format={args.output_format}",
+           f"--level={args.level}", f"--type-filter={args.type_filter}", f"--elements={args.elements}",
            f"--_child={case}", f"--_source={source}", f"--_out={out}", f"--_tx={tx}",
            f"--_result={result_file}"]
     peak = 0
@@ -248,14 +338,18 @@ def main(argv=None) -> None:
         result = (run_baseline if args._child == "baseline" else run_pipeline)(args)
         Path(args._result).write_bytes(orjson.dumps(result))
         return
+    source, _ = ensure_data(args.data_dir, args.resources, args.seed)
+    ensure_bench_group(source)
     source, resources_in = ensure_data(args.data_dir, args.resources, args.seed)
     tx = now_instant()
     label = "in_process" if args.runner == "in_process" else f"multi_process x{args.workers}"
-    print(f"{resources_in:,} resources in {source}; _type={args.types or '(all)'} "
-          f"_since={args.since or '(none)'} transactionTime={tx}; pipeline runner: {label}", flush=True)
+    print(f"{resources_in:,} resources in {source}; level={args.level} _type={args.types or '(all)'} "
+          f"_since={args.since or '(none)'} _typeFilter={args.type_filter or '(none)'} "
+          f"_elements={args.elements or '(none)'} transactionTime={tx}; pipeline runner: {label}", flush=True)
     base = best_of(args.repeat, "baseline", args, source, tx)
-    pipe = best_of(args.repeat, "pipeline", args, source, tx)
-    pipe["case"] = f"pipeline ({label})"
+    pipeline_source = source if args.source_format == "ndjson" else ensure_columnar(source, args.source_format)
+    pipe = best_of(args.repeat, "pipeline", args, pipeline_source, tx)
+    pipe["case"] = f"pipeline ({label}, {args.source_format} -> {args.output_format})"
     if pipe["counts"] != base["counts"] or pipe["errors"]:
         sys.exit(f"OUTPUT MISMATCH: baseline kept {base['counts']}, pipeline manifest counts "
                  f"{pipe['counts']} with {pipe['errors']} error records")
