@@ -9,7 +9,7 @@ setup(
     version="0.1.0",
     description="FHIR Bulk Data $export as an Apache Beam batch pipeline",
     python_requires=">=3.11,<3.12",
-    packages=find_packages(include=["launcher", "pipelines", "transforms", "transforms.*"]),
+    packages=find_packages(include=["launcher", "launcher.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
     package_data={"transforms.fhir.r4": ["*.json"], "transforms": ["schemas/*.avsc"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
@@ -19,6 +19,7 @@ setup(
         "google-cloud-storage>=2.18.2,<4",
         "orjson>=3.10",
         "fhirpathpy>=2.2.4,<3",
+        "psycopg[binary]>=3.2,<4",
     ],
     extras_require={
         "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],
