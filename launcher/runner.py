@@ -138,8 +138,11 @@ def run_and_watch(
         renew_at = time.monotonic()
         report_at = renew_at + progress_every_s
         while not process.wait(POLL_S):
-            if store.status(job_id) is ExportStatus.CANCELLED:
+            status = store.status(job_id)
+            if status is ExportStatus.CANCELLED:
                 raise JobCancelled(job_id)
+            if status is ExportStatus.COMPLETE:
+                continue  # the pipeline's last step claimed completion (and the lease); it is exiting
             now = time.monotonic()
             if now >= renew_at:
                 if not store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000))):

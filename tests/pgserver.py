@@ -54,7 +54,7 @@ def server() -> Iterator[Optional[str]]:
     data, port = os.path.join(folder, "data"), _free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
     try:
-        run(initdb, "--auth=trust", "-U", "postgres", "-D", data)
+        run(initdb, "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "-D", data)
         run(pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w",
             "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}", "start")
     except (subprocess.CalledProcessError, OSError) as exc:

@@ -4,6 +4,7 @@ guarded transitions, isolation, processes. More in `test_store_lifecycle.py`."""
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 import sqlite3
 
 import pytest
@@ -200,3 +201,16 @@ def test_sinks_in_separate_processes_accumulate(tmp_path, store, running):
         worker.join(60)
     assert [w.exitcode for w in workers] == [0, 0]
     assert _progress(store.get("acme", running)) == {"Observation": 2 * rounds * 3, "Patient": 2 * (rounds // 2)}
+
+
+def test_postgresql_store_works_on_a_sql_ascii_database(postgres_server):
+    """A server initialised without a UTF-8 locale (as by `env -i initdb`) defaults to SQL_ASCII."""
+    import psycopg
+
+    name = f"ascii_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_server, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0")
+    dsn = postgres_server.rsplit("/", 1)[0] + f"/{name}"
+    store = open_store(dsn)
+    store.create(_record("job-é", owner="alice"))
+    assert store.get("acme", "job-é").owner == "alice"

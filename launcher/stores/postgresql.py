@@ -41,7 +41,9 @@ class PostgresJobStore(SqlJobStore):
         import psycopg  # only users of this store need psycopg
         from psycopg.rows import dict_row
 
-        with psycopg.connect(self.url, row_factory=dict_row, connect_timeout=10) as conn:
+        # UTF8 on the wire whatever the server's encoding: on a SQL_ASCII server psycopg
+        # would otherwise send text parameters as bytea.
+        with psycopg.connect(self.url, row_factory=dict_row, connect_timeout=10, client_encoding="UTF8") as conn:
             with conn.transaction():
                 yield _Connection(conn)
 
