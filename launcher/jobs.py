@@ -162,7 +162,10 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         try:
             store.fail(job.job_id, message)
         except InvalidJobState:
-            if store.status(job.job_id) is not ExportStatus.CANCELLED:
+            status = store.status(job.job_id)
+            if status is ExportStatus.COMPLETE:  # keep the cause: the job itself finished
+                raise RuntimeError(f"job {job.job_id} is complete, but its run then failed: {message}") from exc
+            if status is not ExportStatus.CANCELLED:
                 raise
             _remove_output(job.job_dir)  # a cancel won the race with this failure
             store.release_lease(job.job_id, lease.holder)

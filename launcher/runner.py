@@ -145,7 +145,9 @@ def run_and_watch(
                 continue  # the pipeline's last step claimed completion (and the lease); it is exiting
             now = time.monotonic()
             if now >= renew_at:
-                if not store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000))):
+                renewed = store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000)))
+                # Completion releases the lease: it may land between the status read and the renewal.
+                if not renewed and store.status(job_id) is not ExportStatus.COMPLETE:
                     raise LeaseLost(f"job {job_id}: this launcher's lease was taken over")
                 renew_at = now + lease_s / 3
             if on_progress is not None and now >= report_at:
