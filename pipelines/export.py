@@ -1,8 +1,10 @@
 """The export pipeline: `build_pipeline()` assembles it, `run()` launches it.
 
-The walk is one way: read chunks -> keep `_type` -> keep the `_since`/`_until`/
-`transactionTime` window -> write rolling parts where the resources are, and
-shuffle only the parts' metadata into the manifest assembly, which runs last.
+The walk is one way: read chunks -> the request's steps (`pipelines/steps.py`:
+`_type`, `_typeFilter`, the `_since`/`_until`/`transactionTime` window or, at
+Patient and Group level, the compartment of the covered patients, then
+`_elements`) -> write rolling parts where the resources are, and shuffle only
+the parts' metadata into the manifest assembly, which runs last.
 """
 
 from __future__ import annotations
@@ -18,11 +20,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job_sink import JobSink, ReportRead
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
-from pipelines.steps import add_referenced, apply_steps, steps
+from pipelines.steps import add_referenced, apply_steps, covered_patients, steps
 from transforms.manifest import AssembleManifest, Completed, FinalFile
 from transforms.parts import WriteParts
 from transforms.patients import FILE_NAME as PATIENTS_FILE
-from transforms.patients import ReadPatients, read_header
 from transforms.sinks import NdjsonSink, ParquetSink, PartSink
 from transforms.sources import ReadResources
 from transforms.urls import ManifestUrls
@@ -96,10 +97,7 @@ def build_pipeline(
         batches = batches | "ReportRead" >> ReportRead(sink)
     patients = None
     if request.level is not ExportLevel.SYSTEM:
-        joined = read_header(job.patients_path).patients > settings.max_side_input_patients
-        covered = pipeline | "Patients" >> ReadPatients(job.patients_path, as_set=not joined)
-        patients = covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
-        errors.append(covered.issues)
+        patients = covered_patients(pipeline, job.patients_path, settings.max_side_input_patients, errors)
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     if patients is not None and settings.referenced_types:
         batches = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)

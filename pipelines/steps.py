@@ -15,6 +15,7 @@ from pipelines.models import ExportRequest
 from pipelines.options import ExportSettings
 from transforms.compartment import FilterCompartment, JoinCompartment
 from transforms.elements import SubsetElements, parse_elements
+from transforms.patients import ReadPatients, read_header
 from transforms.referenced import CollectReferences, FilterReferenced
 from transforms.since import FilterLastUpdated, LastUpdatedWindow
 from transforms.sources import ReadResources
@@ -60,6 +61,15 @@ def shaping_steps(request: ExportRequest) -> list[Step]:
     if not request.elements:
         return []
     return [("Elements", SubsetElements(parse_elements(request.elements, request.types)))]
+
+
+def covered_patients(pipeline: beam.Pipeline, path: str, max_side_input: int, errors: list) -> Patients:
+    """The patients file the launcher wrote, as a side input or, above `max_side_input`, a
+    PCollection to join with; its unresolved Group members join `errors`."""
+    joined = read_header(path).patients > max_side_input
+    covered = pipeline | "Patients" >> ReadPatients(path, as_set=not joined)
+    errors.append(covered.issues)
+    return covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
 
 
 def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
