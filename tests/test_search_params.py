@@ -3,7 +3,7 @@
 import pytest
 
 from transforms.fhir.search.common import MalformedData
-from transforms.type_filter import compile_type_filters
+from transforms.type_filter import TypeFilterRefused, compile_type_filters
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
@@ -282,3 +282,76 @@ def test_a_text_choice_is_not_searched_as_a_date():
     dated = {"resourceType": "Immunization", "id": "i2", "occurrenceDateTime": "2019-04-02"}
     assert kept("date=2019", given, dated) == ["i2"]
     assert kept("date:missing=true", given, dated) == ["i1"]
+
+
+# --- review fixes: edges of the spec -------------------------------------------------------
+
+def test_year_9999_is_a_date_with_an_end():
+    # `9999` and `9999-12` are valid FHIR dates (a common "no end" sentinel); their ranges end in 10000.
+    open_ended = {"resourceType": "Encounter", "id": "e", "period": {"start": "2020-05-01", "end": "9999-12"}}
+    assert admits("date=gt2030", open_ended)
+    assert admits("date=le9999", open_ended)
+    assert not admits("date=eb9999", open_ended)
+    assert admits("birthdate=9999", {**JOSE, "birthDate": "9999"})
+
+
+def test_canonical_references_of_any_shape_and_version():
+    answers = {"resourceType": "QuestionnaireResponse", "id": "qr", "status": "completed",
+               "questionnaire": "http://example.org/questionnaires/phq9|2.0"}
+    assert admits("questionnaire=http://example.org/questionnaires/phq9", answers)  # any version
+    assert admits("questionnaire=http://example.org/questionnaires/phq9|2.0", answers)
+    assert not admits("questionnaire=http://example.org/questionnaires/phq9|1.0", answers)
+    assert not admits("questionnaire=http://example.org/questionnaires/phq", answers)
+
+
+def test_a_reference_to_a_resource_inline_matches_its_type_and_id():
+    document = {"resourceType": "Bundle", "id": "b", "type": "document",
+                "entry": [{"fullUrl": "urn:uuid:c1", "resource": {"resourceType": "Composition", "id": "c1"}}]}
+    assert admits("composition=Composition/c1", document)
+    assert admits("composition=c1", document)
+    assert not admits("composition=c2", document)
+
+
+def test_a_contained_reference_cannot_be_searched():
+    with pytest.raises(TypeFilterRefused, match="'subject': '#p1' names no resource id"):
+        admits("subject=%23p1", WEIGHT)
+
+
+def test_a_range_end_without_a_value_is_open():
+    assessment = {"resourceType": "RiskAssessment", "id": "r", "status": "final", "subject": {"reference": "Patient/p"},
+                  "prediction": [{"probabilityRange": {"low": {"value": 10}, "high": {"unit": "%"}}}]}
+    assert admits("probability=gt15", assessment)
+    assert not admits("probability=lt5", assessment)
+    nothing = {**assessment, "prediction": [{"probabilityRange": {"low": {"unit": "%"}}}]}
+    assert not admits("probability=gt15", nothing)
+
+
+def test_quantity_system_without_code_needs_that_system():
+    assert kept("value-quantity=72.5|http://unitsofmeasure.org|", WEIGHT) == ["weight"]
+    assert kept("value-quantity=72.5|http://other.org|", WEIGHT) == []
+
+
+def test_a_value_the_filter_cannot_read_is_an_error_only_when_nothing_else_decides():
+    bad_date = {**WEIGHT, "effectiveDateTime": "yesterday"}
+    for filters in (["Observation?date=2020", "Observation?code=29463-7"],
+                    ["Observation?code=29463-7", "Observation?date=2020"]):
+        assert compile_type_filters(filters).matches("Observation", bad_date)  # any order
+    assert not admits("date=2020&code=85354-9", bad_date)  # the code already says no
+    with pytest.raises(MalformedData, match="yesterday"):
+        admits("code=29463-7&date=2020", bad_date)
+    timing = {"resourceType": "MedicationRequest", "id": "m",
+              "dosageInstruction": [{"timing": {"event": ["soon"]}}, {"timing": {"event": ["2021-02-03"]}}]}
+    assert admits("date=2021-02-03", timing)
+    assert not admits("date:missing=true", timing)
+    with pytest.raises(MalformedData, match="soon"):
+        admits("date=2022", timing)
+
+
+def test_backslash_escapes():
+    coded = {**JOSE, "identifier": [{"system": "http://h.org", "value": "a|b"}], "name": [{"family": "back\\slash"}]}
+    assert admits(r"identifier=http://h.org|a\|b", coded)
+    assert not admits(r"identifier=http://h.org|a", coded)
+    assert admits(r"family=back\\slash", coded)
+    assert kept(r"family=x\\,Smith", coded, ANNE) == ["p2"]  # `\\` then a separating comma
+    with pytest.raises(TypeFilterRefused, match=r"'family'.*backslash that escapes nothing"):
+        admits(r"family=back\slash", coded)

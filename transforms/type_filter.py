@@ -4,7 +4,8 @@ The filters are FHIR R4 searches (`Observation?code=http://loinc.org|8302-2`),
 compiled once by `compile_type_filters` from the official SearchParameters (see
 `transforms/fhir/search/`). Types without a filter pass untouched. A resource
 whose data the filter cannot read (e.g. a date that is not a date) is not
-exported and is reported as a bad record.
+exported and is reported as a bad record, unless its other values or the other
+filters decide without it.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""What every search module shares: the two errors and the comparison prefixes."""
+"""What every search module shares: the errors, the comparison prefixes and `\\` escapes."""
 
 from __future__ import annotations
 
@@ -19,6 +19,43 @@ class MalformedData(ValueError):
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIXED = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)\Z", re.S)
+
+
+def split_escaped(text: str, separator: str, limit: int = -1) -> list[str]:
+    r"""Splits `text` at the `separator`s no backslash escapes (at most `limit` times); keeps escapes.
+
+    FHIR escapes `,`, `$`, `|` and the backslash itself with a backslash, so `a\\,b`
+    is `a\\` then `b`, while `a\,b` is one value.
+    """
+    parts, start, i = [], 0, 0
+    while i < len(text):
+        char = text[i]
+        if char == "\\":
+            i += 2
+            continue
+        if char == separator and limit != 0:
+            parts.append(text[start:i])
+            start, limit = i + 1, limit - 1
+        i += 1
+    parts.append(text[start:])
+    return parts
+
+
+_ESCAPE = re.compile(r"\\(.?)", re.S)
+
+
+def unescape(text: str) -> str:
+    r"""`\,`, `\$`, `\|` and `\\` become the character; any other backslash is refused."""
+    if "\\" not in text:
+        return text
+
+    def escaped(match: re.Match) -> str:
+        if match.group(1) not in (",", "$", "|", "\\"):
+            reason = "has a backslash that escapes nothing (write \\\\ for one)"
+            raise InvalidSearchValue(f"{text!r} {reason}")
+        return match.group(1)
+
+    return _ESCAPE.sub(escaped, text)
 
 
 def split_prefix(value: str) -> tuple[str, str]:

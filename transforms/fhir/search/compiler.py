@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Optional, Sequence
 
 from transforms.fhir.r4 import is_resource_type
-from transforms.fhir.search.common import InvalidSearchValue, MalformedData
+from transforms.fhir.search.common import InvalidSearchValue, MalformedData, unescape
 from transforms.fhir.search.dates import DateMatch
 from transforms.fhir.search.numbers import NumberMatch, QuantityMatch
 from transforms.fhir.search.paths import UnsupportedExpression, compile_expression
@@ -51,15 +51,22 @@ class _Criterion:
         self.label, self.extract, self.matchers, self.mode = label, extract, matchers, mode
 
     def __call__(self, body: dict) -> bool:
+        """Raises `MalformedData` only when no readable value decides the outcome."""
         values = self.extract(body)
         mode = self.mode
         if mode >= _MISSING:
             return not values if mode == _MISSING else bool(values)
-        try:
-            hit = any(match(v) for v in values for match in self.matchers)
-        except MalformedData as exc:
-            raise MalformedData(f"{self.label}: {exc}") from None
-        return hit if mode == _ANY else not hit
+        unreadable = None
+        for value in values:
+            for match in self.matchers:
+                try:
+                    if match(value):
+                        return mode == _ANY
+                except MalformedData as exc:
+                    unreadable = unreadable or exc
+        if unreadable is not None:
+            raise MalformedData(f"{self.label}: {unreadable}")
+        return mode == _NONE
 
 
 class TypeFilters:
@@ -76,17 +83,27 @@ class TypeFilters:
     def matches(self, resource_type: str, body: dict) -> bool:
         """True when a filter of the type admits `body` (always, for types without filters).
 
-        Raises `MalformedData` when a value the filter reads is not of its type.
+        Raises `MalformedData` when no filter admits `body` and one could not read
+        a value it needed, whatever the order of the filters and their parameters.
         """
         filters = self._by_type.get(resource_type)
         if filters is None:
             return True
+        unreadable = None
         for criteria in filters:
+            pending = None
             for criterion in criteria:
-                if not criterion(body):
-                    break
+                try:
+                    if not criterion(body):
+                        break
+                except MalformedData as exc:
+                    pending = pending or exc
             else:
-                return True
+                if pending is None:
+                    return True
+                unreadable = unreadable or pending
+        if unreadable is not None:
+            raise unreadable
         return False
 
     def __repr__(self) -> str:
@@ -166,8 +183,11 @@ def _check_modifier(parsed: ParsedFilter, name: str, modifier: Optional[str], de
 
 def _matcher(definition: SearchParameter, modifier: Optional[str], value: str, now: Optional[str]):
     kind = definition.type
-    if kind == "token":
+    if kind == "token":  # token and quantity values split at `|` before unescaping
         return TokenMatch(value, text=modifier == "text")
+    if kind == "quantity":
+        return QuantityMatch(value)
+    value = unescape(value)
     if kind == "string":
         return StringMatch(value, modifier)
     if kind == "uri":
@@ -176,6 +196,4 @@ def _matcher(definition: SearchParameter, modifier: Optional[str], value: str, n
         return DateMatch(value, now)
     if kind == "number":
         return NumberMatch(value)
-    if kind == "quantity":
-        return QuantityMatch(value)
     return ReferenceMatch(value, modifier, definition.target or ())

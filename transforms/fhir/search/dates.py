@@ -11,6 +11,7 @@ was compiled, as the spec suggests.
 
 from __future__ import annotations
 
+import calendar
 import re
 from typing import Optional
 
@@ -39,12 +40,14 @@ def date_range(text: object) -> tuple[int, int]:
 def _range(year, month, day, hour, minute, second, fraction, zone) -> tuple[int, int]:
     if hour is None:
         start = _nanos(f"{year}-{month or '01'}-{day or '01'}T00:00:00Z")
+        # The end is counted in days, not read as the next period's start: year 9999 has no next.
         if day:
-            return start, start + 86400 * _NS
-        if month:
-            following = (int(year), int(month) + 1) if month != "12" else (int(year) + 1, 1)
-            return start, _nanos("%04d-%02d-01T00:00:00Z" % following)
-        return start, _nanos("%04d-01-01T00:00:00Z" % (int(year) + 1))
+            days = 1
+        elif month:
+            days = calendar.monthrange(int(year), int(month))[1]
+        else:
+            days = 366 if calendar.isleap(int(year)) else 365
+        return start, start + days * 86400 * _NS
     fraction = (fraction or "")[:9]
     time = f"{hour}:{minute}:{second or '00'}" + (f".{fraction}" if fraction else "")
     start = _nanos(f"{year}-{month}-{day}T{time}{zone or 'Z'}")

@@ -3,9 +3,10 @@
 `eq` (and `ne`) use the precision of the search value, as the spec says: `100`
 is [99.5, 100.5) and `100.0` is [99.95, 100.05). The other prefixes compare
 with the value itself; `sa`/`eb` on a single value act as `gt`/`lt`, and `ap`
-is within 10% of the value. A Range in the data is [low, high] (an open end is
-unbounded). A quantity value `value|system|code` also needs that system and
-code; `value||code` accepts the code or the unit. Units are not converted.
+is within 10% of the value. A Range in the data is [low, high] (an end absent
+or without a value is unbounded). A quantity value `value|system|code` also
+needs that system and code; `value||code` accepts the code or the unit, and
+`value|system|` any code of that system. Units are not converted.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 from typing import Optional
 
-from transforms.fhir.search.common import InvalidSearchValue, MalformedData, split_prefix
+from transforms.fhir.search.common import (
+    InvalidSearchValue, MalformedData, split_escaped, split_prefix, unescape,
+)
 
 _INFINITY = Decimal("Infinity")
 
@@ -56,13 +59,10 @@ class NumberMatch:
 
     def _bounds(self, element: object) -> tuple[Optional[Decimal], Optional[Decimal]]:
         if type(element) is dict:  # a Range
-            if "low" not in element and "high" not in element:
+            low, high = _range_end(element.get("low")), _range_end(element.get("high"))
+            if low is None and high is None:
                 return None, None
-            low, high = element.get("low"), element.get("high")
-            return (
-                _quantity_number(low) if low is not None else -_INFINITY,
-                _quantity_number(high) if high is not None else _INFINITY,
-            )
+            return (-_INFINITY if low is None else low, _INFINITY if high is None else high)
         number = _number(element)
         return number, number
 
@@ -89,13 +89,20 @@ def _quantity_number(quantity: object) -> Decimal:
     return _number(quantity.get("value"))
 
 
+def _range_end(quantity: object) -> Optional[Decimal]:
+    """A Range's `low` or `high` as a number; None when it is absent or has no value."""
+    if quantity is None or (type(quantity) is dict and quantity.get("value") is None):
+        return None
+    return _quantity_number(quantity)
+
+
 class QuantityMatch(NumberMatch):
     """`[prefix]value[|system|code]` over Quantity (and Range) elements."""
 
     __slots__ = ("system", "code")
 
     def __init__(self, value: str):
-        number, *unit = value.split("|")
+        number, *unit = [unescape(part) for part in split_escaped(value, "|")]
         if len(unit) not in (0, 2):
             raise InvalidSearchValue(f"{value!r} is not value, value|system|code or value||code")
         super().__init__(number)
@@ -115,10 +122,10 @@ class QuantityMatch(NumberMatch):
         return self.compare(number, number)
 
     def _same_unit(self, quantity: object) -> bool:
-        if self.code is None:
+        if self.code is None and self.system is None:
             return True
         if type(quantity) is not dict:
             raise MalformedData("a Quantity is not an object")
-        if self.system is not None:
-            return quantity.get("system") == self.system and quantity.get("code") == self.code
-        return self.code in (quantity.get("code"), quantity.get("unit"))
+        if self.system is None:
+            return self.code in (quantity.get("code"), quantity.get("unit"))
+        return quantity.get("system") == self.system and self.code in (None, quantity.get("code"))

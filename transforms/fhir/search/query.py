@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import NamedTuple, Optional
 from urllib.parse import unquote
 
-from transforms.fhir.search.common import TypeFilterRefused
-
-_UNESCAPED_COMMA = re.compile(r"(?<!\\),")
+from transforms.fhir.search.common import TypeFilterRefused, split_escaped
 
 
 class QueryParameter(NamedTuple):
-    """One `name[:modifier]=v1,v2` of a filter; the values are ORed."""
+    """One `name[:modifier]=v1,v2` of a filter; the values are ORed and keep their `\\` escapes."""
 
     name: str
     modifier: Optional[str]
@@ -33,7 +30,10 @@ class ParsedFilter(NamedTuple):
 
 
 def parse_type_filter(text: str) -> ParsedFilter:
-    """Splits `Type?query` on `?`, `&`, `=`, `:` and unescaped commas, then unquotes."""
+    """Splits `Type?query` on `?`, `&`, `=`, `:` and unescaped commas, then unquotes.
+
+    A value keeps its backslash escapes: what they escape depends on the parameter's type.
+    """
     resource_type, question, query = text.partition("?")
     shell = ParsedFilter(text, resource_type, ())
     if not question or not resource_type:
@@ -46,7 +46,7 @@ def parse_type_filter(text: str) -> ParsedFilter:
         name, _, modifier = unquote(name).partition(":")
         if not equals or not value:
             raise shell.refuse("has no value", name or part)
-        values = tuple(unquote(v).replace("\\,", ",") for v in _UNESCAPED_COMMA.split(value))
+        values = tuple(unquote(v) for v in split_escaped(value, ","))
         parameters.append(QueryParameter(name, modifier or None, values))
     if not parameters:
         raise shell.refuse("the query is empty")

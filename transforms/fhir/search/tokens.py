@@ -13,17 +13,21 @@ from __future__ import annotations
 
 from typing import Optional
 
-from transforms.fhir.search.common import InvalidSearchValue, MalformedData
+from transforms.fhir.search.common import InvalidSearchValue, MalformedData, split_escaped, unescape
 from transforms.fhir.search.text import normalize
 
 
 def split_token(value: str) -> tuple[bool, Optional[str], Optional[str]]:
-    """-> (any system?, system, code) of `a|b`, `|b` (no system), `a|` (any code), `b`."""
-    if "|" not in value:
-        if not value:
+    """-> (any system?, system, code) of `a|b`, `|b` (no system), `a|` (any code), `b`.
+
+    `value` still has its escapes: `a\\|b` is the code `a|b`.
+    """
+    parts = [unescape(part) for part in split_escaped(value, "|", 1)]
+    if len(parts) == 1:
+        if not parts[0]:
             raise InvalidSearchValue("a token value cannot be empty")
-        return True, None, value
-    system, code = value.split("|", 1)
+        return True, None, parts[0]
+    system, code = parts
     if not system and not code:
         raise InvalidSearchValue("a token value cannot be just '|'")
     return False, system or None, code or None
@@ -60,7 +64,7 @@ class TokenMatch:
             if not value:
                 raise InvalidSearchValue("a :text value cannot be empty")
             self.any_system, self.system, self.code = True, None, None
-            self.text = normalize(value)
+            self.text = normalize(unescape(value))
         else:
             self.any_system, self.system, self.code = split_token(value)
             self.text = None
