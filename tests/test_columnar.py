@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
+from pathlib import Path
 
 import apache_beam as beam
 import fastavro
@@ -22,7 +24,7 @@ from transforms.record_schema import (
     instant_texts,
     load_avro_schema,
 )
-from transforms.sources import ReadResources, SourceError
+from transforms.sources import Chunk, ReadResources, SourceError, read_chunk
 
 BASE = "https://ehr.example.org/fhir"
 COLUMNAR = ("avro", "parquet")
@@ -202,6 +204,26 @@ def test_a_corrupt_file_fails_the_read_naming_it(pipeline, tmp_path, kind, magic
     with pytest.raises(Exception, match=f"cannot read source file '{path}'") as info:
         pipeline.run()
     assert isinstance(info.value, SourceError) or "SourceError" in str(info.value)
+
+
+def test_a_truncated_avro_file_fails_naming_it_unless_cut_between_blocks(tmp_path):
+    """Avro has no record count, so a cut between blocks reads as a shorter file; any other cut
+    (mid-block fastavro raises IndexError, EOFError or ValueError) must fail the read naming the file."""
+    rows = [_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(30)]
+    whole = Path(_write_rows("avro", tmp_path / "whole.avro", rows)).read_bytes()
+    path = tmp_path / "cut.avro"
+    outcomes = Counter()
+    for cut in range(1, len(whole) + 1):
+        path.write_bytes(whole[:cut])
+        try:
+            ids = [r.body["id"] for b in read_chunk(Chunk(str(path), 0, -1, False, False, "avro")) for r in b.resources]
+        except SourceError as exc:
+            assert f"cannot read source file {str(path)!r}" in str(exc), exc
+            outcomes["refused"] += 1
+        else:
+            assert ids == [f"p{i}" for i in range(len(ids))]
+            outcomes["whole" if len(ids) == 30 else "blocks"] += 1
+    assert outcomes["whole"] == 1 and outcomes["blocks"] >= 2 and outcomes["refused"] > len(whole) // 2, outcomes
 
 
 @pytest.mark.parametrize("kind", COLUMNAR)

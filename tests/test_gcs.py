@@ -156,6 +156,10 @@ def test_export_from_and_to_gcs_writes_parts_then_the_manifest(bucket, gcs_sourc
     prefix = gcs.split(job.job_dir)[1] + "/"
     assert _objects(bucket, prefix) == sorted([gcs.split(e["url"])[1] for e in manifest["output"]]
                                               + [prefix + MANIFEST_NAME])
+    # Each object is served as what it is: the manifest as JSON, the parts as FHIR NDJSON.
+    types = {name: bucket.get_blob(name).content_type for name in _objects(bucket, prefix)}
+    assert types.pop(prefix + MANIFEST_NAME) == "application/json"
+    assert set(types.values()) == {"application/fhir+ndjson"}
 
 
 def test_signed_urls_verify_with_the_key_and_download_the_parts(bucket, gcs_source, key):

@@ -58,5 +58,11 @@ def test_the_image_pins_the_beam_version_of_setup_py_and_runs_pip_check():
     dockerfile = (root / "templates" / "Dockerfile").read_text()
     setup_version = re.search(r'BEAM_VERSION = "([^"]+)"', (root / "setup.py").read_text()).group(1)
     assert re.search(r"^ARG BEAM_VERSION=(\S+)$", dockerfile, re.M).group(1) == setup_version
+    # The ARG is what the image uses: its base SDK image, the Beam it installs, and a build-time check.
+    assert re.search(r"^FROM apache/beam_python3\.11_sdk:\$\{BEAM_VERSION\}$", dockerfile, re.M)
+    assert '"apache-beam[gcp]==${BEAM_VERSION}"' in dockerfile
+    assert "apache_beam.__version__ != '${BEAM_VERSION}'" in dockerfile
+    assert "python311-template-launcher-base" in dockerfile and 'python_requires=">=3.11,<3.12"' in (
+        root / "setup.py").read_text()
     assert "pip check" in dockerfile and "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/launcher/submit.py" in dockerfile
     assert (root / "launcher" / "submit.py").is_file()

@@ -144,14 +144,14 @@ def _read_avro(path: str, f: IO[bytes], batch_size: int) -> Iterator[Item]:
         yield BadRecord(origin, WHOLE, f"Avro file {problem}")
         return
     records = iter(reader)
-    try:
-        for first in itertools.count(0, batch_size):
+    for first in itertools.count(0, batch_size):
+        try:
             chunk = list(itertools.islice(records, batch_size))
-            if not chunk:
-                return
-            yield from to_resources(origin, first, _avro_columns(chunk))
-    except (ValueError, EOFError) as exc:
-        raise UnreadableFile(f"corrupt Avro data ({exc})") from exc
+        except Exception as exc:  # a truncated or corrupt block: IndexError, EOFError, ValueError, zlib.error...
+            raise UnreadableFile(f"corrupt Avro data ({type(exc).__name__}: {exc})") from exc
+        if not chunk:
+            return
+        yield from to_resources(origin, first, _avro_columns(chunk))
 
 
 def _avro_columns(records: list[dict]) -> Columns:

@@ -21,11 +21,13 @@ from transforms.errors import locate, operation_outcome
 from transforms.gcs import publish_once, remove_tree
 from transforms.parts import create_file
 from transforms.records import BadRecord, PartFile
+from transforms.sinks import NDJSON_MIME
 
 MANIFEST_NAME = "manifest.json"
 ERROR_TYPE = "OperationOutcome"
 # Error parts live in a subfolder so they never collide with exported OperationOutcomes.
 ERROR_DIR = "error"
+MANIFEST_MIME = "application/json"
 
 
 class FinalFile(NamedTuple):
@@ -88,7 +90,7 @@ class _AssembleFn(beam.DoFn):
         manifest = self._render(Completed(output, error))
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one.
-        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest)
+        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME)
         if self._on_complete is not None and self._on_complete(manifest, len(errors)) is False:
             FileSystems.delete([temp])
             return
@@ -105,11 +107,11 @@ class _AssembleFn(beam.DoFn):
         FileSystems.rename([cls._write_hidden(path, data)], [path])
 
     @staticmethod
-    def _write_hidden(path: str, data: bytes) -> str:
+    def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
         """Writes `data` beside `path` under a hidden name, and returns that name."""
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
-        with create_file(temp) as f:
+        with create_file(temp, mime) as f:
             f.write(data)
         return temp
 

@@ -24,6 +24,7 @@ from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.records import PartFile, Resource, ResourceBatch
 from transforms.sinks import NDJSON_MIME, NdjsonSink, PartSink
+
 _PROGRESS_EVERY_S = 2.0
 
 
