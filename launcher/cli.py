@@ -19,7 +19,7 @@ from launcher.durations import parse_duration
 from launcher.jobs import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE, ExportFailed
 from launcher.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.paths import check_job_id, check_tenant
-from launcher.runner import JobCancelled
+from launcher.runner import JobCancelled, LeaseLost
 from launcher.stores import InvalidJobState, JobNotFound, TooManyActiveExports
 from pipelines.options import DEFAULTS, UnsafeRunnerOptions
 from transforms.sources import SOURCE_FORMATS
@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TooManyActiveExports as exc:
         print(f"bulk-export: refused: {exc}", file=sys.stderr)
         return 3
-    except (JobNotFound, InvalidJobState, JobCancelled) as exc:
+    except (JobNotFound, InvalidJobState, JobCancelled, LeaseLost) as exc:
         print(f"bulk-export: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -22,9 +22,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.audit import SERIOUS_FAILURE, AuditLog
 from launcher.lifecycle import recover_abandoned
-from launcher.paths import check_tenant, job_output_dir, source_bytes, source_for_tenant
+from launcher.paths import check_tenant, job_output_dir, source_bytes, tenant_settings
 from transforms.gcs import remove_tree
-from launcher.runner import JobCancelled, describe, new_lease, run_and_watch
+from launcher.runner import JobCancelled, LeaseLost, describe, new_lease, run_and_watch
 from launcher.schedules import check_schedule, scheduled_request
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
@@ -78,13 +78,7 @@ def start_export(
     if schedule:
         request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
     transaction_time = now_instant()
-    settings = dataclasses.replace(settings, source=source_for_tenant(settings.source, tenant))
-    # Local paths are made absolute: the manifest's URLs and error locations must
-    # mean the same thing wherever they are read.
-    for field in ("source", "output"):
-        path = getattr(settings, field)
-        if FileSystems.get_scheme(path) is None:
-            settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
+    settings = tenant_settings(settings, tenant)
     patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
     job = ExportJob(str(uuid.uuid4()), transaction_time, settings, tenant)
     recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
@@ -147,25 +141,31 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         record = store.get(job.tenant, job.job_id)
         if record.status is ExportStatus.CANCELLED:
             raise JobCancelled(job.job_id)
-        if record.status is not ExportStatus.COMPLETE:
-            raise RuntimeError(f"pipeline finished but the job is {record.status.value}")
+        if record.status is not ExportStatus.COMPLETE or record.attempt != attempt:
+            raise RuntimeError(f"pipeline finished but the job is {record.status.value} (attempt {record.attempt})")
         control.audit.record("complete", record)
         return record
     except JobCancelled:
         _remove_output(job.job_dir)
         store.release_lease(job.job_id, lease.holder)
         raise
+    except LeaseLost:
+        raise  # the job's status and folder now belong to whoever took it over: touch neither
     except BaseException as exc:
         # Ctrl-C (KeyboardInterrupt) or SystemExit must not leave the job `in-progress` forever.
         interrupted = not isinstance(exc, Exception)
         message = f"interrupted ({type(exc).__name__})" if interrupted else describe(exc)
         try:
-            store.fail(job.job_id, message)
+            store.fail(job.job_id, message, attempt=attempt)
         except InvalidJobState:
-            status = store.status(job.job_id)
-            if status is ExportStatus.COMPLETE:  # keep the cause: the job itself finished
+            current = store.get(job.tenant, job.job_id)
+            if current.attempt != attempt or current.status is ExportStatus.ERROR:
+                # Reaped (its output removed) and maybe resumed by another launcher meanwhile.
+                raise LeaseLost(f"job {job.job_id} was taken over while this launcher ran attempt {attempt}"
+                                f" ({current.status.value}, attempt {current.attempt}); it failed: {message}") from exc
+            if current.status is ExportStatus.COMPLETE:  # keep the cause: the job itself finished
                 raise RuntimeError(f"job {job.job_id} is complete, but its run then failed: {message}") from exc
-            if status is not ExportStatus.CANCELLED:
+            if current.status is not ExportStatus.CANCELLED:
                 raise
             _remove_output(job.job_dir)  # a cancel won the race with this failure
             store.release_lease(job.job_id, lease.holder)

@@ -6,12 +6,16 @@ segment: no `/`, no `..`, nothing absolute ever reaches the filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
+import os
 import re
 import struct
 from typing import Iterable
 
 from apache_beam.io.filesystems import FileSystems
+
+from pipelines.options import ExportSettings
 
 
 TENANT_PLACEHOLDER = "{tenant}"
@@ -38,6 +42,20 @@ def check_job_id(job_id: str) -> str:
 def source_for_tenant(source: str, tenant: str) -> str:
     """`source` with `{tenant}` replaced, so a per-tenant layout reads only that tenant's data."""
     return source.replace(TENANT_PLACEHOLDER, check_tenant(tenant))
+
+
+def tenant_settings(settings: ExportSettings, tenant: str) -> ExportSettings:
+    """`settings` for a job of `tenant`: `{tenant}` filled in, local paths made absolute.
+
+    Absolute, because the manifest's URLs and error locations must mean the same
+    thing wherever they are read.
+    """
+    settings = dataclasses.replace(settings, source=source_for_tenant(settings.source, tenant))
+    for field in ("source", "output"):
+        path = getattr(settings, field)
+        if FileSystems.get_scheme(path) is None:
+            settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
+    return settings
 
 
 def job_output_dir(output_dir: str, tenant: str, job_id: str) -> str:

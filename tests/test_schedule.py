@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -127,3 +129,22 @@ def test_the_template_entry_point_records_submits_and_the_pipeline_completes_the
     assert store.last_transaction_time("default", "nightly") == jobs[1].transaction_time
     with pytest.raises(ValueError, match="--job_store"):
         submit(argv[:2] + argv[3:])
+
+
+def test_the_template_entry_point_refuses_unsafe_names_and_reads_the_tenants_own_source(tmp_path, sample_dir):
+    from launcher.submit import submit
+
+    shutil.copytree(sample_dir, tmp_path / "src" / "clinic-a")
+    state, out = str(tmp_path / "state"), tmp_path / "out"
+    request = ExportRequest(request_url="https://x/fhir/$export").model_dump_json()
+    argv = [f"--source={tmp_path / 'src' / '{tenant}'}", f"--output={out}", f"--job_store={state}",
+            f"--request={request}"]
+    for unsafe, named in (("--tenant=..", "--tenant"), ("--job_id=../../escape", "job id")):
+        with pytest.raises(ValueError, match=re.escape(named)):
+            submit([*argv, unsafe])
+    assert not out.exists() and not (tmp_path / "escape").exists()
+    job = SqliteJobStore(state).get("clinic-a", submit([*argv, "--tenant=clinic-a"]))
+    assert job.status is ExportStatus.COMPLETE
+    expected = sum(len(p.read_bytes().splitlines()) for p in sample_dir.glob("*.ndjson"))
+    assert sum(p.exported for p in job.progress) == expected
+    assert Path(job.output_dir).parent == out / "clinic-a"

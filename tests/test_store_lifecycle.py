@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import sqlite3
 import threading
+import time
 
 import pytest
 
@@ -187,6 +188,8 @@ def test_an_expired_lease_makes_the_job_a_resumable_error(store):
     store.add_progress("lost", {"Patient": 7}, attempt=1)
     assert _progress(store.get("acme", "lost")) == {}
     assert StoreJobSink(store.url, "lost", 1).complete(_manifest([("Patient", 5)]), 0) is False
+    with pytest.raises(InvalidJobState, match="restarted"):  # nor fail it
+        store.fail("lost", "the first attempt's launcher woke up", attempt=1)
     assert StoreJobSink(store.url, "lost", 2).complete(_manifest([("Patient", 9)]), 0) is True
     assert _progress(store.get("acme", "lost")) == {"Patient": 9}
 
@@ -228,3 +231,76 @@ def test_a_version_1_sqlite_store_is_migrated_in_place(tmp_path):
     assert [r.job_id for r in store.list_expired(now_ms(), 10)] == ["old"]  # ended_ms backfilled
     with sqlite3.connect(tmp_path / "state" / "jobs.sqlite3") as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
+
+
+def _lock_waiters(dsn: str, n: int) -> None:
+    """Returns once `n` sessions of this database wait on a lock (or fails after a minute)."""
+    import psycopg
+
+    deadline = time.monotonic() + 60
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            waiting = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                                   " AND datname = current_database()").fetchone()[0]
+            if waiting >= n:
+                return
+            time.sleep(0.01)
+    raise AssertionError(f"{n} sessions never waited on a lock")
+
+
+def _in_thread(errors: list, call, *args) -> threading.Thread:
+    def run() -> None:
+        try:
+            call(*args)
+        except Exception as exc:  # reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def _held_back(dsn: str, table: str, calls: list) -> list:
+    """Starts `calls` in turn, each once the previous waits on a lock of `table`; then frees them all."""
+    import psycopg
+
+    errors: list = []
+    with psycopg.connect(dsn) as blocker:
+        blocker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        threads = []
+        for n, (call, *args) in enumerate(calls, start=1):
+            threads.append(_in_thread(errors, call, *args))
+            _lock_waiters(dsn, n)
+    for thread in threads:
+        thread.join(60)
+    return errors
+
+
+def test_runs_of_one_schedule_completing_at_once_advance_it_once_and_forward(postgres_dsn):
+    store = open_store(postgres_dsn)
+    times = ("2024-01-01T00:00:01Z", "2024-01-01T00:00:03Z", "2024-01-01T00:00:02Z")
+    for n, transaction_time in enumerate(times):
+        record = _record(f"s{n}").model_copy(update={"transaction_time": transaction_time})
+        store.create(record, run_spec={"settings": {}, "beam_args": [], "schedule": "nightly"})
+        store.mark_in_progress(f"s{n}")
+    # Each completion has marked its job complete and waits to read the (absent) schedule.
+    errors = _held_back(postgres_dsn, "schedules",
+                        [(store.complete, f"s{n}", _manifest([("Patient", 1)]), 0) for n in range(3)])
+    assert errors == []
+    assert [store.get("acme", f"s{n}").status for n in range(3)] == [ExportStatus.COMPLETE] * 3
+    assert store.last_transaction_time("acme", "nightly") == "2024-01-01T00:00:03Z"
+
+
+def test_a_progress_report_racing_completion_never_changes_the_exact_counts(postgres_dsn):
+    store = open_store(postgres_dsn)
+    for round_ in range(8):  # without the lock, the report lands after completion about half the time
+        job_id = f"r{round_}"
+        _running(store, job_id)
+        store.add_progress(job_id, {"Patient": 1})
+        # Completion holds the job row and waits to rewrite the counts; the late report arrives then.
+        errors = _held_back(postgres_dsn, "type_progress", [
+            (store.complete, job_id, _manifest([("Patient", 3)]), 0),
+            (store.add_progress, job_id, {"Patient": 5}),
+        ])
+        assert errors == []
+        assert _progress(store.get("acme", job_id)) == {"Patient": 3}, round_

@@ -37,6 +37,9 @@ class SqlJobStore(ScheduleQueries):
     url: str
     # Appended to SELECTs that claim rows; PostgreSQL skips rows other clients hold.
     claim_suffix = ""
+    # Appended to SELECTs whose answer a later statement of the transaction relies on; PostgreSQL
+    # locks the rows read (SQLite's writers are serialised already).
+    lock_suffix = ""
 
     _ready = False
 
@@ -149,8 +152,9 @@ class SqlJobStore(ScheduleQueries):
                 db.execute("UPDATE jobs SET read_bytes = read_bytes + ? WHERE job_id = ?", (nbytes, job_id))
 
     def _is_running(self, db, job_id: str, attempt: Optional[int]) -> bool:
-        # A late report (a retried worker, an older attempt) must not change a finished job's counts.
-        row = self._row(db, job_id, "status, attempt")
+        # A late report (a retried worker, an older attempt) must not change a finished job's counts;
+        # the lock keeps completion from committing between this check and the report's update.
+        row = self._row(db, job_id, "status, attempt", self.lock_suffix)
         return row["status"] == ExportStatus.IN_PROGRESS.value and attempt in (None, row["attempt"])
 
     def complete(self, job_id, manifest, bad_records, attempt=None) -> None:
@@ -172,12 +176,12 @@ class SqlJobStore(ScheduleQueries):
                 db.execute("INSERT INTO type_progress (job_id, type, exported) VALUES (?, ?, ?)",
                            (job_id, resource_type, n))
 
-    def fail(self, job_id, message, resumable=False) -> None:
+    def fail(self, job_id, message, resumable=False, attempt=None) -> None:
         with self._tx() as db:
             self._transition(
                 db, job_id, ACTIVE, ExportStatus.ERROR,
                 "completed_at = ?, ended_ms = ?, error_message = ?, resumable = ?, lease_holder = NULL",
-                (now_instant(), now_ms(), message, int(resumable)),
+                (now_instant(), now_ms(), message, int(resumable)), attempt,
             )
 
     def cancel(self, tenant, job_id, owner=None) -> StoredJob:
@@ -296,8 +300,8 @@ class SqlJobStore(ScheduleQueries):
         return row
 
     @staticmethod
-    def _row(db, job_id: str, columns: str = "*") -> dict:
-        row = db.execute(f"SELECT {columns} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    def _row(db, job_id: str, columns: str = "*", suffix: str = "") -> dict:
+        row = db.execute(f"SELECT {columns} FROM jobs WHERE job_id = ?{suffix}", (job_id,)).fetchone()
         if row is None:
             raise JobNotFound(f"job {job_id} not found")
         return row

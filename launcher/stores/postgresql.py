@@ -32,6 +32,7 @@ class PostgresJobStore(SqlJobStore):
     """Jobs in a PostgreSQL database; the DSN's search_path picks the schema."""
 
     claim_suffix = " FOR UPDATE SKIP LOCKED"
+    lock_suffix = " FOR UPDATE"
 
     def __init__(self, dsn: str):
         self.url = dsn
