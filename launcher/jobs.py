@@ -109,12 +109,13 @@ def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str
     """Runs again, as its next attempt, a job whose launcher stopped; returns it complete.
 
     The job keeps its request and `transactionTime`; its folder is emptied
-    first, so parts of two attempts never mix.
+    first, and the attempt writes its parts to a temporary folder of its own,
+    so parts of two attempts never mix.
     """
     lease = new_lease(control.lease_s)
     record = store.claim_resume(tenant, job_id, owner, lease, control.max_active)
     spec = store.run_spec(job_id)
-    job = ExportJob(job_id, record.transaction_time, ExportSettings(**spec["settings"]), tenant)
+    job = ExportJob(job_id, record.transaction_time, ExportSettings(**spec["settings"]), tenant, record.attempt)
     remove_tree(job_output_dir(job.job_dir, tenant, job_id))
     settings = job.settings
 

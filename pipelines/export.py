@@ -39,6 +39,7 @@ class ExportJob:
     transaction_time: str
     settings: ExportSettings
     tenant: str = "default"
+    attempt: int = 1  # a resumed job runs again as attempt 2, 3, ...
 
     @property
     def job_dir(self) -> str:
@@ -46,7 +47,8 @@ class ExportJob:
 
     @property
     def temp_dir(self) -> str:
-        return FileSystems.join(self.job_dir, TEMP_DIR_NAME)
+        """This attempt's own hidden folder for parts, so two attempts' parts never mix."""
+        return FileSystems.join(self.job_dir, f"{TEMP_DIR_NAME}-{self.attempt}")
 
     @property
     def patients_path(self) -> str:
@@ -59,12 +61,21 @@ class ExportJob:
         if missing:
             raise ValueError(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
         return cls(
-            options.job_id, options.transaction_time, ExportSettings.from_namespace(options), options.tenant
+            options.job_id,
+            options.transaction_time,
+            ExportSettings.from_namespace(options),
+            options.tenant,
+            options.attempt,
         )
 
     def to_argv(self) -> list[str]:
         """The same job as `ExportOptions` flags."""
-        values = {"job_id": self.job_id, "transaction_time": self.transaction_time, "tenant": self.tenant}
+        values = {
+            "job_id": self.job_id,
+            "transaction_time": self.transaction_time,
+            "tenant": self.tenant,
+            "attempt": self.attempt,
+        }
         values.update(dataclasses.asdict(self.settings))
         return [f"--{name}={_flag(value)}" for name, value in values.items()]
 

@@ -1,9 +1,10 @@
-"""Runner choice: the embedded default, and refusal of the mode that lost records."""
+"""Pipeline options: the embedded default runner, refusal of the mode that lost records, job flags."""
 
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from pipelines.options import LOCAL_RUNNER, UnsafeRunnerOptions, prepare_runner
+from pipelines.export import ExportJob
+from pipelines.options import LOCAL_RUNNER, ExportOptions, ExportSettings, UnsafeRunnerOptions, prepare_runner
 
 
 @pytest.mark.parametrize("argv", [[], ["--runner=DirectRunner"]], ids=["unset", "DirectRunner"])
@@ -29,3 +30,11 @@ def test_multi_processing_is_allowed():
 def test_multi_threading_is_refused_with_the_reason():
     with pytest.raises(UnsafeRunnerOptions, match=r"multi_threading.*74,955 records in, 74,787 out"):
         prepare_runner(PipelineOptions(["--direct_running_mode=multi_threading"]))
+
+
+def test_each_attempt_of_a_job_writes_to_its_own_temp_folder_and_round_trips_as_options():
+    first = ExportJob("job-1", "2024-01-01T00:00:00Z", ExportSettings(source="s", output="o"), "acme")
+    second = ExportJob("job-1", "2024-01-01T00:00:00Z", ExportSettings(source="s", output="o"), "acme", 2)
+    assert first.job_dir == second.job_dir and first.temp_dir != second.temp_dir
+    assert second.temp_dir.rsplit("/", 1)[1].startswith(".")  # hidden: never read as a source
+    assert ExportJob.from_options(PipelineOptions(second.to_argv()).view_as(ExportOptions)) == second

@@ -129,7 +129,7 @@ def _source_file(path: Path) -> tuple[list[bytes], list[tuple[int, str]]]:
 
 def test_assemble_manifest_finalizes_parts_errors_then_manifest(pipeline, tmp_path):
     source, job_dir = tmp_path / "src.ndjson", tmp_path / "out" / "job1"
-    temp_dir, render_log, done_log = job_dir / ".parts-tmp", tmp_path / "render.json", tmp_path / "done.jsonl"
+    temp_dir, render_log, done_log = job_dir / ".parts-tmp-1", tmp_path / "render.json", tmp_path / "done.jsonl"
     rows, bad = _source_file(source)
     read = pipeline | ReadResources(str(source), chunk_bytes=40)
     parts = read.batches | WriteParts(str(temp_dir), max_lines=3)

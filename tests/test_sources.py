@@ -262,9 +262,9 @@ def testspan_lines_chunks_partition_the_file_into_its_lines():
 
 def test_glob_skips_files_in_hidden_folders_but_not_hidden_parents(tmp_path):
     root = tmp_path / ".cache" / "data"  # a hidden folder above the pattern is the user's choice
-    (root / "job" / ".parts-tmp").mkdir(parents=True)
+    (root / "job" / ".parts-tmp-1").mkdir(parents=True)
     (root / "job" / "Patient-0.ndjson").write_bytes(b"1\n")
-    (root / "job" / ".parts-tmp" / "Patient.x.ndjson").write_bytes(b"2\n")
+    (root / "job" / ".parts-tmp-1" / "Patient.x.ndjson").write_bytes(b"2\n")
     assert match_source(f"{root}/*/*.ndjson") == [(str(root / "job" / "Patient-0.ndjson"), 2)]
     with pytest.raises(SourceError, match="matches no files"):
         match_source(f"{root}/*/*/*.ndjson")

@@ -117,7 +117,7 @@ def _literal_prefix(pattern: str) -> str:
 
 
 def _is_hidden(path: str, base: str) -> bool:
-    """True when a file, or a folder the pattern reached into, is hidden (e.g. `.parts-tmp`)."""
+    """True when a file, or a folder the pattern reached into, is hidden (e.g. `.parts-tmp-1`)."""
     relative = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
     return any(segment.startswith(".") for segment in relative.split("/"))
 
