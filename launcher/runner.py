@@ -25,7 +25,8 @@ from pipelines.models import ExportStatus
 
 POLL_S = 0.25
 _CTX = multiprocessing.get_context("forkserver")
-_CTX.set_forkserver_preload(["pipelines.export", "launcher.runner"])
+# `launcher` first: its package installs the log filter before Beam is imported.
+_CTX.set_forkserver_preload(["launcher.runner", "pipelines.export"])
 
 
 class JobCancelled(RuntimeError):
