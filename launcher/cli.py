@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
         "Beam pipeline options, e.g. --direct_running_mode=multi_processing --direct_num_workers=2.",
     )
     _job_options(export)
-    export.add_argument("--source", required=True, help="NDJSON/Bundle file, glob or folder")
+    export.add_argument("--source", required=True, help="NDJSON, Bundle, Avro or Parquet files: a file, glob or folder")
     export.add_argument("--output", default="exports", help="root output folder (default ./exports)")
     export.add_argument("--kickoff", help="the $export URL, GET form, e.g. 'https://x/fhir/$export?_type=Patient'")
     export.add_argument("--parameters", help="a FHIR Parameters JSON file: the POST form")
