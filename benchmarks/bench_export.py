@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))  # runnable as a plain script from any folder
 import orjson  # noqa: E402
 
 from launcher.sample_data import RESOURCES_PER_PATIENT, generate  # noqa: E402
-from transforms.fhir.instant import instant_key, now_instant  # noqa: E402
+from transforms.fhir.instant import now_instant  # noqa: E402
 from transforms.records import Resource  # noqa: E402
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
@@ -138,9 +138,9 @@ def run_baseline(args) -> dict:
 def _baseline_rule(args):
     """One function applying the request to a line: the library's rules, no Beam.
 
-    A plain system export (`_type` and `_since` only) is written out by hand, as
-    the fastest single-process loop would be; the other requests use the
-    library's rule functions as plain calls.
+    A plain system export (`_type` and `_since` only) is a minimal closure over
+    the window's test, as the fastest single-process loop would be; the other
+    requests use the library's rule functions as plain calls.
     """
     from transforms.compartment import CompartmentRule
     from transforms.elements import parse_elements
@@ -157,7 +157,7 @@ def _baseline_rule(args):
     rule = CompartmentRule(membership.patients, window) if membership is not None else None
     admits = window.admits
     if rule is None and filters is None and elements is None:
-        return _plain_rule(types, request.since, args._tx)
+        return _plain_rule(types, admits)
 
     def keep(rtype: str, line: bytes, body: dict):
         """The bytes to write for a line, or None when the request leaves it out."""
@@ -176,20 +176,11 @@ def _baseline_rule(args):
     return keep
 
 
-def _plain_rule(types, since, tx):
-    since_key = instant_key(since) if since else None
-    tx_key = instant_key(tx)
-
+def _plain_rule(types, admits):
     def keep(rtype: str, line: bytes, body: dict):
         if types is not None and rtype not in types:
             return None
-        meta = body.get("meta")
-        text = meta.get("lastUpdated") if meta else None
-        if text is not None:
-            key = instant_key(text)
-            if key > tx_key or (since_key is not None and not key > since_key):
-                return None
-        return line
+        return line if admits(body) else None
 
     return keep
 

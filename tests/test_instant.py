@@ -1,9 +1,19 @@
 """Tests for transforms.fhir.instant: strict FHIR instant parsing and exact ordering."""
 import datetime as dt
+import random
 
 import pytest
 
-from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key, is_instant, now_instant
+from transforms.fhir.instant import (
+    InvalidInstant,
+    datetime_bounds,
+    instant_key,
+    is_instant,
+    now_instant,
+    text_key_of,
+    utc_text_key,
+)
+from transforms.since import LastUpdatedWindow
 
 
 @pytest.mark.parametrize("a, b", [
@@ -128,3 +138,49 @@ def test_datetime_bounds_span_their_precision():
     for bad in ("2020-13", "2020-02-30", "2020-02-03T01:02", "20", None):
         with pytest.raises(InvalidInstant):
             datetime_bounds(bad)
+
+
+def _random_instant(rng) -> str:
+    """A valid or nearly valid instant in any of the forms real data carries."""
+    year = rng.choice([1969, 1970, 1999, 2000, 2019, 2020, 2024, 9999, 1])
+    month, day = rng.randint(1, 12), rng.choice([1, 15, 28, 29, 30, 31])
+    hour, minute, second = rng.choice([0, 12, 23]), rng.choice([0, 59]), rng.choice([0, 30, 59, 60])
+    fraction = rng.choice(["", ".0", ".5", ".50", ".123", ".1230", ".000001", ".9999999"])
+    zone = rng.choice(["Z", "Z", "Z", "+00:00", "+01:00", "-05:30", "+14:00"])
+    return f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}{fraction}{zone}"
+
+
+def _instant_key_or_none(text):
+    try:
+        return instant_key(text)
+    except InvalidInstant:
+        return None
+
+
+def test_text_keys_order_exactly_as_instant_keys():
+    rng = random.Random(7)
+    texts = [_random_instant(rng) for _ in range(3000)]
+    for text in texts:
+        fast = utc_text_key(text)
+        if fast is not None:  # only valid `Z` forms below a leap second take the text path
+            assert text.endswith("Z") and ":60" not in text
+            assert text_key_of(instant_key(text)) == fast, text
+        elif text.endswith("Z") and ":60" not in text:
+            assert _instant_key_or_none(text) is None, text  # the text path refused only invalid dates
+    keyed = [(t, utc_text_key(t), instant_key(t)) for t in texts if utc_text_key(t) is not None]
+    for (a, fast_a, key_a), (b, fast_b, key_b) in zip(keyed, keyed[1:]):
+        assert (fast_a < fast_b) == (key_a < key_b) and (fast_a == fast_b) == (key_a == key_b), (a, b)
+
+
+def test_the_window_admits_the_same_by_either_path():
+    rng = random.Random(11)
+    valid = [t for t in (_random_instant(rng) for _ in range(4000)) if _instant_key_or_none(t) is not None]
+    for _ in range(200):
+        since, until, tx = sorted(rng.sample(valid, 3), key=instant_key)
+        if not instant_key(since) < instant_key(until):
+            continue
+        window = LastUpdatedWindow(tx, since, until)
+        for text in rng.sample(valid, 40):
+            key = instant_key(text)
+            expected = instant_key(since) < key < instant_key(until) and key <= instant_key(tx)
+            assert window.admits({"meta": {"lastUpdated": text}}) == expected, (since, until, tx, text)

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 
 import apache_beam as beam
 
-from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key
+from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key, text_key_of, utc_text_key
 from transforms.records import ResourceBatch
 from transforms.steps import ResourceStep, StepOutputs, each_resource
 
@@ -40,6 +40,10 @@ class LastUpdatedWindow:
         self._until = instant_key(until) if until else None
         self._tx = instant_key(transaction_time)
         self._keep_missing = include_missing or not (since or until)
+        # The same bounds as text keys, for the common `...Z` timestamps (no arithmetic).
+        self._since_text = text_key_of(self._since) if self._since else None
+        self._until_text = text_key_of(self._until) if self._until else None
+        self._tx_text = text_key_of(self._tx)
 
     def without_since(self) -> "LastUpdatedWindow":
         """The same window with no `_since` bound."""
@@ -54,6 +58,13 @@ class LastUpdatedWindow:
         text = last_updated if last_updated is not None else _meta_last_updated(body)
         if text is None:
             return self._keep_missing
+        fast = utc_text_key(text)
+        if fast is not None:
+            if fast > self._tx_text:
+                return False
+            if self._since_text is not None and not fast > self._since_text:
+                return False
+            return self._until_text is None or fast < self._until_text
         key: InstantKey = instant_key(text)
         if key > self._tx:
             return False

@@ -117,3 +117,51 @@ def datetime_bounds(text: object) -> tuple[InstantKey, InstantKey]:
         return start, InstantKey(start.seconds + _days_in_month(year, month) * 86400, "")
     start = instant_key(f"{year:04d}-01-01T00:00:00Z")
     return start, instant_key(f"{year + 1:04d}-01-01T00:00:00Z")
+
+
+# The common form of `meta.lastUpdated`: UTC written with `Z` and seconds below 60. Such
+# texts order exactly as their date-time text, then their fraction digits without trailing
+# zeros (as decimal fractions do), so comparing them needs no arithmetic.
+_UTC_INSTANT = re.compile(
+    r"([0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01]))"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](?:\.([0-9]+))?Z\Z"
+)
+_CALENDAR_DATES: dict[str, bool] = {}
+
+
+class TextKey(NamedTuple):
+    """The sort key of an instant in UTC as text: `YYYY-MM-DDThh:mm:ss`, then fraction digits."""
+
+    date_time: str
+    fraction: str
+
+
+def utc_text_key(text: object) -> TextKey | None:
+    """The `TextKey` of a valid instant written in UTC (`...Z`), or None for any other text.
+
+    Among such instants it orders exactly as `instant_key`; other forms (offsets, a
+    leap second, anything invalid) give None, and `instant_key` must decide them.
+    """
+    match = _UTC_INSTANT.match(text) if type(text) is str else None
+    if match is None:
+        return None
+    date, fraction = match.groups()
+    valid = _CALENDAR_DATES.get(date)
+    if valid is None:
+        if len(_CALENDAR_DATES) > 100_000:  # bounded, whatever the data holds
+            _CALENDAR_DATES.clear()
+        year, month, day = int(date[:4]), int(date[5:7]), int(date[8:10])
+        valid = _CALENDAR_DATES[date] = year != 0 and day <= _days_in_month(year, month)
+    if not valid:
+        return None
+    return TextKey(text[:19], fraction.rstrip("0") if fraction else "")
+
+
+def text_key_of(key: InstantKey) -> TextKey:
+    """The `TextKey` of an instant, so a bound can be compared with `utc_text_key` results."""
+    moment = _dt.datetime(1970, 1, 1) + _dt.timedelta(seconds=key.seconds)
+    return TextKey(
+        f"{moment.year:04d}-{moment.month:02d}-{moment.day:02d}T"
+        f"{moment.hour:02d}:{moment.minute:02d}:{moment.second:02d}",
+        key.fraction,
+    )
