@@ -18,6 +18,7 @@ import apache_beam as beam
 
 from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.r4 import load_definition
+from transforms.fhir.references import split_reference
 from transforms.records import Resource, ResourceBatch
 from transforms.since import LAST_UPDATED, LastUpdatedWindow
 from transforms.steps import ResourceStep, StepOutputs, each_resource
@@ -51,13 +52,11 @@ def patient_reference_id(reference: object) -> Optional[str]:
     """
     if type(reference) is not str:
         return None
-    if reference.startswith(_URN_UUID):
-        return reference[len(_URN_UUID) :] or None
-    segments = reference.split("/")
-    if len(segments) >= 4 and segments[-2] == "_history":
-        segments = segments[:-2]
-    if len(segments) >= 2 and segments[-2] == PATIENT and segments[-1]:
-        return segments[-1]
+    target = split_reference(reference)
+    if not target.id:
+        return None
+    if target.type == PATIENT or (target.type is None and reference.startswith(_URN_UUID)):
+        return target.id
     return None
 
 

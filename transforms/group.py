@@ -18,7 +18,8 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
-from transforms.compartment import PatientSet, patient_reference_id
+from transforms.compartment import PATIENT, PatientSet
+from transforms.fhir.references import split_reference
 from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key
 
 GROUP = "Group"
@@ -106,7 +107,7 @@ class _Resolver:
         if type(reference) is not str or not reference:
             return issue("member.entity has no reference to a Patient or Group")
         kind, target = self._target(reference)
-        if kind == "Patient":
+        if kind == PATIENT:
             self.found.setdefault(target, []).append(new)
         elif kind == GROUP:
             if target in path:
@@ -121,19 +122,17 @@ class _Resolver:
             issue(f"member.entity {reference} is not a Patient or Group in the source")
 
     def _target(self, reference: str) -> tuple[Optional[str], Optional[str]]:
-        segments = reference.split("/")
-        if len(segments) >= 2 and segments[-2] == GROUP:
-            return GROUP, segments[-1]
-        patient = patient_reference_id(reference)
-        if patient is not None and patient in self._patients:
-            return "Patient", patient
-        # `urn:uuid:X` and bare `X`, as real data carries, may name a Patient or a Group.
-        untyped = reference.removeprefix("urn:uuid:")
-        if "/" in untyped or ":" in untyped:
+        target = split_reference(reference)
+        if target.type == GROUP:
+            return GROUP, target.id
+        if target.type == PATIENT:
+            return (PATIENT, target.id) if target.id in self._patients else (None, None)
+        if target.type is not None or target.base is not None or ":" in reference.removeprefix("urn:uuid:"):
             return None, None
-        if untyped in self._patients:
-            return "Patient", untyped
-        return (GROUP, untyped) if untyped in self._groups else (None, None)
+        # `urn:uuid:X` and bare `X`, as real data carries, may name a Patient or a Group.
+        if target.id in self._patients:
+            return PATIENT, target.id
+        return (GROUP, target.id) if target.id in self._groups else (None, None)
 
     def _in_period(self, period: object) -> bool:
         """False when the membership ended before, or starts after, `transactionTime`."""

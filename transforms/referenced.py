@@ -16,12 +16,10 @@ from typing import Iterable, Iterator, Optional
 import apache_beam as beam
 
 from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.references import split_reference
 from transforms.records import Resource, ResourceBatch
 from transforms.since import LAST_UPDATED, LastUpdatedWindow
 from transforms.steps import ResourceStep, StepOutputs, each_resource
-
-_URN_UUID = "urn:uuid:"
-
 
 def references(node: object, types: frozenset[str], found: set[str]) -> None:
     """Adds to `found` the `Type/id` of every reference in `node` to one of `types`.
@@ -31,11 +29,9 @@ def references(node: object, types: frozenset[str], found: set[str]) -> None:
     if type(node) is dict:
         for key, value in node.items():
             if key == "reference" and type(value) is str:
-                segments = value.split("/")
-                if len(segments) >= 4 and segments[-2] == "_history":
-                    segments = segments[:-2]
-                if len(segments) >= 2 and segments[-2] in types:
-                    found.add(f"{segments[-2]}/{segments[-1]}")
+                target = split_reference(value)
+                if target.type in types and target.id:
+                    found.add(f"{target.type}/{target.id}")
             elif type(value) in (dict, list):
                 references(value, types, found)
     elif type(node) is list:
