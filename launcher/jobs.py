@@ -22,19 +22,20 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.audit import SERIOUS_FAILURE, AuditLog
 from launcher.lifecycle import recover_abandoned
-from launcher.paths import check_tenant, job_output_dir, source_bytes, tenant_settings
-from transforms.gcs import remove_tree
+from launcher.membership import resolve_patients
+from launcher.paths import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
 from launcher.runner import JobCancelled, LeaseLost, describe, new_lease, run_and_watch
 from launcher.schedules import check_schedule, scheduled_request
+from launcher.store import JobStore, StoreJobSink
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
 from pipelines.options import ExportSettings, prepare_runner
 from transforms.fhir.instant import now_instant
-from transforms.sources import match_source
-from launcher.membership import resolve_patients
-from launcher.store import JobStore, StoreJobSink
+from transforms.gcs import remove_tree
+from transforms.group import Membership
 from transforms.patients import write_patients
+from transforms.sources import match_source
 
 DEFAULT_MAX_ACTIVE = 4
 DEFAULT_LEASE_S = 30.0
@@ -74,34 +75,57 @@ def start_export(
     With a `schedule`, `_since` is that schedule's last completed `transactionTime`.
     """
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
-    check_tenant(tenant)
-    if schedule:
-        request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
-    transaction_time = now_instant()
-    settings = tenant_settings(settings, tenant)
-    patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
-    job = ExportJob(str(uuid.uuid4()), transaction_time, settings, tenant)
+    job, request, patients, record = prepare_job(store, request, settings, tenant, owner, schedule)
     recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
     lease = new_lease(control.lease_s)
     store.create(
-        JobRecord(
-            job_id=job.job_id,
-            tenant=tenant,
-            owner=owner,
-            level=request.level,
-            request=request,
-            request_url=request.request_url,
-            transaction_time=transaction_time,
-            status=ExportStatus.ACCEPTED,
-            created_at=transaction_time,
-            output_dir=job.job_dir,
-        ),
-        run_spec={"settings": dataclasses.asdict(settings), "beam_args": list(beam_args), "schedule": schedule},
+        record,
+        run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": list(beam_args), "schedule": schedule},
         lease=lease,
         max_active=control.max_active,
     )
     control.audit.record("kickoff", store.get(tenant, job.job_id))
     return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
+
+
+def prepare_job(
+    store: JobStore,
+    request: ExportRequest,
+    settings: ExportSettings,
+    tenant: str,
+    owner: Optional[str] = None,
+    schedule: Optional[str] = None,
+    job_id: Optional[str] = None,
+    transaction_time: Optional[str] = None,
+) -> tuple[ExportJob, ExportRequest, Optional[Membership], JobRecord]:
+    """Everything a new job needs before it is recorded, for every entry point.
+
+    Checks the names, applies the schedule's `_since`, fills in the tenant's
+    paths and resolves the covered patients, so a missing Group or unknown
+    patient is refused before any job exists. Returns the job, the (scheduled)
+    request, its patients and the record to create.
+    """
+    check_tenant(tenant)
+    job_id = check_job_id(job_id or str(uuid.uuid4()))
+    if schedule:
+        request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
+    transaction_time = transaction_time or now_instant()
+    settings = tenant_settings(settings, tenant)
+    patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
+    job = ExportJob(job_id, transaction_time, settings, tenant)
+    record = JobRecord(
+        job_id=job.job_id,
+        tenant=tenant,
+        owner=owner,
+        level=request.level,
+        request=request,
+        request_url=request.request_url,
+        transaction_time=transaction_time,
+        status=ExportStatus.ACCEPTED,
+        created_at=transaction_time,
+        output_dir=job.job_dir,
+    )
+    return job, request, patients, record
 
 
 def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str,

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import dataclasses
 import sys
-import uuid
 from typing import Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from launcher.membership import resolve_patients
-from launcher.paths import check_job_id, check_tenant, tenant_settings
-from launcher.schedules import check_schedule, scheduled_request
+from launcher.jobs import prepare_job
 from launcher.store import StoreJobSink, open_store
-from pipelines.export import ExportJob, run
-from pipelines.models import ExportRequest, ExportStatus, JobRecord
+from pipelines.export import run
+from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
-from transforms.fhir.instant import now_instant
 from transforms.patients import write_patients
 
 
@@ -36,22 +32,19 @@ def submit(argv: Sequence[str]) -> str:
         raise ValueError("--job_store: a submitted job needs a store its workers reach (postgresql://...)")
     if not options.request:
         raise ValueError("missing pipeline option: --request")
-    # Both name folders: refused unless each is one safe path segment.
-    tenant, job_id = check_tenant(options.tenant), check_job_id(options.job_id or str(uuid.uuid4()))
     store = open_store(options.job_store)
-    request = ExportRequest.model_validate_json(options.request)
-    if options.schedule:
-        request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(options.schedule)))
-    transaction_time = options.transaction_time or now_instant()
-    settings = tenant_settings(ExportSettings.from_namespace(options), tenant)
-    # A missing Group or unknown patient is refused here, before any job exists.
-    members = resolve_patients(request, settings.source, settings.source_format, transaction_time)
-    job = ExportJob(job_id, transaction_time, settings, tenant)
+    job, request, members, record = prepare_job(
+        store,
+        ExportRequest.model_validate_json(options.request),
+        ExportSettings.from_namespace(options),
+        options.tenant,
+        schedule=options.schedule,
+        job_id=options.job_id,
+        transaction_time=options.transaction_time,
+    )
     store.create(
-        JobRecord(job_id=job.job_id, tenant=job.tenant, level=request.level, request=request,
-                  request_url=request.request_url, transaction_time=transaction_time,
-                  status=ExportStatus.ACCEPTED, created_at=transaction_time, output_dir=job.job_dir),
-        run_spec={"settings": dataclasses.asdict(settings), "beam_args": [], "schedule": options.schedule or None},
+        record,
+        run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": [], "schedule": options.schedule or None},
     )
     store.mark_in_progress(job.job_id)
     try:
