@@ -20,7 +20,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job_sink import JobSink, ReportRead
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
-from pipelines.steps import add_referenced, apply_steps, covered_patients, steps
+from pipelines.steps import add_referenced, apply_steps, covered_patients, read_selection, steps
 from transforms.manifest import AssembleManifest, Completed, FinalFile
 from transforms.parts import WriteParts
 from transforms.patients import FILE_NAME as PATIENTS_FILE
@@ -102,7 +102,11 @@ def build_pipeline(
 ) -> ExportOutputs:
     """Adds the export of `request` to `pipeline` and returns its main PCollections."""
     settings = job.settings
-    read = pipeline | "Read" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
+    part_format = part_sink(request.output_format)
+    selection = read_selection(request, job.transaction_time, settings, part_format.needs_bodies)
+    read = pipeline | "Read" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes, selection=selection
+    )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
         batches = batches | "ReportRead" >> ReportRead(sink)
@@ -117,7 +121,7 @@ def build_pipeline(
         settings.max_lines_per_part,
         settings.max_bytes_per_part,
         progress=sink,
-        sink=part_sink(request.output_format),
+        sink=part_format,
     )
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     manifest = (parts, errors) | "Manifest" >> AssembleManifest(

@@ -55,8 +55,7 @@ class _ReportReadFn(beam.DoFn):
         self._reported_at = time.monotonic()
 
     def process(self, batch: ResourceBatch) -> Iterator[ResourceBatch]:
-        # One newline per line read; bad lines are not counted, a rounding error.
-        self._unreported += sum(len(r.raw) + 1 for r in batch.resources)
+        self._unreported += batch.source_bytes
         if time.monotonic() - self._reported_at > _REPORT_EVERY_S:
             self._report()
         yield batch

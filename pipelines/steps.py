@@ -1,8 +1,10 @@
 """Which steps an export request needs, in order, between reading and writing parts.
 
-Selection comes first (`_type`, `_typeFilter`, then the time window or, at
-Patient and Group level, the compartment with the window inside it); shaping (`_elements`)
-comes last, so it applies to every exported resource, referenced ones too.
+Selection comes first: the read keeps only `_type`'s types and, at system
+level, the time window (`read_selection`); then `_typeFilter`, and at Patient
+and Group level the compartment with the window inside it. Shaping
+(`_elements`) comes last, so it applies to every exported resource,
+referenced ones too.
 """
 
 from __future__ import annotations
@@ -11,16 +13,16 @@ from typing import Union
 
 import apache_beam as beam
 
-from pipelines.models import ExportRequest
+from pipelines.models import ExportLevel, ExportRequest
 from pipelines.options import ExportSettings
 from transforms.compartment import FilterCompartment, JoinCompartment
 from transforms.elements import SubsetElements, parse_elements
 from transforms.patients import ReadPatients, read_header
 from transforms.referenced import CollectReferences, FilterReferenced
-from transforms.since import FilterLastUpdated, LastUpdatedWindow
+from transforms.selection import ReadSelection
+from transforms.since import LastUpdatedWindow
 from transforms.sources import ReadResources
 from transforms.type_filter import FilterTypeFilter, compile_type_filters
-from transforms.types import FilterTypes
 
 Step = tuple[str, beam.PTransform]
 Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
@@ -30,21 +32,29 @@ def window(request: ExportRequest, transaction_time: str, settings: ExportSettin
     return LastUpdatedWindow(transaction_time, request.since, request.until, settings.include_missing_last_updated)
 
 
+def read_selection(
+    request: ExportRequest, transaction_time: str, settings: ExportSettings, part_needs_bodies: bool
+) -> ReadSelection:
+    """What the read itself keeps: `_type` always, and at system level the time window.
+
+    At Patient and Group level the compartment step applies the window, since a
+    Group member added after `_since` gets their whole compartment. Parsed
+    bodies are kept only when a later step or the part format reads them.
+    """
+    system = request.level is ExportLevel.SYSTEM
+    later_steps = not system or bool(request.type_filters or request.elements)
+    bounds = window(request, transaction_time, settings) if system else None
+    return ReadSelection.of(request.types, bounds, keep_bodies=later_steps or part_needs_bodies)
+
+
 def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
-    """The request's steps; `patients` is the covered-patients side input or PCollection (None at system level)."""
-    chosen: list[Step] = []
-    if request.types:
-        chosen.append(("Type", FilterTypes(request.types)))
-    chosen += type_filter_steps(request, transaction_time)
-    bounds = window(request, transaction_time, settings)
-    # At Patient and Group level the compartment step applies the window itself:
-    # a Group member added after `_since` gets their whole compartment.
-    if patients is None:
-        chosen.append(("Since", FilterLastUpdated(bounds)))
-    elif isinstance(patients, beam.PCollection):
-        chosen.append(("Compartment", JoinCompartment(patients, bounds)))
-    else:
-        chosen.append(("Compartment", FilterCompartment(patients, bounds)))
+    """The request's steps after `read_selection`; `patients` is the covered-patients side
+    input or PCollection (None at system level)."""
+    chosen = type_filter_steps(request, transaction_time)
+    if isinstance(patients, beam.PCollection):
+        chosen.append(("Compartment", JoinCompartment(patients, window(request, transaction_time, settings))))
+    elif patients is not None:
+        chosen.append(("Compartment", FilterCompartment(patients, window(request, transaction_time, settings))))
     return chosen + shaping_steps(request)
 
 
@@ -98,9 +108,10 @@ def add_referenced(
     if not types:
         return batches
     keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
-    again = pipeline | "ReadReferenced" >> ReadResources(settings.source, settings.source_format, settings.chunk_bytes)
+    again = pipeline | "ReadReferenced" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types)
+    )
     chosen = [
-        ("Type", FilterTypes(types)),
         *type_filter_steps(request, transaction_time),
         ("Referenced", FilterReferenced(keys, window(request, transaction_time, settings))),
         *shaping_steps(request),

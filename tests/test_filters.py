@@ -1,4 +1,4 @@
-"""Tests for transforms.types.FilterTypes and transforms.since (the _since/_until window)."""
+"""Tests for transforms.selection (`_type` and the window, applied while reading) and transforms.since."""
 import datetime as dt
 import json
 import random
@@ -8,22 +8,35 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.fhir.instant import InvalidInstant
-from transforms.records import Origin, Resource, ResourceBatch
-from transforms.since import FilterLastUpdated, LastUpdatedWindow
-from transforms.types import FilterTypes
+from transforms.records import Origin
+from transforms.selection import ReadSelection
+from transforms.since import LastUpdatedWindow
+from transforms.sources import ReadResources
 
 TX = "2020-06-01T00:00:00Z"
 
 
-def _res(rtype: str, rid: str, last_updated=None, index: int = 0, meta=True) -> Resource:
+def _res(rtype: str, rid: str, last_updated=None, meta=True) -> dict:
     body = {"resourceType": rtype, "id": rid}
     if meta:
         body["meta"] = {} if last_updated is None else {"lastUpdated": last_updated}
-    return Resource(rtype, json.dumps(body).encode(), body, index)
+    return body
 
 
-def _batch(*resources: Resource, path: str = "mem.ndjson") -> ResourceBatch:
-    return ResourceBatch(Origin(path, 0), [r._replace(index=i) for i, r in enumerate(resources)])
+def _source(tmp_path, resources, form: str = "ndjson", name: str = "src"):
+    """`resources` as an NDJSON file, or as the entries of a Bundle (read through the whole-document path)."""
+    if form == "ndjson":
+        path = tmp_path / f"{name}.ndjson"
+        path.write_text("".join(json.dumps(r) + "\n" for r in resources))
+    else:
+        path = tmp_path / f"{name}.json"
+        entries = [{"fullUrl": f"urn:uuid:{r['id']}", "resource": r} for r in resources]
+        path.write_text(json.dumps({"resourceType": "Bundle", "type": "collection", "entry": entries}))
+    return path
+
+
+def _read(pipeline, path, selection: ReadSelection, label: str = "Read"):
+    return pipeline | label >> ReadResources(str(path), selection=selection, batch_size=4)
 
 
 def _ids(batches, label="Ids"):
@@ -36,23 +49,50 @@ def _admits(window: LastUpdatedWindow, last_updated) -> bool:
 
 # --- _type -------------------------------------------------------------------------
 
-def test_filter_types_keeps_only_asked_types_and_drops_emptied_batches(pipeline):
-    batches = [
-        _batch(_res("Patient", "p1"), _res("Observation", "o1"), _res("Condition", "c1")),
-        _batch(_res("Observation", "o2"), _res("Observation", "o3")),
-        _batch(_res("Condition", "c2")),
-    ]
-    out = pipeline | beam.Create(batches) | FilterTypes(["Patient", "Condition"])
-    assert_that(_ids(out.batches), equal_to(["p1", "c1", "c2"]))
-    assert_that(out.batches | beam.Map(lambda b: len(b.resources)), equal_to([2, 1]), label="Sizes")
+@pytest.mark.parametrize("form", ["ndjson", "bundle"])
+def test_the_read_keeps_only_asked_types(pipeline, tmp_path, form):
+    kinds = ["Patient", "Observation", "Condition", "Observation", "Observation", "Condition", "Encounter"]
+    path = _source(tmp_path, [_res(t, f"{t[0].lower()}{i}") for i, t in enumerate(kinds)], form)
+    out = _read(pipeline, path, ReadSelection.of(["Patient", "Condition"]))
+    assert_that(_ids(out.batches), equal_to(["p0", "c2", "c5"]))
     assert_that(out.errors, equal_to([]), label="NoErrors")
     pipeline.run()
 
 
-def test_filter_types_refuses_an_empty_type_list():
-    # Without _type every type is exported: the pipeline skips the step rather than filter by nothing.
-    with pytest.raises(ValueError, match="at least one type"):
-        FilterTypes([])
+def test_no_type_list_keeps_every_type(pipeline, tmp_path):
+    # Without _type every type is exported: an empty list selects nothing out.
+    assert ReadSelection.of([]).types is None
+    path = _source(tmp_path, [_res("Patient", "p"), _res("Device", "d")])
+    assert_that(_ids(_read(pipeline, path, ReadSelection.of([])).batches), equal_to(["p", "d"]))
+    pipeline.run()
+
+
+def test_bodies_are_dropped_only_when_asked_and_the_bytes_stay(pipeline, tmp_path):
+    resources = [_res("Patient", "p1", "2020-01-01T00:00:00Z"), _res("Patient", "p2")]
+    path = _source(tmp_path, resources)
+    lines = path.read_bytes().splitlines()
+    lean = _read(pipeline, path, ReadSelection.of(["Patient"], LastUpdatedWindow(TX), keep_bodies=False), "Lean")
+    kept = _read(pipeline, path, ReadSelection.of(["Patient"]), "Kept")
+    views = lambda b: [(r.raw, r.body) for r in b.resources]  # noqa: E731
+    assert_that(lean.batches | "LeanViews" >> beam.FlatMap(views), equal_to([(line, None) for line in lines]))
+    assert_that(kept.batches | "KeptViews" >> beam.FlatMap(views),
+                equal_to([(line, r) for line, r in zip(lines, resources)]), label="KeptBodies")
+    pipeline.run()
+
+
+@pytest.mark.parametrize("form", ["ndjson", "bundle"])
+def test_batches_account_for_every_source_byte_even_when_all_are_left_out(pipeline, tmp_path, form):
+    path = _source(tmp_path, [_res("Observation", f"o{i}") for i in range(10)], form)
+    out = _read(pipeline, path, ReadSelection.of(["Patient"]))
+    sizes = out.batches | beam.Map(lambda b: (len(b.resources), b.source_bytes))
+    if form == "ndjson":  # every line of the file, newlines included
+        expected = path.stat().st_size
+    else:  # a document is accounted for by its resources' JSON
+        entries = json.loads(path.read_text())["entry"]
+        expected = sum(len(json.dumps(e["resource"], separators=(",", ":"))) + 1 for e in entries)
+    assert_that(sizes | beam.CombineGlobally(lambda v: tuple(map(sum, zip(*v))) if v else (0, 0)),
+                equal_to([(0, expected)]))
+    pipeline.run()
 
 
 # --- the window, boundaries ------------------------------------------------------------
@@ -115,21 +155,24 @@ def test_invalid_window_bounds_and_values_raise():
         window.admits({"resourceType": "Patient", "meta": "2020-01-01T00:00:00Z"})
 
 
-def test_invalid_last_updated_goes_to_errors_and_the_batch_survives(pipeline):
-    batch = _batch(
+@pytest.mark.parametrize("form", ["ndjson", "bundle"])
+def test_invalid_last_updated_goes_to_errors_and_the_read_goes_on(pipeline, tmp_path, form):
+    path = _source(tmp_path, [
         _res("Patient", "ok1", "2020-01-01T00:00:00Z"),
         _res("Observation", "bad1", "2020-13-01T00:00:00Z"),
         _res("Patient", "ok2", meta=False),
         _res("Encounter", "bad2", 20200101),
         _res("Patient", "late", "2021-01-01T00:00:00Z"),
-        path="src.ndjson",
-    )
-    out = pipeline | beam.Create([batch]) | FilterLastUpdated(LastUpdatedWindow(TX))
+        _res("Condition", "bad-but-not-asked", "2020-13-01T00:00:00Z"),
+    ], form)
+    selection = ReadSelection.of(["Patient", "Observation", "Encounter"], LastUpdatedWindow(TX))
+    out = _read(pipeline, path, selection)
+    origin = Origin(str(path), 0 if form == "ndjson" else -1)
     errors = out.errors | beam.Map(lambda e: (e.origin, e.index, e.resource_type, e.reason.split(":")[0]))
     assert_that(_ids(out.batches), equal_to(["ok1", "ok2"]))
     assert_that(errors, equal_to([
-        (Origin("src.ndjson", 0), 1, "Observation", "meta.lastUpdated"),
-        (Origin("src.ndjson", 0), 3, "Encounter", "meta.lastUpdated"),
+        (origin, 1, "Observation", "meta.lastUpdated"),
+        (origin, 3, "Encounter", "meta.lastUpdated"),
     ]), label="Errors")
     assert_that(out.errors | beam.Map(lambda e: "2020-13-01" in e.reason or "20200101" in e.reason),
                 equal_to([True, True]), label="ReasonsNameValue")
@@ -156,23 +199,23 @@ def _render(ns: int, rng: random.Random) -> str:
     return stamp + digits + zone
 
 
-def test_chained_windows_have_no_gap_and_no_overlap(pipeline):
+def test_chained_windows_have_no_gap_and_no_overlap(pipeline, tmp_path):
     rng = random.Random(42)
     tx1 = _EPOCH_NS_2020 + 3_600 * 10**9
     tx2 = tx1 + 60 * 10**9
     clusters = [tx1 - 10**6, tx1 - 1, tx1, tx1 + 1, tx1 + 10**6, tx2 - 1, tx2, tx2 + 1, _EPOCH_NS_2020]
     truth = {f"r{i}": rng.choice(clusters) for i in range(300)}
-    batches = [_batch(*(_res("Patient", rid, _render(ns, rng)) for rid, ns in list(truth.items())[k::7]))
-               for k in range(7)]
+    path = _source(tmp_path, [_res("Patient", rid, _render(ns, rng)) for rid, ns in truth.items()])
     t1, t2 = _render(tx1, rng), _render(tx2, rng)
     first = {r for r, ns in truth.items() if ns <= tx1}
     second = {r for r, ns in truth.items() if tx1 < ns <= tx2}
     assert len(first) > 50 and len(second) > 50 and tx1 in truth.values()
 
-    source = pipeline | beam.Create(batches)
-    run1 = _ids((source | "Run1" >> FilterLastUpdated(LastUpdatedWindow(t1))).batches, "Ids1")
-    run2 = _ids((source | "Run2" >> FilterLastUpdated(LastUpdatedWindow(t2, since=t1))).batches, "Ids2")
-    whole = _ids((source | "Whole" >> FilterLastUpdated(LastUpdatedWindow(t2))).batches, "IdsW")
+    def run(label: str, window: LastUpdatedWindow):
+        return _ids(_read(pipeline, path, ReadSelection.of((), window), label).batches, label + "Ids")
+
+    run1, run2, whole = run("Run1", LastUpdatedWindow(t1)), run("Run2", LastUpdatedWindow(t2, since=t1)), \
+        run("Whole", LastUpdatedWindow(t2))
     assert_that(run1, equal_to(sorted(first)), label="First")
     assert_that(run2, equal_to(sorted(second)), label="Second")
     assert_that(whole, equal_to(sorted(first | second)), label="Whole")

@@ -14,6 +14,7 @@ from typing import Iterator, NamedTuple
 import orjson
 
 from transforms.ndjson import span_blocks
+from transforms.selection import ReadSelection
 from transforms.sources import AUTO, open_chunk, plan_chunks, read_chunk
 
 PATIENT, GROUP = "Patient", "Group"
@@ -46,11 +47,14 @@ def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
     return SourceIndex(frozenset(patient_ids), groups)
 
 
+_PATIENTS_AND_GROUPS = ReadSelection.of((PATIENT, GROUP))
+
+
 def _patients_and_groups(source: str, source_format: str) -> Iterator[tuple[str, dict]]:
     for chunk in plan_chunks(source, source_format, _WHOLE_FILES):
         if chunk.document or chunk.columnar:
-            for batch in read_chunk(chunk, batch_size=10_000):
-                yield from ((r.type, r.body) for r in batch.resources if r.type in (PATIENT, GROUP))
+            for batch in read_chunk(chunk, batch_size=10_000, selection=_PATIENTS_AND_GROUPS):
+                yield from ((r.type, r.body) for r in batch.resources)
             continue
         with open_chunk(chunk) as f:
             blocks = span_blocks(f, 0, None)

@@ -2,8 +2,9 @@
 
 This is the export's hot loop. Lines are read in blocks and split in bulk, a
 line is parsed once with orjson, and the common case (a JSON object with an R4
-`resourceType`) costs one dict lookup beyond the parse. Anything else is
-explained on a slow path and becomes a `BadRecord`.
+`resourceType`) costs one dict lookup beyond the parse, plus the read's
+`ReadSelection` test. Anything else is explained on a slow path and becomes a
+`BadRecord`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import IO, Iterator, Optional, Union
 import orjson
 
 from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.fhir.instant import InvalidInstant
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.selection import ReadSelection, window_error
 
 BLOCK_BYTES = 1 << 20
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which some writers put first
@@ -69,17 +72,23 @@ def span_lines(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
 
 
 def parse_lines(
-    blocks: Iterator[list[bytes]], origin: Origin, batch_size: int
+    blocks: Iterator[list[bytes]], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
 ) -> Iterator[Union[ResourceBatch, BadRecord]]:
     """Parses blocks of lines into `ResourceBatch`es and `BadRecord`s; blank lines are skipped.
 
     `Resource.index` counts every line of the range, blank ones included, so
-    that line numbers can be recovered from `origin`.
+    that line numbers can be recovered from `origin`. With a `selection`, only
+    the resources it admits are kept, and the last batch may be empty, to carry
+    the `source_bytes` of the lines left out.
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
+    admits = selection.admits if selection is not None and (selection.types or selection.window) else None
+    bodies = selection is None or selection.keep_bodies
     batch: list[Resource] = []
     index = -1
+    unreported = 0  # source bytes not yet carried by a batch
     for lines in blocks:
+        unreported += sum(map(len, lines)) + len(lines)
         for line in lines:
             index += 1
             if line.endswith(b"\r"):
@@ -93,14 +102,21 @@ def parse_lines(
             if type(body) is dict:
                 resource_type = body.get("resourceType")
                 if type(resource_type) is str and resource_type in known:
-                    batch.append(Resource(resource_type, line, body, index))
+                    if admits is not None:
+                        try:
+                            if not admits(resource_type, body):
+                                continue
+                        except InvalidInstant as exc:
+                            yield window_error(origin, index, exc, resource_type)
+                            continue
+                    batch.append(Resource(resource_type, line, body if bodies else None, index))
                     if len(batch) >= batch_size:
-                        yield ResourceBatch(origin, batch)
-                        batch = []
+                        yield ResourceBatch(origin, batch, unreported)
+                        batch, unreported = [], 0
                     continue
             yield to_resource(body, line, index, origin)
-    if batch:
-        yield ResourceBatch(origin, batch)
+    if batch or unreported:
+        yield ResourceBatch(origin, batch, unreported)
 
 
 def to_resource(body: object, raw: bytes, index: int, origin: Origin) -> Union[Resource, BadRecord]:

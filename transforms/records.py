@@ -19,7 +19,7 @@ class Resource(NamedTuple):
 
     type: str
     raw: bytes
-    body: dict[str, Any]
+    body: dict[str, Any] | None  # None when the read dropped it: nothing after the read needs it
     index: int  # position within its batch's source span, for error locations
     # A columnar source's `lastUpdated` column, as a FHIR instant; it wins over meta.lastUpdated.
     last_updated: str | None = None
@@ -51,13 +51,18 @@ DOCUMENT, RECORDS = -1, -2  # the Origin.offset of a JSON document, and of a col
 
 
 class ResourceBatch(NamedTuple):
-    """Resources read from one span of one source file."""
+    """Resources read from one span of one source file.
+
+    `source_bytes` is how much of the source reading the batch took, left-out
+    and bad lines included, for progress; a batch may be empty and carry only that.
+    """
 
     origin: Origin
     resources: list[Resource]
+    source_bytes: int = 0
 
     def replace(self, resources: list[Resource]) -> "ResourceBatch":
-        return ResourceBatch(self.origin, resources)
+        return ResourceBatch(self.origin, resources, self.source_bytes)
 
 
 class BadRecord(NamedTuple):

@@ -14,13 +14,9 @@ server include it whatever `_since` says; that is the default here, and
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
-
-import apache_beam as beam
+from typing import Optional
 
 from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key, text_key_of, utc_text_key
-from transforms.records import ResourceBatch
-from transforms.steps import ResourceStep, StepOutputs, each_resource
 
 LAST_UPDATED = "meta.lastUpdated"  # how bad records name the element at fault
 
@@ -80,25 +76,3 @@ def _meta_last_updated(body: dict) -> Optional[object]:
     if type(meta) is not dict:
         raise InvalidInstant("meta is not a JSON object")
     return meta.get("lastUpdated")
-
-
-class FilterLastUpdated(beam.PTransform):
-    """Applies a `LastUpdatedWindow`; resources with a bad `meta.lastUpdated` go to `errors`."""
-
-    def __init__(self, window: LastUpdatedWindow):
-        super().__init__()
-        self._window = window
-
-    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
-        return batches | ResourceStep("_since/_until", _WindowFn(self._window))
-
-
-class _WindowFn(beam.DoFn):
-    def __init__(self, window: LastUpdatedWindow):
-        self._window = window
-
-    def process(self, batch: ResourceBatch) -> Iterator:
-        admits = self._window.admits
-        return each_resource(
-            batch, lambda r: r if admits(r.body, r.last_updated) else None, InvalidInstant, LAST_UPDATED
-        )

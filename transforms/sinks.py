@@ -38,6 +38,7 @@ class PartSink(Protocol):
 
     extension: str
     mime: str
+    needs_bodies: bool  # whether the writer reads `Resource.body`, or only the original bytes
 
     def open(self, handle: IO[bytes], resource_type: str) -> PartWriter: ...
 
@@ -45,7 +46,7 @@ class PartSink(Protocol):
 class NdjsonSink:
     """Parts as NDJSON: each resource's original bytes and a newline."""
 
-    extension, mime = ".ndjson", NDJSON_MIME
+    extension, mime, needs_bodies = ".ndjson", NDJSON_MIME, False
 
     def open(self, handle: IO[bytes], resource_type: str) -> PartWriter:
         return _NdjsonWriter(handle)
@@ -67,7 +68,7 @@ class _NdjsonWriter:
 class ParquetSink:
     """Parts as Parquet: one row per resource, its JSON unchanged in `resource`."""
 
-    extension, mime = ".parquet", PARQUET_MIME
+    extension, mime, needs_bodies = ".parquet", PARQUET_MIME, True
 
     def __init__(self, row_group_rows: int = ROW_GROUP_ROWS, row_group_bytes: int = ROW_GROUP_BYTES):
         if row_group_rows < 1 or row_group_bytes < 1:

@@ -17,7 +17,7 @@ import gzip
 import os
 import posixpath
 import threading
-from typing import IO, Iterable, Iterator, NamedTuple, Union
+from typing import IO, Iterable, Iterator, NamedTuple, Optional, Union
 
 import apache_beam as beam
 import orjson
@@ -29,6 +29,7 @@ from transforms.bundles import document_resources
 from transforms.columnar import COLUMNAR_FORMATS, PARQUET, columnar_kind, parquet_row_groups, read_columnar
 from transforms.ndjson import BLOCK_BYTES, BOM, parse_lines, span_blocks
 from transforms.records import BadRecord, Origin, ResourceBatch
+from transforms.selection import ReadSelection
 from transforms import gcs  # noqa: F401  (on an emulator, GCS access is anonymous at once)
 
 NDJSON, DOCUMENT, AUTO = "ndjson", "bundle", "auto"
@@ -54,7 +55,10 @@ class Chunk(NamedTuple):
 
 
 class ReadResources(beam.PTransform):
-    """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`)."""
+    """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`).
+
+    A `selection` keeps only the resources it admits (see `transforms.selection`).
+    """
 
     def __init__(
         self,
@@ -62,6 +66,7 @@ class ReadResources(beam.PTransform):
         source_format: str = AUTO,
         chunk_bytes: int = 16 << 20,
         batch_size: int = 2000,
+        selection: Optional[ReadSelection] = None,
     ):
         super().__init__()
         if source_format not in SOURCE_FORMATS:
@@ -70,6 +75,7 @@ class ReadResources(beam.PTransform):
         self._format = source_format
         self._chunk_bytes = chunk_bytes
         self._batch_size = batch_size
+        self._selection = selection
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (
@@ -78,7 +84,7 @@ class ReadResources(beam.PTransform):
             | "PlanChunks" >> beam.ParDo(_PlanChunksFn(self._format, self._chunk_bytes))
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
-            >> beam.ParDo(_ReadChunkFn(self._batch_size))
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection))
             .with_output_types(ResourceBatch)
             .with_outputs("errors", main="batches")
         )
@@ -205,10 +211,11 @@ def _reader(path: str, is_gzip: bool) -> IO[bytes]:
 
 
 class _ReadChunkFn(beam.DoFn):
-    """Reads one chunk and emits batches of parsed resources, plus bad records."""
+    """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
-    def __init__(self, batch_size: int):
+    def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None):
         self._batch_size = batch_size
+        self._selection = selection
         self._read = Metrics.counter("bulk_export", "resources_read")
         self._bad = Metrics.counter("bulk_export", "bad_records")
 
@@ -221,9 +228,9 @@ class _ReadChunkFn(beam.DoFn):
             with _collector_paused(), _reader(chunk.path, chunk.gzip) as f:
                 if chunk.columnar:
                     items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size)
-                    yield from self._emit(items)
+                    yield from self._emit(self._selected(items))
                 elif chunk.document:
-                    yield from self._document(chunk.path, f)
+                    yield from self._emit(self._selected(self._document(chunk.path, f)))
                 else:
                     yield from self._ndjson(chunk, f)
         except SourceError:
@@ -234,7 +241,22 @@ class _ReadChunkFn(beam.DoFn):
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
         blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
         origin = Origin(chunk.path, next(blocks))
-        return self._emit(parse_lines(blocks, origin, self._batch_size))
+        return self._emit(parse_lines(blocks, origin, self._batch_size, self._selection))
+
+    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
+        """Applies the selection to batches read whole (NDJSON applies it while parsing)."""
+        for item in items:
+            if type(item) is not ResourceBatch:
+                yield item
+                continue
+            if not item.source_bytes:
+                item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
+            if self._selection is None:
+                yield item
+                continue
+            batch, bad = self._selection.select(item)
+            yield from bad
+            yield batch
 
     def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
         """Counts and yields batches, and bad records tagged `errors`."""
@@ -249,10 +271,7 @@ class _ReadChunkFn(beam.DoFn):
     def _document(self, path: str, f: IO[bytes]) -> Iterator:
         origin = Origin(path, -1)
         resources, bad = document_resources(origin, f.read())
-        for record in bad:
-            self._bad.inc()
-            yield beam.pvalue.TaggedOutput("errors", record)
-        self._read.inc(len(resources))
+        yield from bad
         for start in range(0, len(resources), self._batch_size):
             yield ResourceBatch(origin, resources[start : start + self._batch_size])
 
@@ -289,9 +308,9 @@ def plan_chunks(source: str, source_format: str = AUTO, chunk_bytes: int = 16 <<
     return _PlanChunksFn(source_format, chunk_bytes).process(source)
 
 
-def read_chunk(chunk: Chunk, batch_size: int = 2000) -> Iterator[ResourceBatch]:
+def read_chunk(chunk: Chunk, batch_size: int = 2000, selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
     """The resource batches of one chunk, read in the calling process; bad records are skipped."""
-    for item in _ReadChunkFn(batch_size).process(chunk):
+    for item in _ReadChunkFn(batch_size, selection).process(chunk):
         if type(item) is ResourceBatch:
             yield item
 
