@@ -10,7 +10,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from transforms.compartment import COMPARTMENT_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
-from transforms.sources import SOURCE_FORMATS
+from transforms.sources import CHUNK_BYTES, SOURCE_FORMATS
 from transforms.gcs import is_gcs
 from transforms.urls import DEFAULT_TTL_S, ManifestUrls
 
@@ -31,7 +31,7 @@ class ExportSettings:
     source_format: str = "auto"
     max_lines_per_part: int = 100_000
     max_bytes_per_part: int = 256 << 20
-    chunk_bytes: int = 16 << 20
+    chunk_bytes: int = CHUNK_BYTES
     include_missing_last_updated: bool = True
     # Above this many patients, a Patient/Group export joins by key instead of a side input.
     max_side_input_patients: int = 200_000

@@ -37,6 +37,9 @@ SOURCE_FORMATS = (AUTO, NDJSON, DOCUMENT, *COLUMNAR_FORMATS)
 _NDJSON_SUFFIXES = (".ndjson", ".jsonl")
 _DOCUMENT_SUFFIXES = (".json",)
 _GZIP_MAGIC = b"\x1f\x8b"
+# Bytes of NDJSON per chunk: small enough that the local runner's workers, dealt
+# chunks in turn, finish together (16 MiB left one idle for ~0.1 s of a 1 s export).
+CHUNK_BYTES = 4 << 20
 
 
 class SourceError(IOError):
@@ -64,7 +67,7 @@ class ReadResources(beam.PTransform):
         self,
         source: str,
         source_format: str = AUTO,
-        chunk_bytes: int = 16 << 20,
+        chunk_bytes: int = CHUNK_BYTES,
         batch_size: int = 2000,
         selection: Optional[ReadSelection] = None,
     ):
@@ -147,22 +150,31 @@ class _PlanChunksFn(beam.DoFn):
         self._chunk_bytes = chunk_bytes
 
     def process(self, source: str) -> Iterator[Chunk]:
-        for path, size in match_source(source):
-            if size == 0:
-                continue
-            with _open(path) as f:
-                head = f.read(4)
-            columnar = self._columnar(path, head)
-            if columnar:
-                yield from _columnar_chunks(path, columnar)
-                continue
-            is_gzip = head[:2] == _GZIP_MAGIC
-            document = self._is_document(path, is_gzip)
-            if is_gzip or document:
-                yield Chunk(path, 0, -1, is_gzip, document)
-                continue
-            for start in range(0, size, self._chunk_bytes):
-                yield Chunk(path, start, min(start + self._chunk_bytes, size), False, False)
+        # Largest first: a runner that deals chunks out in turn (the local runner's
+        # workers) then ends with small ones, so its workers finish together.
+        planned = [chunk for path, size in match_source(source) if size for chunk in self._plan(path, size)]
+        for _, chunk in sorted(planned, key=lambda sized: -sized[0]):
+            yield chunk
+
+    def _plan(self, path: str, size: int) -> Iterator[tuple[int, Chunk]]:
+        """The file's chunks, each with its size in bytes (estimated for Parquet row groups)."""
+        with _open(path) as f:
+            head = f.read(4)
+        columnar = self._columnar(path, head)
+        if columnar:
+            chunks = list(_columnar_chunks(path, columnar))
+            yield from ((size // len(chunks), chunk) for chunk in chunks)
+            return
+        is_gzip = head[:2] == _GZIP_MAGIC
+        document = self._is_document(path, is_gzip)
+        if is_gzip or document:
+            yield size, Chunk(path, 0, -1, is_gzip, document)
+            return
+        # Equal byte ranges (ceil divisions), rather than full ones and a small remainder.
+        ranges = -(-size // self._chunk_bytes)
+        step = -(-size // ranges)
+        for start in range(0, size, step):
+            yield min(step, size - start), Chunk(path, start, min(start + step, size), False, False)
 
     def _columnar(self, path: str, head: bytes) -> str:
         if self._format in COLUMNAR_FORMATS:
@@ -303,7 +315,7 @@ def _collector_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def plan_chunks(source: str, source_format: str = AUTO, chunk_bytes: int = 16 << 20) -> Iterator[Chunk]:
+def plan_chunks(source: str, source_format: str = AUTO, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
     """The chunks `ReadResources` reads, planned in the calling process (e.g. at kickoff)."""
     return _PlanChunksFn(source_format, chunk_bytes).process(source)
 
