@@ -18,7 +18,7 @@ _LOG = logging.getLogger(__name__)
 
 # The embedded local runner: Beam's FnApiRunner runs in this process and never
 # downloads anything. Beam 2.77's DirectRunner first fetches a Prism binary.
-LOCAL_RUNNER = "FnApiRunner"
+LOCAL_RUNNER = "pipelines.local_runner.LocalRunner"
 SAFE_RUNNING_MODES = ("in_memory", "multi_processing")
 
 

@@ -2,6 +2,8 @@
 
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.runners.runner import create_runner
 
 from pipelines.export import ExportJob
 from pipelines.options import LOCAL_RUNNER, ExportOptions, ExportSettings, UnsafeRunnerOptions, prepare_runner
@@ -11,7 +13,9 @@ from pipelines.options import LOCAL_RUNNER, ExportOptions, ExportSettings, Unsaf
 def test_local_runs_use_the_embedded_runner_that_needs_no_network(argv):
     options = PipelineOptions(argv)
     prepare_runner(options)
-    assert options.view_as(StandardOptions).runner == LOCAL_RUNNER == "FnApiRunner"
+    assert options.view_as(StandardOptions).runner == LOCAL_RUNNER
+    runner = create_runner(LOCAL_RUNNER)  # Beam's FnApiRunner, whose multi-process workers are forked warm
+    assert isinstance(runner, FnApiRunner) and type(runner).__name__ == "LocalRunner"
 
 
 @pytest.mark.parametrize("runner", ["PortableRunner", "DataflowRunner", "FlinkRunner"])

@@ -4,7 +4,7 @@ import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from launcher.cli import _parser
-from pipelines.options import prepare_runner
+from pipelines.options import LOCAL_RUNNER, prepare_runner
 from pipelines.runners import embedded_portable_args, environment_of, flink_args, multi_process_args, spark_args
 
 
@@ -44,7 +44,7 @@ def test_the_cli_passes_runner_options_to_beam_unchanged(args):
     assert extra == args and parsed.source == "s"
     options = PipelineOptions(extra)
     prepare_runner(options)  # none of them is refused or replaced
-    expected = next(a.split("=", 1)[1] for a in args if a.startswith("--runner=")) if "--runner" in str(args) else "FnApiRunner"
+    expected = next(a.split("=", 1)[1] for a in args if a.startswith("--runner=")) if "--runner" in str(args) else LOCAL_RUNNER
     assert options.view_as(StandardOptions).runner == expected
     if args == multi_process_args(3):
         assert options.view_as(DirectOptions).direct_num_workers == 3

@@ -1,0 +1,187 @@
+"""The embedded local runner, with multi-process workers forked warm from this process.
+
+Beam's FnApiRunner starts each `multi_processing` worker as a fresh
+`python -m apache_beam.runners.worker.sdk_worker_main`, which spends about
+0.7 s importing Beam and the pipeline's modules before it takes any work: on
+a 2-core machine that start-up, not the export, decided whether two workers
+beat one. `LocalRunner` forks its workers from the driver instead, after the
+imports and before any gRPC server or thread exists, and hands each one the
+control address Beam would have given the fresh process. Anything the
+runner does not ask of the pool (more workers than forked, a pool that failed)
+falls back to Beam's own command, so the pool can only make start-up faster.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Optional
+
+from apache_beam.options.pipeline_options import DirectOptions
+from apache_beam.portability import python_urns
+from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+from apache_beam.runners.worker import sdk_worker_main  # imported before the fork, so workers start warm
+
+_LOG = logging.getLogger(__name__)
+_CLIENT = Path(__file__).with_name("_worker_client.py")
+# What Beam passes a worker process; the forked worker takes the same from its client.
+WORKER_ENV = ("CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID")
+BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
+_EXIT_WITHIN_S = 10.0
+
+
+class LocalRunner(FnApiRunner):
+    """`FnApiRunner`; with `--direct_running_mode=multi_processing` its workers are forked warm."""
+
+    def run_pipeline(self, pipeline, options):
+        direct = options.view_as(DirectOptions)
+        if direct.direct_running_mode != "multi_processing" or not hasattr(os, "fork"):
+            return super().run_pipeline(pipeline, options)
+        with WarmWorkers(direct.direct_num_workers or os.cpu_count() or 1) as workers:
+            self._worker_command = workers.command
+            try:
+                return super().run_pipeline(pipeline, options)
+            finally:
+                self._worker_command = None
+
+    def run_via_runner_api(self, pipeline_proto, options):
+        command = getattr(self, "_worker_command", None)
+        if command:
+            for environment in pipeline_proto.components.environments.values():
+                if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.decode() == BEAM_WORKER:
+                    environment.payload = command.encode()
+        return super().run_via_runner_api(pipeline_proto, options)
+
+
+class WarmWorkers:
+    """`count` forked processes, each waiting to become one SDK worker for the command's client."""
+
+    def __init__(self, count: int):
+        self._count = count
+        self._pids: list[int] = []
+        self._folder: Optional[str] = None
+        self._lifeline: Optional[int] = None
+        self.address = self.command = ""
+
+    def __enter__(self) -> "WarmWorkers":
+        self._folder = tempfile.mkdtemp(prefix="bulk-export-workers-")
+        address = self.address = os.path.join(self._folder, "workers.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(self._count)
+        listener.setblocking(False)
+        lifeline_in, self._lifeline = os.pipe()
+        for _ in range(self._count):
+            pid = os.fork()
+            if pid == 0:  # the child never returns from here
+                os.close(self._lifeline)
+                _wait_and_serve(listener, lifeline_in)
+            self._pids.append(pid)
+        listener.close()
+        os.close(lifeline_in)
+        fallback = shlex.quote(BEAM_WORKER)
+        self.command = f"{shlex.quote(sys.executable)} -S -I {shlex.quote(str(_CLIENT))} {shlex.quote(address)} {fallback}"
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return list(self._pids)
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._lifeline)  # waiting workers exit; serving ones end with their clients
+        deadline = time.monotonic() + _EXIT_WITHIN_S
+        for pid in self._pids:
+            if not _reaped(pid, deadline):
+                _LOG.warning("forked worker %d did not exit; killing it", pid)
+                os.kill(pid, signal.SIGKILL)
+                _reaped(pid, None)
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _reaped(pid: int, deadline: Optional[float]) -> bool:
+    """Waits for a child to exit, until `deadline` (None: for ever); True once it is gone."""
+    while True:
+        try:
+            done, _ = os.waitpid(pid, 0 if deadline is None else os.WNOHANG)
+        except ChildProcessError:  # reaped already
+            return True
+        if done:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+
+
+def _wait_and_serve(listener: socket.socket, lifeline: int) -> None:
+    """In a forked child: take one client, become its SDK worker, and exit with the worker's status."""
+    code = 1
+    try:
+        conn = _accept(listener, lifeline)
+        listener.close()
+        if conn is None:
+            code = 0
+        else:
+            code = _serve(conn, lifeline)
+    except BaseException:  # a child must never return into the driver's code
+        logging.getLogger(__name__).exception("forked worker failed")
+    finally:
+        os._exit(code)
+
+
+def _accept(listener: socket.socket, lifeline: int) -> Optional[socket.socket]:
+    while True:
+        ready, _, _ = select.select([listener, lifeline], [], [])
+        if lifeline in ready:
+            return None  # the run is over (or the driver died) before anyone asked for this worker
+        try:
+            conn, _ = listener.accept()
+        except BlockingIOError:  # another waiting worker took this client
+            continue
+        conn.setblocking(True)
+        return conn
+
+
+def _serve(conn: socket.socket, lifeline: int) -> int:
+    conn.sendall(b"A")
+    size = struct.unpack(">I", _recv_exact(conn, 4))[0]
+    env = json.loads(_recv_exact(conn, size))
+    os.environ.update({k: v for k, v in env.items() if k in WORKER_ENV})
+    threading.Thread(target=_exit_with, args=(conn, lifeline), daemon=True).start()
+    # The worker's logs reach the runner through Beam's logging service, as a fresh worker's do.
+    logging.getLogger().handlers.clear()
+    sdk_worker_main.main([])
+    _finished.set()
+    conn.sendall(b"0")
+    return 0
+
+
+_finished = threading.Event()
+
+
+def _exit_with(conn: socket.socket, lifeline: int) -> None:
+    """Ends this worker when its client (Beam's handle on it) or the driver goes away."""
+    select.select([conn, lifeline], [], [])
+    if not _finished.is_set():
+        os._exit(1)
+
+
+def _recv_exact(conn: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        part = conn.recv(size - len(data))
+        if not part:
+            raise ConnectionError("the worker client went away")
+        data += part
+    return data

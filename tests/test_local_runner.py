@@ -1,0 +1,84 @@
+"""Tests for pipelines.local_runner: multi-process workers forked warm from the driver."""
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.local_runner import _CLIENT, LocalRunner, WarmWorkers
+from pipelines.runners import multi_process_args
+
+
+class _WhoRuns(beam.DoFn):
+    """Appends which process handled each element, and how that process was started."""
+
+    def __init__(self, log: str):
+        self._log = log
+
+    def process(self, element):
+        cmdline = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        with open(self._log, "a") as f:
+            f.write(f"{element}\t{os.getpid()}\t{os.getppid()}\t{cmdline}\n")
+        yield element
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_multi_process_workers_are_forked_from_the_driver_and_none_is_left_behind(tmp_path):
+    log = tmp_path / "who.tsv"
+    with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(multi_process_args(2))) as pipeline:
+        _ = pipeline | beam.Create(range(40)) | beam.Reshuffle() | beam.ParDo(_WhoRuns(str(log)))
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert sorted(int(r[0]) for r in rows) == list(range(40))
+    workers = {int(r[1]) for r in rows}
+    assert os.getpid() not in workers and len(workers) == 2  # two worker processes shared the work
+    assert {int(r[2]) for r in rows} == {os.getpid()}  # children of this process
+    # Forked: a fresh Beam worker would run `python -m apache_beam.runners.worker.sdk_worker_main`.
+    driver = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert {r[3] for r in rows} == {driver}
+    assert all(_gone(pid) for pid in workers)
+
+
+def test_waiting_workers_exit_with_the_pool():
+    with WarmWorkers(3) as workers:
+        pids = workers.pids
+        assert len(pids) == 3 and not any(_gone(pid) for pid in pids)
+    assert all(_gone(pid) for pid in pids)
+
+
+def _client(address: str, fallback: str, **env) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-S", "-I", str(_CLIENT), address, fallback],
+                            env={**os.environ, **env})
+
+
+def test_the_client_becomes_beams_own_worker_when_no_warm_worker_answers(tmp_path):
+    fallback = f"{sys.executable} -c 'import sys; sys.exit(7)'"
+    assert _client(str(tmp_path / "nobody.sock"), fallback).wait(timeout=30) == 7
+
+
+def test_killing_the_client_ends_its_worker():
+    with WarmWorkers(1) as workers:
+        [pid] = workers.pids
+        # A control address nobody serves: the worker waits to connect until its client goes away.
+        client = _client(workers.address, "false", CONTROL_API_SERVICE_DESCRIPTOR="url: 'localhost:1'",
+                         PIPELINE_OPTIONS="{}", WORKER_ID="w1")
+        time.sleep(1.0)
+        assert client.poll() is None and os.waitpid(pid, os.WNOHANG) == (0, 0)  # both still running
+        client.kill()
+        client.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            time.sleep(0.05)
+        assert done == pid
