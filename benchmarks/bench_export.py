@@ -269,8 +269,12 @@ def ensure_columnar(ndjson: Path, kind: str) -> Path:
     return folder
 
 
-def tree_rss_kb(root: int) -> int:
-    """VmRSS summed over `root` and all its descendants, in kB."""
+def tree_memory_kb(root: int) -> tuple[int, int]:
+    """(RSS, PSS) summed over `root` and all its descendants, in kB.
+
+    RSS counts a page shared by several processes (forked workers share most of
+    theirs with the driver) once per process; PSS splits it between them.
+    """
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -282,19 +286,22 @@ def tree_rss_kb(root: int) -> int:
             continue
         ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "pid (comm) state"
         children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0, [root]
+    rss = pss = 0
+    todo = [root]
     while todo:
         pid = todo.pop()
         todo.extend(children.get(pid, ()))
         try:
-            with open(f"/proc/{pid}/status", "rb") as f:
+            with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:
-                    if line.startswith(b"VmRSS:"):
-                        total += int(line.split()[1])
+                    if line.startswith(b"Rss:"):
+                        rss += int(line.split()[1])
+                    elif line.startswith(b"Pss:"):
+                        pss += int(line.split()[1])
                         break
         except OSError:
             pass  # exited between the scan and the read
-    return total
+    return rss, pss
 
 
 def run_case(case: str, args, source: Path, tx: str) -> dict:
@@ -307,16 +314,17 @@ def run_case(case: str, args, source: Path, tx: str) -> dict:
            f"--level={args.level}", f"--type-filter={args.type_filter}", f"--elements={args.elements}",
            f"--_child={case}", f"--_source={source}", f"--_out={out}", f"--_tx={tx}",
            f"--_result={result_file}"]
-    peak = 0
+    peak = peak_pss = 0
     started = time.perf_counter()
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, peak_pss
             while not done.is_set():
-                peak = max(peak, tree_rss_kb(proc.pid))
+                rss, pss = tree_memory_kb(proc.pid)
+                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
                 done.wait(SAMPLE_EVERY_S)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -331,7 +339,8 @@ def run_case(case: str, args, source: Path, tx: str) -> dict:
             sys.exit(f"{case} failed with exit code {code}:\n{log.read().decode(errors='replace')[-4000:]}")
     result = orjson.loads(result_file.read_bytes())
     result_file.unlink()
-    result.update(case=case, process_seconds=time.perf_counter() - started, peak_mb=peak / 1024)
+    result.update(case=case, process_seconds=time.perf_counter() - started, peak_mb=peak / 1024,
+                  peak_pss_mb=peak_pss / 1024)
     if args.keep:
         print(f"kept {case} output: {out}")
     else:
@@ -343,7 +352,7 @@ def best_of(repeat: int, case: str, args, source: Path, tx: str) -> dict:
     """The fastest of `repeat` runs, with the highest peak RSS seen in any of them."""
     runs = [run_case(case, args, source, tx) for _ in range(max(1, repeat))]
     best = min(runs, key=lambda r: r["seconds"])
-    return {**best, "peak_mb": max(r["peak_mb"] for r in runs)}
+    return {**best, "peak_mb": max(r["peak_mb"] for r in runs), "peak_pss_mb": max(r["peak_pss_mb"] for r in runs)}
 
 
 def machine() -> str:
@@ -380,12 +389,12 @@ def main(argv=None) -> None:
         sys.exit(f"OUTPUT MISMATCH: baseline kept {base['counts']}, pipeline manifest counts "
                  f"{pipe['counts']} with {pipe['errors']} error records")
     rows = [("case", "resources in", "resources out", "seconds", "resources/s",
-             "ratio to baseline", "peak tree RSS MB", "process s")]
+             "ratio to baseline", "peak tree RSS MB", "peak tree PSS MB", "process s")]
     for r in (base, pipe):
         rows.append((r["case"], f"{resources_in:,}", f"{sum(r['counts'].values()):,}",
                      f"{r['seconds']:.2f}", f"{resources_in / r['seconds']:,.0f}",
                      f"{base['seconds'] / r['seconds']:.2f}x", f"{r['peak_mb']:,.0f}",
-                     f"{r['process_seconds']:.2f}"))
+                     f"{r['peak_pss_mb']:,.0f}", f"{r['process_seconds']:.2f}"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for n, row in enumerate(rows):
         print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")

@@ -1,0 +1,34 @@
+"""A small run of benchmarks/bench_export.py for each kind of case, so the benchmark cannot rot.
+
+It checks that the benchmark runs and that its two cases agree (the script
+exits 1 on `OUTPUT MISMATCH`); the speed figures themselves are not tested.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_export.py"
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench-data")
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--runner", "multi_process", "--workers", "2"],
+    ["--level", "group", "--type-filter", "Observation?status=final", "--elements", "Observation.code"],
+    ["--level", "patient", "--source-format", "parquet", "--output-format", "parquet"],
+], ids=["system", "multi-process", "group-typefilter-elements", "patient-parquet"])
+def test_a_small_benchmark_run_prints_its_table(data_dir, options):
+    done = subprocess.run([sys.executable, str(BENCH), "--resources", "2000", "--data-dir", str(data_dir), *options],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| baseline") or line.startswith("| pipeline")]
+    assert len(rows) == 2, done.stdout
+    assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
+    out = {row.split("|")[3].strip() for row in rows}  # both cases exported the same number of resources
+    assert len(out) == 1 and out != {"0"}, rows
