@@ -277,3 +277,19 @@ def test_sniffing_skips_a_bom_and_blank_first_lines(pipeline, tmp_path):
     assert_that(_ids(out.batches), equal_to([("Patient", "p1"), ("Patient", "p2"), ("Encounter", "e1")]))
     assert_that(_located(out.errors), equal_to([]), label="NoErrors")
     pipeline.run()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 7, 64, 1 << 16])
+def test_lines_longer_than_a_block_are_read_whole_once_across_ranges(monkeypatch, block_bytes):
+    monkeypatch.setattr("transforms.ndjson.BLOCK_BYTES", block_bytes)
+    rng = random.Random(block_bytes)
+    lines = [b"x" * rng.choice([0, 1, 30, 200, 5000]) + str(i).encode() for i in range(60)]
+    data = b"\xef\xbb\xbf" + b"\n".join(lines)  # a BOM, and no trailing newline
+    size = len(data)
+    for cuts in ([0, size], [0, 3, size], [0, 1, 100, 2000, 2001, size], sorted({0, size, *rng.sample(range(size), 9)})):
+        read = []
+        for start, end in zip(cuts, cuts[1:]):
+            spans = span_lines(io.BytesIO(data), start, end)
+            next(spans)
+            read.extend(spans)
+        assert read == lines, (block_bytes, cuts)
