@@ -40,6 +40,9 @@ _GZIP_MAGIC = b"\x1f\x8b"
 # Bytes of NDJSON per chunk: small enough that the local runner's workers, dealt
 # chunks in turn, finish together (16 MiB left one idle for ~0.1 s of a 1 s export).
 CHUNK_BYTES = 4 << 20
+# Resources per batch: few enough that parsed bodies a later step reads are still in
+# the CPU cache when it runs (2,000 made Group, _typeFilter and _elements exports 10-15% slower).
+BATCH_SIZE = 500
 
 
 class SourceError(IOError):
@@ -68,7 +71,7 @@ class ReadResources(beam.PTransform):
         source: str,
         source_format: str = AUTO,
         chunk_bytes: int = CHUNK_BYTES,
-        batch_size: int = 2000,
+        batch_size: int = BATCH_SIZE,
         selection: Optional[ReadSelection] = None,
     ):
         super().__init__()
@@ -320,7 +323,7 @@ def plan_chunks(source: str, source_format: str = AUTO, chunk_bytes: int = CHUNK
     return _PlanChunksFn(source_format, chunk_bytes).process(source)
 
 
-def read_chunk(chunk: Chunk, batch_size: int = 2000, selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
+def read_chunk(chunk: Chunk, batch_size: int = BATCH_SIZE, selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
     """The resource batches of one chunk, read in the calling process; bad records are skipped."""
     for item in _ReadChunkFn(batch_size, selection).process(chunk):
         if type(item) is ResourceBatch:
