@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import apache_beam as beam
+import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.local_runner import _CLIENT, LocalRunner, WarmWorkers
@@ -82,3 +83,55 @@ def test_killing_the_client_ends_its_worker():
                 break
             time.sleep(0.05)
         assert done == pid
+
+
+class _SamplingPeriod(beam.DoFn):
+    """Records the period a state sampler created now (as each bundle's is) gets by default."""
+
+    def __init__(self, log: str):
+        self._log = log
+
+    def process(self, element):
+        from apache_beam.runners.worker.statesampler import StateSampler
+
+        with open(self._log, "a") as f:
+            f.write(f"{StateSampler('probe', None).sampling_period_ms}\n")
+        yield element
+
+
+@pytest.mark.parametrize("args", [["--direct_running_mode=in_memory"], multi_process_args(2)],
+                         ids=["in-process", "multi-process"])
+def test_bundles_sample_state_often_during_a_local_run_and_beam_default_returns_after(tmp_path, args):
+    from apache_beam.runners.worker.statesampler import DEFAULT_SAMPLING_PERIOD_MS, StateSampler
+
+    log = tmp_path / "period.txt"
+    with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(args)) as pipeline:
+        _ = pipeline | beam.Create(range(4)) | beam.Reshuffle() | beam.ParDo(_SamplingPeriod(str(log)))
+    assert set(log.read_text().split()) == {"10"}  # Beam's 200 ms would end each bundle on a 200 ms grid
+    assert StateSampler("after", None).sampling_period_ms == DEFAULT_SAMPLING_PERIOD_MS
+
+
+_MANY_RUNS = """
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from pipelines.local_runner import LocalRunner
+from pipelines.runners import embedded_portable_args, multi_process_args
+
+def run(options, runner=None):
+    with beam.Pipeline(runner=runner, options=PipelineOptions(options)) as p:
+        _ = p | beam.Create(range(50)) | beam.Reshuffle() | beam.Map(lambda x: x * 2)
+
+run(["--direct_running_mode=in_memory"], LocalRunner())
+run(embedded_portable_args())  # gRPC servers and threads in this process before any fork
+for _ in range(3):
+    run(multi_process_args(2), LocalRunner())
+print("done")
+"""
+
+
+def test_one_process_can_run_many_multi_process_exports_one_after_another():
+    # Each run forks from a process that earlier runs left with gRPC and Beam thread pool state;
+    # run in a child so a hang fails the test instead of stalling the suite.
+    done = subprocess.run([sys.executable, "-c", _MANY_RUNS], capture_output=True, text=True, timeout=180,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
