@@ -23,7 +23,7 @@ from tests.test_store import _record
 def big_source(tmp_path_factory) -> Path:
     """Enough data that, read in tiny chunks, an export runs for several seconds."""
     out = tmp_path_factory.mktemp("big")
-    generate(out, patients=900, seed=2)
+    generate(out, patients=2500, seed=2)
     return out
 
 
