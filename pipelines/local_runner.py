@@ -51,6 +51,10 @@ _SAMPLING_PERIOD_MS = 10
 class LocalRunner(FnApiRunner):
     """`FnApiRunner`; with `--direct_running_mode=multi_processing` its workers are forked warm."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._worker_command: Optional[str] = None
+
     def run_pipeline(self, pipeline, options):
         direct = options.view_as(DirectOptions)
         with _prompt_state_sampler():
@@ -64,11 +68,10 @@ class LocalRunner(FnApiRunner):
                     self._worker_command = None
 
     def run_via_runner_api(self, pipeline_proto, options):
-        command = getattr(self, "_worker_command", None)
-        if command:
+        if self._worker_command:
             for environment in pipeline_proto.components.environments.values():
                 if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.decode() == BEAM_WORKER:
-                    environment.payload = command.encode()
+                    environment.payload = self._worker_command.encode()
         return super().run_via_runner_api(pipeline_proto, options)
 
 

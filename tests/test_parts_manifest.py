@@ -75,6 +75,20 @@ def test_write_parts_respects_max_bytes_and_isolates_an_oversized_line(pipeline,
     assert all(len(lines) <= 2 for lines in files.values())
 
 
+@pytest.mark.parametrize("limit", ["lines", "bytes"])
+def test_write_parts_fills_each_part_to_its_limit_whether_batches_fit_whole_or_not(pipeline, tmp_path, limit):
+    # Batches of 3 into parts of 10: three whole batches fit, the fourth is split across two parts.
+    raws = [_raw("Patient", f"p{i:02d}") for i in range(25)]
+    line = len(raws[0]) + 1
+    limits = {"max_lines": 10} if limit == "lines" else {"max_bytes": 10 * line}
+    temp = tmp_path / "tmp"
+    parts = pipeline | beam.Create(_batches(raws, per_batch=3)) | WriteParts(str(temp), **limits)
+    assert_that(parts, _check_parts(**limits))
+    assert_that(parts | beam.Map(lambda p: p.count), equal_to([10, 10, 5]), label="Counts")
+    pipeline.run()
+    assert _lines_by_type(temp) == {"Patient": Counter(raws)}
+
+
 @pytest.mark.parametrize("max_lines, max_bytes", [(0, 10), (10, 0)])
 def test_write_parts_rejects_non_positive_limits(tmp_path, max_lines, max_bytes):
     with pytest.raises(ValueError):

@@ -117,6 +117,13 @@ class _WritePartsFn(beam.DoFn):
 
     def _write(self, resource_type: str, resources: list[Resource]) -> None:
         part = self._open.get(resource_type)
+        if part is not None and part.count + len(resources) <= self._max_lines:
+            size = sum([len(r.raw) for r in resources]) + len(resources)
+            if part.size + size <= self._max_bytes:  # the common case: all of them fit the open part
+                part.count += len(resources)
+                part.size += size
+                _flush(part, resources)
+                return
         pending: list[Resource] = []
         for resource in resources:
             size = len(resource.raw) + 1

@@ -231,7 +231,7 @@ class _ReadChunkFn(beam.DoFn):
     def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None):
         self._batch_size = batch_size
         self._selection = selection
-        self._read = Metrics.counter("bulk_export", "resources_read")
+        self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
 
     def setup(self) -> None:
