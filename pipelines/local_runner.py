@@ -5,7 +5,7 @@ Beam's FnApiRunner starts each `multi_processing` worker as a fresh
 0.7 s importing Beam and the pipeline's modules before it takes any work: on
 a 2-core machine that start-up, not the export, decided whether two workers
 beat one. `LocalRunner` forks its workers from the driver instead, after the
-imports and before any gRPC server or thread exists, and hands each one the
+imports and before the run starts its gRPC servers, and hands each one the
 control address Beam would have given the fresh process. Anything the
 runner does not ask of the pool (more workers than forked, a pool that failed)
 falls back to Beam's own command, so the pool can only make start-up faster.
@@ -57,15 +57,17 @@ class LocalRunner(FnApiRunner):
 
     def run_pipeline(self, pipeline, options):
         direct = options.view_as(DirectOptions)
-        with _prompt_state_sampler():
-            if direct.direct_running_mode != "multi_processing" or not hasattr(os, "fork"):
-                return super().run_pipeline(pipeline, options)
-            with WarmWorkers(direct.direct_num_workers or os.cpu_count() or 1) as workers:
-                self._worker_command = workers.command
+        with _prompt_state_sampler(), contextlib.ExitStack() as stack:
+            if direct.direct_running_mode == "multi_processing" and hasattr(os, "fork"):
                 try:
-                    return super().run_pipeline(pipeline, options)
-                finally:
-                    self._worker_command = None
+                    workers = stack.enter_context(WarmWorkers(direct.direct_num_workers or os.cpu_count() or 1))
+                    self._worker_command = workers.command
+                except OSError as exc:
+                    _LOG.warning("cannot fork warm workers (%s); Beam starts its own", exc)
+            try:
+                return super().run_pipeline(pipeline, options)
+            finally:
+                self._worker_command = None
 
     def run_via_runner_api(self, pipeline_proto, options):
         if self._worker_command:
@@ -106,19 +108,23 @@ class WarmWorkers:
     def __enter__(self) -> "WarmWorkers":
         self._folder = tempfile.mkdtemp(prefix="bulk-export-workers-")
         address = self.address = os.path.join(self._folder, "workers.sock")
-        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        listener.bind(address)
-        listener.listen(self._count)
-        listener.setblocking(False)
         lifeline_in, self._lifeline = os.pipe()
-        for _ in range(self._count):
-            pid = os.fork()
-            if pid == 0:  # the child never returns from here
-                os.close(self._lifeline)
-                _wait_and_serve(listener, lifeline_in)
-            self._pids.append(pid)
-        listener.close()
-        os.close(lifeline_in)
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as listener:
+                listener.bind(address)
+                listener.listen(self._count)
+                listener.setblocking(False)
+                for _ in range(self._count):
+                    pid = os.fork()
+                    if pid == 0:  # the child never returns from here
+                        os.close(self._lifeline)
+                        _wait_and_serve(listener, lifeline_in)
+                    self._pids.append(pid)
+        except OSError:
+            self.__exit__()  # the workers forked so far exit with the lifeline
+            raise
+        finally:
+            os.close(lifeline_in)
         fallback = shlex.quote(BEAM_WORKER)
         self.command = f"{shlex.quote(sys.executable)} -S -I {shlex.quote(str(_CLIENT))} {shlex.quote(address)} {fallback}"
         return self

@@ -135,3 +135,22 @@ def test_one_process_can_run_many_multi_process_exports_one_after_another():
     done = subprocess.run([sys.executable, "-c", _MANY_RUNS], capture_output=True, text=True, timeout=180,
                           cwd=Path(__file__).resolve().parents[1])
     assert done.returncode == 0 and done.stdout.strip() == "done", done.stderr[-3000:]
+
+
+def test_when_workers_cannot_be_forked_beam_starts_its_own_and_none_is_left_behind(tmp_path, monkeypatch):
+    real_fork, forked = os.fork, []
+
+    def fork_once():  # the second fork fails, as when the process limit is reached
+        if forked:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        forked.append(real_fork())
+        return forked[-1]
+
+    monkeypatch.setattr(os, "fork", fork_once)
+    log = tmp_path / "who.tsv"
+    with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(multi_process_args(2))) as pipeline:
+        _ = pipeline | beam.Create(range(20)) | beam.Reshuffle() | beam.ParDo(_WhoRuns(str(log)))
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert sorted(int(r[0]) for r in rows) == list(range(20))
+    assert all("sdk_worker_main" in r[3] for r in rows)  # Beam's own worker processes did the work
+    assert forked and forked[0] != 0 and _gone(forked[0])  # the one forked worker was reaped
