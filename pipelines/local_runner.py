@@ -45,6 +45,7 @@ _CLIENT = Path(__file__).with_name("_worker_client.py")
 WORKER_ENV = ("CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID")
 BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
 _EXIT_WITHIN_S = 10.0
+FOLDER_PREFIX = "bulk-export-workers-"  # + the pipeline process's id, in the temp folder
 _SAMPLING_PERIOD_MS = 10
 
 
@@ -106,7 +107,8 @@ class WarmWorkers:
         self.address = self.command = ""
 
     def __enter__(self) -> "WarmWorkers":
-        self._folder = tempfile.mkdtemp(prefix="bulk-export-workers-")
+        _sweep_stale_folders()
+        self._folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")  # 0700: only we can connect
         address = self.address = os.path.join(self._folder, "workers.sock")
         lifeline_in, self._lifeline = os.pipe()
         try:
@@ -142,6 +144,24 @@ class WarmWorkers:
                 os.kill(pid, signal.SIGKILL)
                 _reaped(pid, None)
         shutil.rmtree(self._folder, ignore_errors=True)
+
+
+def _sweep_stale_folders() -> None:
+    """Removes the socket folders of runs killed before they could (their process is gone)."""
+    for entry in os.scandir(tempfile.gettempdir()):
+        pid = entry.name[len(FOLDER_PREFIX):].split("-", 1)[0] if entry.name.startswith(FOLDER_PREFIX) else ""
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _reaped(pid: int, deadline: Optional[float]) -> bool:

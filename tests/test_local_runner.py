@@ -1,7 +1,9 @@
 """Tests for pipelines.local_runner: multi-process workers forked warm from the driver."""
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -9,7 +11,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.local_runner import _CLIENT, LocalRunner, WarmWorkers
+from pipelines.local_runner import _CLIENT, FOLDER_PREFIX, LocalRunner, WarmWorkers
 from pipelines.runners import multi_process_args
 
 
@@ -154,3 +156,35 @@ def test_when_workers_cannot_be_forked_beam_starts_its_own_and_none_is_left_behi
     assert sorted(int(r[0]) for r in rows) == list(range(20))
     assert all("sdk_worker_main" in r[3] for r in rows)  # Beam's own worker processes did the work
     assert forked and forked[0] != 0 and _gone(forked[0])  # the one forked worker was reaped
+
+
+def test_socket_folders_of_killed_runs_are_swept_and_live_ones_kept(monkeypatch):
+    root = Path(tempfile.mkdtemp(prefix="lr-", dir="/tmp"))  # short: a socket path has at most 107 bytes
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = root / f"{FOLDER_PREFIX}{dead.pid}-abc"
+    live = root / f"{FOLDER_PREFIX}{os.getppid()}-def"
+    other = root / "unrelated-folder"
+    try:
+        for folder in (stale, live, other):
+            folder.mkdir()
+            (folder / "workers.sock").touch()
+        with WarmWorkers(1) as workers:
+            assert Path(workers.address).parent.name.startswith(f"{FOLDER_PREFIX}{os.getpid()}-")
+        assert sorted(p.name for p in root.iterdir()) == sorted([live.name, other.name])  # ours is gone too
+    finally:
+        shutil.rmtree(root)
+
+
+def test_a_temp_folder_too_deep_for_a_socket_path_falls_back_to_beams_workers(tmp_path, monkeypatch):
+    deep = tmp_path / ("d" * 100)
+    deep.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(deep))
+    log = tmp_path / "who.tsv"
+    with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(multi_process_args(2))) as pipeline:
+        _ = pipeline | beam.Create(range(10)) | beam.Reshuffle() | beam.ParDo(_WhoRuns(str(log)))
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert sorted(int(r[0]) for r in rows) == list(range(10))
+    assert all("sdk_worker_main" in r[3] for r in rows)
+    assert list(deep.iterdir()) == []  # its socket folder was removed
