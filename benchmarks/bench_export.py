@@ -349,7 +349,7 @@ def run_case(case: str, args, source: Path, tx: str) -> dict:
 
 
 def best_of(repeat: int, case: str, args, source: Path, tx: str) -> dict:
-    """The fastest of `repeat` runs, with the highest peak RSS seen in any of them."""
+    """The fastest of `repeat` runs, with the highest peak RSS and PSS seen in any of them."""
     runs = [run_case(case, args, source, tx) for _ in range(max(1, repeat))]
     best = min(runs, key=lambda r: r["seconds"])
     return {**best, "peak_mb": max(r["peak_mb"] for r in runs), "peak_pss_mb": max(r["peak_pss_mb"] for r in runs)}

@@ -13,6 +13,7 @@ import socket
 import struct
 import sys
 
+# What Beam passes a worker process; the forked worker takes the same from its client.
 WORKER_ENV = ("CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID")
 ANSWER_WITHIN_S = 5.0
 

@@ -39,10 +39,10 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 from apache_beam.runners.worker import sdk_worker_main, statesampler  # imported before the fork: workers start warm
 from apache_beam.utils import thread_pool_executor
 
+from pipelines import _worker_client  # stdlib only: what Beam runs as each worker's command
+
 _LOG = logging.getLogger(__name__)
-_CLIENT = Path(__file__).with_name("_worker_client.py")
-# What Beam passes a worker process; the forked worker takes the same from its client.
-WORKER_ENV = ("CONTROL_API_SERVICE_DESCRIPTOR", "LOGGING_API_SERVICE_DESCRIPTOR", "PIPELINE_OPTIONS", "WORKER_ID")
+_CLIENT = Path(_worker_client.__file__)
 BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
 _EXIT_WITHIN_S = 10.0
 FOLDER_PREFIX = "bulk-export-workers-"  # + the pipeline process's id, in the temp folder
@@ -211,7 +211,7 @@ def _serve(conn: socket.socket, lifeline: int) -> int:
     conn.sendall(b"A")
     size = struct.unpack(">I", _recv_exact(conn, 4))[0]
     env = json.loads(_recv_exact(conn, size))
-    os.environ.update({k: v for k, v in env.items() if k in WORKER_ENV})
+    os.environ.update({k: v for k, v in env.items() if k in _worker_client.WORKER_ENV})
     threading.Thread(target=_exit_with, args=(conn, lifeline), daemon=True).start()
     # The worker's logs reach the runner through Beam's logging service, as a fresh worker's do.
     logging.getLogger().handlers.clear()
