@@ -92,7 +92,7 @@ def _request(args):
 def _covered_patients(args, request, source: str, job=None):
     """Resolves the level's patients as the launcher does (and writes them for the pipeline)."""
     from launcher.membership import resolve_patients
-    from transforms.patients import write_patients
+    from transforms.select.covered_patients import write_patients
 
     membership = resolve_patients(request, source, "auto", args._tx)
     if membership is not None and job is not None:
@@ -142,10 +142,10 @@ def _baseline_rule(args):
     the window's test, as the fastest single-process loop would be; the other
     requests use the library's rule functions as plain calls.
     """
-    from transforms.compartment import CompartmentRule
-    from transforms.elements import parse_elements
-    from transforms.since import LastUpdatedWindow
-    from transforms.type_filter import compile_type_filters
+    from transforms.fhir.compartment import CompartmentRule
+    from transforms.fhir.elements import parse_elements
+    from transforms.fhir.window import LastUpdatedWindow
+    from transforms.select.type_filter import compile_type_filters
 
     request = _request(args)
     types = set(request.types) or None
@@ -258,7 +258,7 @@ def ensure_columnar(ndjson: Path, kind: str) -> Path:
     """Converts (or reuses) the NDJSON data as one Avro or Parquet file per NDJSON file, beside it."""
     folder = ndjson.parent / kind
     if not folder.exists():
-        from transforms.columnar import convert_ndjson
+        from transforms.read.columnar import convert_ndjson
 
         print(f"converting {ndjson} to {kind} ...", flush=True)
         staging = ndjson.parent / f".{kind}.{os.getpid()}"  # renamed into place when complete

@@ -15,7 +15,7 @@ from typing import Optional
 
 import orjson
 
-from launcher.paths import check_tenant
+from launcher.names import check_tenant
 from pipelines.models import JobRecord
 from transforms.fhir.instant import now_instant
 

@@ -2,8 +2,8 @@
 cleanup, resume, sample-data. The job commands' handlers are in `launcher.commands`.
 
 Exit codes: 0 success; 1 the job failed, was cancelled or was not found, or the
-command does not apply to its state; 2 the kickoff or the command line was
-refused (no job was created); 3 too many concurrent exports for the tenant
+command does not apply to its state; 2 refused: a bad kickoff or command line
+(no job was created) or a value the command cannot use; 3 too many concurrent exports for the tenant
 (HTTP 429; nothing was started).
 """
 
@@ -16,13 +16,12 @@ from typing import Optional, Sequence
 
 from launcher import commands, kickoff
 from launcher.durations import parse_duration
-from launcher.jobs import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE, ExportFailed
 from launcher.lifecycle import DEFAULT_CLEANUP_BATCH
-from launcher.paths import check_job_id, check_tenant
-from launcher.runner import JobCancelled, LeaseLost
+from launcher.names import check_job_id, check_tenant
+from launcher.runner import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE, ExportFailed, JobCancelled, LeaseLost
 from launcher.stores import InvalidJobState, JobNotFound, TooManyActiveExports
-from pipelines.options import DEFAULTS, UnsafeRunnerOptions
-from transforms.sources import SOURCE_FORMATS
+from pipelines.settings import DEFAULTS, UnsafeRunnerOptions
+from transforms.read.source_formats import SOURCE_FORMATS
 
 DEFAULT_STATE_DIR = ".bulk-export"
 

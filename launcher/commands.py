@@ -13,13 +13,12 @@ import os
 
 from launcher import kickoff
 from launcher.audit import AuditLog
-from launcher.jobs import RunControl, resume_export, start_export
 from launcher.lifecycle import cancel_job, cleanup_expired, delete_job, recover_abandoned
 from launcher.progress import ProgressDisplay
-from launcher.signing import refresh_urls
+from launcher.runner import RunControl
 from launcher.stores import JobStore, StoredJob, open_store
-from pipelines.options import ExportSettings
-from transforms.manifest import MANIFEST_NAME
+from pipelines.settings import ExportSettings
+from transforms.write.layout import MANIFEST_NAME
 
 
 def _open(args: argparse.Namespace, recover: bool = True) -> tuple[JobStore, AuditLog]:
@@ -36,6 +35,8 @@ def _control(args: argparse.Namespace, audit: AuditLog, display: ProgressDisplay
 def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
+    from launcher.jobs import start_export  # runs a pipeline: the one command that imports Beam
+
     store, audit = _open(args, recover=False)
     display = ProgressDisplay()
     try:
@@ -48,6 +49,8 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def resume(args: argparse.Namespace, _: list[str]) -> int:
+    from launcher.jobs import resume_export
+
     store, audit = _open(args)
     display = ProgressDisplay()
     try:
@@ -101,6 +104,8 @@ def manifest(args: argparse.Namespace, _: list[str]) -> int:
     store, _audit = _open(args)
     document = store.manifest(args.tenant, args.job_id, args.owner)
     if args.refresh_urls:
+        from launcher.signing import refresh_urls  # signs with google-auth
+
         document = refresh_urls(document, args.url_ttl, args.signing_key)
     print(json.dumps(document.to_json_dict(), indent=2))
     return 0

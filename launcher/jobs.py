@@ -15,49 +15,26 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from typing import Callable, Optional
+from typing import Optional
 
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from launcher.audit import SERIOUS_FAILURE, AuditLog
+from launcher.audit import SERIOUS_FAILURE
 from launcher.lifecycle import recover_abandoned
 from launcher.membership import resolve_patients
-from launcher.paths import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
-from launcher.runner import JobCancelled, LeaseLost, describe, new_lease, run_and_watch
+from launcher.names import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
+from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
 from launcher.schedules import check_schedule, scheduled_request
 from launcher.store import JobStore, StoreJobSink
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
 from pipelines.options import ExportSettings, prepare_runner
+from transforms.fhir.group import Membership
 from transforms.fhir.instant import now_instant
-from transforms.gcs import remove_tree
-from transforms.group import Membership
-from transforms.patients import write_patients
-from transforms.sources import match_source
-
-DEFAULT_MAX_ACTIVE = 4
-DEFAULT_LEASE_S = 30.0
-ProgressCallback = Callable[[StoredJob], None]
-
-
-class ExportFailed(RuntimeError):
-    """The job was recorded and then failed; the store holds the same message."""
-
-    def __init__(self, job_id: str, message: str):
-        super().__init__(message)
-        self.job_id = job_id
-
-
-@dataclasses.dataclass(frozen=True)
-class RunControl:
-    """How this launcher runs jobs: the cap, its lease, where it audits and reports."""
-
-    audit: AuditLog
-    max_active: int = DEFAULT_MAX_ACTIVE
-    lease_s: float = DEFAULT_LEASE_S
-    on_progress: Optional[ProgressCallback] = None
+from transforms.read.chunks import match_source
+from transforms.select.covered_patients import write_patients
+from transforms.write.storage import is_local, remove_tree
 
 
 def start_export(
@@ -203,7 +180,7 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
 
 
 def _check_writable(job_dir: str) -> None:
-    if FileSystems.get_scheme(job_dir) is not None:
+    if not is_local(job_dir):
         return
     try:
         os.makedirs(job_dir, exist_ok=False)

@@ -17,11 +17,12 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
-from transforms.compartment import patient_reference_id
-from transforms.elements import ElementsRefused, parse_elements
-from transforms.type_filter import TypeFilterRefused, compile_type_filters
+from transforms.fhir.compartment import patient_reference_id
+from transforms.fhir.elements import ElementsRefused, parse_elements
 from transforms.fhir.instant import InvalidInstant, instant_key
 from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.fhir.search.common import TypeFilterRefused
+from transforms.fhir.search.compiler import compile_type_filters
 
 DEFAULT_BASE_URL = "http://localhost/fhir"
 _FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")

@@ -11,10 +11,10 @@ import time
 from typing import Optional
 
 from launcher.audit import SERIOUS_FAILURE, AuditLog
-from launcher.paths import job_output_dir
-from transforms.gcs import remove_tree
+from launcher.names import job_output_dir
 from launcher.runner import new_lease
 from launcher.stores import JobNotFound, JobStore, StoredJob, now_ms
+from transforms.write.storage import remove_tree
 
 CLEANUP_AGENT = "bulk-export cleanup"
 RECOVERY_AGENT = "bulk-export lease recovery"

@@ -11,9 +11,9 @@ from typing import Optional
 
 from launcher.kickoff import KickoffRefused
 from pipelines.models import ExportLevel, ExportRequest
-from transforms.compartment import PatientSet
-from transforms.group import GroupRefused, Membership, resolve_group
-from transforms.lookup import index_source
+from transforms.fhir.compartment import PatientSet
+from transforms.fhir.group import GroupRefused, Membership, resolve_group
+from transforms.read.lookup import index_source
 
 
 def resolve_patients(

@@ -11,6 +11,7 @@ child kills its group, so no orphan keeps writing parts.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -20,6 +21,7 @@ import threading
 import time
 from typing import Callable, Optional
 
+from launcher.audit import AuditLog
 from launcher.stores import JobStore, Lease, StoredJob, now_ms
 from pipelines.models import ExportStatus
 
@@ -27,6 +29,29 @@ POLL_S = 0.25
 _CTX = multiprocessing.get_context("forkserver")
 # `launcher` first: its package installs the log filter before Beam is imported.
 _CTX.set_forkserver_preload(["launcher.runner", "pipelines.export"])
+
+
+DEFAULT_MAX_ACTIVE = 4
+DEFAULT_LEASE_S = 30.0
+ProgressCallback = Callable[[StoredJob], None]
+
+
+class ExportFailed(RuntimeError):
+    """The job was recorded and then failed; the store holds the same message."""
+
+    def __init__(self, job_id: str, message: str):
+        super().__init__(message)
+        self.job_id = job_id
+
+
+@dataclasses.dataclass(frozen=True)
+class RunControl:
+    """How this launcher runs jobs: the cap, its lease, where it audits and reports."""
+
+    audit: AuditLog
+    max_active: int = DEFAULT_MAX_ACTIVE
+    lease_s: float = DEFAULT_LEASE_S
+    on_progress: Optional[ProgressCallback] = None
 
 
 class JobCancelled(RuntimeError):

@@ -3,7 +3,8 @@
 A schedule (per tenant) remembers the `transactionTime` of its last run that
 completed. The next run of the same schedule uses it as `_since`. `_since` is
 exclusive and a run exports everything up to and including its
-`transactionTime`, so consecutive runs leave no gap and no overlap. The
+`transactionTime`, so a resource with `meta.lastUpdated` lands in exactly one run
+(one without it is exported by every run, unless excluded: see docs/deploy.md). The
 schedule advances in the same transaction that marks the job complete (on any
 worker, through the job store), and only forward; a failed run leaves it
 where it was, so the next run covers the failed run's window too.
@@ -15,7 +16,7 @@ from typing import Optional
 
 import orjson
 
-from launcher.paths import check_segment
+from launcher.names import check_segment
 from pipelines.models import ExportRequest
 from transforms.fhir.instant import instant_key
 

@@ -5,7 +5,6 @@ The stores themselves live in `launcher/stores/`.
 
 from __future__ import annotations
 
-from pipelines.models import Manifest
 from launcher.stores import (  # the launcher's one import point for store names
     DB_NAME,
     InvalidJobState,
@@ -17,6 +16,7 @@ from launcher.stores import (  # the launcher's one import point for store names
     TooManyActiveExports,
     open_store,
 )
+from pipelines.models import Manifest
 
 __all__ = [
     "DB_NAME", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "SqliteJobStore", "StoredJob",

@@ -22,7 +22,7 @@ from launcher.store import StoreJobSink, open_store
 from pipelines.export import run
 from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
-from transforms.patients import write_patients
+from transforms.select.covered_patients import write_patients
 
 
 def submit(argv: Sequence[str]) -> str:

@@ -1,6 +1,6 @@
 """The export pipeline: `build_pipeline()` assembles it, `run()` launches it.
 
-The walk is one way: read chunks -> the request's steps (`pipelines/steps.py`:
+The walk is one way: read chunks -> the request's steps (`pipelines/plan.py`:
 `_type`, `_typeFilter`, the `_since`/`_until`/`transactionTime` window or, at
 Patient and Group level, the compartment of the covered patients, then
 `_elements`) -> write rolling parts where the resources are, and shuffle only
@@ -20,15 +20,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job_sink import JobSink, ReportRead
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
-from pipelines.steps import add_referenced, apply_steps, covered_patients, read_selection, steps
-from transforms.manifest import AssembleManifest, Completed, FinalFile
-from transforms.parts import WriteParts
-from transforms.patients import FILE_NAME as PATIENTS_FILE
-from transforms.sinks import NdjsonSink, ParquetSink, PartSink
-from transforms.sources import ReadResources
-from transforms.urls import ManifestUrls
-
-TEMP_DIR_NAME = ".parts-tmp"
+from pipelines.plan import add_referenced, apply_steps, covered_patients, read_selection, steps
+from transforms.read.resources import ReadResources
+from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
+from transforms.write.layout import TEMP_DIR_NAME
+from transforms.write.manifest import AssembleManifest, Completed, FinalFile
+from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
+from transforms.write.parts import WriteParts
+from transforms.write.urls import ManifestUrls
 
 
 @dataclasses.dataclass(frozen=True)

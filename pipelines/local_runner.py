@@ -11,7 +11,14 @@ runner does not ask of the pool (more workers than forked, a pool that failed)
 falls back to Beam's own command, so the pool can only make start-up faster.
 
 In both modes a run also gives Beam's state sampler a short period, so that
-no bundle waits for the sampler's 200 ms sleep to end.
+no bundle waits for the sampler's 200 ms sleep to end, and lets the read pause
+the garbage collector (`transforms.read.gc_pause`) in this runner's own
+processes. Both are process-wide, so they happen here and never on the
+workers of Dataflow, Flink or Dask.
+
+Every Beam internal this relies on is listed in `BEAM_INTERNALS`. If one is
+missing from the installed Beam, the run warns and falls back to Beam's stock
+FnApiRunner, with Beam's own worker processes, rather than failing or hanging.
 """
 
 from __future__ import annotations
@@ -34,12 +41,17 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from apache_beam.options.pipeline_options import DirectOptions
-from apache_beam.portability import python_urns
 from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
-from apache_beam.runners.worker import sdk_worker_main, statesampler  # imported before the fork: workers start warm
-from apache_beam.utils import thread_pool_executor
 
 from pipelines import _worker_client  # stdlib only: what Beam runs as each worker's command
+from transforms.read import gc_pause
+
+try:  # imported before the fork, so that workers start warm
+    from apache_beam.portability import python_urns
+    from apache_beam.runners.worker import sdk_worker_main, statesampler
+    from apache_beam.utils import thread_pool_executor
+except ImportError:  # a Beam that moved them: `missing_internals()` names what is gone
+    python_urns = sdk_worker_main = statesampler = thread_pool_executor = None
 
 _LOG = logging.getLogger(__name__)
 _CLIENT = Path(_worker_client.__file__)
@@ -47,6 +59,37 @@ BEAM_WORKER = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
 _EXIT_WITHIN_S = 10.0
 FOLDER_PREFIX = "bulk-export-workers-"  # + the pipeline process's id, in the temp folder
 _SAMPLING_PERIOD_MS = 10
+
+
+def _sampler_default() -> tuple:
+    defaults = statesampler.StateSampler.__init__.__defaults__
+    if not (isinstance(defaults, tuple) and len(defaults) == 1 and isinstance(defaults[0], int)):
+        raise AttributeError("StateSampler.__init__ no longer has one sampling_period_ms default")
+    return defaults
+
+
+# Every Beam internal the local runner relies on, with how it is looked up.
+BEAM_INTERNALS = {
+    "apache_beam.portability.python_urns.SUBPROCESS_SDK": lambda: python_urns.SUBPROCESS_SDK,
+    "apache_beam.runners.worker.sdk_worker_main.main": lambda: sdk_worker_main.main,
+    "apache_beam.runners.worker.statesampler.StateSampler.__init__ sampling_period_ms": _sampler_default,
+    "apache_beam.utils.thread_pool_executor.shared_unbounded_instance": (
+        lambda: thread_pool_executor.shared_unbounded_instance
+    ),
+    "FnApiRunner.run_via_runner_api": lambda: FnApiRunner.run_via_runner_api,
+    "worker environment variables": lambda: _worker_client.WORKER_ENV,
+}
+
+
+def missing_internals() -> list[str]:
+    """The names in `BEAM_INTERNALS` that the installed Beam lacks."""
+    missing = []
+    for name, look_up in BEAM_INTERNALS.items():
+        try:
+            look_up()
+        except (AttributeError, ImportError, OSError, TypeError):
+            missing.append(name)
+    return missing
 
 
 class LocalRunner(FnApiRunner):
@@ -57,8 +100,14 @@ class LocalRunner(FnApiRunner):
         self._worker_command: Optional[str] = None
 
     def run_pipeline(self, pipeline, options):
+        missing = missing_internals()
+        if missing:
+            _LOG.warning("local runner: this Beam lacks %s; running Beam's stock FnApiRunner instead "
+                         "(its own worker processes, the default state sampler)", ", ".join(missing))
+            with gc_pause.enabled():
+                return super().run_pipeline(pipeline, options)
         direct = options.view_as(DirectOptions)
-        with _prompt_state_sampler(), contextlib.ExitStack() as stack:
+        with _prompt_state_sampler(), gc_pause.enabled(), contextlib.ExitStack() as stack:
             if direct.direct_running_mode == "multi_processing" and hasattr(os, "fork"):
                 try:
                     workers = stack.enter_context(WarmWorkers(direct.direct_num_workers or os.cpu_count() or 1))
@@ -72,9 +121,13 @@ class LocalRunner(FnApiRunner):
 
     def run_via_runner_api(self, pipeline_proto, options):
         if self._worker_command:
+            replaced = 0
             for environment in pipeline_proto.components.environments.values():
                 if environment.urn == python_urns.SUBPROCESS_SDK and environment.payload.decode() == BEAM_WORKER:
                     environment.payload = self._worker_command.encode()
+                    replaced += 1
+            if not replaced:  # Beam now starts its workers some other way: they start as Beam decides
+                _LOG.warning("local runner: no worker environment runs %r; Beam starts its own workers", BEAM_WORKER)
         return super().run_via_runner_api(pipeline_proto, options)
 
 

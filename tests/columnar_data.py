@@ -12,7 +12,7 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER
-from transforms.columnar import convert_ndjson
+from transforms.read.columnar import convert_ndjson
 
 TX = "2030-01-01T00:00:00Z"
 

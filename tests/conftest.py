@@ -12,9 +12,9 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from launcher import cli
-from tests import pgserver
 from launcher.sample_data import generate
 from pipelines.options import LOCAL_RUNNER
+from tests import pgserver
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -8,6 +8,7 @@ it prove the wrapper first (`test_gcs.py`).
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 from http import HTTPStatus
 from typing import Iterator, Optional
@@ -17,6 +18,7 @@ from gcp_storage_emulator.exceptions import NotFound
 from gcp_storage_emulator.handlers import objects
 
 BUCKET = "bulk-test"
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 _WRITES = (objects.insert, objects.copy, objects.rewrite)
 
 
@@ -78,3 +80,23 @@ def serve() -> Iterator[str]:
     finally:
         server.stop()
         emulator.HANDLERS = original
+
+
+def use_anonymous_credentials() -> bool:
+    """With an emulator configured, makes Beam's GCS access anonymous without its credential search.
+
+    Beam caches its one credential lookup per process; seeding the cache with
+    "none" is what it would reach itself after ~22 s of retries. This writes
+    into Beam's private state, so it lives here, in the tests, and nowhere else.
+    """
+    if not os.environ.get(EMULATOR_ENV):
+        return False
+    from apache_beam.internal.gcp import auth
+
+    with auth._Credentials._credentials_lock:
+        auth._Credentials._credentials = None
+        auth._Credentials._credentials_init = True
+    return True
+
+
+use_anonymous_credentials()

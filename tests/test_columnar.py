@@ -16,15 +16,16 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.models import ExportRequest
 from tests.columnar_data import columnar_copy, exported, file_of, run_export
-from transforms.errors import locate
-from transforms.record_schema import (
+from transforms.fhir.record_schema import (
     RECORD_SCHEMA,
     arrow_schema_of_avro,
     instant_micros,
     instant_texts,
     load_avro_schema,
 )
-from transforms.sources import Chunk, ReadResources, SourceError, read_chunk
+from transforms.read.chunks import Chunk, SourceError
+from transforms.read.resources import ReadResources, read_chunk
+from transforms.write.error_files import locate
 
 BASE = "https://ehr.example.org/fhir"
 COLUMNAR = ("avro", "parquet")

@@ -2,20 +2,19 @@
 
 from __future__ import annotations
 
+import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.compartment import (
+from transforms.fhir.compartment import (
     COMPARTMENT_PATHS,
-    FilterCompartment,
     PatientSet,
     compartment_patients,
     patient_reference_id,
 )
+from transforms.fhir.window import LastUpdatedWindow
 from transforms.records import Origin, Resource, ResourceBatch
-from transforms.since import LastUpdatedWindow
-
-import apache_beam as beam
+from transforms.select.in_compartment import FilterCompartment
 
 
 def ref(text: str) -> dict:

@@ -1,4 +1,4 @@
-"""Tests for transforms.elements: `_elements` parsing, subsetting and the Beam step."""
+"""Tests for transforms.fhir.elements: `_elements` parsing, subsetting and the Beam step."""
 
 import gzip
 import pickle
@@ -9,15 +9,14 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SHARED_DATA
-from transforms.elements import (
+from transforms.fhir.elements import (
     SUBSETTED_TAG,
     ElementsRefused,
     InvalidMeta,
-    SubsetElements,
-    _SubsetFn,
     parse_elements,
 )
 from transforms.records import Origin, Resource, ResourceBatch
+from transforms.select.subset_elements import SubsetElements, _SubsetFn
 
 SYNTHEA_OBSERVATIONS = SHARED_DATA / "synthea-100" / "Observation.ndjson.gz"
 OTHER_TAG = {"system": "http://example.org/tags", "code": "keep-me"}

@@ -1,4 +1,4 @@
-"""Tests for transforms.selection (`_type` and the window, applied while reading) and transforms.since."""
+"""Tests for transforms.read.pushdown (`_type` and the window, applied while reading) and transforms.fhir.window."""
 import datetime as dt
 import json
 import random
@@ -8,10 +8,10 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.window import LastUpdatedWindow
+from transforms.read.pushdown import ReadSelection
+from transforms.read.resources import ReadResources
 from transforms.records import Origin
-from transforms.selection import ReadSelection
-from transforms.since import LastUpdatedWindow
-from transforms.sources import ReadResources
 
 TX = "2020-06-01T00:00:00Z"
 

@@ -29,9 +29,9 @@ from pipelines.export import ExportJob, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER, ExportSettings
 from tests import gcs_emulator
-from transforms import gcs
-from transforms.manifest import MANIFEST_NAME
-from transforms.urls import gcs_path_of, resign
+from transforms.write import storage as gcs
+from transforms.write.layout import MANIFEST_NAME
+from transforms.write.urls import gcs_path_of, resign
 
 BUCKET = gcs_emulator.BUCKET
 KICKOFF = "https://ehr.example.org/fhir/$export"
@@ -44,7 +44,7 @@ def emulator():
     before = os.environ.get(gcs.EMULATOR_ENV)
     with gcs_emulator.serve() as host:
         os.environ[gcs.EMULATOR_ENV] = host
-        assert gcs.use_anonymous_credentials_for_emulator()
+        assert gcs_emulator.use_anonymous_credentials()
         yield host
     if before is None:
         os.environ.pop(gcs.EMULATOR_ENV, None)
@@ -199,7 +199,7 @@ def test_signing_refuses_local_output_and_bad_ttls(key):
 
 def test_emulator_access_skips_the_credential_search(emulator):
     """A fresh process with the emulator set reaches GCS in seconds, not after ~22 s of credential retries."""
-    code = ("import time; t = time.monotonic(); import transforms.gcs\n"
+    code = ("import time; t = time.monotonic(); import tests.gcs_emulator\n"
             "from apache_beam.io.filesystems import FileSystems\n"
             f"FileSystems.exists('gs://{BUCKET}/nothing'); print(time.monotonic() - t)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transforms.group import GroupRefused, resolve_group
+from transforms.fhir.group import GroupRefused, resolve_group
 
 TX = "2024-06-01T00:00:00Z"
 PATIENTS = {"p1", "p2", "p3", "p4", "p5"}

@@ -13,7 +13,7 @@ from transforms.fhir.instant import (
     text_key_of,
     utc_text_key,
 )
-from transforms.since import LastUpdatedWindow
+from transforms.fhir.window import LastUpdatedWindow
 
 
 @pytest.mark.parametrize("a, b", [

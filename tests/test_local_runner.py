@@ -188,3 +188,52 @@ def test_a_temp_folder_too_deep_for_a_socket_path_falls_back_to_beams_workers(tm
     assert sorted(int(r[0]) for r in rows) == list(range(10))
     assert all("sdk_worker_main" in r[3] for r in rows)
     assert list(deep.iterdir()) == []  # its socket folder was removed
+
+
+def test_a_missing_beam_internal_falls_back_to_beams_own_workers(tmp_path, monkeypatch, caplog):
+    """With one internal gone, the run warns and Beam starts its own (fresh) worker processes."""
+    from apache_beam.runners.worker import sdk_worker_main
+
+    from pipelines import local_runner
+
+    assert local_runner.missing_internals() == []
+    monkeypatch.delattr(sdk_worker_main, "main")
+    assert local_runner.missing_internals() == ["apache_beam.runners.worker.sdk_worker_main.main"]
+    log = tmp_path / "who.tsv"
+    with caplog.at_level("WARNING", logger="pipelines.local_runner"):
+        with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(multi_process_args(2))) as pipeline:
+            _ = pipeline | beam.Create(range(20)) | beam.Reshuffle() | beam.ParDo(_WhoRuns(str(log)))
+    rows = [line.split("\t") for line in log.read_text().splitlines()]
+    assert sorted(int(r[0]) for r in rows) == list(range(20))
+    assert all("apache_beam.runners.worker.sdk_worker_main" in r[3] for r in rows)  # Beam's own command
+    assert "lacks apache_beam.runners.worker.sdk_worker_main.main" in caplog.text
+
+
+class _GcState(beam.DoFn):
+    """Records, in the process that reads, whether the read's collector pause is allowed there."""
+
+    def __init__(self, log: str):
+        self._log = log
+
+    def process(self, element):
+        from transforms.read import gc_pause
+
+        with open(self._log, "a") as f:
+            f.write(f"{gc_pause.is_enabled()}\n")
+        yield element
+
+
+@pytest.mark.parametrize("args", [[], multi_process_args(2)])
+def test_the_collector_pause_is_allowed_only_in_the_local_runners_processes(tmp_path, args):
+    from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
+
+    from transforms.read import gc_pause
+
+    local, stock = tmp_path / "local.txt", tmp_path / "stock.txt"
+    with beam.Pipeline(runner=LocalRunner(), options=PipelineOptions(args)) as pipeline:
+        _ = pipeline | beam.Create(range(4)) | beam.Reshuffle() | beam.ParDo(_GcState(str(local)))
+    with beam.Pipeline(runner=FnApiRunner(), options=PipelineOptions(args)) as pipeline:
+        _ = pipeline | beam.Create(range(4)) | beam.Reshuffle() | beam.ParDo(_GcState(str(stock)))
+    assert set(local.read_text().split()) == {"True"}
+    assert set(stock.read_text().split()) == {"False"}  # any other runner: the interpreter's normal GC
+    assert not gc_pause.is_enabled()  # and nothing is left switched on after a local run

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 
-from transforms.lookup import index_source
+from transforms.read.lookup import index_source
 
 
 def test_finds_patients_and_groups_in_ndjson_gzip_and_bundles(tmp_path):

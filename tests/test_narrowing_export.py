@@ -8,7 +8,7 @@ from urllib.parse import quote
 import pytest
 
 from tests.test_patient_group_export import BASE, SYNTHEA, exported, keys, needs_shared, read_ndjson
-from transforms.elements import SUBSETTED_TAG
+from transforms.fhir.elements import SUBSETTED_TAG
 
 LOINC_HEIGHT = "http://loinc.org|8302-2"
 LOINC_WEIGHT = "http://loinc.org|29463-7"

@@ -18,10 +18,10 @@ from pipelines.models import PARQUET_FORMATS, ExportRequest
 from tests.columnar_data import exported, file_of, run_export
 from tests.conftest import SHARED_DATA
 from transforms.fhir.instant import instant_key
-from transforms.parts import WriteParts
-from transforms.record_schema import instant_texts
+from transforms.fhir.record_schema import instant_texts
 from transforms.records import Origin, Resource, ResourceBatch
-from transforms.sinks import NdjsonSink, ParquetSink, part_schema
+from transforms.write.part_formats import NdjsonSink, ParquetSink, part_schema
+from transforms.write.parts import WriteParts
 
 BASE = "https://ehr.example.org/fhir"
 PARQUET = PARQUET_FORMATS[0]

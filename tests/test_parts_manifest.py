@@ -1,4 +1,4 @@
-"""Tests for transforms.parts.WriteParts and transforms.manifest.AssembleManifest, on real files."""
+"""Tests for transforms.write.parts.WriteParts and transforms.write.manifest.AssembleManifest, on real files."""
 import json
 import os
 from collections import Counter
@@ -8,10 +8,11 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.manifest import ERROR_DIR, MANIFEST_NAME, AssembleManifest, Completed
-from transforms.parts import WriteParts
+from transforms.read.resources import ReadResources
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
-from transforms.sources import ReadResources
+from transforms.write.layout import ERROR_DIR, MANIFEST_NAME
+from transforms.write.manifest import AssembleManifest, Completed
+from transforms.write.parts import WriteParts
 
 
 def _raw(rtype: str, rid: str, pad: int = 0) -> bytes:

@@ -1,9 +1,9 @@
-"""Tests for pipelines.steps.read_selection: what each export asks its read to keep."""
+"""Tests for pipelines.plan.read_selection: what each export asks its read to keep."""
 import pytest
 
 from launcher.kickoff import parse_get
 from pipelines.options import ExportSettings
-from pipelines.steps import read_selection, steps
+from pipelines.plan import read_selection, steps
 
 BASE = "https://fhir.example.org/fhir"
 TX = "2024-01-01T00:00:00Z"

@@ -3,7 +3,7 @@
 import pytest
 
 from transforms.fhir.search.common import MalformedData
-from transforms.type_filter import TypeFilterRefused, compile_type_filters
+from transforms.select.type_filter import TypeFilterRefused, compile_type_filters
 
 LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"

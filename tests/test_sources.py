@@ -1,4 +1,4 @@
-"""Tests for transforms.sources.ReadResources: chunked NDJSON, gzip, Bundles, bad lines."""
+"""Tests for transforms.read.resources.ReadResources: chunked NDJSON, gzip, Bundles, bad lines."""
 import gzip
 import io
 import json
@@ -8,9 +8,10 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.errors import locate
-from transforms.ndjson import span_lines
-from transforms.sources import ReadResources, SourceError, match_source
+from transforms.read.chunks import SourceError, match_source
+from transforms.read.ndjson import span_lines
+from transforms.read.resources import ReadResources
+from transforms.write.error_files import locate
 
 
 def _line(rtype: str, rid: str, pad: int = 0) -> bytes:
@@ -34,7 +35,7 @@ def _kind(reason: str) -> str:
 
 
 def _located(errors, label="Locate"):
-    """(where, kind) of every bad record, with where computed by transforms.errors.locate."""
+    """(where, kind) of every bad record, with where computed by transforms.write.error_files.locate."""
     return (
         errors
         | f"{label}All" >> beam.combiners.ToList()
@@ -281,7 +282,7 @@ def test_sniffing_skips_a_bom_and_blank_first_lines(pipeline, tmp_path):
 
 @pytest.mark.parametrize("block_bytes", [1, 7, 64, 1 << 16])
 def test_lines_longer_than_a_block_are_read_whole_once_across_ranges(monkeypatch, block_bytes):
-    monkeypatch.setattr("transforms.ndjson.BLOCK_BYTES", block_bytes)
+    monkeypatch.setattr("transforms.read.ndjson.BLOCK_BYTES", block_bytes)
     rng = random.Random(block_bytes)
     lines = [b"x" * rng.choice([0, 1, 30, 200, 5000]) + str(i).encode() for i in range(60)]
     data = b"\xef\xbb\xbf" + b"\n".join(lines)  # a BOM, and no trailing newline

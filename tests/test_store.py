@@ -4,8 +4,8 @@ guarded transitions, isolation, processes. More in `test_store_lifecycle.py`."""
 from __future__ import annotations
 
 import multiprocessing
-import uuid
 import sqlite3
+import uuid
 
 import pytest
 

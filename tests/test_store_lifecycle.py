@@ -12,7 +12,13 @@ import pytest
 
 from launcher.store import StoreJobSink
 from launcher.stores import (
-    InvalidJobState, JobNotFound, Lease, SqliteJobStore, TooManyActiveExports, now_ms, open_store,
+    InvalidJobState,
+    JobNotFound,
+    Lease,
+    SqliteJobStore,
+    TooManyActiveExports,
+    now_ms,
+    open_store,
 )
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION
 from pipelines.models import ExportStatus

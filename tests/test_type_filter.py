@@ -10,11 +10,11 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SHARED_DATA
-from transforms.fhir.search.paths import compile_expression
-from transforms.fhir.search.registry import search_parameters
 from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.fhir.search.expressions import compile_expression
+from transforms.fhir.search.registry import search_parameters
 from transforms.records import Origin, Resource, ResourceBatch
-from transforms.type_filter import FilterTypeFilter, TypeFilterRefused, TypeFilters, compile_type_filters
+from transforms.select.type_filter import FilterTypeFilter, TypeFilterRefused, TypeFilters, compile_type_filters
 
 
 def _obs(oid: str, code: str, effective: str = "2020-01-01") -> dict:

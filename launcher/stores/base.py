@@ -17,7 +17,13 @@ import orjson
 
 from launcher.schedules import ScheduleQueries
 from launcher.stores.contract import (
-    InvalidJobState, JobNotFound, JobStore, Lease, StoredJob, TooManyActiveExports, now_ms,
+    InvalidJobState,
+    JobNotFound,
+    JobStore,
+    Lease,
+    StoredJob,
+    TooManyActiveExports,
+    now_ms,
 )
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
 from pipelines.models import ExportRequest, ExportStatus, Manifest, TypeProgress

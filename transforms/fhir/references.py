@@ -35,3 +35,21 @@ def split_reference(text: str, element_type: Optional[str] = None) -> Target:
         return Target(None, element_type, text)
     base = parts[0] if len(parts) == 3 else None
     return Target(base, parts[-2], parts[-1])
+
+
+def references(node: object, types: frozenset[str], found: set[str]) -> None:
+    """Adds to `found` the `Type/id` of every reference in `node` to one of `types`.
+
+    `Type/id`, `Type/id/_history/n` and absolute URLs ending so are recognised.
+    """
+    if type(node) is dict:
+        for key, value in node.items():
+            if key == "reference" and type(value) is str:
+                target = split_reference(value)
+                if target.type in types and target.id:
+                    found.add(f"{target.type}/{target.id}")
+            elif type(value) in (dict, list):
+                references(value, types, found)
+    elif type(node) is list:
+        for item in node:
+            references(item, types, found)

@@ -15,10 +15,10 @@ from typing import Callable, Iterable, Optional, Sequence
 from transforms.fhir.r4 import is_resource_type
 from transforms.fhir.search.common import InvalidSearchValue, MalformedData, unescape
 from transforms.fhir.search.dates import DateMatch
+from transforms.fhir.search.expressions import UnsupportedExpression, compile_expression
 from transforms.fhir.search.numbers import NumberMatch, QuantityMatch
-from transforms.fhir.search.paths import UnsupportedExpression, compile_expression
 from transforms.fhir.search.query import ParsedFilter, QueryParameter, parse_type_filter
-from transforms.fhir.search.references import ReferenceMatch
+from transforms.fhir.search.reference_match import ReferenceMatch
 from transforms.fhir.search.registry import SearchParameter, search_parameters
 from transforms.fhir.search.text import StringMatch, UriMatch
 from transforms.fhir.search.tokens import TokenMatch

@@ -15,7 +15,11 @@ from decimal import Decimal, InvalidOperation
 from typing import Optional
 
 from transforms.fhir.search.common import (
-    InvalidSearchValue, MalformedData, split_escaped, split_prefix, unescape,
+    InvalidSearchValue,
+    MalformedData,
+    split_escaped,
+    split_prefix,
+    unescape,
 )
 
 _INFINITY = Decimal("Infinity")

@@ -14,15 +14,16 @@ from typing import Union
 import apache_beam as beam
 
 from pipelines.models import ExportLevel, ExportRequest
-from pipelines.options import ExportSettings
-from transforms.compartment import FilterCompartment, JoinCompartment
-from transforms.elements import SubsetElements, parse_elements
-from transforms.patients import ReadPatients, read_header
-from transforms.referenced import CollectReferences, FilterReferenced
-from transforms.selection import ReadSelection
-from transforms.since import LastUpdatedWindow
-from transforms.sources import ReadResources
-from transforms.type_filter import FilterTypeFilter, compile_type_filters
+from pipelines.settings import ExportSettings
+from transforms.fhir.elements import parse_elements
+from transforms.fhir.window import LastUpdatedWindow
+from transforms.read.pushdown import ReadSelection
+from transforms.read.resources import ReadResources
+from transforms.select.add_referenced import CollectReferences, FilterReferenced
+from transforms.select.covered_patients import ReadPatients, read_header
+from transforms.select.in_compartment import FilterCompartment, JoinCompartment
+from transforms.select.subset_elements import SubsetElements
+from transforms.select.type_filter import FilterTypeFilter, compile_type_filters
 
 Step = tuple[str, beam.PTransform]
 Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]

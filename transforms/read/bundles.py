@@ -11,7 +11,7 @@ from typing import Iterable
 
 import orjson
 
-from transforms.ndjson import to_resource
+from transforms.read.ndjson import to_resource
 from transforms.records import BadRecord, Origin, Resource
 
 CONTAINER_BUNDLES = frozenset({"transaction", "batch", "collection", "searchset"})

@@ -13,9 +13,11 @@ from typing import Iterator, NamedTuple
 
 import orjson
 
-from transforms.ndjson import span_blocks
-from transforms.selection import ReadSelection
-from transforms.sources import AUTO, open_chunk, plan_chunks, read_chunk
+from transforms.read.chunks import open_chunk, plan_chunks
+from transforms.read.ndjson import span_blocks
+from transforms.read.pushdown import ReadSelection
+from transforms.read.resources import read_chunk
+from transforms.read.source_formats import AUTO
 
 PATIENT, GROUP = "Patient", "Group"
 _MARKERS = (b'"Patient"', b'"Group"')

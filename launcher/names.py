@@ -13,10 +13,8 @@ import re
 import struct
 from typing import Iterable
 
-from apache_beam.io.filesystems import FileSystems
-
-from pipelines.options import ExportSettings
-
+from pipelines.settings import ExportSettings
+from transforms.write.storage import is_local
 
 TENANT_PLACEHOLDER = "{tenant}"
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -53,7 +51,7 @@ def tenant_settings(settings: ExportSettings, tenant: str) -> ExportSettings:
     settings = dataclasses.replace(settings, source=source_for_tenant(settings.source, tenant))
     for field in ("source", "output"):
         path = getattr(settings, field)
-        if FileSystems.get_scheme(path) is None:
+        if is_local(path):
             settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
     return settings
 
@@ -76,6 +74,8 @@ def source_bytes(files: Iterable[tuple[str, int]]) -> int:
 
 def _gzip_content_size(path: str, size: int) -> int:
     # The gzip trailer holds the content size modulo 2**32; good enough for a fraction.
+    from apache_beam.io.filesystems import FileSystems  # only an export, which runs Beam, asks
+
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             if f.read(2) != b"\x1f\x8b" or size < 18:

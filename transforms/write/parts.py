@@ -3,7 +3,7 @@
 `WriteParts` writes each batch's resources, as their original bytes, into
 temporary files under a hidden folder, opening a new part per type whenever
 the line or byte limit would be passed. The file format is a `PartSink`
-(`transforms.sinks`): NDJSON by default, or Parquet. It emits only `PartFile` metadata;
+(`transforms.write.part_formats`): NDJSON by default, or Parquet. It emits only `PartFile` metadata;
 resource bodies are never shuffled. Final names are given later, all at once,
 by `AssembleManifest`, so no file is ever visible under its final name
 half-written.
@@ -23,7 +23,8 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.records import PartFile, Resource, ResourceBatch
-from transforms.sinks import NDJSON_MIME, NdjsonSink, PartSink
+from transforms.write.layout import NDJSON_MIME
+from transforms.write.part_formats import NdjsonSink, PartSink
 
 _PROGRESS_EVERY_S = 2.0
 

@@ -13,10 +13,10 @@ from typing import IO, Iterator, Optional, Union
 
 import orjson
 
-from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.read.pushdown import ReadSelection, window_error
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
-from transforms.selection import ReadSelection, window_error
 
 # Small enough that a block's lines are parsed while still in the CPU cache (1 MiB
 # blocks made parsing about 15% slower than reading line by line).

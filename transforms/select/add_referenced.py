@@ -16,27 +16,10 @@ from typing import Iterable, Iterator, Optional
 import apache_beam as beam
 
 from transforms.fhir.instant import InvalidInstant
-from transforms.fhir.references import split_reference
+from transforms.fhir.references import references
+from transforms.fhir.window import LAST_UPDATED, LastUpdatedWindow
 from transforms.records import Resource, ResourceBatch
-from transforms.since import LAST_UPDATED, LastUpdatedWindow
-from transforms.steps import ResourceStep, StepOutputs, each_resource
-
-def references(node: object, types: frozenset[str], found: set[str]) -> None:
-    """Adds to `found` the `Type/id` of every reference in `node` to one of `types`.
-
-    `Type/id`, `Type/id/_history/n` and absolute URLs ending so are recognised.
-    """
-    if type(node) is dict:
-        for key, value in node.items():
-            if key == "reference" and type(value) is str:
-                target = split_reference(value)
-                if target.type in types and target.id:
-                    found.add(f"{target.type}/{target.id}")
-            elif type(value) in (dict, list):
-                references(value, types, found)
-    elif type(node) is list:
-        for item in node:
-            references(item, types, found)
+from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
 
 
 class CollectReferences(beam.PTransform):

@@ -11,7 +11,7 @@ needs one line per resource, so such a resource is written as compact JSON.
 from __future__ import annotations
 
 import itertools
-from typing import IO, Iterator, Optional, Sequence, Union
+from typing import IO, Iterator, Sequence, Union
 
 import fastavro
 import orjson
@@ -19,10 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.metrics import Metrics
 
-from transforms.bundles import WHOLE
 from transforms.fhir.r4 import RESOURCE_TYPES
-from transforms.ndjson import parse_lines, to_resource
-from transforms.record_schema import (
+from transforms.fhir.record_schema import (
     TIMESTAMP,
     arrow_schema_of_avro,
     instant_texts,
@@ -32,12 +30,11 @@ from transforms.record_schema import (
     record_table,
     schema_problem,
 )
+from transforms.read.bundles import WHOLE
+from transforms.read.ndjson import parse_lines, to_resource
+from transforms.read.source_formats import PARQUET
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
 
-AVRO, PARQUET = "avro", "parquet"
-COLUMNAR_FORMATS = (AVRO, PARQUET)
-_SUFFIXES = {".avro": AVRO, ".parquet": PARQUET, ".parq": PARQUET}
-_MAGIC = {b"Obj\x01": AVRO, b"PAR1": PARQUET}
 _ROW_FIELDS = ("resourceType", "id", "lastUpdated", "deleted", "resource")
 
 # resourceType, id, lastUpdated (FHIR instants), deleted, resource (bytes): one list each
@@ -47,14 +44,6 @@ Item = Union[ResourceBatch, BadRecord]
 
 class UnreadableFile(OSError):
     """A file that is not the Avro or Parquet file it should be (corrupt, truncated)."""
-
-
-def columnar_kind(path: str, head: bytes) -> Optional[str]:
-    """`avro` or `parquet` by the file's extension, else by its magic bytes; None for neither."""
-    for suffix, kind in _SUFFIXES.items():
-        if path.endswith(suffix):
-            return kind
-    return _MAGIC.get(head[:4])
 
 
 def parquet_row_groups(f: IO[bytes]) -> int:

@@ -10,14 +10,16 @@ JSON as a string. `schemas/resource_record.avsc` is the Avro form and
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from transforms.fhir.instant import InvalidInstant, instant_key
-from transforms.records import Resource
+
+if TYPE_CHECKING:
+    from transforms.records import Resource
 
 AVSC_PATH = Path(__file__).parent / "schemas" / "resource_record.avsc"
 TIMESTAMP = pa.timestamp("us", tz="UTC")

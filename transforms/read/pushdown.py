@@ -14,8 +14,8 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.window import LAST_UPDATED, LastUpdatedWindow
 from transforms.records import BadRecord, Resource, ResourceBatch
-from transforms.since import LAST_UPDATED, LastUpdatedWindow
 
 
 class ReadSelection(NamedTuple):

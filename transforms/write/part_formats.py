@@ -3,7 +3,7 @@
 `WriteParts` owns the files, rolling and limits; a `PartSink` only turns the
 resources it is given into one open file's content, and names its extension
 and MIME type, so a final part is `<Type>-<n><extension>`. Parquet parts hold
-the resource-record schema (`transforms.record_schema`) plus a few typed
+the resource-record schema (`transforms.fhir.record_schema`) plus a few typed
 columns per type read from the already-parsed resource (`TYPED_COLUMNS`), in
 row groups of bounded rows and bytes.
 """
@@ -15,11 +15,10 @@ from typing import IO, Any, Optional, Protocol
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from transforms.record_schema import RECORD_SCHEMA, record_table
+from transforms.fhir.record_schema import RECORD_SCHEMA, record_table
 from transforms.records import Resource
+from transforms.write.layout import NDJSON_MIME, PARQUET_MIME
 
-NDJSON_MIME = "application/fhir+ndjson"
-PARQUET_MIME = "application/vnd.apache.parquet"
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_BYTES = 64 << 20  # of resource JSON, so a row group of large resources stays bounded too
 

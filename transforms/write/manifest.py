@@ -17,17 +17,11 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.errors import locate, operation_outcome
-from transforms.gcs import publish_once, remove_tree
-from transforms.parts import create_file
 from transforms.records import BadRecord, PartFile
-from transforms.sinks import NDJSON_MIME
-
-MANIFEST_NAME = "manifest.json"
-ERROR_TYPE = "OperationOutcome"
-# Error parts live in a subfolder so they never collide with exported OperationOutcomes.
-ERROR_DIR = "error"
-MANIFEST_MIME = "application/json"
+from transforms.write.error_files import locate, operation_outcome
+from transforms.write.layout import ERROR_DIR, ERROR_TYPE, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
+from transforms.write.parts import create_file
+from transforms.write.storage import publish_once, remove_tree
 
 
 class FinalFile(NamedTuple):

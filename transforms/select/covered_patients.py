@@ -15,10 +15,10 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.compartment import PatientSet
-from transforms.group import MemberIssue, Membership
-from transforms.parts import create_file
+from transforms.fhir.compartment import PatientSet
+from transforms.fhir.group import MemberIssue, Membership
 from transforms.records import BadRecord, Origin
+from transforms.write.parts import create_file
 
 FILE_NAME = "patients.ndjson"
 

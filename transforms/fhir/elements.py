@@ -20,16 +20,13 @@ leave such types out instead.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Optional
 
-import apache_beam as beam
 import orjson
 from pydantic import BaseModel, ConfigDict
 
 from transforms.fhir.r4 import load_definition
-from transforms.records import Resource, ResourceBatch
-from transforms.steps import ResourceStep, StepOutputs, each_resource
 
 SUBSETTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
 SUBSETTED_TAG = {"system": SUBSETTED_SYSTEM, "code": "SUBSETTED"}
@@ -205,26 +202,3 @@ def _choice_hint(name: str, keys: Mapping[str, frozenset[str]]) -> str:
     """For `valueQuantity`, a hint to name the choice element `value` instead."""
     stems = [n for n, covered in keys.items() if n + _CHOICE in keys and name in covered]
     return f" (name the choice element {stems[0]!r})" if stems else ""
-
-
-class SubsetElements(beam.PTransform):
-    """Applies an `ElementsSpec`; a resource whose `meta` cannot be tagged goes to `errors`."""
-
-    def __init__(self, spec: ElementsSpec):
-        super().__init__()
-        self._spec = spec
-
-    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
-        return batches | ResourceStep("_elements", _SubsetFn(self._spec))
-
-
-class _SubsetFn(beam.DoFn):
-    def __init__(self, spec: ElementsSpec):
-        self._spec = spec
-
-    def process(self, batch: ResourceBatch) -> Iterator:
-        return each_resource(batch, self._subset, InvalidMeta, "_elements")
-
-    def _subset(self, resource: Resource) -> Resource:
-        changed = self._spec.subset(resource.type, resource.body)
-        return resource if changed is None else resource._replace(raw=changed[0], body=changed[1])

@@ -4,7 +4,7 @@ Bounds follow the Bulk Data IG v3 exactly: `_since` keeps resources updated
 *after* it and `_until` those updated *before* it (both exclusive), and nothing
 updated after `transactionTime` is exported while everything up to and
 including it is. One run's `transactionTime` can therefore be the next run's
-`_since` with no gap and no overlap. Instants are compared as instants, across
+`_since`, and a resource that has `meta.lastUpdated` falls in exactly one of them. Instants are compared as instants, across
 offsets and precisions, never as strings.
 
 A resource without `meta.lastUpdated` cannot be placed in time. The IG lets a

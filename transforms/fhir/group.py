@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
-from transforms.compartment import PATIENT, PatientSet
-from transforms.fhir.references import split_reference
+from transforms.fhir.compartment import PATIENT, PatientSet
 from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key
+from transforms.fhir.references import split_reference
 
 GROUP = "Group"
 

@@ -17,9 +17,8 @@ from typing import Optional
 from urllib.parse import unquote, urlparse
 
 import orjson
-from apache_beam.io.filesystems import FileSystems
 
-from transforms import gcs
+from transforms.write import storage
 
 MAX_TTL_S = 7 * 24 * 3600
 DEFAULT_TTL_S = 3600
@@ -35,6 +34,7 @@ def check_ttl(ttl_s: int) -> int:
 
 def load_key(path: str = "") -> object:
     """Service-account credentials from a JSON key (any Beam path; default `$GOOGLE_APPLICATION_CREDENTIALS`)."""
+    from apache_beam.io.filesystems import FileSystems
     from google.oauth2 import service_account
 
     path = path or os.environ.get(KEY_ENV, "")
@@ -50,22 +50,22 @@ def load_key(path: str = "") -> object:
 
 def sign(path: str, ttl_s: int, credentials: object) -> str:
     """A V4 signed GET URL for the `gs://` object `path`, valid `ttl_s` seconds from now."""
-    from google.cloud import storage
+    from google.cloud import storage as gcs_api
 
-    bucket, name = gcs.split(path)
-    blob = storage.Blob(name, storage.Bucket(storage.Client.create_anonymous_client(), bucket))
+    bucket, name = storage.split(path)
+    blob = gcs_api.Blob(name, gcs_api.Bucket(gcs_api.Client.create_anonymous_client(), bucket))
     return blob.generate_signed_url(
         version="v4",
         method="GET",
         expiration=dt.timedelta(seconds=check_ttl(ttl_s)),
         credentials=credentials,
-        api_access_endpoint=gcs.emulator_host() or GCS_ENDPOINT,
+        api_access_endpoint=storage.emulator_host() or GCS_ENDPOINT,
     )
 
 
 def gcs_path_of(url: str) -> str:
     """The `gs://` object a manifest URL names: a `gs://` URL itself or a (signed) path-style URL."""
-    if gcs.is_gcs(url):
+    if storage.is_gcs(url):
         return url
     parsed = urlparse(url)
     bucket, _, name = unquote(parsed.path).lstrip("/").partition("/")
@@ -87,12 +87,12 @@ class ManifestUrls:
 
     def requires_access_token(self, output_root: str) -> bool:
         """GCS output needs a Google token unless its URLs are signed; local files need none."""
-        return gcs.is_gcs(output_root) and not self.signed
+        return storage.is_gcs(output_root) and not self.signed
 
     def namer(self, output_root: str):
         """A function from a written file's path to its manifest URL (loads the key once)."""
         if self.signed:
-            if not gcs.is_gcs(output_root):
+            if not storage.is_gcs(output_root):
                 raise ValueError(f"--signed-urls needs a gs:// --output, not {output_root!r}")
             credentials = load_key(self.key_path)
             return lambda path: sign(path, self.ttl_s, credentials)
@@ -101,7 +101,7 @@ class ManifestUrls:
 
 def file_url(path: str) -> str:
     """An absolute URL for a written file: `file://` for local paths, the path itself otherwise."""
-    if FileSystems.get_scheme(path) is None:
+    if storage.is_local(path):
         return Path(path).absolute().as_uri()
     return path
 

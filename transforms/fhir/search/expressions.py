@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Optional
 
-from transforms.fhir.search.references import reference_type
+from transforms.fhir.search.reference_match import reference_type
 from transforms.fhir.search.registry import choice_types
 
 Extractor = Callable[[dict], list]

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Iterable
 
+from transforms.read.chunks import count_newlines_before
 from transforms.records import BadRecord
-from transforms.sources import count_newlines_before
 
 
 def locate(records: Iterable[BadRecord]) -> list[tuple[BadRecord, str]]:

@@ -1,24 +1,22 @@
-"""Google Cloud Storage for the export: paths, one client, create-once publishing, tree removal.
+"""Where output lives: local paths and Google Cloud Storage, with create-once publishing and tree removal.
 
-Reading and writing parts go through Beam's GCS filesystem (registered by
-importing Beam; `gs://` paths just work). This module adds what Beam's
-FileSystems cannot say: "write this object only if it does not exist yet"
-(the manifest), removing a "folder" (a prefix), and a client for signing.
-
-With `STORAGE_EMULATOR_HOST` set (tests, local trials), Beam would spend
-~22 s retrying the search for Google credentials before falling back to
-anonymous access; importing this module tells Beam to be anonymous at once.
+Reading and writing parts go through Beam's FileSystems (`gs://` paths just
+work once Beam is imported). This module adds what FileSystems cannot say:
+"write this object only if it does not exist yet" (the manifest), removing a
+"folder" (a prefix), and a client for signing. It imports Beam only when a
+remote path needs it, so the control plane can remove local output without it.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from typing import Optional
-
-from apache_beam.io.filesystems import FileSystems
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 SCHEME = "gs://"
+_SCHEME = re.compile(r"([a-zA-Z][-a-zA-Z0-9+.]*)://")  # as Beam's FileSystems.get_scheme reads a path
 
 
 class ObjectExists(FileExistsError):
@@ -27,6 +25,11 @@ class ObjectExists(FileExistsError):
 
 def is_gcs(path: str) -> bool:
     return path.startswith(SCHEME)
+
+
+def is_local(path: str) -> bool:
+    """True for a path on this machine's filesystem (no `scheme://`), as Beam's FileSystems decides."""
+    return _SCHEME.match(path) is None
 
 
 def split(path: str) -> tuple[str, str]:
@@ -41,23 +44,6 @@ def split(path: str) -> tuple[str, str]:
 
 def emulator_host() -> Optional[str]:
     return os.environ.get(EMULATOR_ENV) or None
-
-
-def use_anonymous_credentials_for_emulator() -> bool:
-    """With an emulator configured, makes Beam's GCS access anonymous without its credential search."""
-    if not emulator_host():
-        return False
-    from apache_beam.internal.gcp import auth
-
-    # Beam caches its one credential lookup per process; seeding the cache with
-    # "none" is what it would reach itself after ~22 s of retries.
-    with auth._Credentials._credentials_lock:
-        auth._Credentials._credentials = None
-        auth._Credentials._credentials_init = True
-    return True
-
-
-use_anonymous_credentials_for_emulator()
 
 
 def client():
@@ -75,6 +61,8 @@ def publish_once(temp: str, final: str) -> None:
     (another run's manifest) is never overwritten: `ObjectExists` is raised and
     `temp` is removed. Elsewhere it is a plain rename.
     """
+    from apache_beam.io.filesystems import FileSystems
+
     if not is_gcs(final):
         FileSystems.rename([temp], [final])
         return
@@ -93,6 +81,14 @@ def publish_once(temp: str, final: str) -> None:
 
 def remove_tree(path: str) -> None:
     """Removes a file or a folder tree if present; on GCS, every object under `path/`."""
+    if is_local(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        elif os.path.lexists(path):
+            os.remove(path)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
     if is_gcs(path):
         folder = path.rstrip("/") + "/"
         if FileSystems.match([folder + "**"])[0].metadata_list:

@@ -1,0 +1,1 @@
+"""Sources: a `--source` planned into chunks and read into batches of resources (NDJSON, Bundles, Avro, Parquet)."""

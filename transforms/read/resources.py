@@ -1,0 +1,134 @@
+"""Reading FHIR resources from NDJSON, Bundle, Avro and Parquet files as batches.
+
+`ReadResources` plans a `--source` into chunks (`transforms.read.chunks`),
+spreads the small chunk descriptors, then reads each chunk, parses it once
+with orjson and emits `ResourceBatch`es. Lines that are not resources go to
+the `errors` output as `BadRecord`s, so a bad line never fails the job and is
+never lost.
+"""
+
+from __future__ import annotations
+
+import gzip
+from typing import IO, Iterable, Iterator, Optional, Union
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from transforms.read import gc_pause
+from transforms.read.bundles import document_resources
+from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_chunks
+from transforms.read.columnar import read_columnar
+from transforms.read.ndjson import parse_lines, span_blocks
+from transforms.read.pushdown import ReadSelection
+from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
+from transforms.records import BadRecord, Origin, ResourceBatch
+
+
+class ReadResources(beam.PTransform):
+    """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`).
+
+    A `selection` keeps only the resources it admits (see `transforms.read.pushdown`).
+    """
+
+    def __init__(
+        self,
+        source: str,
+        source_format: str = AUTO,
+        chunk_bytes: int = CHUNK_BYTES,
+        batch_size: int = BATCH_SIZE,
+        selection: Optional[ReadSelection] = None,
+    ):
+        super().__init__()
+        if source_format not in SOURCE_FORMATS:
+            raise ValueError(f"source format must be one of {SOURCE_FORMATS}")
+        self._source = source
+        self._format = source_format
+        self._chunk_bytes = chunk_bytes
+        self._batch_size = batch_size
+        self._selection = selection
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        return (
+            pbegin
+            | "Source" >> beam.Create([self._source])
+            | "PlanChunks" >> beam.FlatMap(plan_chunks, self._format, self._chunk_bytes)
+            | "Spread" >> beam.Reshuffle()
+            | "ReadChunks"
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection))
+            .with_output_types(ResourceBatch)
+            .with_outputs("errors", main="batches")
+        )
+
+
+class _ReadChunkFn(beam.DoFn):
+    """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
+
+    def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None):
+        self._batch_size = batch_size
+        self._selection = selection
+        self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
+        self._bad = Metrics.counter("bulk_export", "bad_records")
+
+    def setup(self) -> None:
+        # Beam's own long-lived objects need no further collection passes.
+        gc_pause.freeze_heap()
+
+    def process(self, chunk: Chunk) -> Iterator:
+        try:
+            with gc_pause.collector_paused(), open_chunk(chunk) as f:
+                if chunk.columnar:
+                    items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size)
+                    yield from self._emit(self._selected(items))
+                elif chunk.document:
+                    yield from self._emit(self._selected(self._document(chunk.path, f)))
+                else:
+                    yield from self._ndjson(chunk, f)
+        except SourceError:
+            raise
+        except (OSError, EOFError, gzip.BadGzipFile) as exc:
+            raise SourceError(f"cannot read source file {chunk.path!r}: {exc}") from exc
+
+    def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
+        blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
+        origin = Origin(chunk.path, next(blocks))
+        return self._emit(parse_lines(blocks, origin, self._batch_size, self._selection))
+
+    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
+        """Applies the selection to batches read whole (NDJSON applies it while parsing)."""
+        for item in items:
+            if type(item) is not ResourceBatch:
+                yield item
+                continue
+            if not item.source_bytes:
+                item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
+            if self._selection is None:
+                yield item
+                continue
+            batch, bad = self._selection.select(item)
+            yield from bad
+            yield batch
+
+    def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
+        """Counts and yields batches, and bad records tagged `errors`."""
+        for item in items:
+            if type(item) is ResourceBatch:
+                self._read.inc(len(item.resources))
+                yield item
+            else:
+                self._bad.inc()
+                yield beam.pvalue.TaggedOutput("errors", item)
+
+    def _document(self, path: str, f: IO[bytes]) -> Iterator:
+        origin = Origin(path, -1)
+        resources, bad = document_resources(origin, f.read())
+        yield from bad
+        for start in range(0, len(resources), self._batch_size):
+            yield ResourceBatch(origin, resources[start : start + self._batch_size])
+
+
+def read_chunk(chunk: Chunk, batch_size: int = BATCH_SIZE, selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
+    """The resource batches of one chunk, read in the calling process; bad records are skipped."""
+    for item in _ReadChunkFn(batch_size, selection).process(chunk):
+        if type(item) is ResourceBatch:
+            yield item

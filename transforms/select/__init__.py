@@ -1,0 +1,1 @@
+"""Per-batch steps between reading and writing: compartment and Group, `_typeFilter`, referenced resources, `_elements`."""
