@@ -5,6 +5,10 @@ The stores themselves live in `launcher/stores/`.
 
 from __future__ import annotations
 
+import time
+from typing import Optional
+from urllib.parse import parse_qsl, urlsplit
+
 from launcher.stores import (  # the launcher's one import point for store names
     DB_NAME,
     InvalidJobState,
@@ -14,6 +18,7 @@ from launcher.stores import (  # the launcher's one import point for store names
     SqliteJobStore,
     StoredJob,
     TooManyActiveExports,
+    now_ms,
     open_store,
 )
 from pipelines.models import Manifest
@@ -24,23 +29,55 @@ __all__ = [
 ]
 
 
+def check_no_password(store_url: str) -> str:
+    """Refuses a job-store URL that carries a password: it would travel in options and pickled sinks.
+
+    PostgreSQL takes it from the environment instead (`PGPASSWORD`, or a
+    `PGPASSFILE` secret file), on the launcher and on every worker.
+    """
+    parts = urlsplit(store_url)
+    if "://" in store_url and (parts.password or any(k == "password" for k, _ in parse_qsl(parts.query))):
+        raise ValueError("--job-store: the URL carries a password, which would reach pipeline options and "
+                         "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
+    return store_url
+
+
 class StoreJobSink:
     """The pipeline's `JobSink` for one attempt of one job, reporting into a store (picklable).
 
-    It holds the store's URL, never a connection, so it can travel to workers.
-    Reports of an attempt that is no longer current are ignored by the store.
+    It holds the store's URL, never a connection or a password, so it can travel
+    to workers. Reports of an attempt that is no longer current are ignored by
+    the store. With a `lease` (a job submitted to a remote engine, where no
+    launcher watches it), each report also renews the job's lease for
+    `lease_s`, so a job whose workers stop reporting expires and is ended in
+    `error` by whichever store client looks next.
     """
 
-    def __init__(self, store_url: str, job_id: str, attempt: int | None = None):
-        self._url = store_url
+    def __init__(self, store_url: str, job_id: str, attempt: int | None = None,
+                 lease: Optional[Lease] = None, lease_s: float = 0.0):
+        self._url = check_no_password(store_url)
         self._job_id = job_id
         self._attempt = attempt
+        self._holder = lease.holder if lease is not None else None
+        self._lease_s = lease_s
+        self._renewed_at = 0.0
 
     def progress(self, counts: dict[str, int]) -> None:
-        open_store(self._url).add_progress(self._job_id, counts, self._attempt)
+        store = open_store(self._url)
+        store.add_progress(self._job_id, counts, self._attempt)
+        self._renew(store)
 
     def read(self, nbytes: int) -> None:
-        open_store(self._url).add_read_bytes(self._job_id, nbytes, self._attempt)
+        store = open_store(self._url)
+        store.add_read_bytes(self._job_id, nbytes, self._attempt)
+        self._renew(store)
+
+    def _renew(self, store: JobStore) -> None:
+        """Renews the lease, at most every tenth of its length."""
+        if self._holder is None or time.monotonic() - self._renewed_at < self._lease_s / 10:
+            return
+        store.renew_lease(self._job_id, Lease(self._holder, now_ms() + int(self._lease_s * 1000)))
+        self._renewed_at = time.monotonic()
 
     def complete(self, manifest: Manifest, bad_records: int) -> bool:
         try:

@@ -1,12 +1,16 @@
-"""The Flex Template's entry point: record the job, submit the pipeline, return without waiting.
+"""The Flex Template's entry point: validate, record the job, submit the pipeline, return without waiting.
 
 Dataflow runs `python -m launcher.submit <template parameters> <Dataflow options>`
-in the launcher container. The job goes into the shared job store
-(`--job_store postgresql://...`) as `in-progress`; the pipeline's last step
-marks it `complete` there from a worker, so nothing depends on this process
-staying alive. With `--schedule`, `_since` comes from the schedule's last
-completed run. `--job_id` and `--transaction_time` are taken when given (a
-caller that recorded the job itself) and made here otherwise.
+in the launcher container. The request is validated by the same kickoff
+parser as the CLI's, the job goes into the shared job store
+(`--job_store postgresql://...`) as `in-progress` under a lease, and a
+`kickoff` AuditEvent is written. No launcher watches the job afterwards: the
+pipeline renews the lease as its workers report, its last step marks the job
+`complete`, and if the workers stop reporting the lease lapses and the next
+store client ends the job in `error`. With `--schedule`, `_since` comes from
+the schedule's last completed run. `--job_id` and `--transaction_time` are
+taken when given (a caller that recorded the job itself) and made here
+otherwise. The store URL never carries a password (PGPASSWORD or PGPASSFILE).
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ from __future__ import annotations
 import dataclasses
 import sys
 from typing import Optional, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from launcher import kickoff
+from launcher.audit import SERIOUS_FAILURE, AuditLog, audit_event
 from launcher.jobs import prepare_job
-from launcher.store import StoreJobSink, open_store
+from launcher.lifecycle import recover_abandoned
+from launcher.runner import describe, new_lease
+from launcher.store import StoreJobSink, check_no_password, open_store
+from launcher.stores import SCHEMES
 from pipelines.export import run
 from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
@@ -26,38 +37,82 @@ from transforms.select.covered_patients import write_patients
 
 
 def submit(argv: Sequence[str]) -> str:
-    """Records and submits one export from pipeline options; returns its job id once submitted."""
+    """Validates, records and submits one export from pipeline options; returns its job id once submitted."""
     options = PipelineOptions(list(argv)).view_as(ExportOptions)
     if not options.job_store:
         raise ValueError("--job_store: a submitted job needs a store its workers reach (postgresql://...)")
+    check_no_password(options.job_store)
     if not options.request:
         raise ValueError("missing pipeline option: --request")
+    if not options.lease_s > 0:
+        raise ValueError(f"--lease_s must be positive, not {options.lease_s}")
+    request = validated(ExportRequest.model_validate_json(options.request))
     store = open_store(options.job_store)
+    audit = audit_log(options.audit_dir, options.job_store)
     job, request, members, record = prepare_job(
         store,
-        ExportRequest.model_validate_json(options.request),
+        request,
         ExportSettings.from_namespace(options),
         options.tenant,
         schedule=options.schedule,
         job_id=options.job_id,
         transaction_time=options.transaction_time,
     )
+    recover_abandoned(store, audit)  # a lapsed job must not hold a place under the cap
+    lease = new_lease(options.lease_s)
     store.create(
         record,
         run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": [], "schedule": options.schedule or None},
+        lease=lease,
     )
     store.mark_in_progress(job.job_id)
+    audit.record("kickoff", store.get(job.tenant, job.job_id))
     try:
         if members is not None:
             write_patients(job.patients_path, members)
         job_flags = {arg.split("=", 1)[0] for arg in job.to_argv()}
         passed = [a for a in argv if a.split("=", 1)[0] not in job_flags | {"--request"}]
         run([*passed, *job.to_argv(), f"--request={request.model_dump_json()}"],
-            sink=StoreJobSink(options.job_store, job.job_id, 1))
+            sink=StoreJobSink(options.job_store, job.job_id, 1, lease=lease, lease_s=options.lease_s))
     except Exception as exc:
-        store.fail(job.job_id, f"submission failed: {exc}")
+        message = f"submission failed: {describe(exc)}"
+        store.fail(job.job_id, message)
+        audit.record("error", store.get(job.tenant, job.job_id), SERIOUS_FAILURE, message)
         raise
     return job.job_id
+
+
+def validated(request: ExportRequest) -> ExportRequest:
+    """`request` run through the kickoff parser, as a POST Parameters body: the CLI's refusals, exactly."""
+    parameters = [{"name": "_type", "valueString": t} for t in request.types]
+    parameters += [{"name": name, "valueInstant": value}
+                   for name, value in (("_since", request.since), ("_until", request.until)) if value]
+    parameters += [{"name": "_typeFilter", "valueString": f"{f.resource_type}?{f.query}"} for f in request.type_filters]
+    parameters += [{"name": "_elements", "valueString": e} for e in request.elements]
+    parameters += [{"name": "patient", "valueReference": {"reference": f"Patient/{p}"}} for p in request.patients]
+    parameters.append({"name": "_outputFormat", "valueString": request.output_format})
+    parts = urlsplit(request.request_url)
+    endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    parsed = kickoff.parse_post({"resourceType": "Parameters", "parameter": parameters}, endpoint, strict=True)
+    if (parsed.level, parsed.group_id) != (request.level, request.group_id):
+        raise kickoff.KickoffRefused("request", f"level {request.level.value} does not match {endpoint}")
+    return parsed.model_copy(update={"request_url": request.request_url})
+
+
+class _StderrAuditLog:
+    """AuditEvents as one JSON line each on stderr (a Flex Template launcher's log), when no folder is given."""
+
+    def record(self, event, job, outcome="0", description=None, agent=None) -> dict:
+        resource = audit_event(event, job, outcome, description, agent)
+        sys.stderr.write(orjson.dumps(resource).decode() + "\n")
+        return resource
+
+
+def audit_log(audit_dir: str, job_store: str):
+    """The audit log: `audit_dir`, else the SQLite store's folder, else stderr."""
+    if audit_dir:
+        return AuditLog(audit_dir)
+    return _StderrAuditLog() if job_store.startswith(SCHEMES) else AuditLog(job_store)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -78,6 +78,17 @@ class ExportOptions(PipelineOptions):
             help="A named incremental schedule: _since is the last successful run's transactionTime.",
         )
         parser.add_argument(
+            "--lease_s",
+            type=float,
+            default=900.0,
+            help="A submitted job's lease in seconds: the pipeline renews it as it reports; once it lapses the job ends in error.",
+        )
+        parser.add_argument(
+            "--audit_dir",
+            default="",
+            help="Folder of the AuditEvent log; default the SQLite job store's folder, else one JSON line each on stderr.",
+        )
+        parser.add_argument(
             "--job_store",
             default="",
             help="Job store the final step marks the job complete in (postgresql://...); needed off this machine.",
