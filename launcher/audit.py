@@ -2,13 +2,15 @@
 
 Events are kickoff, complete, error, cancel, delete and cleanup, each carrying
 the job id, tenant, owner, export level, types and outcome, as the seed's
-`record_export_event` does. Each tenant has its own file,
+`record_export_event` does. An operator's access across owners (`--all-owners`)
+is an `operator-access` event naming the command, the tenant and the job. Each tenant has its own file,
 `<state-dir>/audit/<tenant>.ndjson`; every event is one `write` to a file opened
 for appending, so concurrent launchers never interleave lines.
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import uuid
 from typing import Optional
@@ -20,6 +22,7 @@ from pipelines.models import JobRecord
 from transforms.fhir.instant import now_instant
 
 EVENTS = ("kickoff", "complete", "error", "cancel", "delete", "cleanup")
+OPERATOR_ACCESS = "operator-access"
 SUCCESS, SERIOUS_FAILURE = "0", "8"  # R4 audit-event-outcome codes
 # R4 audit-event-action codes: deletions are "D", everything else executes the operation.
 _ACTIONS = {"delete": "D", "cleanup": "D"}
@@ -44,13 +47,23 @@ class AuditLog:
                agent: Optional[str] = None) -> dict:
         """Appends the event for `job` and returns it. `agent` names a system actor (e.g. cleanup)."""
         resource = audit_event(event, job, outcome, description, agent)
+        self._append(job.tenant, resource)
+        return resource
+
+    def operator_access(self, command: str, tenant: str, job_id: Optional[str], scope: str) -> dict:
+        """Appends the `operator-access` event of `command` run with `scope` (e.g. `--all-owners`)
+        on `job_id` of `tenant` (None: the tenant's job list), and returns it."""
+        resource = operator_access_event(command, tenant, job_id, scope)
+        self._append(tenant, resource)
+        return resource
+
+    def _append(self, tenant: str, resource: dict) -> None:
         os.makedirs(self.folder, exist_ok=True)
-        fd = os.open(self.path(job.tenant), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        fd = os.open(self.path(tenant), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
             os.write(fd, orjson.dumps(resource) + b"\n")
         finally:
             os.close(fd)
-        return resource
 
 
 def audit_event(event: str, job: JobRecord, outcome: str = SUCCESS, description: Optional[str] = None,
@@ -94,3 +107,39 @@ def audit_event(event: str, job: JobRecord, outcome: str = SUCCESS, description:
     if description:
         resource["outcomeDesc"] = description
     return resource
+
+
+def operator_access_event(command: str, tenant: str, job_id: Optional[str], scope: str) -> dict:
+    """The R4 AuditEvent of an operator's `command` across owners: who (the local user), the
+    command, the tenant and the job (or, for `list`, the tenant's jobs)."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid
+        user = f"uid {os.getuid()}"
+    details = {
+        "audit-operation": "bulk-export",
+        "lifecycle-event": OPERATOR_ACCESS,
+        "command": command,
+        "scope": scope,
+        "job-id": job_id,
+        "tenant": tenant,
+    }
+    what = {"identifier": {"value": job_id}} if job_id else {"display": f"the bulk export jobs of tenant {tenant}"}
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": _EVENT_TYPE,
+        "subtype": [_SUBTYPE],
+        "action": "D" if command in ("delete", "cleanup") else "R" if command in ("status", "list", "manifest") else "E",
+        "recorded": now_instant(),
+        "outcome": SUCCESS,
+        "outcomeDesc": f"`bulk-export {command} {scope}`: an operator's access regardless of the job's owner",
+        "agent": [{"who": {"display": f"operator {user}"}, "requestor": True}],
+        "source": {"site": tenant, "observer": {"display": OBSERVER}},
+        "entity": [{
+            "what": what,
+            "type": _JOB_ENTITY,
+            "name": f"bulk export job {job_id}" if job_id else f"bulk export jobs of tenant {tenant}",
+            "detail": [{"type": k, "valueString": v} for k, v in details.items() if v],
+        }],
+    }

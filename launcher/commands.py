@@ -2,7 +2,13 @@
 
 Every job command opens the store named by `--job-store` (or the SQLite store
 in `--state-dir`) and first recovers jobs whose launcher died, so a crashed
-run is reported as `error` by whichever command looks next.
+run is reported as `error` by whichever command looks next. The read-only
+commands (`status`, `list`, `manifest`) also work on a store this process
+cannot write: they then open it read-only and recover nothing.
+
+Owners: a job recorded with `--owner X` is visible only with `--owner X`; one
+recorded without an owner only without `--owner`. `--all-owners` (an
+operator's access) sees every owner's jobs, and is audited (`operator-access`).
 """
 
 from __future__ import annotations
@@ -10,22 +16,45 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
+import time
 
 from launcher import kickoff
 from launcher.audit import AuditLog
 from launcher.lifecycle import cancel_job, cleanup_expired, delete_job, recover_abandoned
 from launcher.progress import ProgressDisplay
 from launcher.runner import RunControl
-from launcher.stores import JobStore, StoredJob, open_store
+from launcher.stores import ANY_OWNER, InvalidJobState, JobStore, Lease, StoredJob, StoreUnavailable, open_store
+from launcher.stores.contract import Owner
+from pipelines.models import ExportStatus
 from pipelines.settings import ExportSettings
 from transforms.write.layout import MANIFEST_NAME
 
+ALL_OWNERS_FLAG = "--all-owners"
 
-def _open(args: argparse.Namespace, recover: bool = True) -> tuple[JobStore, AuditLog]:
-    store, audit = open_store(args.job_store or args.state_dir), AuditLog(args.state_dir)
-    if recover:  # export recovers after validating the kickoff: a refusal touches no file
+
+def _open(args: argparse.Namespace, recover: bool = True, read_only: bool = False) -> tuple[JobStore, AuditLog]:
+    store = open_store(args.job_store or args.state_dir, read_only=read_only)
+    audit = AuditLog(args.state_dir)
+    if getattr(store, "read_only", False):
+        store.check_readable()
+        print(f"bulk-export: note: the job store in {store.url} cannot be written here; it is shown as stored"
+              " (jobs whose launcher died are not marked failed)", file=sys.stderr)
+    elif recover:  # export recovers after validating the kickoff: a refusal touches no file
         recover_abandoned(store, audit)
     return store, audit
+
+
+def _owner(args: argparse.Namespace, audit: AuditLog, command: str, job_id: str | None = None) -> Owner:
+    """The owner whose jobs the command may see: `--owner`, none, or (`--all-owners`) any, audited first."""
+    if not getattr(args, "all_owners", False):
+        return args.owner
+    try:
+        audit.operator_access(command, args.tenant, job_id, ALL_OWNERS_FLAG)
+    except OSError as exc:  # an operator's access that cannot be audited is not made
+        raise StoreUnavailable(f"cannot write the audit log {audit.path(args.tenant)}: {exc.strerror or exc};"
+                               f" {ALL_OWNERS_FLAG} is only allowed when it can be audited") from None
+    return ANY_OWNER
 
 
 def _control(args: argparse.Namespace, audit: AuditLog, display: ProgressDisplay) -> RunControl:
@@ -71,18 +100,29 @@ def _print_complete(record: StoredJob) -> None:
 
 
 def _request(args: argparse.Namespace):
+    """The kickoff as an `ExportRequest`: strict unless `--lenient`, which names each ignored parameter."""
+    strict = not args.lenient
     if args.parameters:
         body = kickoff.load_parameters(args.parameters)
-        return kickoff.parse_post(body, args.kickoff or kickoff.system_url(args.base_url), args.strict)
-    return kickoff.parse_get(args.kickoff or kickoff.system_url(args.base_url), args.strict)
+        request = kickoff.parse_post(body, args.kickoff or kickoff.system_url(args.base_url), strict=strict)
+    else:
+        request = kickoff.parse_get(args.kickoff or kickoff.system_url(args.base_url), strict=strict)
+    for text in getattr(request, "ignored", ()):
+        print(f"bulk-export: ignored: {text}", file=sys.stderr)
+    return request
+
+
+def _job_code(record: StoredJob) -> int:
+    """1 for a job that failed or was cancelled, else 0."""
+    return 1 if record.status in (ExportStatus.ERROR, ExportStatus.CANCELLED) else 0
 
 
 def status(args: argparse.Namespace, _: list[str]) -> int:
-    store, _audit = _open(args)
-    record = store.get(args.tenant, args.job_id, args.owner)
+    store, audit = _open(args, read_only=True)
+    record = store.get(args.tenant, args.job_id, _owner(args, audit, "status", args.job_id))
     if args.json:
         print(record.model_dump_json(indent=2))
-        return 0
+        return _job_code(record)
     print(f"job {record.job_id}: {record.status.value}")
     print(f"  level {record.level.value}, tenant {record.tenant}, owner {record.owner or '-'}")
     print(f"  request {record.request_url}")
@@ -97,45 +137,67 @@ def status(args: argparse.Namespace, _: list[str]) -> int:
         print(f"  bad records {record.bad_records:,} (see the manifest's error files)")
     if record.error_message:
         print(f"  error: {record.error_message}")
-    return 0
+    return _job_code(record)
 
 
 def manifest(args: argparse.Namespace, _: list[str]) -> int:
-    store, _audit = _open(args)
-    document = store.manifest(args.tenant, args.job_id, args.owner)
+    store, audit = _open(args, read_only=True)
+    document = store.manifest(args.tenant, args.job_id, _owner(args, audit, "manifest", args.job_id))
     if args.refresh_urls:
         from launcher.signing import refresh_urls  # signs with google-auth
 
+        if any(e.url.startswith("file:") for e in document.output + document.error):
+            # About this job, not the command line: exit 1, not 2.
+            raise InvalidJobState(f"job {args.job_id}'s files are local (file://); --refresh-urls signs only"
+                                  " gs:// output")
         document = refresh_urls(document, args.url_ttl, args.signing_key)
     print(json.dumps(document.to_json_dict(), indent=2))
     return 0
 
 
 def list_jobs(args: argparse.Namespace, _: list[str]) -> int:
-    store, _audit = _open(args)
-    for record in store.list(args.tenant, args.owner, include_terminal=args.all):
+    store, audit = _open(args, read_only=True)
+    owner = _owner(args, audit, "list")
+    for record in store.list(args.tenant, owner, include_terminal=args.all):
         total = sum(p.exported for p in record.progress)
-        print(f"{record.job_id}  {record.status.value:<12}{record.level.value:<8}{record.created_at}  {total:,}")
+        line = f"{record.job_id}  {record.status.value:<12}{record.level.value:<8}{record.created_at}  {total:,}"
+        print(line + (f"  owner {record.owner or '-'}" if owner is ANY_OWNER else ""))
     return 0
+
+
+def _say_wait(record: StoredJob, lease: Lease, until_ms: int) -> None:
+    """Tells, before `cancel` waits, what it waits for and until when at most."""
+    print(f"bulk-export: waiting for the launcher running job {record.job_id} to stop it and remove its output:"
+          f" the job's lease is held by {lease.holder}, a launcher that may be gone, until {_instant(lease.expires_ms)}"
+          f" unless it renews it; waiting at most until {_instant(until_ms)}", file=sys.stderr, flush=True)
+
+
+def _instant(ms: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ms / 1000))
 
 
 def cancel(args: argparse.Namespace, _: list[str]) -> int:
     store, audit = _open(args)
-    cancel_job(store, audit, args.tenant, args.job_id, args.owner)
+    cancel_job(store, audit, args.tenant, args.job_id, _owner(args, audit, "cancel", args.job_id),
+               on_wait=_say_wait)
     print(f"job {args.job_id} cancelled")
     return 0
 
 
 def delete(args: argparse.Namespace, _: list[str]) -> int:
     store, audit = _open(args)
-    delete_job(store, audit, args.tenant, args.job_id, args.owner)
+    delete_job(store, audit, args.tenant, args.job_id, _owner(args, audit, "delete", args.job_id),
+               on_wait=_say_wait)
     print(f"job {args.job_id} deleted")
     return 0
 
 
 def cleanup(args: argparse.Namespace, _: list[str]) -> int:
+    """Expired jobs of `--tenant` and `--owner` (none: ownerless jobs); `--all-tenants`, `--all-owners` widen it."""
     store, audit = _open(args)
-    removed = cleanup_expired(store, audit, args.ttl, args.batch_size)
+    tenant = None if args.all_tenants else args.tenant
+    owner = ANY_OWNER if args.all_owners else args.owner
+    removed = cleanup_expired(store, audit, args.ttl, args.batch_size, tenant=tenant, owner=owner)
     print(f"removed {_count(len(removed), 'expired job')}")
     for record in removed:
         print(f"  {record.tenant}/{record.job_id}  {record.status.value}")

@@ -15,11 +15,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import uuid
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.audit import SERIOUS_FAILURE
+from launcher.kickoff import check_level
 from launcher.lifecycle import recover_abandoned
 from launcher.membership import resolve_patients
 from launcher.names import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
@@ -51,6 +52,31 @@ def start_export(
 
     With a `schedule`, `_since` is that schedule's last completed `transactionTime`.
     """
+    recorded = record_export(store, control, request, settings, tenant, owner, beam_args, schedule)
+    return run_recorded(store, control, recorded)
+
+
+class RecordedJob(NamedTuple):
+    """A job recorded `accepted` under this launcher's lease, ready to run."""
+
+    job: ExportJob
+    request: ExportRequest
+    patients: Optional[Membership]
+    lease: Lease
+    beam_args: tuple[str, ...]
+
+
+def record_export(
+    store: JobStore,
+    control: RunControl,
+    request: ExportRequest,
+    settings: ExportSettings,
+    tenant: str = "default",
+    owner: Optional[str] = None,
+    beam_args: tuple[str, ...] = (),
+    schedule: Optional[str] = None,
+) -> RecordedJob:
+    """Validates and records a job (refused at the tenant's cap), audits its kickoff; runs nothing."""
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
     job, request, patients, record = prepare_job(store, request, settings, tenant, owner, schedule)
     recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
@@ -62,6 +88,12 @@ def start_export(
         max_active=control.max_active,
     )
     control.audit.record("kickoff", store.get(tenant, job.job_id))
+    return RecordedJob(job, request, patients, lease, tuple(beam_args))
+
+
+def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) -> StoredJob:
+    """Runs a recorded job's first attempt to its end on this machine; returns it complete."""
+    job, request, patients, lease, beam_args = recorded
     return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
 
 
@@ -77,15 +109,17 @@ def prepare_job(
 ) -> tuple[ExportJob, ExportRequest, Optional[Membership], JobRecord]:
     """Everything a new job needs before it is recorded, for every entry point.
 
-    Checks the names, applies the schedule's `_since`, fills in the tenant's
-    paths and resolves the covered patients, so a missing Group or unknown
-    patient is refused before any job exists. Returns the job, the (scheduled)
+    Checks the names, applies the schedule's `_since`, refuses types the level
+    cannot export given `--include-referenced` (`kickoff.check_level`), fills in
+    the tenant's paths and resolves the covered patients, so a missing Group or
+    unknown patient is refused before any job exists. Returns the job, the (scheduled)
     request, its patients and the record to create.
     """
     check_tenant(tenant)
     job_id = check_job_id(job_id or str(uuid.uuid4()))
     if schedule:
         request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
+    check_level(request, settings.referenced_types)
     transaction_time = transaction_time or now_instant()
     settings = tenant_settings(settings, tenant)
     patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
@@ -139,7 +173,8 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
             write_patients(job.patients_path, members)
         argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
         sink = StoreJobSink(store.url, job.job_id, attempt)
-        run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress)
+        run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
+                      nice=control.nice)
         record = store.get(job.tenant, job.job_id)
         if record.status is ExportStatus.CANCELLED:
             raise JobCancelled(job.job_id)
@@ -192,9 +227,31 @@ def _check_writable(job_dir: str) -> None:
         raise OSError(f"output folder {job_dir} is not writable: {exc.strerror or exc}") from exc
 
 
-def _remove_output(job_dir: str) -> None:
-    try:
-        remove_tree(job_dir)
-    except Exception:  # the job already failed; keep its first error
-        pass
+def _remove_output(job_dir: str, attempts: int = 4, first_delay_s: float = 0.2) -> None:
+    """Removes a failed or cancelled job's output, retrying with a growing pause.
+
+    The job has already failed: a removal that still fails is logged (the job id and
+    the exception's type, never a file's contents) and does not replace its first error.
+    """
+    import logging  # local: only this function of the module logs
+    import time
+
+    log = logging.getLogger(__name__)
+    job_id = os.path.basename(job_dir.rstrip("/"))
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            remove_tree(job_dir)
+            if attempt > 1:
+                log.warning("job %s: its output was removed at attempt %d of %d", job_id, attempt, attempts)
+            return
+        except Exception as exc:  # the job already failed; keep its first error
+            if attempt == attempts:
+                log.warning("job %s: could not remove its output %s (%s), gave up after %d attempts; partial"
+                            " output may remain", job_id, job_dir, type(exc).__name__, attempts)
+                return
+            log.warning("job %s: could not remove its output %s (%s), attempt %d of %d; retrying in %.1f s",
+                        job_id, job_dir, type(exc).__name__, attempt, attempts, delay)
+            time.sleep(delay)
+            delay *= 2.5
 

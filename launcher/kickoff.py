@@ -4,8 +4,13 @@ Every refusal happens here, before any job exists, as a `KickoffRefused` that
 names the parameter. Parameters that would narrow the output (`_typeFilter`,
 `_elements`) or reshape it (`organizeOutputBy`) are never ignored, because
 ignoring them would export more than was asked for. Others this engine does not
-support are ignored and named in the manifest's `message`, or refused under
-strict handling (`Prefer: handling=strict`).
+support are refused under strict handling (`Prefer: handling=strict`, the default here),
+naming them; under lenient handling they are ignored and named in the
+manifest's `message`.
+
+Checks that need the job's settings or the source (types outside the Patient
+compartment against `--include-referenced`, Group membership) are made by the
+launcher before the job is recorded, and raise the same `KickoffRefused`.
 """
 
 from __future__ import annotations
@@ -17,9 +22,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
-from transforms.fhir.compartment import patient_reference_id
+from transforms.fhir.compartment import COMPARTMENT_TYPES, patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
-from transforms.fhir.instant import InvalidInstant, instant_key
+from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.search.common import TypeFilterRefused
 from transforms.fhir.search.compiler import compile_type_filters
@@ -59,9 +64,13 @@ class KickoffRefused(ValueError):
         self.reason = reason
 
 
-def parse_get(url: str, strict: bool = False) -> ExportRequest:
-    """Parses the GET form: `[base][/Patient | /Group/ID]/$export?...`."""
-    parts = urlsplit(url)
+def parse_get(url: str, strict: bool = True) -> ExportRequest:
+    """Parses the GET form: `[base][/Patient | /Group/ID]/$export?...`.
+
+    `strict` (the default) refuses unsupported parameters; `strict=False` ignores
+    them and names them in `ExportRequest.ignored`. A `#fragment` is dropped.
+    """
+    parts = _absolute(url)
     level, group_id = _level(parts.path)
     params: dict[str, list[str]] = {}
     for name, value in parse_qsl(parts.query, keep_blank_values=True):
@@ -71,19 +80,24 @@ def parse_get(url: str, strict: bool = False) -> ExportRequest:
             "patient",
             "is allowed only in a POST Parameters body (use --parameters FILE), not in the URL",
         )
-    return _build(level, group_id, url, params, strict)
+    return _build(level, group_id, url.split("#", 1)[0], params, strict)
 
 
-def parse_post(parameters: dict, url: str, strict: bool = False) -> ExportRequest:
-    """Parses the POST form: a FHIR `Parameters` resource sent to `url`."""
-    parts = urlsplit(url)
+def parse_post(parameters: dict, url: str, strict: bool = True) -> ExportRequest:
+    """Parses the POST form: a FHIR `Parameters` resource sent to `url` (strict by default)."""
+    parts = _absolute(url)
     if parts.query:
         raise KickoffRefused("kickoff", "a POST kickoff takes its parameters from the body, not the URL")
     if type(parameters) is not dict or parameters.get("resourceType") != "Parameters":
         raise KickoffRefused("parameters", "the body must be a FHIR Parameters resource")
     level, group_id = _level(parts.path)
     params: dict[str, list[str]] = {}
-    for entry in parameters.get("parameter") or []:
+    entries = parameters.get("parameter") or []
+    if type(entries) is not list:
+        raise KickoffRefused(
+            "parameters", f"Parameters.parameter must be a JSON array of parameters, not a JSON {_json_kind(entries)}"
+        )
+    for entry in entries:
         name = entry.get("name") if type(entry) is dict else None
         if not isinstance(name, str):
             raise KickoffRefused("parameters", "every parameter needs a name")
@@ -103,6 +117,20 @@ def load_parameters(path: str) -> dict:
 
 def system_url(base_url: str = DEFAULT_BASE_URL) -> str:
     return base_url.rstrip("/") + "/$export"
+
+
+def _absolute(url: str):
+    """The split kick-off URL, refused unless it is absolute (a scheme and a host)."""
+    parts = urlsplit(url)
+    if not parts.scheme or not parts.netloc:
+        raise KickoffRefused(
+            "kickoff", f"{_printable(url)!r} is not an absolute URL (it needs a scheme and a host: https://host/...)"
+        )
+    return parts
+
+
+def _json_kind(value: object) -> str:
+    return {dict: "object", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(value), "value")
 
 
 def _post_value(name: str, entry: dict) -> str:
@@ -160,16 +188,29 @@ def _build(
             reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
             shown = _printable(name)
             if strict:
-                raise KickoffRefused(shown, f"{reason} (refused under strict handling)")
+                raise KickoffRefused(
+                    shown, f"{reason} (refused under strict handling, the default; lenient handling ignores it)"
+                )
             ignored.append(f"{shown}={_printable(value)} ({reason})")
     output_format = ",".join(dict.fromkeys(params.get("_outputFormat", [NDJSON_FORMATS[0]])))
     if output_format not in NDJSON_FORMATS + PARQUET_FORMATS:
         accepted = ", ".join(NDJSON_FORMATS + PARQUET_FORMATS)
-        raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {accepted}")
+        hint = ""
+        if " " in output_format and output_format.replace(" ", "+") in NDJSON_FORMATS + PARQUET_FORMATS:
+            hint = " (a '+' in a URL query must be encoded as %2B: application/fhir%2Bndjson)"
+        raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {accepted}{hint}")
     since, until = _instant(joined, "_since"), _instant(joined, "_until")
     if since and until and instant_key(since) >= instant_key(until):
         raise KickoffRefused("_since", f"{since} is not earlier than _until {until}")
+    if since and instant_key(since) > instant_key(now_instant()):
+        raise KickoffRefused("_since", f"{since} is in the future: nothing can have changed after it yet")
     types = _types(joined.get("_type"))
+    if level is ExportLevel.PATIENT and "Group" in types:
+        raise KickoffRefused(
+            "_type",
+            "Group is not exported at Patient level: a Group's member list names patients of other "
+            "compartments (a Group-level export, Group/[id]/$export, can export that Group)",
+        )
     return ExportRequest(
         level=level,
         group_id=group_id,
@@ -183,6 +224,57 @@ def _build(
         output_format=output_format,
         ignored=tuple(ignored),
     )
+
+
+def check_level(request: ExportRequest, referenced_types: Iterable[str] = ()) -> None:
+    """Refuses types this level cannot export, once `--include-referenced` is known.
+
+    At Patient and Group level only the Patient compartment's types (plus the
+    referenced types the user added) are exported, so `_type` naming another
+    type would silently give nothing; without `_type`, a `_typeFilter` or a
+    `Type.element` of `_elements` naming such a type would apply to nothing.
+    `--include-referenced` means nothing at system level, which exports every type.
+    """
+    referenced = tuple(referenced_types)
+    if request.level is ExportLevel.SYSTEM:
+        if referenced:
+            raise KickoffRefused(
+                "--include-referenced",
+                "applies only to Patient- and Group-level exports (a system-level export has every type already)",
+            )
+        return
+    exportable = COMPARTMENT_TYPES | frozenset(referenced)
+    if request.level is ExportLevel.PATIENT:
+        exportable = exportable - {"Group"}
+    level = f"a {request.level.value.capitalize()}-level export"
+    hint = "; --include-referenced adds such types where exported resources reference them"
+    outside = [t for t in request.types if t not in exportable]
+    if outside:
+        listed = ", ".join(outside)
+        raise KickoffRefused(
+            "_type", f"{listed} {'is' if len(outside) == 1 else 'are'} outside the Patient compartment, "
+                     f"so {level} has none{hint}",
+        )
+    if request.types:
+        return  # `_typeFilter` and `_elements` were already held to `_type`
+    exportable = exportable - {"Group"}  # left out unless `_type` names it
+
+    def why(resource_type: str) -> str:
+        if resource_type == "Group" and request.level is ExportLevel.GROUP:
+            return "; name Group in _type to export the kicked-off Group"
+        return "" if resource_type == "Group" else hint
+
+    for type_filter in request.type_filters:
+        if type_filter.resource_type not in exportable:
+            raise KickoffRefused(
+                "_typeFilter",
+                f"{type_filter.resource_type} is not exported by {level}, so its filter applies to nothing"
+                f"{why(type_filter.resource_type)}",
+            )
+    for entry in request.elements:
+        head, dot, _ = entry.partition(".")
+        if dot and head not in exportable:
+            raise KickoffRefused("_elements", f"{entry!r}: {head} is not exported by {level}{why(head)}")
 
 
 def _printable(text: str) -> str:
@@ -221,9 +313,18 @@ def _elements(value: Optional[str], types: tuple[str, ...]) -> tuple[str, ...]:
     if value is None:
         return ()
     try:
-        return tuple(parse_elements(value, types).entries)
+        spec = parse_elements(value, types)
     except ElementsRefused as exc:
         raise KickoffRefused("_elements", exc.reason) from None
+    if types:
+        # `Device.status` with `_type=Patient` would apply to nothing, while every Patient
+        # would be cut to its mandatory elements: a client's mistake, refused.
+        for entry in spec.entries:
+            head, dot, _ = entry.partition(".")
+            if dot and head not in types:
+                listed = ",".join(types)
+                raise KickoffRefused("_elements", f"{entry!r} names {head}, which _type ({listed}) does not list")
+    return tuple(spec.entries)
 
 
 def _type_filters(values: list[str], types: tuple[str, ...]) -> tuple[TypeFilter, ...]:
@@ -246,4 +347,4 @@ def _types(value: Optional[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-__all__: Iterable[str] = ("KickoffRefused", "parse_get", "parse_post", "load_parameters", "system_url")
+__all__: Iterable[str] = ("KickoffRefused", "check_level", "parse_get", "parse_post", "load_parameters", "system_url")

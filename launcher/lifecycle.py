@@ -7,13 +7,15 @@ AuditEvent.
 
 from __future__ import annotations
 
+import os
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 from launcher.audit import SERIOUS_FAILURE, AuditLog
 from launcher.names import job_output_dir
 from launcher.runner import new_lease
-from launcher.stores import JobNotFound, JobStore, StoredJob, now_ms
+from launcher.stores import ANY_OWNER, JobNotFound, JobStore, Lease, StoredJob, now_ms
+from launcher.stores.contract import Owner
 from transforms.write.storage import remove_tree
 
 CLEANUP_AGENT = "bulk-export cleanup"
@@ -21,29 +23,61 @@ RECOVERY_AGENT = "bulk-export lease recovery"
 DEFAULT_CLEANUP_BATCH = 100
 _CANCEL_WAIT_S = 30.0
 
+# Told, before cancel waits, the lease it waits for and the latest end of the wait (ms since the epoch).
+OnWait = Callable[[StoredJob, Lease, int], None]
 
-def cancel_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Optional[str] = None,
-               wait_s: float = _CANCEL_WAIT_S) -> StoredJob:
+
+def cancel_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Owner,
+               wait_s: float = _CANCEL_WAIT_S, on_wait: Optional[OnWait] = None) -> StoredJob:
     """Cancels an accepted or running job and returns it once its output is gone.
 
-    A finished job raises `InvalidJobState`. The launcher running the job sees
-    the status, stops its pipeline, removes the output and releases its lease;
-    this waits for that (at most `wait_s`), then removes whatever is left.
+    `owner`: the caller's owner (None: no owner; `ANY_OWNER`: an operator's
+    access). A finished job raises `InvalidJobState`. The launcher running the
+    job sees the status, stops its pipeline, removes the output and releases its
+    lease; this waits for that (at most `wait_s`, and never past the lease's end
+    unless the launcher renews it), then removes whatever is left. It does not
+    wait for a lease that has expired, nor for one whose holder is a process of
+    this machine that no longer exists (that lease is released). `on_wait` is
+    told before a wait starts.
     """
     record = store.cancel(tenant, job_id, owner)
-    deadline = time.monotonic() + wait_s
-    while store.is_leased(job_id) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    lease = store.lease(job_id)
+    if lease is not None and lease.expires_ms >= now_ms():
+        if _holder_is_gone(lease.holder):
+            store.release_lease(job_id, lease.holder)
+        else:
+            deadline = time.monotonic() + wait_s
+            if on_wait is not None:
+                on_wait(record, lease, now_ms() + int(wait_s * 1000))
+            while store.is_leased(job_id) and time.monotonic() < deadline:
+                time.sleep(0.1)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     audit.record("cancel", record, description="cancelled by request; partial output removed")
     return record
 
 
-def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Optional[str] = None) -> StoredJob:
+def _holder_is_gone(holder: str) -> bool:
+    """Whether a lease holder (`host:pid:nonce`, `launcher.runner.new_lease`) is a process of this
+    machine that no longer exists. A holder elsewhere, or unreadable, is presumed alive."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != os.uname().nodename or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, owned by someone else
+        return False
+    return False
+
+
+def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Owner,
+               on_wait: Optional[OnWait] = None) -> StoredJob:
     """Removes a job's output files and its records (cancelling it first if it is still running)."""
     record = store.get(tenant, job_id, owner)
     if not record.status.is_terminal:
-        cancel_job(store, audit, tenant, job_id, owner)
+        cancel_job(store, audit, tenant, job_id, owner, on_wait=on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)
     audit.record("delete", record, description="output files and job records deleted")
@@ -51,22 +85,28 @@ def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
 
 
 def cleanup_expired(store: JobStore, audit: AuditLog, ttl_s: float, batch: int = DEFAULT_CLEANUP_BATCH,
-                    now: Optional[int] = None) -> list[StoredJob]:
-    """Deletes the outputs and records of terminal jobs, of every tenant, that ended over `ttl_s` ago.
+                    now: Optional[int] = None, *, tenant: Optional[str], owner: Owner) -> list[StoredJob]:
+    """Deletes the outputs and records of terminal jobs that ended over `ttl_s` ago.
 
-    Jobs are claimed `batch` at a time under a lease, so several cleaners can run at once.
+    Only jobs of `tenant` (None: every tenant, an operator's sweep) and of `owner`
+    (None: jobs without an owner; `ANY_OWNER`: every owner's). Jobs are claimed
+    `batch` at a time under a lease, so several cleaners can run at once.
     """
     cutoff = (now_ms() if now is None else now) - int(ttl_s * 1000)
     removed: list[StoredJob] = []
+    scope = [] if tenant is not None else ["every tenant"]
+    if owner is ANY_OWNER:
+        scope.append("every owner")
+    swept = f" (a sweep of {' and '.join(scope)})" if scope else ""
     while True:
-        claimed = store.claim_expired(cutoff, batch, new_lease(60))
+        claimed = store.claim_expired(cutoff, batch, new_lease(60), tenant=tenant, owner=owner)
         for record in claimed:
             remove_tree(job_output_dir(record.output_dir, record.tenant, record.job_id))
             try:
                 store.delete(record.tenant, record.job_id)
             except JobNotFound:  # deleted by its owner meanwhile
                 continue
-            audit.record("cleanup", record, description=f"expired: ended over {ttl_s:g} s ago",
+            audit.record("cleanup", record, description=f"expired: ended over {ttl_s:g} s ago{swept}",
                          agent=CLEANUP_AGENT)
             removed.append(record)
         if len(claimed) < batch:

@@ -29,7 +29,8 @@ def resolve_patients(
     else:
         try:
             membership = resolve_group(
-                request.group_id, index.groups, index.patient_ids, transaction_time, request.since
+                request.group_id, index.groups, index.patient_ids, transaction_time, request.since,
+                index.ambiguous_groups,
             )
         except GroupRefused as exc:
             raise KickoffRefused("group", str(exc)) from None

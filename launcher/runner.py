@@ -52,6 +52,8 @@ class RunControl:
     max_active: int = DEFAULT_MAX_ACTIVE
     lease_s: float = DEFAULT_LEASE_S
     on_progress: Optional[ProgressCallback] = None
+    # Added to the pipeline processes' niceness: a server runs them at +10, so it keeps answering.
+    nice: int = 0
 
 
 class JobCancelled(RuntimeError):
@@ -87,11 +89,12 @@ def new_lease(seconds: float) -> Lease:
 class PipelineProcess:
     """One pipeline run in a child process; `wait` polls it, `stop` ends it and its workers."""
 
-    def __init__(self, argv: list[str], sink: object):
+    def __init__(self, argv: list[str], sink: object, nice: int = 0):
         lifeline, self._lifeline = _CTX.Pipe(duplex=False)
         self._results, results = _CTX.Pipe(duplex=False)
         level = logging.getLogger("apache_beam").getEffectiveLevel()
-        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, level), name="export")
+        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, level, nice),
+                                     name="export")
         self._process.start()
         lifeline.close()
         results.close()
@@ -121,8 +124,10 @@ class PipelineProcess:
         self._results.close()
 
 
-def _child_main(argv, sink, lifeline, results, log_level) -> None:
+def _child_main(argv, sink, lifeline, results, log_level, nice=0) -> None:
     os.setpgid(0, 0)
+    if nice:
+        os.nice(nice)  # inherited by the run's worker processes
     threading.Thread(target=_die_with_launcher, args=(lifeline,), daemon=True).start()
     logging.getLogger("apache_beam").setLevel(log_level)
     from pipelines.export import run
@@ -153,13 +158,14 @@ def run_and_watch(
     lease_s: float,
     on_progress: Optional[Callable[[StoredJob], None]] = None,
     progress_every_s: float = 2.0,
+    nice: int = 0,
 ) -> None:
     """Runs the pipeline to its end, renewing the job's lease and reporting progress.
 
     Stops the run at once when the job is cancelled (`JobCancelled`) or the
     lease was taken over (`LeaseLost`); a failed run raises `RuntimeError`.
     """
-    process = PipelineProcess(argv, sink)
+    process = PipelineProcess(argv, sink, nice)
     try:
         renew_at = time.monotonic()
         report_at = renew_at + progress_every_s

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import time
 from typing import Optional
-from urllib.parse import parse_qsl, urlsplit
 
 from launcher.stores import (  # the launcher's one import point for store names
     DB_NAME,
@@ -18,6 +17,7 @@ from launcher.stores import (  # the launcher's one import point for store names
     SqliteJobStore,
     StoredJob,
     TooManyActiveExports,
+    check_no_password,
     now_ms,
     open_store,
 )
@@ -25,21 +25,8 @@ from pipelines.models import Manifest
 
 __all__ = [
     "DB_NAME", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "SqliteJobStore", "StoredJob",
-    "StoreJobSink", "TooManyActiveExports", "open_store",
+    "StoreJobSink", "TooManyActiveExports", "check_no_password", "open_store",
 ]
-
-
-def check_no_password(store_url: str) -> str:
-    """Refuses a job-store URL that carries a password: it would travel in options and pickled sinks.
-
-    PostgreSQL takes it from the environment instead (`PGPASSWORD`, or a
-    `PGPASSFILE` secret file), on the launcher and on every worker.
-    """
-    parts = urlsplit(store_url)
-    if "://" in store_url and (parts.password or any(k == "password" for k, _ in parse_qsl(parts.query))):
-        raise ValueError("--job-store: the URL carries a password, which would reach pipeline options and "
-                         "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
-    return store_url
 
 
 class StoreJobSink:

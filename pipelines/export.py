@@ -23,6 +23,7 @@ from pipelines.options import ExportOptions, ExportSettings, prepare_runner
 from pipelines.plan import add_referenced, apply_steps, covered_patients, read_selection, steps
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
+from transforms.select.duplicates import ReportDuplicates
 from transforms.write.layout import TEMP_DIR_NAME
 from transforms.write.manifest import AssembleManifest, Completed, FinalFile
 from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
@@ -115,6 +116,8 @@ def build_pipeline(
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     if patients is not None and settings.referenced_types:
         batches = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)
+    # Copies of one Type/id that differ are all written; each is reported (metadata only).
+    errors.append(batches | "Duplicates" >> ReportDuplicates())
     parts = batches | "WriteParts" >> WriteParts(
         job.temp_dir,
         settings.max_lines_per_part,
@@ -129,6 +132,7 @@ def build_pipeline(
         _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),
         settings.max_lines_per_part,
         on_complete=_Completion(sink) if sink is not None else None,
+        source=settings.source,
     )
     return ExportOutputs(parts, errors, manifest)
 

@@ -5,6 +5,11 @@ level, the time window (`read_selection`); then `_typeFilter`, and at Patient
 and Group level the compartment with the window inside it. Shaping
 (`_elements`) comes last, so it applies to every exported resource,
 referenced ones too.
+
+At Patient and Group level, Group resources are left out unless `_type` names
+Group (a Group's roster names patients outside the export); at Group level
+they then go to `GroupRoster` instead of the compartment, which exports only
+the kicked-off Group with its roster cut to the covered patients.
 """
 
 from __future__ import annotations
@@ -15,18 +20,24 @@ import apache_beam as beam
 
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
+from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import parse_elements
+from transforms.fhir.group import GROUP
 from transforms.fhir.window import LastUpdatedWindow
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_referenced import CollectReferences, FilterReferenced
 from transforms.select.covered_patients import ReadPatients, read_header
+from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter, compile_type_filters
 
 Step = tuple[str, beam.PTransform]
 Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
+# What a Patient- or Group-level read keeps when `_type` is not given: the compartment, but no
+# Group, whose roster would name patients outside the export.
+DEFAULT_COMPARTMENT_TYPES = tuple(sorted(COMPARTMENT_TYPES - {GROUP}))
 
 
 def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:
@@ -45,17 +56,23 @@ def read_selection(
     system = request.level is ExportLevel.SYSTEM
     later_steps = not system or bool(request.type_filters or request.elements)
     bounds = window(request, transaction_time, settings) if system else None
-    return ReadSelection.of(request.types, bounds, keep_bodies=later_steps or part_needs_bodies)
+    types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
+    return ReadSelection.of(types, bounds, keep_bodies=later_steps or part_needs_bodies)
 
 
 def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
     """The request's steps after `read_selection`; `patients` is the covered-patients side
     input or PCollection (None at system level)."""
     chosen = type_filter_steps(request, transaction_time)
-    if isinstance(patients, beam.PCollection):
-        chosen.append(("Compartment", JoinCompartment(patients, window(request, transaction_time, settings))))
-    elif patients is not None:
-        chosen.append(("Compartment", FilterCompartment(patients, window(request, transaction_time, settings))))
+    if patients is not None:
+        bounds = window(request, transaction_time, settings)
+        if isinstance(patients, beam.PCollection):
+            compartment = JoinCompartment(patients, bounds)
+        else:
+            compartment = FilterCompartment(patients, bounds)
+        if request.level is ExportLevel.GROUP and GROUP in request.types:
+            compartment = GroupRoster(compartment, request.group_id, patients, bounds)
+        chosen.append(("Compartment", compartment))
     return chosen + shaping_steps(request)
 
 

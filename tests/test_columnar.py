@@ -149,17 +149,18 @@ def test_bad_records_go_to_error_naming_file_and_record_number(tmp_path, kind):
         _row("Patient", "ok2", _patient("ok2")),  # row group 3: record numbers run across row groups
     ]
     (tmp_path / "in").mkdir()
-    path = _write_rows(kind, tmp_path / "in" / f"r.{kind}", rows)
+    _write_rows(kind, tmp_path / "in" / f"r.{kind}", rows)
     manifest = run_export(tmp_path / "in", tmp_path / "out", ExportRequest(request_url=BASE))
     assert _ids(manifest) == {"ok1", "ok2"}
     lines = [line for entry in manifest["error"] for line in file_of(entry["url"]).read_bytes().splitlines()]
     diagnostics = sorted(orjson.loads(line)["issue"][0]["diagnostics"] for line in lines)
+    name = f"r.{kind}"  # issue 14: relative to the source folder, and no value is quoted
     assert diagnostics == [
-        f"{path} record 1: resource column: not valid JSON (" + diagnostics[0].split("(", 1)[1],
-        f"{path} record 2: resourceType column 'Observation' disagrees with the resource's 'Patient'; not exported",
-        f"{path} record 3: id column disagrees with the resource's id; not exported",
-        f"{path} record 4: resource column: not a JSON object; not exported",
-        f"{path} record 5: resource column: resourceType 'Unicorn' is not an R4 resource type; not exported",
+        f"{name} record 1: resource column: not valid JSON (" + diagnostics[0].split("(", 1)[1],
+        f"{name} record 2: resourceType column disagrees with the resource's resourceType; not exported",
+        f"{name} record 3: id column disagrees with the resource's id; not exported",
+        f"{name} record 4: resource column: not a JSON object; not exported",
+        f"{name} record 5: resource column: resourceType is not an R4 resource type; not exported",
     ]
     assert sum(entry["count"] for entry in manifest["error"]) == 5
 

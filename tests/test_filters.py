@@ -173,9 +173,16 @@ def test_invalid_last_updated_goes_to_errors_and_the_read_goes_on(pipeline, tmp_
     assert_that(errors, equal_to([
         (origin, 1, "Observation", "meta.lastUpdated"),
         (origin, 3, "Encounter", "meta.lastUpdated"),
+        (origin, 4, "Patient", "meta.lastUpdated"),  # issue 14: after transactionTime, reported
     ]), label="Errors")
+    # Issue 14: the reason names the element and the rule, never the value.
     assert_that(out.errors | beam.Map(lambda e: "2020-13-01" in e.reason or "20200101" in e.reason),
-                equal_to([True, True]), label="ReasonsNameValue")
+                equal_to([False, False, False]), label="ReasonsNeverNameValue")
+    assert_that(out.errors | "Rules" >> beam.Map(lambda e: (e.reason, e.severity)), equal_to([
+        ("meta.lastUpdated: not a FHIR instant (YYYY-MM-DDThh:mm:ss[.fff](Z|+hh:mm))", "error"),
+        ("meta.lastUpdated: a number, not a FHIR instant (YYYY-MM-DDThh:mm:ss[.fff](Z|+hh:mm))", "error"),
+        ("meta.lastUpdated: updated after transactionTime", "information"),
+    ]), label="ReasonsNameRule")
     pipeline.run()
 
 

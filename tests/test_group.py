@@ -71,6 +71,8 @@ def test_unresolvable_members_are_reported_not_dropped():
     assert membership.patients.ids == {"p1"}
     assert [i.index for i in membership.issues] == [0, 1, 2, 3]
     assert "Group/missing is not in the source" in membership.issues[3].reason
+    # error[] names Groups by id, as resources, but never a patient or other reference a member holds
+    assert not any("unknown" in i.reason or "Practitioner" in i.reason for i in membership.issues)
 
 
 def test_refusals():

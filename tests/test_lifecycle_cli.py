@@ -182,7 +182,8 @@ def test_cleanup_removes_exactly_the_expired_jobs_of_every_tenant(run_cli, sampl
     with pytest.raises(SystemExit) as refused:  # argparse's usage error, naming --ttl
         run_cli("cleanup", "--ttl", "soon", state_dir=state)
     assert refused.value.code == 2
-    result = run_cli("cleanup", "--ttl", "24h", "--batch-size", "1", state_dir=state)
+    # Issue 14 item 3: cleanup is of --tenant's jobs unless --all-tenants asks for the sweep.
+    result = run_cli("cleanup", "--ttl", "24h", "--batch-size", "1", "--all-tenants", state_dir=state)
     assert result.code == 0 and "removed 2 expired jobs" in result.out
     for name, (tenant, folder) in jobs.items():
         status = run_cli("status", folder.name, "--tenant", tenant, state_dir=state)

@@ -86,6 +86,7 @@ def test_gzip_is_read_whole_and_names_are_sniffed_in_a_directory(pipeline, tmp_p
     out = _read(pipeline, tmp_path, chunk_bytes=7)
     expected = [("Patient", f"p{i}") for i in list(range(20)) + list(range(10))]
     expected += [("Encounter", "e1"), ("Encounter", "e2")]
+    expected += [("Patient", "nested")]  # subfolders are read (issue 14, item 8)
     assert_that(_ids(out.batches), equal_to(expected))
     assert_that(_located(out.errors), equal_to([(f"{tmp_path}/data.bin line 11", "not valid JSON")]),
                 label="Errors")
@@ -102,7 +103,7 @@ def test_ndjson_reason_for_every_kind_of_bad_line(pipeline, tmp_path):
         (b'{"id": "x"}', "has no resourceType"),
         (b'{"resourceType": 5}', "has no resourceType"),
         (b'{"resourceType": ""}', "has no resourceType"),
-        (b'{"resourceType": "Foo"}', "resourceType 'Foo' is not an R4 resource type"),
+        (b'{"resourceType": "Foo"}', "resourceType is not an R4 resource type"),  # never quoted (issue 14)
         (_line("Observation", "ok2"), None),
     ]
     (tmp_path / "bad.ndjson").write_bytes(b"\n".join(line for line, _ in rows) + b"\n")
@@ -138,7 +139,7 @@ def test_bad_line_numbers_are_true_file_lines_with_mid_file_chunks(pipeline, tmp
         elif text.strip():
             bad.append((f"{path} line {n}", text))
     kinds = {b"{oops": "not valid JSON", b"[]": "not a JSON object", b'{"id": "z"}': "has no resourceType",
-             b'{"resourceType": "Foo", "id": "f"}': "resourceType 'Foo' is not an R4 resource type"}
+             b'{"resourceType": "Foo", "id": "f"}': "resourceType is not an R4 resource type"}
     assert len(bad) > 10 and len(good) > 40
     out = _read(pipeline, path, chunk_bytes)
     assert_that(_located(out.errors), equal_to([(where, kinds[text]) for where, text in bad]))
@@ -176,7 +177,7 @@ def test_container_bundles_yield_their_entries(pipeline, tmp_path):
     assert_that(_located(out.errors), equal_to([
         (f"{tmp_path}/tx.json Bundle.entry[2]", "Bundle entry has no resource"),
         (f"{tmp_path}/search.json Bundle.entry[1]", "Bundle entry has no resource"),
-        (f"{tmp_path}/search.json Bundle.entry[2]", "resourceType 'Foo' is not an R4 resource type"),
+        (f"{tmp_path}/search.json Bundle.entry[2]", "resourceType is not an R4 resource type"),
     ]), label="Errors")
     reasons = out.errors | beam.Map(lambda r: r.reason) | beam.Filter(lambda r: "DELETE" in r)
     assert_that(reasons, equal_to(["Bundle entry has no resource (request.method DELETE)"]), label="Method")

@@ -91,3 +91,11 @@ def test_a_store_url_with_a_password_never_reaches_options_or_workers(tmp_path, 
     with pytest.raises(ValueError, match="PGPASSWORD"):
         StoreJobSink(dsn, "job-1")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_refuses_a_store_url_with_a_password_before_a_job_exists(run_cli, sample_dir, tmp_path):
+    result = run_cli("export", "--job-store", "postgresql://bulk:s3cret@127.0.0.1:1/db", "--source", str(sample_dir),
+                     "--output", str(tmp_path / "out"))
+    assert result.code == 2 and "PGPASSWORD" in result.err
+    assert "s3cret" not in result.err + result.out
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,8 @@ class Resource(NamedTuple):
     index: int  # position within its batch's source span, for error locations
     # A columnar source's `lastUpdated` column, as a FHIR instant; it wins over meta.lastUpdated.
     last_updated: str | None = None
+    # For a resource read from a Bundle on an NDJSON line (`index` is the line): its Bundle.entry index.
+    entry: int | None = None
 
 
 class Origin(NamedTuple):
@@ -66,7 +68,11 @@ class ResourceBatch(NamedTuple):
 
 
 class BadRecord(NamedTuple):
-    """A source line (or Bundle entry) that could not be exported, and why."""
+    """A source line (or Bundle entry) that could not be exported, and why.
+
+    `reason` names the element and the rule it breaks, never the value: it is
+    copied into the manifest's error files, which the client reads.
+    """
 
     origin: Origin
     index: int
@@ -74,6 +80,11 @@ class BadRecord(NamedTuple):
     resource_type: str | None = None
     code: str = "invalid"  # the OperationOutcome issue type: bad content, or `exception`
     location: str | None = None  # set when the record is not a source line, e.g. a Group member
+    resource_id: str | None = None  # the resource's id, when known (error files name it if it is a valid id)
+    # The OperationOutcome issue severity: `error`; `information` for a notice (e.g. updated after
+    # transactionTime, not exported); `warning` for a resource that is exported but needs a look.
+    severity: str = "error"
+    entry: int | None = None  # the Bundle.entry index of a Bundle read from an NDJSON line
 
 
 class PartFile(NamedTuple):

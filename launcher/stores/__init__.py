@@ -6,12 +6,16 @@ holding the SQLite file.
 
 from __future__ import annotations
 
+from urllib.parse import parse_qsl, urlsplit
+
 from launcher.stores.base import (
+    ANY_OWNER,
     InvalidJobState,
     JobNotFound,
     JobStore,
     Lease,
     StoredJob,
+    StoreUnavailable,
     TooManyActiveExports,
     now_ms,
 )
@@ -19,16 +23,37 @@ from launcher.stores.postgresql import SCHEMES, PostgresJobStore
 from launcher.stores.sqlite import DB_NAME, SqliteJobStore
 
 
-def open_store(url: str) -> JobStore:
-    """The store `url` names: a PostgreSQL DSN, or a folder for the SQLite store."""
+def check_no_password(store_url: str) -> str:
+    """Refuses a job-store URL that carries a password: it would travel in options and pickled sinks.
+
+    PostgreSQL takes it from the environment instead (`PGPASSWORD`, or a
+    `PGPASSFILE` secret file), on the launcher and on every worker.
+    """
+    parts = urlsplit(store_url)
+    if "://" in store_url and (parts.password or any(k == "password" for k, _ in parse_qsl(parts.query))):
+        raise ValueError("--job-store: the URL carries a password, which would reach pipeline options and "
+                         "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
+    return store_url
+
+
+def open_store(url: str, read_only: bool = False) -> JobStore:
+    """The store `url` names: a PostgreSQL DSN, or a folder for the SQLite store.
+
+    `read_only`: the caller only reads (status, list, manifest). A SQLite store this
+    process cannot write is then opened read-only (`store.read_only`): not migrated,
+    and its abandoned jobs not recovered. A writable store is opened as usual.
+    """
     if url.startswith(SCHEMES):
-        return PostgresJobStore(url)
+        return PostgresJobStore(check_no_password(url))
     if "://" in url:
         raise ValueError(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
-    return SqliteJobStore(url)
+    store = SqliteJobStore(url)
+    if read_only and not store.writable():
+        store.read_only = True
+    return store
 
 
 __all__ = [
-    "DB_NAME", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "PostgresJobStore", "SqliteJobStore",
-    "StoredJob", "TooManyActiveExports", "now_ms", "open_store",
+    "ANY_OWNER", "DB_NAME", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "PostgresJobStore", "SqliteJobStore",
+    "StoreUnavailable", "StoredJob", "TooManyActiveExports", "check_no_password", "now_ms", "open_store",
 ]

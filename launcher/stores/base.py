@@ -17,11 +17,14 @@ import orjson
 
 from launcher.schedules import ScheduleQueries
 from launcher.stores.contract import (
+    ANY_OWNER,
     InvalidJobState,
     JobNotFound,
     JobStore,
     Lease,
+    Owner,
     StoredJob,
+    StoreUnavailable,
     TooManyActiveExports,
     now_ms,
 )
@@ -48,11 +51,17 @@ class SqlJobStore(ScheduleQueries):
     lock_suffix = ""
 
     _ready = False
+    # A read-only store (`open_store(..., read_only=True)` on a store that cannot be written) is
+    # neither migrated nor written: it serves `status`, `list` and `manifest` as they are.
+    read_only = False
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[Any]:
         """A transaction whose `execute(sql, args)` returns a cursor of dict rows; migrates on first use."""
-        if not self._ready:
+        if self.read_only:
+            if write:
+                raise StoreUnavailable(f"job store {self.url} is read-only here; this command needs to write to it")
+        elif not self._ready:
             with _SCHEMA_CHECK:
                 if not self._ready:
                     with self._open(write=True) as db:
@@ -77,7 +86,7 @@ class SqlJobStore(ScheduleQueries):
         row = db.execute("SELECT version FROM schema_version").fetchone()
         current = row["version"] if row else 0
         if current > SCHEMA_VERSION:
-            raise RuntimeError(f"job store {self.url} has schema version {current}; this code knows {SCHEMA_VERSION}")
+            raise StoreUnavailable(f"job store {self.url} has schema version {current}; this code knows {SCHEMA_VERSION}")
         for migration in MIGRATIONS:
             if migration.version > current:
                 for statement in migration.statements:
@@ -115,15 +124,13 @@ class SqlJobStore(ScheduleQueries):
                 f" (--max-active-per-tenant {max_active}); retry when one has finished"
             )
 
-    def get(self, tenant, job_id, owner=None) -> StoredJob:
+    def get(self, tenant, job_id, owner: Owner = ANY_OWNER) -> StoredJob:
         with self._tx(write=False) as db:
             return self._record(db, self._visible(db, tenant, job_id, owner))
 
-    def list(self, tenant, owner=None, include_terminal=False) -> list[StoredJob]:
+    def list(self, tenant, owner: Owner = ANY_OWNER, include_terminal=False) -> list[StoredJob]:
         query, args = "SELECT * FROM jobs WHERE tenant = ?", [tenant]
-        if owner is not None:
-            query += " AND owner = ?"
-            args.append(owner)
+        query += _owner_sql(owner, args)
         if not include_terminal:
             query += f" AND {_ACTIVE_SQL}"
         with self._tx(write=False) as db:
@@ -190,7 +197,7 @@ class SqlJobStore(ScheduleQueries):
                 (now_instant(), now_ms(), message, int(resumable)), attempt,
             )
 
-    def cancel(self, tenant, job_id, owner=None) -> StoredJob:
+    def cancel(self, tenant, job_id, owner: Owner = ANY_OWNER) -> StoredJob:
         # The lease stays: the launcher running the job releases it once its output is gone.
         with self._tx() as db:
             self._visible(db, tenant, job_id, owner)
@@ -198,7 +205,7 @@ class SqlJobStore(ScheduleQueries):
                              (now_instant(), now_ms()), verb="be cancelled")
             return self._record(db, self._row(db, job_id))
 
-    def delete(self, tenant, job_id, owner=None) -> StoredJob:
+    def delete(self, tenant, job_id, owner: Owner = ANY_OWNER) -> StoredJob:
         with self._tx() as db:
             record = self._record(db, self._visible(db, tenant, job_id, owner))
             if not record.status.is_terminal:
@@ -207,7 +214,7 @@ class SqlJobStore(ScheduleQueries):
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             return record
 
-    def manifest(self, tenant, job_id, owner=None) -> Manifest:
+    def manifest(self, tenant, job_id, owner: Owner = ANY_OWNER) -> Manifest:
         with self._tx(write=False) as db:
             row = self._visible(db, tenant, job_id, owner)
         if row["status"] != ExportStatus.COMPLETE.value:
@@ -230,18 +237,28 @@ class SqlJobStore(ScheduleQueries):
         row = db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND {_ACTIVE_SQL}", (tenant,)).fetchone()
         return int(row["n"])
 
-    _EXPIRED = f"SELECT * FROM jobs WHERE {_TERMINAL_SQL} AND ended_ms < ? AND {_FREE_LEASE_SQL} ORDER BY ended_ms, job_id LIMIT ?"
+    @staticmethod
+    def _expired(cutoff_ms: int, limit: int, tenant: Optional[str], owner: Owner) -> tuple[str, list]:
+        query, args = f"SELECT * FROM jobs WHERE {_TERMINAL_SQL} AND ended_ms < ? AND {_FREE_LEASE_SQL}", [cutoff_ms, now_ms()]
+        if tenant is not None:
+            query += " AND tenant = ?"
+            args.append(tenant)
+        query += _owner_sql(owner, args)
+        return query + " ORDER BY ended_ms, job_id LIMIT ?", [*args, limit]
 
-    def list_expired(self, cutoff_ms, limit) -> list[StoredJob]:
-        """Terminal jobs of every tenant that ended before `cutoff_ms`, oldest first."""
+    def list_expired(self, cutoff_ms, limit, tenant=None, owner: Owner = ANY_OWNER) -> list[StoredJob]:
+        """Terminal jobs that ended before `cutoff_ms`, oldest first: of `tenant` (None: every
+        tenant) and `owner` (ANY_OWNER: every owner; None: jobs without an owner)."""
+        query, args = self._expired(cutoff_ms, limit, tenant, owner)
         with self._tx(write=False) as db:
-            rows = db.execute(self._EXPIRED, (cutoff_ms, now_ms(), limit)).fetchall()
+            rows = db.execute(query, args).fetchall()
             return [self._record(db, row) for row in rows]
 
-    def claim_expired(self, cutoff_ms, limit, lease) -> list[StoredJob]:
+    def claim_expired(self, cutoff_ms, limit, lease, tenant=None, owner: Owner = ANY_OWNER) -> list[StoredJob]:
         """Like `list_expired`, and leases them, so concurrent cleaners never share a job."""
+        query, args = self._expired(cutoff_ms, limit, tenant, owner)
         with self._tx() as db:
-            rows = db.execute(self._EXPIRED + self.claim_suffix, (cutoff_ms, now_ms(), limit)).fetchall()
+            rows = db.execute(query + self.claim_suffix, args).fetchall()
             for row in rows:
                 db.execute("UPDATE jobs SET lease_holder = ?, lease_expires_ms = ? WHERE job_id = ?",
                            (lease.holder, lease.expires_ms, row["job_id"]))
@@ -261,6 +278,14 @@ class SqlJobStore(ScheduleQueries):
         with self._tx(write=False) as db:
             row = self._row(db, job_id, "lease_holder, lease_expires_ms")
         return row["lease_holder"] is not None and row["lease_expires_ms"] >= now_ms()
+
+    def lease(self, job_id) -> Optional[Lease]:
+        """The job's lease (holder and end) if one is held, expired or not; None when released."""
+        with self._tx(write=False) as db:
+            row = self._row(db, job_id, "lease_holder, lease_expires_ms")
+        if row["lease_holder"] is None:
+            return None
+        return Lease(row["lease_holder"], int(row["lease_expires_ms"] or 0))
 
     def reap_expired(self, now=None) -> list[StoredJob]:
         """Marks `error` every active job whose launcher stopped renewing its lease."""
@@ -299,9 +324,11 @@ class SqlJobStore(ScheduleQueries):
             db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
             return self._record(db, self._row(db, job_id))
 
-    def _visible(self, db, tenant: str, job_id: str, owner: Optional[str]) -> dict:
+    def _visible(self, db, tenant: str, job_id: str, owner: Owner) -> dict:
+        """The job's row if `tenant` and `owner` may see it: ANY_OWNER sees every job of the
+        tenant, None only jobs without an owner, a name only that owner's jobs."""
         row = db.execute("SELECT * FROM jobs WHERE job_id = ? AND tenant = ?", (job_id, tenant)).fetchone()
-        if row is None or (owner is not None and row["owner"] != owner):
+        if row is None or (owner is not ANY_OWNER and row["owner"] != owner):
             raise JobNotFound(f"job {job_id} not found")
         return row
 
@@ -342,11 +369,21 @@ class SqlJobStore(ScheduleQueries):
 _COMPUTED = ("request", "resumable", "progress")
 
 
+def _owner_sql(owner: Owner, args: list) -> str:
+    """The owner condition of a job query (appending its argument): see `_visible`."""
+    if owner is ANY_OWNER:
+        return ""
+    if owner is None:
+        return " AND owner IS NULL"
+    args.append(owner)
+    return " AND owner = ?"
+
+
 def _ago(now: int, then: Optional[int]) -> str:
     return "at an unknown time" if then is None else f"{max(0, now - then) // 1000} s ago"
 
 
 __all__ = [
-    "ACTIVE", "TERMINAL", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "SqlJobStore", "StoredJob",
-    "TooManyActiveExports", "instant_ms", "now_ms",
+    "ACTIVE", "ANY_OWNER", "TERMINAL", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "SqlJobStore", "StoredJob",
+    "StoreUnavailable", "TooManyActiveExports", "instant_ms", "now_ms",
 ]

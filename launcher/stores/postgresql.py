@@ -12,6 +12,7 @@ import contextlib
 from typing import Any, Iterator
 
 from launcher.stores.base import SqlJobStore
+from launcher.stores.contract import StoreUnavailable
 
 SCHEMES = ("postgresql://", "postgres://")
 # Advisory lock keys: one for migrations, and one per tenant (hashed) for kickoffs.
@@ -44,7 +45,13 @@ class PostgresJobStore(SqlJobStore):
 
         # UTF8 on the wire whatever the server's encoding: on a SQL_ASCII server psycopg
         # would otherwise send text parameters as bytea.
-        with psycopg.connect(self.url, row_factory=dict_row, connect_timeout=10, client_encoding="UTF8") as conn:
+        try:
+            conn = psycopg.connect(self.url, row_factory=dict_row, connect_timeout=10, client_encoding="UTF8")
+        except psycopg.OperationalError as exc:
+            # One line, not a traceback; the DSN is not repeated (it may hold a password).
+            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+            raise StoreUnavailable(f"cannot reach the PostgreSQL job store: {reason}") from None
+        with conn:
             with conn.transaction():
                 yield _Connection(conn)
 

@@ -1,4 +1,10 @@
-"""The embedded job store: one SQLite file under `--state-dir`, safe across processes."""
+"""The embedded job store: one SQLite file under `--state-dir`, safe across processes.
+
+A store this process cannot write (a read-only folder or file, a read-only
+mount) can still be opened read-only, for `status`, `list` and `manifest`:
+`open_store(url, read_only=True)`. It is then opened with SQLite's `mode=ro`,
+never migrated and never written.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,14 @@ import sqlite3
 from typing import Iterator
 
 from launcher.stores.base import SqlJobStore
+from launcher.stores.contract import StoreUnavailable
+from launcher.stores.schema import SCHEMA_VERSION
 
 DB_NAME = "jobs.sqlite3"
+# SQLite's primary result codes that mean the file itself cannot be used (not a busy or a
+# constraint error): they become one `StoreUnavailable` line instead of a traceback.
+_UNUSABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
+             "SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_AUTH")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -19,15 +31,42 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
 class SqliteJobStore(SqlJobStore):
     """Jobs in `<state_dir>/jobs.sqlite3` (WAL; writers serialised by `BEGIN IMMEDIATE`)."""
 
-    def __init__(self, state_dir: str):
+    def __init__(self, state_dir: str, read_only: bool = False):
         self.url = os.path.abspath(state_dir)
         self.path = os.path.join(state_dir, DB_NAME)  # nothing touches the disk until first used
+        self.read_only = read_only
+        self._schema_checked = False
+        self._uri: str | None = None
+
+    def check_readable(self) -> None:
+        """Opens the store once, raising `StoreUnavailable` if it cannot be read."""
+        with self._tx(write=False):
+            pass
+
+    def writable(self) -> bool:
+        """Whether this process may write the store (create it, its folder, its WAL files)."""
+        if os.path.exists(self.path):
+            return os.access(self.path, os.W_OK) and os.access(self.url, os.W_OK | os.X_OK)
+        folder = self.url
+        while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+            folder = os.path.dirname(folder)
+        return os.access(folder, os.W_OK | os.X_OK)
 
     @contextlib.contextmanager
     def _open(self, write: bool) -> Iterator[sqlite3.Connection]:
+        if self.read_only:
+            with self._open_read_only() as db:
+                yield db
+            return
         if not self._ready:
-            os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            try:
+                os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot create the state folder {self.url}: {exc.strerror or exc}") from None
+        try:
+            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            self._reraise(exc)
         db.row_factory = _dict_row
         try:
             db.execute("PRAGMA journal_mode=WAL")
@@ -36,9 +75,84 @@ class SqliteJobStore(SqlJobStore):
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield db
             db.execute("COMMIT")
-        except BaseException:
+        except BaseException as exc:
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                self._reraise(exc)
             raise
         finally:
             db.close()
+
+    @contextlib.contextmanager
+    def _open_read_only(self) -> Iterator[sqlite3.Connection]:
+        if not os.path.exists(self.path):
+            raise StoreUnavailable(f"there is no job store in {self.url}, and it cannot be created there"
+                                   " (the folder is not writable)")
+        try:
+            db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=30, isolation_level=None)
+        except sqlite3.Error as exc:
+            self._reraise(exc)
+        db.row_factory = _dict_row
+        try:
+            db.execute("BEGIN")
+            if not self._schema_checked:
+                self._check_schema(db)
+            yield db
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._reraise(exc)
+        finally:
+            db.close()
+
+    def _read_only_uri(self) -> str:
+        """`mode=ro`; or, when SQLite cannot make the WAL index it needs to read (a read-only folder
+        without the `-shm` file, so no writer has the store open), `immutable=1` as well."""
+        if self._uri is None:
+            uri = f"file:{self.path}?mode=ro"
+            try:
+                probe = sqlite3.connect(uri, uri=True, timeout=30)
+                try:
+                    probe.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+                finally:
+                    probe.close()
+            except sqlite3.Error as exc:
+                name = getattr(exc, "sqlite_errorname", "") or ""
+                if not name.startswith(("SQLITE_READONLY", "SQLITE_CANTOPEN")):
+                    raise
+                uri += "&immutable=1"
+            self._uri = uri
+        return self._uri
+
+    def _check_schema(self, db: sqlite3.Connection) -> None:
+        """A read-only store cannot be migrated: its schema must already be this code's."""
+        try:
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            row = None
+        current = row["version"] if row else 0
+        if current != SCHEMA_VERSION:
+            raise StoreUnavailable(f"job store {self.url} is read-only here and has schema version {current};"
+                                   f" this code needs {SCHEMA_VERSION} (run any command once where it is writable)")
+        self._schema_checked = True
+
+    def _reraise(self, exc: sqlite3.Error):
+        """Raises `exc`, as `StoreUnavailable` when it means the file cannot be used."""
+        unusable = self._unusable(exc)
+        if unusable is None:
+            raise exc
+        raise unusable from exc
+
+    def _unusable(self, exc: sqlite3.Error):
+        name = getattr(exc, "sqlite_errorname", "") or ""
+        text = str(exc)
+        if not name.startswith(_UNUSABLE) and "unable to open database file" not in text:
+            return None
+        if "readonly" in name.lower() or "readonly" in text:
+            why = "it is read-only here"
+        else:
+            why = text
+        return StoreUnavailable(f"cannot use the job store {self.path}: {why}")

@@ -102,7 +102,9 @@ class CompartmentRule:
     """The compartment-and-window test for one `PatientSet`, as a plain function of a resource.
 
     Called with a `Resource`, it returns it when kept and None otherwise, and
-    raises `InvalidInstant` on a bad `meta.lastUpdated` (see `each_resource`).
+    raises `InvalidInstant` on a bad `meta.lastUpdated` (see `each_resource`), or its
+    subclass `UpdatedAfterTransaction` for a member's resource updated after
+    `transactionTime`, which is reported as a notice rather than dropped silently.
     """
 
     def __init__(self, patients: PatientSet, window: Optional[LastUpdatedWindow], unbounded=None):
@@ -117,7 +119,9 @@ class CompartmentRule:
         if found.isdisjoint(self._ids):
             return None
         window = self._window
-        if window is None or window.admits(resource.body, resource.last_updated):
+        if window is None:
+            return resource
+        if window.admits_or_late(resource.body, resource.last_updated):  # late: reported, not dropped
             return resource
         if self._whole and not found.isdisjoint(self._whole):
             return resource if self._unbounded.admits(resource.body, resource.last_updated) else None

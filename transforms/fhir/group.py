@@ -16,9 +16,12 @@ not only what changed in the window, since the client has never received it.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Iterable, NamedTuple, Optional
 
 from transforms.fhir.compartment import PATIENT, PatientSet
+from transforms.fhir.elements import _tagged  # the one SUBSETTED tagging rule, shared with `_elements`
 from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key
 from transforms.fhir.references import split_reference
 
@@ -50,16 +53,31 @@ def resolve_group(
     patient_ids: Iterable[str],
     transaction_time: str,
     since: Optional[str] = None,
+    ambiguous: Mapping[str, int] = MappingProxyType({}),
 ) -> Membership:
-    """Resolves `Group/group_id` against the source's Groups and Patient ids."""
+    """Resolves `Group/group_id` against the source's Groups and Patient ids.
+
+    `ambiguous` maps the ids of Groups the source holds several different copies
+    of to their number of copies; reaching one of them is refused, since which
+    copy's members to export cannot be told.
+    """
     root = groups.get(group_id)
     if root is None:
         raise GroupRefused(f"Group/{group_id} is not in the source")
+    _check_unambiguous(group_id, ambiguous)
     _check_exportable(group_id, root)
-    resolver = _Resolver(groups, frozenset(patient_ids), instant_key(transaction_time), since)
+    resolver = _Resolver(groups, frozenset(patient_ids), instant_key(transaction_time), since, ambiguous)
     resolver.visit(group_id, root, new=False, path=(group_id,))
     new_on_every_path = {p for p, flags in resolver.found.items() if all(flags)}
     return Membership(PatientSet.of(resolver.found, new_on_every_path), resolver.issues)
+
+
+def _check_unambiguous(group_id: str, ambiguous: Mapping[str, int], via: str = "") -> None:
+    if group_id in ambiguous:
+        raise GroupRefused(
+            f"Group/{group_id}{via} is ambiguous: the source holds {ambiguous[group_id]} different "
+            "Groups with this id, so which members to export cannot be told"
+        )
 
 
 def _check_exportable(group_id: str, group: dict) -> None:
@@ -74,8 +92,10 @@ def _check_exportable(group_id: str, group: dict) -> None:
 
 
 class _Resolver:
-    def __init__(self, groups: dict[str, dict], patients: frozenset[str], tx, since: Optional[str]):
+    def __init__(self, groups: dict[str, dict], patients: frozenset[str], tx, since: Optional[str],
+                 ambiguous: Mapping[str, int]):
         self._groups = groups
+        self._ambiguous = ambiguous
         self._patients = patients
         self._tx = tx
         self._since = instant_key(since) if since else None
@@ -91,7 +111,7 @@ class _Resolver:
             try:
                 self._member(group_id, index, member, new, path)
             except InvalidInstant as exc:
-                self.issues.append(MemberIssue(group_id, index, f"member.period: {exc}"))
+                self.issues.append(MemberIssue(group_id, index, f"member.period: {exc.rule}"))
 
     def _member(self, group_id: str, index: int, member: object, new: bool, path: tuple[str, ...]) -> None:
         def issue(reason: str) -> None:
@@ -111,15 +131,16 @@ class _Resolver:
             self.found.setdefault(target, []).append(new)
         elif kind == GROUP:
             if target in path:
-                return issue(f"member.entity {reference} makes a cycle: {' -> '.join(path + (target,))}")
+                return issue(f"member.entity makes a cycle of Groups: {' -> '.join(path + (target,))}")
             nested = self._groups.get(target)
             if nested is None:
-                return issue(f"member.entity {reference}: Group/{target} is not in the source")
+                return issue(f"member.entity: Group/{target} is not in the source")
+            _check_unambiguous(target, self._ambiguous, f" (a member of Group/{group_id})")
             if nested.get("actual") is False:
-                return issue(f"member.entity {reference}: Group/{target} has actual=false")
+                return issue(f"member.entity: Group/{target} has actual=false")
             self.visit(target, nested, new, path + (target,))
         else:
-            issue(f"member.entity {reference} is not a Patient or Group in the source")
+            issue("member.entity is not a Patient or Group in the source")
 
     def _target(self, reference: str) -> tuple[Optional[str], Optional[str]]:
         target = split_reference(reference)
@@ -153,3 +174,49 @@ def _wholly_before(text: str, moment) -> bool:
     """True when every instant a `dateTime` spans is before `moment`."""
     start, end = datetime_bounds(text)
     return start < moment if start == end else end <= moment
+
+
+def member_patient_ids(group: dict) -> set[str]:
+    """The ids every `member.entity` of `group` may name as a patient (nested Groups excluded)."""
+    members = group.get("member")
+    if type(members) is not list:
+        return set()
+    return {p for p in map(_member_patient, members) if p is not None}
+
+
+def _member_patient(member: object) -> Optional[str]:
+    """The patient id a member entry names (`Patient/X`, an absolute URL, `urn:uuid:X`, bare `X`)."""
+    entity = member.get("entity") if type(member) is dict else None
+    reference = entity.get("reference") if type(entity) is dict else None
+    if type(reference) is not str or not reference or reference.startswith("#"):
+        return None
+    target = split_reference(reference)
+    if not target.id:
+        return None
+    if target.type == PATIENT:
+        return target.id
+    if target.type is None and target.base is None and ":" not in reference.removeprefix("urn:uuid:"):
+        return target.id  # `urn:uuid:X` or bare `X`: a patient only when X is a covered patient id
+    return None
+
+
+def covered_roster(group: dict, covered: Iterable[str]) -> Optional[dict]:
+    """`group` with `member` cut to the entries naming a `covered` patient, tagged SUBSETTED.
+
+    Members naming anyone else, and nested Groups (whose own members may reach
+    beyond the export), are dropped, so the Group names no patient outside the
+    export. Returns None when nothing was cut (the Group is exported as it was
+    read). Raises `transforms.fhir.elements.InvalidMeta` when `meta` cannot be tagged.
+    """
+    covered = frozenset(covered)
+    members = group.get("member")
+    if members is None:
+        return None
+    kept = [m for m in members if _member_patient(m) in covered] if type(members) is list else []
+    if type(members) is list and len(kept) == len(members):
+        return None
+    # `quantity` counts the whole roster, which the cut Group no longer lists.
+    body = {k: v for k, v in group.items() if k not in ("member", "quantity", "_quantity")}
+    if kept:
+        body = {k: (kept if k == "member" else v) for k, v in group.items() if k not in ("quantity", "_quantity")}
+    return _tagged(body)

@@ -28,20 +28,34 @@ class InstantKey(NamedTuple):
 
 
 class InvalidInstant(ValueError):
-    """Raised for text that is not a FHIR instant."""
+    """Raised for text that is not a FHIR instant.
+
+    The message quotes the text (for a kick-off refusal, the client's own input);
+    `rule` says what is wrong without it, for error files about source data.
+    """
+
+    def __init__(self, message: str, rule: str | None = None):
+        super().__init__(message)
+        self.rule = rule if rule is not None else message
+
+
+def _kind(text: object) -> str:
+    """What a non-string value is, by type only (`a number`, `an object`), never the value."""
+    return {int: "a number", float: "a number", bool: "a boolean", dict: "an object", list: "a list",
+            type(None): "null"}.get(type(text), "text")
 
 
 def instant_key(text: object) -> InstantKey:
     """Returns the sort key of a FHIR instant, or raises `InvalidInstant`."""
     match = _INSTANT.match(text) if isinstance(text, str) else None
     if match is None:
-        raise InvalidInstant(
-            f"{text!r} is not a FHIR instant (YYYY-MM-DDThh:mm:ss[.fff](Z|+hh:mm))"
-        )
+        form = "not a FHIR instant (YYYY-MM-DDThh:mm:ss[.fff](Z|+hh:mm))"
+        rule = form if isinstance(text, str) else f"{_kind(text)}, {form}"
+        raise InvalidInstant(f"{text!r} is {form}", rule)
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     year, month, day = int(year), int(month), int(day)
     if year == 0 or day > _days_in_month(year, month):
-        raise InvalidInstant(f"{text!r} is not a calendar date")
+        raise InvalidInstant(f"{text!r} is not a calendar date", "not a calendar date")
     seconds = _days_from_civil(year, month, day) * 86400 + (
         int(hour) * 3600 + int(minute) * 60 + int(second)
     )
@@ -102,7 +116,7 @@ def datetime_bounds(text: object) -> tuple[InstantKey, InstantKey]:
     """
     match = _DATETIME.match(text) if isinstance(text, str) else None
     if match is None:
-        raise InvalidInstant(f"{text!r} is not a FHIR dateTime")
+        raise InvalidInstant(f"{text!r} is not a FHIR dateTime", "not a FHIR dateTime")
     year, month, day, time = match.group(1, 2, 3, 4)
     if time:
         key = instant_key(text)

@@ -19,6 +19,21 @@ from typing import Optional
 from transforms.fhir.instant import InstantKey, InvalidInstant, instant_key, text_key_of, utc_text_key
 
 LAST_UPDATED = "meta.lastUpdated"  # how bad records name the element at fault
+# `LastUpdatedWindow.classify`'s verdict for a resource updated after `transactionTime`.
+LATE = "updated after transactionTime"
+
+
+class UpdatedAfterTransaction(InvalidInstant):
+    """Raised by a step for a resource updated after `transactionTime`: not exported, but said so.
+
+    Not an error in the data (the next export will include it), so it is reported
+    with severity `information` and issue type `informational`.
+    """
+
+    severity, code = "information", "informational"
+
+    def __init__(self) -> None:
+        super().__init__(LATE)
 
 
 class LastUpdatedWindow:
@@ -46,27 +61,41 @@ class LastUpdatedWindow:
         transaction_time, _, until, include_missing = self._bounds
         return LastUpdatedWindow(transaction_time, None, until, include_missing)
 
-    def admits(self, body: dict, last_updated: Optional[str] = None) -> bool:
-        """True when the resource is in the window; raises `InvalidInstant` on bad data.
-
-        `last_updated`, a columnar source's `lastUpdated` column, wins over `meta.lastUpdated`.
-        """
+    def classify(self, body: dict, last_updated: Optional[str] = None):
+        """`admits`, telling the resources updated after `transactionTime` apart: True when
+        the resource is in the window, `LATE` when it was updated after `transactionTime`,
+        else False. Raises `InvalidInstant` on bad data."""
         text = last_updated if last_updated is not None else _meta_last_updated(body)
         if text is None:
             return self._keep_missing
         fast = utc_text_key(text)
         if fast is not None:
             if fast > self._tx_text:
-                return False
+                return LATE
             if self._since_text is not None and not fast > self._since_text:
                 return False
             return self._until_text is None or fast < self._until_text
         key: InstantKey = instant_key(text)
         if key > self._tx:
-            return False
+            return LATE
         if self._since is not None and not key > self._since:
             return False
         return self._until is None or key < self._until
+
+    def admits(self, body: dict, last_updated: Optional[str] = None) -> bool:
+        """True when the resource is in the window; raises `InvalidInstant` on bad data.
+
+        `last_updated`, a columnar source's `lastUpdated` column, wins over `meta.lastUpdated`.
+        """
+        return self.classify(body, last_updated) is True
+
+    def admits_or_late(self, body: dict, last_updated: Optional[str] = None) -> bool:
+        """`admits`, raising `UpdatedAfterTransaction` for a resource updated after `transactionTime`,
+        so a step reports it (as a notice) instead of dropping it silently."""
+        verdict = self.classify(body, last_updated)
+        if verdict is LATE:
+            raise UpdatedAfterTransaction()
+        return verdict is True
 
 
 def _meta_last_updated(body: dict) -> Optional[object]:

@@ -31,7 +31,7 @@ from transforms.fhir.record_schema import (
     schema_problem,
 )
 from transforms.read.bundles import WHOLE
-from transforms.read.ndjson import parse_lines, to_resource
+from transforms.read.ndjson import json_error, parse_lines, to_resource
 from transforms.read.source_formats import PARQUET
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
 
@@ -177,7 +177,7 @@ def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]
         try:
             body = loads(raw)
         except decode_error as exc:
-            yield BadRecord(origin, index, f"resource column: not valid JSON ({exc})")
+            yield BadRecord(origin, index, json_error(exc, "resource column: not valid JSON"))
             continue
         # The common case costs a few lookups; anything else is explained on the slow path.
         if type(body) is dict and body.get("resourceType") == resource_type and resource_type in known:
@@ -192,8 +192,7 @@ def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]
         if type(parsed) is BadRecord:
             yield parsed._replace(reason=f"resource column: {parsed.reason}")
         else:
-            yield BadRecord(
-                origin, index, f"resourceType column {resource_type!r} disagrees with the resource's {parsed.type!r}"
-            )
+            # Neither value is named: the column may hold anything.
+            yield BadRecord(origin, index, "resourceType column disagrees with the resource's resourceType")
     if resources:
         yield ResourceBatch(origin, resources)

@@ -5,6 +5,10 @@ Group or `patient` is not in the source, so the launcher scans the source once
 for those two types. NDJSON lines are screened with a byte search before any
 JSON is parsed (Patients and Groups are a small share of a typical export);
 Bundles, Avro and Parquet files are read by the pipeline's own chunk reader.
+
+Two Groups with one id but different content make a Group export ambiguous;
+they are counted in `SourceIndex.ambiguous_groups` so that the kickoff can be
+refused. Identical copies (the same Group in two Bundles) are one Group.
 """
 
 from __future__ import annotations
@@ -13,22 +17,27 @@ from typing import Iterator, NamedTuple
 
 import orjson
 
+from transforms.read.bundles import bundle_items
 from transforms.read.chunks import open_chunk, plan_chunks
 from transforms.read.ndjson import span_blocks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import read_chunk
 from transforms.read.source_formats import AUTO
+from transforms.records import Origin, Resource
 
 PATIENT, GROUP = "Patient", "Group"
 _MARKERS = (b'"Patient"', b'"Group"')
 _WHOLE_FILES = 1 << 62  # plan one chunk per file
+_NOWHERE = Origin("", 0)  # entries found here are only indexed, never reported
 
 
 class SourceIndex(NamedTuple):
     """What a kickoff needs to know about a source's patients and groups."""
 
     patient_ids: frozenset[str]
-    groups: dict[str, dict]
+    groups: dict[str, dict]  # the first copy of each Group id
+    # Group ids with copies that differ -> how many copies the source holds.
+    ambiguous_groups: dict[str, int] = {}
 
 
 def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
@@ -38,15 +47,21 @@ def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
     """
     patient_ids: set[str] = set()
     groups: dict[str, dict] = {}
+    copies: dict[str, list[dict]] = {}
     for resource_type, body in _patients_and_groups(source, source_format):
         resource_id = body.get("id")
         if type(resource_id) is not str:
             continue
         if resource_type == PATIENT:
             patient_ids.add(resource_id)
+        elif resource_id in groups:
+            copies.setdefault(resource_id, [groups[resource_id]]).append(body)
         else:
-            groups.setdefault(resource_id, body)
-    return SourceIndex(frozenset(patient_ids), groups)
+            groups[resource_id] = body
+    ambiguous = {
+        group_id: len(bodies) for group_id, bodies in copies.items() if any(b != bodies[0] for b in bodies[1:])
+    }
+    return SourceIndex(frozenset(patient_ids), groups, ambiguous)
 
 
 _PATIENTS_AND_GROUPS = ReadSelection.of((PATIENT, GROUP))
@@ -75,5 +90,11 @@ def _screened(lines: list[bytes]) -> Iterator[tuple[str, dict]]:
             body = orjson.loads(line)
         except orjson.JSONDecodeError:
             continue
-        if type(body) is dict and body.get("resourceType") in (PATIENT, GROUP):
+        if type(body) is not dict:
+            continue
+        if body.get("resourceType") in (PATIENT, GROUP):
             yield body["resourceType"], body
+        elif body.get("resourceType") == "Bundle":  # a Bundle on one line: the reader unpacks its entries too
+            for _, item in bundle_items(body, line, 0, _NOWHERE):
+                if type(item) is Resource and item.type in (PATIENT, GROUP):
+                    yield item.type, item.body

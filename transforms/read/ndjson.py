@@ -2,9 +2,10 @@
 
 This is the export's hot loop. Lines are read in blocks and split in bulk, a
 line is parsed once with orjson, and the common case (a JSON object with an R4
-`resourceType`) costs one dict lookup beyond the parse, plus the read's
-`ReadSelection` test. Anything else is explained on a slow path and becomes a
-`BadRecord`.
+`resourceType` other than Bundle, and an `id`) costs two dict lookups beyond the
+parse, plus the read's `ReadSelection` test. Anything else (a Bundle, whose
+entries may be the resources, or a line that is no resource) is explained on a
+slow path and becomes resources or a `BadRecord`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import orjson
 
 from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.r4 import RESOURCE_TYPES
-from transforms.read.pushdown import ReadSelection, window_error
+from transforms.fhir.window import LATE
+from transforms.read.pushdown import ReadSelection, late_record, no_id_record, window_error
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
 
 # Small enough that a block's lines are parsed while still in the CPU cache (1 MiB
@@ -85,11 +87,14 @@ def parse_lines(
     `Resource.index` counts every line of the range, blank ones included, so
     that line numbers can be recovered from `origin`. With a `selection`, only
     the resources it admits are kept, and the last batch may be empty, to carry
-    the `source_bytes` of the lines left out.
+    the `source_bytes` of the lines left out. A kept resource without an `id` is a
+    bad record, and one updated after `transactionTime` an `information` notice.
+    A line holding a `transaction`, `batch`, `collection` or `searchset` Bundle is
+    read as its entries, as a Bundle file is (`transforms.read.bundles`).
     """
-    loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
+    loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, _PLAIN_TYPES
     types = selection.types if selection is not None else None
-    in_window = selection.window.admits if selection is not None and selection.window is not None else None
+    in_window = selection.window.classify if selection is not None and selection.window is not None else None
     bodies = selection is None or selection.keep_bodies
     batch: list[Resource] = []
     first = 0  # the index of the block's first line
@@ -101,7 +106,7 @@ def parse_lines(
                 body = loads(line)  # a CRLF line's "\r" is JSON whitespace
             except decode_error as exc:
                 if line.strip():
-                    yield BadRecord(origin, first + offset, f"not valid JSON ({exc})")
+                    yield BadRecord(origin, first + offset, json_error(exc))
                 continue
             if type(body) is dict:
                 resource_type = body.get("resourceType")
@@ -110,11 +115,18 @@ def parse_lines(
                         continue
                     if in_window is not None:
                         try:
-                            if not in_window(body):
-                                continue
+                            verdict = in_window(body)
                         except InvalidInstant as exc:
-                            yield window_error(origin, first + offset, exc, resource_type)
+                            yield window_error(origin, first + offset, exc, resource_type, body.get("id"))
                             continue
+                        if verdict is not True:
+                            if verdict is LATE:  # only resources past transactionTime take this path
+                                yield late_record(origin, first + offset, resource_type, body.get("id"))
+                            continue
+                    rid = body.get("id")
+                    if type(rid) is not str or not rid:
+                        yield no_id_record(origin, first + offset, resource_type)
+                        continue
                     if line[-1:] == b"\r":
                         line = line[:-1]
                     batch.append(Resource(resource_type, line, body if bodies else None, first + offset))
@@ -122,19 +134,62 @@ def parse_lines(
                         yield ResourceBatch(origin, batch, unreported)
                         batch, unreported = [], 0
                     continue
-            yield to_resource(body, line, first + offset, origin)
+            # The slow path: not a resource, or a Bundle (whose entries may be the resources).
+            for item in _unusual_line(body, line, first + offset, origin, selection):
+                if type(item) is not Resource:
+                    yield item
+                    continue
+                batch.append(item if bodies else item._replace(body=None))
+                if len(batch) >= batch_size:
+                    yield ResourceBatch(origin, batch, unreported)
+                    batch, unreported = [], 0
         first += len(lines)
     if batch or unreported:
         yield ResourceBatch(origin, batch, unreported)
 
 
+# Every R4 type but Bundle takes the hot path; a Bundle line may hold the resources as entries.
+_PLAIN_TYPES = RESOURCE_TYPES - {"Bundle"}
+
+
+def json_error(exc: orjson.JSONDecodeError, what: str = "not valid JSON") -> str:
+    """Why a text is not JSON: orjson's own message (fixed texts, never the input) and the
+    column, without the position text of `str(exc)`, which counts from the line's start."""
+    return f"{what} ({exc.msg} at column {exc.colno})"
+
+
+def _unusual_line(body: object, raw: bytes, index: int, origin: Origin, selection: Optional[ReadSelection]) -> list:
+    """The `Resource`s and `BadRecord`s of a line the hot loop did not take: a Bundle, or not a resource."""
+    if type(body) is not dict or body.get("resourceType") != "Bundle":
+        parsed = to_resource(body, raw, index, origin)
+        return [parsed] if type(parsed) is BadRecord else []  # any R4 resource but a Bundle took the hot path
+    from transforms.read.bundles import bundle_items  # bundles imports this module
+
+    raw = raw[:-1] if raw[-1:] == b"\r" else raw
+    selection = selection if selection is not None else ReadSelection()
+    kept: list = []
+    for entry, item in bundle_items(body, raw, index, origin):
+        if type(item) is Resource:
+            batch, bad = selection.select(ResourceBatch(origin, [item._replace(entry=entry)]))
+            kept.extend(batch.resources)
+        else:
+            bad = [item]
+        kept.extend(bad if entry is None else (r._replace(entry=entry) for r in bad))
+    return kept
+
+
 def to_resource(body: object, raw: bytes, index: int, origin: Origin) -> Union[Resource, BadRecord]:
-    """A parsed JSON value as a `Resource`, or a `BadRecord` saying why it is not one."""
+    """A parsed JSON value as a `Resource`, or a `BadRecord` saying why it is not one.
+
+    The reason never quotes the value (e.g. an unknown `resourceType`)."""
     if type(body) is not dict:
         return BadRecord(origin, index, "not a JSON object")
     resource_type = body.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         return BadRecord(origin, index, "has no resourceType")
     if resource_type not in RESOURCE_TYPES:
-        return BadRecord(origin, index, f"resourceType {resource_type!r} is not an R4 resource type")
+        return BadRecord(origin, index, UNKNOWN_TYPE)
     return Resource(resource_type, raw, body, index)
+
+
+UNKNOWN_TYPE = "resourceType is not an R4 resource type"

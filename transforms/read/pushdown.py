@@ -6,7 +6,8 @@ test needs nothing but the parsed resource. Applying it inside the read loop
 parsed body at once instead of carrying it through a batch to a later step,
 and when nothing after the read looks at bodies, a kept resource carries
 only its original bytes. Resources with a bad `meta.lastUpdated` become
-`BadRecord`s exactly as a window step would report them.
+`BadRecord`s exactly as a window step would report them; those updated after
+`transactionTime` become `information` notices, so none vanishes silently.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Iterable, NamedTuple, Optional
 
 from transforms.fhir.instant import InvalidInstant
-from transforms.fhir.window import LAST_UPDATED, LastUpdatedWindow
+from transforms.fhir.window import LAST_UPDATED, LATE, LastUpdatedWindow, UpdatedAfterTransaction
 from transforms.records import BadRecord, Resource, ResourceBatch
 
 
@@ -42,20 +43,58 @@ class ReadSelection(NamedTuple):
         return self.window is None or self.window.admits(body, last_updated)
 
     def select(self, batch: ResourceBatch) -> tuple[ResourceBatch, list[BadRecord]]:
-        """The batch's selected resources (the batch keeps its `source_bytes`) and its bad ones."""
+        """The batch's selected resources (the batch keeps its `source_bytes`) and its bad ones.
+
+        Besides bad `meta.lastUpdated` values, a selected resource without an `id` is a bad
+        record, and one updated after `transactionTime` an `information` notice.
+        """
         kept: list[Resource] = []
         bad: list[BadRecord] = []
+        types, window, origin = self.types, self.window, batch.origin
         for resource in batch.resources:
-            try:
-                if not self.admits(resource.type, resource.body, resource.last_updated):
+            if types is not None and resource.type not in types:
+                continue
+            body = resource.body
+            if window is not None:
+                try:
+                    verdict = window.classify(body, resource.last_updated)
+                except InvalidInstant as exc:
+                    bad.append(window_error(origin, resource.index, exc, resource.type, body.get("id")))
                     continue
-            except InvalidInstant as exc:
-                bad.append(window_error(batch.origin, resource.index, exc, resource.type))
+                if verdict is not True:
+                    if verdict is LATE:
+                        bad.append(late_record(origin, resource.index, resource.type, body.get("id")))
+                    continue
+            rid = body.get("id")
+            if type(rid) is not str or not rid:
+                bad.append(no_id_record(origin, resource.index, resource.type))
                 continue
             kept.append(resource if self.keep_bodies else resource._replace(body=None))
         return batch.replace(kept), bad
 
 
-def window_error(origin, index: int, exc: InvalidInstant, resource_type: str) -> BadRecord:
-    """The bad record for a resource whose `meta.lastUpdated` cannot be placed in the window."""
-    return BadRecord(origin, index, f"{LAST_UPDATED}: {exc}", resource_type)
+def _id(value: object) -> Optional[str]:
+    return value if type(value) is str else None
+
+
+def window_error(origin, index: int, exc: InvalidInstant, resource_type: str, resource_id: object = None) -> BadRecord:
+    """The bad record for a resource whose `meta.lastUpdated` cannot be placed in the window.
+
+    It states the rule broken (`exc.rule`), never the value."""
+    return BadRecord(origin, index, f"{LAST_UPDATED}: {exc.rule}", resource_type, resource_id=_id(resource_id))
+
+
+def late_record(origin, index: int, resource_type: str, resource_id: object = None) -> BadRecord:
+    """The notice for a resource updated after `transactionTime`: not exported, and said so."""
+    return BadRecord(
+        origin, index, f"{LAST_UPDATED}: {LATE}", resource_type, code=UpdatedAfterTransaction.code,
+        resource_id=_id(resource_id), severity=UpdatedAfterTransaction.severity,
+    )
+
+
+NO_ID = "has no id"
+
+
+def no_id_record(origin, index: int, resource_type: str) -> BadRecord:
+    """The bad record for a resource without a string `id`: it cannot be exported."""
+    return BadRecord(origin, index, NO_ID, resource_type)

@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.read import gc_pause
 from transforms.read.bundles import document_resources
-from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_chunks
+from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_source
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
 from transforms.read.pushdown import ReadSelection
@@ -29,6 +29,7 @@ class ReadResources(beam.PTransform):
     """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`).
 
     A `selection` keeps only the resources it admits (see `transforms.read.pushdown`).
+    Files the plan refuses (links out of the source's folder, FIFOs) are `errors` too.
     """
 
     def __init__(
@@ -52,13 +53,16 @@ class ReadResources(beam.PTransform):
         return (
             pbegin
             | "Source" >> beam.Create([self._source])
-            | "PlanChunks" >> beam.FlatMap(plan_chunks, self._format, self._chunk_bytes)
+            | "PlanChunks" >> beam.FlatMap(plan_source, self._format, self._chunk_bytes)
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
             >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection))
             .with_output_types(ResourceBatch)
             .with_outputs("errors", main="batches")
         )
+
+
+_EVERY = ReadSelection()
 
 
 class _ReadChunkFn(beam.DoFn):
@@ -74,7 +78,11 @@ class _ReadChunkFn(beam.DoFn):
         # Beam's own long-lived objects need no further collection passes.
         gc_pause.freeze_heap()
 
-    def process(self, chunk: Chunk) -> Iterator:
+    def process(self, chunk: Union[Chunk, BadRecord]) -> Iterator:
+        if type(chunk) is BadRecord:  # a file the plan refused (never opened)
+            self._bad.inc()
+            yield beam.pvalue.TaggedOutput("errors", chunk)
+            return
         try:
             with gc_pause.collector_paused(), open_chunk(chunk) as f:
                 if chunk.columnar:
@@ -102,10 +110,7 @@ class _ReadChunkFn(beam.DoFn):
                 continue
             if not item.source_bytes:
                 item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
-            if self._selection is None:
-                yield item
-                continue
-            batch, bad = self._selection.select(item)
+            batch, bad = (self._selection or _EVERY).select(item)  # every selection drops resources without an id
             yield from bad
             yield batch
 

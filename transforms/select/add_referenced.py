@@ -70,7 +70,7 @@ class _ReferencedFn(beam.DoFn):
         self._window = window
 
     def process(self, batch: ResourceBatch, keys: frozenset[str]) -> Iterator:
-        admits = self._window.admits
+        admits = self._window.admits_or_late  # one updated after transactionTime is reported, not dropped
 
         def keep(resource: Resource) -> Optional[Resource]:
             if f"{resource.type}/{resource.body.get('id')}" not in keys:

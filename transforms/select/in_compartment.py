@@ -88,7 +88,8 @@ class _CandidatesFn(beam.DoFn):
             found = compartment_patients(resource.type, resource.body)
             if not found:
                 continue
-            key = (origin.path, origin.offset, resource.index)
+            # A Bundle on an NDJSON line holds several resources on one line: `entry` tells them apart.
+            key = (origin.path, origin.offset, resource.index, resource.entry)
             yield key, (origin, resource)
             for patient in found:
                 yield beam.pvalue.TaggedOutput("by_patient", (patient, key))
@@ -119,4 +120,8 @@ class _ChooseFn(beam.DoFn):
 
     @staticmethod
     def _admitted(window: Optional[LastUpdatedWindow]):
-        return lambda r: r if window is None or window.admits(r.body, r.last_updated) else None
+        def admitted(resource):
+            # One updated after transactionTime is reported as a notice, as `CompartmentRule` does.
+            return resource if window is None or window.admits_or_late(resource.body, resource.last_updated) else None
+
+        return admitted

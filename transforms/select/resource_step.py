@@ -51,7 +51,9 @@ class ResourceStep(beam.PTransform):
 
 
 def _log_failure(exc: Exception, batch: ResourceBatch) -> None:
-    _LOG.error("step failed on a batch from %s: %r", batch.origin.path, exc)
+    # Only the exception's type: its text may quote resource content.
+    _LOG.error("step failed on a batch of %d resources from %s: %s", len(batch.resources), batch.origin.path,
+               type(exc).__name__)
 
 
 def _dead_letter_records(failure, step: str) -> Iterator[BadRecord]:
@@ -59,7 +61,8 @@ def _dead_letter_records(failure, step: str) -> Iterator[BadRecord]:
     # The exception text may quote resource content, so only its type is reported.
     reason = f"not exported: {step} failed unexpectedly ({exc_type.__name__})"
     for resource in batch.resources:
-        yield BadRecord(batch.origin, resource.index, reason, resource.type, code="exception")
+        yield BadRecord(batch.origin, resource.index, reason, resource.type, code="exception",
+                        resource_id=_resource_id(resource), entry=resource.entry)
 
 
 def each_resource(
@@ -69,16 +72,29 @@ def each_resource(
     label: str,
 ) -> Iterator:
     """A step's per-resource loop: yields the batch of what `keep` returns (None drops a
-    resource), and a `BadRecord`, tagged `errors`, for each resource on which it raises `bad_data`."""
+    resource), and a `BadRecord`, tagged `errors`, for each resource on which it raises `bad_data`.
+
+    The reason is `label: ` and the exception's `rule` when it has one (a text without the
+    value at fault, as `InvalidInstant` carries), else its message, which must then quote no
+    source value. An exception's `severity` and `code` attributes, when set, are the issue's."""
     kept = []
     for resource in batch.resources:
         try:
             result = keep(resource)
         except bad_data as exc:
-            reason = f"{label}: {exc}"
-            yield beam.pvalue.TaggedOutput("errors", BadRecord(batch.origin, resource.index, reason, resource.type))
+            reason = f"{label}: {getattr(exc, 'rule', None) or exc}"
+            record = BadRecord(
+                batch.origin, resource.index, reason, resource.type, code=getattr(exc, "code", "invalid"),
+                resource_id=_resource_id(resource), severity=getattr(exc, "severity", "error"), entry=resource.entry,
+            )
+            yield beam.pvalue.TaggedOutput("errors", record)
             continue
         if result is not None:
             kept.append(result)
     if kept:
         yield batch.replace(kept)
+
+
+def _resource_id(resource: Resource) -> Optional[str]:
+    rid = resource.body.get("id") if type(resource.body) is dict else None
+    return rid if type(rid) is str else None

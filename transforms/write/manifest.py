@@ -17,6 +17,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.read.chunks import source_root
 from transforms.records import BadRecord, PartFile
 from transforms.write.error_files import locate, operation_outcome
 from transforms.write.layout import ERROR_DIR, ERROR_TYPE, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
@@ -45,7 +46,8 @@ class AssembleManifest(beam.PTransform):
     `render` turns the `Completed` files into manifest JSON bytes, and
     `on_complete`, if given, is called with those bytes to claim the job's
     completion before the manifest is made visible; if it returns False (the
-    job was cancelled meanwhile) no manifest appears.
+    job was cancelled meanwhile) no manifest appears. With `source` (the `--source`),
+    error files name source files relative to its root, never by their server path.
     """
 
     def __init__(
@@ -55,9 +57,10 @@ class AssembleManifest(beam.PTransform):
         render: Callable[[Completed], bytes],
         max_lines: int = 100_000,
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
+        source: Optional[str] = None,
     ):
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete)
+        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete, source)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors = inputs
@@ -70,7 +73,8 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete):
+    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete, source=None):
+        self._source = source
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
@@ -125,7 +129,7 @@ class _AssembleFn(beam.DoFn):
         return final
 
     def _write_errors(self, errors: list[BadRecord]) -> list[FinalFile]:
-        located = locate(errors)
+        located = locate(errors, source_root(self._source) if self._source is not None else None)
         files = []
         for n, start in enumerate(range(0, len(located), self._max_lines)):
             chunk = located[start : start + self._max_lines]

@@ -30,11 +30,11 @@ def date_range(text: object) -> tuple[int, int]:
     """The half-open nanosecond range a FHIR date, dateTime or instant spans."""
     match = _DATE.match(text) if isinstance(text, str) else None
     if match is None:
-        raise ValueError(f"{text!r} is not a FHIR date or dateTime")
+        raise ValueError("not a FHIR date or dateTime")  # never the text: it may be a resource's
     try:
         return _range(*match.groups())
     except InvalidInstant:
-        raise ValueError(f"{text!r} is not a calendar date and time") from None
+        raise ValueError("not a calendar date and time") from None
 
 
 def _range(year, month, day, hour, minute, second, fraction, zone) -> tuple[int, int]:
@@ -76,7 +76,7 @@ def element_ranges(element: object) -> list[tuple[int, int]]:
                 ranges.append(_period(bounds))
             return ranges
     except ValueError as exc:
-        raise MalformedData(str(exc)) from None
+        raise MalformedData(f"a date value is {exc}") from None
     raise MalformedData(f"a date value is {type(element).__name__}, not a date, Period or Timing")
 
 

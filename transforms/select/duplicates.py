@@ -1,0 +1,159 @@
+"""Duplicate resources: copies of one `Type/id` with different content, reported in `error[]`.
+
+A source may hold two different resources with one type and id (two exports
+merged, a resource edited in one file and not another). Which one is right
+cannot be told from the data, and the write is fused with the read, so every
+copy is still exported (holding bodies back until all copies are known would
+shuffle them). Each copy is reported instead, as a `BadRecord` with code
+`duplicate` and severity `warning` naming its own file and line (or Bundle
+entry or record), so a consumer can keep the copy with the latest
+`meta.lastUpdated`.
+
+Copies with identical bytes (a shared Organization in two patients' transaction
+Bundles) are one resource written twice and are not reported.
+
+Only metadata is shuffled: for each exported resource its type and id, origin
+path and offset, index, and a content digest (length and CRC-32 of its bytes),
+gathered per bundle into one marshalled list per hash bucket of the id, so the
+shuffle carries a few byte strings per bucket rather than one element per
+resource.
+"""
+
+from __future__ import annotations
+
+import marshal
+import re
+import zlib
+from collections import defaultdict
+from typing import Iterable, Iterator, Optional
+
+import apache_beam as beam
+import orjson
+from apache_beam.transforms.window import GlobalWindows
+
+from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+
+BUCKETS = 256
+FLUSH_AT = 20_000  # entries a worker holds before it sends them on
+
+
+class ReportDuplicates(beam.PTransform):
+    """`BadRecord`s (code `duplicate`) for every copy of a `Type/id` whose copies differ."""
+
+    def __init__(self, buckets: int = BUCKETS):
+        super().__init__()
+        self._buckets = buckets
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[BadRecord]:
+        return (
+            batches
+            | "Keys" >> beam.ParDo(_KeysFn(self._buckets)).with_output_types(tuple[int, bytes])
+            | "ByBucket" >> beam.GroupByKey()
+            | "Copies" >> beam.FlatMap(_duplicates).with_output_types(BadRecord)
+        )
+
+
+_PREFIXES: dict[str, bytes] = {}
+
+
+def _prefix(resource_type: str) -> bytes:
+    """How a compact NDJSON line of this type starts when its `id` comes second."""
+    prefix = _PREFIXES[resource_type] = b'{"resourceType":"' + resource_type.encode() + b'","id":"'
+    return prefix
+
+
+def resource_id(resource: Resource) -> Optional[bytes]:
+    """The resource's id as UTF-8 bytes, from its parsed body or, when the read dropped it, its bytes.
+
+    Without a body, compact JSON whose first keys are `resourceType` and `id` (as
+    servers write NDJSON) gives its id without a parse; anything else is parsed.
+    """
+    body = resource.body
+    if body is None:
+        raw = resource.raw
+        for prefix in (_PREFIXES.get(resource.type) or _prefix(resource.type), b'{"id":"'):
+            if raw.startswith(prefix):
+                start = len(prefix)
+                end = raw.find(b'"', start)
+                if _FHIR_ID.fullmatch(raw, start, end):
+                    return raw[start:end]
+                break
+        try:
+            body = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+    value = body.get("id") if type(body) is dict else None
+    return value.encode() if type(value) is str and value else None
+
+
+# A FHIR id; one that may hold an escape is read by parsing instead.
+_FHIR_ID = re.compile(rb"[A-Za-z0-9\-.]{1,64}")
+
+
+class _KeysFn(beam.DoFn):
+    """Each resource's key, location and digest, gathered per bucket within a bundle and sent
+    on as one marshalled list per bucket (cheap to shuffle, and small in memory)."""
+
+    def __init__(self, buckets: int):
+        self._buckets = buckets
+        self._pending: dict[int, list] = defaultdict(list)
+        self._count = 0
+
+    def start_bundle(self) -> None:
+        self._pending, self._count = defaultdict(list), 0
+
+    def process(self, batch: ResourceBatch) -> Iterator:
+        resources = batch.resources
+        if not resources:
+            return
+        path, offset = batch.origin
+        pending, buckets, crc32 = self._pending, self._buckets, zlib.crc32
+        prefixes = _PREFIXES
+        for resource in resources:
+            raw = resource.raw
+            rid = None
+            if resource.body is None:  # the common fast path of `resource_id`, inline
+                prefix = prefixes.get(resource.type) or _prefix(resource.type)
+                if raw.startswith(prefix):
+                    start = len(prefix)
+                    end = raw.find(b'"', start)
+                    if end > start and b"\\" not in raw[start:end]:
+                        rid = raw[start:end]
+            if rid is None:
+                rid = resource_id(resource)
+                if rid is None:
+                    continue  # resources without an id are the reader's to report
+            pending[crc32(rid) % buckets].append(
+                (resource.type, rid, path, offset, resource.index, resource.entry, len(raw), crc32(raw))
+            )
+        self._count += len(resources)
+        if self._count >= FLUSH_AT:
+            yield from self._flush()
+
+    def finish_bundle(self) -> Iterator:
+        for pair in self._flush():
+            yield GlobalWindows.windowed_value(pair)
+
+    def _flush(self) -> Iterator[tuple[int, bytes]]:
+        pending, self._pending, self._count = self._pending, defaultdict(list), 0
+        for bucket, entries in pending.items():
+            yield bucket, marshal.dumps(entries)
+
+
+def _duplicates(grouped: tuple[int, Iterable[bytes]]) -> Iterator[BadRecord]:
+    _, blobs = grouped
+    copies: dict[tuple[str, bytes], list[tuple]] = defaultdict(list)
+    for blob in blobs:
+        for entry in marshal.loads(blob):
+            copies[entry[0], entry[1]].append(entry)
+    for (resource_type, rid), found in copies.items():
+        if len(found) < 2 or len({entry[6:] for entry in found}) < 2:
+            continue
+        # The reason never quotes the id; the error file names it beside the location.
+        reason = (
+            f"duplicate: the source holds {len(found)} copies of this {resource_type} id with different "
+            "content; every copy is exported and each is reported; keep the copy with the latest meta.lastUpdated"
+        )
+        for _, _, path, offset, index, entry, _, _ in sorted(found, key=lambda e: (e[2:5], e[5] or -1)):
+            yield BadRecord(Origin(path, offset), index, reason, resource_type, code="duplicate",
+                            resource_id=rid.decode(), severity="warning", entry=entry)  # exported, but a copy must be chosen
