@@ -30,7 +30,7 @@ endif
 # Which interpreter the venv is built from (version and real path): a change rebuilds it.
 PY_ID := $(if $(PY),$(shell $(PY) -c 'import os, sys; print(sys.version.split()[0], os.path.realpath(sys.executable))'))
 
-.PHONY: export test bench sample-data derive clean FORCE
+.PHONY: export test serve bench bench-server sample-data derive clean FORCE
 
 $(VENV)/.interpreter: FORCE
 	@test -n '$(PY_ID)' || { echo 'make: $(PY_ERROR)' >&2; exit 1; }
@@ -51,8 +51,15 @@ export: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The Bulk Data HTTP server on the bundled sample data: http://127.0.0.1:8080/fhir (docs/server.md).
+serve: $(STAMP)
+	$(BIN)/bulk-export serve --source sample-data --output exports --port $(or $(PORT),8080)
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_export.py --resources 300000
+
+bench-server: $(STAMP)
+	$(BIN)/python benchmarks/bench_server.py
 
 # The bundled sample is generated, never edited: regenerate it with this target.
 sample-data: $(STAMP)

@@ -29,6 +29,10 @@ setup(
         "orjson>=3.10",
         "fhirpathpy>=2.2.4,<3",
         "psycopg[binary]>=3.2,<4",
+        # `bulk-export serve`: the Bulk Data HTTP server (ASGI) and its client in tests and benchmarks.
+        "fastapi>=0.115,<1",
+        "uvicorn>=0.30,<1",
+        "httpx>=0.27,<1",
     ],
     extras_require={
         "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],

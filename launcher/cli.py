@@ -1,5 +1,5 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
-cleanup, resume, sample-data. The job commands' handlers are in `launcher.commands`.
+cleanup, resume, serve, sample-data. The job commands' handlers are in `launcher.commands`.
 
 Exit codes (the same table is in README.md):
 
@@ -35,6 +35,7 @@ from launcher.durations import parse_duration
 from launcher.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.names import check_job_id, check_tenant
 from launcher.runner import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE, ExportFailed, JobCancelled, LeaseLost
+from launcher.server import main as server_main
 from launcher.stores import InvalidJobState, JobNotFound, StoreUnavailable, TooManyActiveExports
 from pipelines.settings import DEFAULTS, UnsafeRunnerOptions
 from transforms.read.source_formats import SOURCE_FORMATS
@@ -71,7 +72,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = _parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command != "export":
+        if extra and args.command not in ("export", "serve"):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args, extra
     except _UsageError as exc:
@@ -178,6 +179,17 @@ def _parser() -> argparse.ArgumentParser:
                         help="a named incremental export: _since is this schedule's last completed transactionTime")
     _run_options(export)
     export.set_defaults(handler=commands.export)
+
+    serve = commands_.add_parser(
+        "serve", allow_abbrev=False, help="serve FHIR Bulk Data $export over HTTP (kick-off, status, files)",
+        description="A long-running FHIR Bulk Data server (IG v3) in front of the engine. The export options "
+        "are every kick-off's defaults; options not listed here are Beam pipeline options. See docs/server.md.",
+    )
+    _job_options(serve)
+    _settings_options(serve)
+    _run_options(serve)
+    server_main.add_arguments(serve)
+    serve.set_defaults(handler=server_main.serve)
 
     status = commands_.add_parser("status", allow_abbrev=False, help="show a job's status and per-type progress",
                                   description="Exits 1 for a job that failed or was cancelled (its status is still shown).")

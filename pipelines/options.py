@@ -73,6 +73,11 @@ class ExportOptions(PipelineOptions):
             help="Service-account JSON key that signs the URLs (a local or gs:// path); default $GOOGLE_APPLICATION_CREDENTIALS.",
         )
         parser.add_argument(
+            "--file_url_base",
+            default=DEFAULTS["file_url_base"],
+            help="Local output served over HTTP: manifest URLs are this base plus <tenant>/<job_id>/<file>.",
+        )
+        parser.add_argument(
             "--schedule",
             default="",
             help="A named incremental schedule: _since is the last successful run's transactionTime.",

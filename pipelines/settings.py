@@ -39,6 +39,8 @@ class ExportSettings:
     signed_urls: bool = False
     url_ttl: int = DEFAULT_TTL_S
     signing_key: str = ""
+    # Local output served over HTTP (`bulk-export serve`): manifest URLs are this base + <tenant>/<job>/<file>.
+    file_url_base: str = ""
 
     def __post_init__(self) -> None:
         self.urls  # checks url_ttl
@@ -54,7 +56,7 @@ class ExportSettings:
 
     @property
     def urls(self) -> ManifestUrls:
-        return ManifestUrls(self.signed_urls, self.url_ttl, self.signing_key)
+        return ManifestUrls(self.signed_urls, self.url_ttl, self.signing_key, self.file_url_base)
 
     @property
     def referenced_types(self) -> tuple[str, ...]:
@@ -63,8 +65,10 @@ class ExportSettings:
     @classmethod
     def from_namespace(cls, namespace: object) -> "ExportSettings":
         """Reads the fields from an object with attributes of the same names
-        (parsed CLI arguments or `ExportOptions`; booleans may be "true"/"false")."""
-        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)}
+        (parsed CLI arguments or `ExportOptions`; booleans may be "true"/"false"). A field the
+        object lacks and that has a default (e.g. `file_url_base`, which only a server sets) keeps it."""
+        values = {f.name: getattr(namespace, f.name) for f in dataclasses.fields(cls)
+                  if hasattr(namespace, f.name) or f.default is dataclasses.MISSING}
         for name in _FLAGS:
             values[name] = values[name] in (True, "true")
         return cls(**values)

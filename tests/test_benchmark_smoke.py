@@ -32,3 +32,13 @@ def test_a_small_benchmark_run_prints_its_table(data_dir, options):
     assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
     out = {row.split("|")[3].strip() for row in rows}  # both cases exported the same number of resources
     assert len(out) == 1 and out != {"0"}, rows
+
+
+def test_a_small_server_benchmark_run_prints_its_figures():
+    """benchmarks/bench_server.py --small: a real server, 4 exports, 20 pollers, one download."""
+    bench = BENCH.parent / "bench_server.py"
+    done = subprocess.run([sys.executable, str(bench), "--small"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert [line.split()[0] for line in lines] == ["status", "kick-off", "download"], done.stdout
+    assert "target p99 <= 100 ms" in lines[0] and "target >= 0.5x" in lines[2]

@@ -66,6 +66,7 @@ def state(tmp_path) -> str:
     ["delete", "done"],
     ["cleanup", "--ttl", "1s"],
     ["export", "--help"],
+    ["serve", "--help"],
 ])
 def test_job_commands_import_no_beam(state, command):
     argv = command if command[0].startswith("-") else [command[0], "--state-dir", state, "--tenant", "acme",

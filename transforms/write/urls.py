@@ -14,7 +14,7 @@ import datetime as dt
 import os
 from pathlib import Path
 from typing import Optional
-from urllib.parse import unquote, urlparse
+from urllib.parse import quote, unquote, urlparse
 
 import orjson
 
@@ -81,6 +81,7 @@ class ManifestUrls:
     signed: bool = False
     ttl_s: int = DEFAULT_TTL_S
     key_path: str = ""
+    base_url: str = ""  # local output served over HTTP: URLs are base_url + the path below the output root
 
     def __post_init__(self) -> None:
         check_ttl(self.ttl_s)
@@ -96,6 +97,8 @@ class ManifestUrls:
                 raise ValueError(f"--signed-urls needs a gs:// --output, not {output_root!r}")
             credentials = load_key(self.key_path)
             return lambda path: sign(path, self.ttl_s, credentials)
+        if self.base_url and storage.is_local(output_root):
+            return lambda path: served_url(path, output_root, self.base_url)
         return file_url
 
 
@@ -104,6 +107,14 @@ def file_url(path: str) -> str:
     if storage.is_local(path):
         return Path(path).absolute().as_uri()
     return path
+
+
+def served_url(path: str, output_root: str, base_url: str) -> str:
+    """The URL under which a server publishes a local file: `base_url` + its path below `output_root`."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(output_root))
+    if relative.startswith(".."):
+        raise ValueError(f"{path!r} is not under the output folder {output_root!r}")
+    return f"{base_url.rstrip('/')}/{quote(relative.replace(os.sep, '/'))}"
 
 
 def resign(urls: list[str], ttl_s: int, key_path: str = "", credentials: Optional[object] = None) -> list[str]:

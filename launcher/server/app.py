@@ -1,0 +1,117 @@
+"""The FastAPI application of `bulk-export serve`: routes, error answers and the maintenance loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import importlib
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from launcher.audit import AuditLog
+from launcher.lifecycle import cleanup_expired, recover_abandoned
+from launcher.names import tenant_settings
+from launcher.runner import RunControl
+from launcher.server import files_api, kickoff_api, metadata_api, status_api
+from launcher.server.background import BackgroundJobs
+from launcher.server.config import ServerConfig
+from launcher.server.deps import Server
+from launcher.server.outcomes import FhirError, outcome_response
+from launcher.store import check_no_password
+from launcher.stores import open_store
+
+_LOG = logging.getLogger(__name__)
+# Pipelines run at a lower CPU priority than the server, so status polls stay fast while exports run.
+PIPELINE_NICENESS = 10
+_STATUS_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The server for `config`; its state is built at start-up."""
+    app = FastAPI(title="FHIR Bulk Data $export", lifespan=_lifespan(config), docs_url=None, redoc_url=None,
+                  openapi_url=None)
+    for module in (kickoff_api, status_api, files_api, metadata_api):
+        app.include_router(module.router)
+    app.add_exception_handler(FhirError, outcome_response)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(_DeclaredBodyLimit, limit=config.max_body_bytes)
+    return app
+
+
+def build_server(config: ServerConfig) -> Server:
+    store = open_store(check_no_password(config.store_url))
+    audit = AuditLog(config.state_dir)
+    control = RunControl(audit, config.max_active, config.lease_s, nice=PIPELINE_NICENESS)
+    jobs = BackgroundJobs(store, control, config.tenant, config.owner, config.beam_args)
+    settings = dataclasses.replace(tenant_settings(config.settings, config.tenant), file_url_base=config.files_base)
+    return Server(config, store, audit, jobs, settings)
+
+
+def _lifespan(config: ServerConfig):
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.server = server = build_server(config)
+        # The job runner imports Beam (~1.5 s holding the GIL): at start-up, not inside the first kick-off.
+        await run_in_threadpool(importlib.import_module, "launcher.jobs")
+        task = asyncio.create_task(_maintain(server))
+        try:
+            yield
+        finally:
+            task.cancel()
+
+    return lifespan
+
+
+async def _maintain(server: Server) -> None:
+    """Ends jobs whose lease lapsed (a killed server's) and removes jobs past the TTL, periodically."""
+    while True:
+        try:
+            await run_in_threadpool(_maintain_once, server)
+        except Exception:  # the next round tries again
+            _LOG.exception("maintenance failed")
+        await asyncio.sleep(server.config.maintenance_every_s)
+
+
+def _maintain_once(server: Server) -> None:
+    recover_abandoned(server.store, server.audit)
+    cleanup_expired(server.store, server.audit, server.config.cleanup_ttl_s, tenant=server.config.tenant,
+                    owner=server.config.owner)
+
+
+class _DeclaredBodyLimit:
+    """Answers 413 to a request whose Content-Length is over `limit` before anything reads it
+    (a pure ASGI middleware: Starlette's `BaseHTTPMiddleware` costs every request a task group)."""
+
+    def __init__(self, app, limit: int):
+        self._app, self._limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http":
+            length = dict(scope["headers"]).get(b"content-length")
+            if length is not None and (not length.isdigit() or int(length) > self._limit):
+                request = Request(scope)
+                error = FhirError(413, "too-costly", f"request bodies are limited to {self._limit} bytes")
+                await outcome_response(request, error)(scope, receive, send)
+                return
+        await self._app(scope, receive, send)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException):
+    code = _STATUS_CODES.get(exc.status_code, "processing")
+    return outcome_response(request, FhirError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+
+
+async def _validation_error(request: Request, exc: RequestValidationError):
+    return outcome_response(request, FhirError(400, "invalid", "the request is malformed"))
+
+
+async def _unexpected(request: Request, exc: Exception):
+    _LOG.error("unexpected %s on %s %s", type(exc).__name__, request.method, request.url.path)
+    return outcome_response(request, FhirError(500, "exception", "internal error"))

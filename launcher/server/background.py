@@ -1,0 +1,60 @@
+"""Jobs the server runs: recorded in the request, run to their end in a background thread each.
+
+Each attempt runs through the launcher's own runner (`launcher.jobs`), so its
+pipeline is a child process in its own process group under a lease this
+server renews; a kill of the server ends the pipelines with it, and the
+lapsed leases end their jobs in `error` when a server next looks.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Optional
+
+from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl
+from launcher.stores import JobStore, StoredJob
+from pipelines.models import ExportRequest
+from pipelines.settings import ExportSettings
+
+_LOG = logging.getLogger(__name__)
+
+
+class BackgroundJobs:
+    """Records kick-offs and runs each in a thread of its own."""
+
+    def __init__(self, store: JobStore, control: RunControl, tenant: str, owner: Optional[str],
+                 beam_args: tuple[str, ...]):
+        self._store = store
+        self._control = control
+        self._tenant, self._owner = tenant, owner
+        self._beam_args = beam_args
+        self._threads: dict[str, threading.Thread] = {}
+
+    def start(self, request: ExportRequest, settings: ExportSettings) -> StoredJob:
+        """Records the job (refusals raise before one exists) and starts its run; returns it `accepted`."""
+        from launcher.jobs import record_export  # imports Beam: only once a kick-off arrives
+
+        recorded = record_export(self._store, self._control, request, settings, self._tenant, self._owner,
+                                 self._beam_args)
+        job_id = recorded.job.job_id
+        thread = threading.Thread(target=self._run, args=(recorded,), name=f"export-{job_id}", daemon=True)
+        self._threads[job_id] = thread
+        thread.start()
+        return self._store.get(self._tenant, job_id, self._owner)
+
+    def _run(self, recorded) -> None:
+        from launcher.jobs import run_recorded
+
+        job_id = recorded.job.job_id
+        try:
+            run_recorded(self._store, self._control, recorded)
+        except (ExportFailed, JobCancelled, LeaseLost) as exc:  # the store holds the outcome
+            _LOG.info("job %s ended: %s", job_id, type(exc).__name__)
+        except Exception:
+            _LOG.exception("job %s: the runner failed", job_id)
+        finally:
+            self._threads.pop(job_id, None)
+
+    def running(self) -> int:
+        return len(self._threads)

@@ -1,0 +1,59 @@
+"""What one `bulk-export serve` needs: where jobs and files live, its public URL, and its export defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from pipelines.settings import ExportSettings
+
+AUTH_MODES = ("none",)
+FILES_PATH = "/files"
+FHIR_PATH = "/fhir"
+STATUS_PATH = "/fhir/bulk-status"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """A server's settings; `settings` are the export defaults every kick-off starts from."""
+
+    settings: ExportSettings
+    state_dir: str
+    base_url: str  # the public URL, no trailing slash: [base] is base_url + "/fhir"
+    job_store: Optional[str] = None  # postgresql://...; None: the SQLite store in state_dir
+    tenant: str = "default"
+    owner: Optional[str] = None  # the owner of every job this server records (until tokens name clients)
+    auth: str = "none"
+    max_active: int = 4
+    lease_s: float = 30.0
+    beam_args: tuple[str, ...] = ()
+    cleanup_ttl_s: float = 24 * 3600.0  # what `Expires` advertises
+    maintenance_every_s: float = 30.0  # how often lapsed leases are reaped and expired jobs removed
+    retry_after_s: int = 2
+    max_body_bytes: int = 1 << 20
+
+    def __post_init__(self) -> None:
+        if self.auth not in AUTH_MODES:
+            raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+        if not self.base_url.startswith(("http://", "https://")):
+            raise ValueError(f"--base-url must be an http(s) URL, not {self.base_url!r}")
+        object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+
+    @property
+    def store_url(self) -> str:
+        return self.job_store or self.state_dir
+
+    @property
+    def fhir_base(self) -> str:
+        return self.base_url + FHIR_PATH
+
+    @property
+    def files_base(self) -> str:
+        return self.base_url + FILES_PATH
+
+    def status_url(self, job_id: str) -> str:
+        return f"{self.base_url}{STATUS_PATH}/{job_id}"
+
+    @property
+    def requires_access_token(self) -> bool:
+        return self.auth != "none"

@@ -1,0 +1,83 @@
+"""Downloads: the files a complete job's manifest lists, streamed from the output folder.
+
+Only a file the job's manifest names is ever served, so no path can reach
+outside it. `Range` requests are answered 206 (a client resumes a download);
+without `Range`, a client that accepts gzip gets the file gzip-compressed as
+it streams. Nothing is read into memory whole.
+"""
+
+from __future__ import annotations
+
+import os
+import zlib
+from typing import Iterator
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import FileResponse, StreamingResponse
+
+from launcher.names import check_job_id
+from launcher.server.config import FILES_PATH
+from launcher.server.deps import Server, server
+from launcher.server.outcomes import FhirError
+from launcher.stores import JobNotFound
+from pipelines.models import ExportStatus
+from transforms.write.layout import NDJSON_MIME, PARQUET_MIME
+
+router = APIRouter()
+_CHUNK = 4 << 20  # per read and send: 64 KiB chunks (Starlette's default) spent most of a download in the event loop
+_GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
+
+
+@router.get(FILES_PATH + "/{tenant}/{job_id}/{path:path}")
+def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server)) -> Response:
+    local = _listed_file(app, tenant, job_id, path)
+    media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
+    if "range" in request.headers or not _accepts_gzip(request.headers.get("accept-encoding", "")):
+        return _File(local, media_type=media_type)
+    return StreamingResponse(_gzipped(local), media_type=media_type,
+                             headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+
+
+class _File(FileResponse):
+    """Starlette's file response (Range included), in larger chunks."""
+
+    chunk_size = _CHUNK
+
+
+def _listed_file(app: Server, tenant: str, job_id: str, path: str) -> str:
+    """The local path of a file the job's manifest lists; 404 for anything else."""
+    missing = FhirError(404, "not-found", "no such file")
+    if tenant != app.config.tenant:
+        raise missing
+    try:
+        record = app.store.get(tenant, check_job_id(job_id), app.config.owner)
+    except (JobNotFound, ValueError):
+        raise missing from None
+    if record.status is not ExportStatus.COMPLETE:
+        raise missing
+    manifest = app.store.manifest(tenant, job_id, app.config.owner)
+    url = f"{app.config.files_base}/{tenant}/{job_id}/{path}"
+    if url not in {entry.url for entry in manifest.output + manifest.error + manifest.deleted}:
+        raise missing
+    local = os.path.join(record.output_dir, path)
+    if not os.path.isfile(local):
+        raise FhirError(404, "not-found", "the file is gone (the job was removed)")
+    return local
+
+
+def _accepts_gzip(accept_encoding: str) -> bool:
+    for part in accept_encoding.split(","):
+        name, _, params = part.strip().partition(";")
+        if name.strip() == "gzip":
+            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    return False
+
+
+def _gzipped(path: str) -> Iterator[bytes]:
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
+    with open(path, "rb") as f:
+        while block := f.read(_CHUNK):
+            out = compressor.compress(block)
+            if out:
+                yield out
+    yield compressor.flush()

@@ -1,0 +1,49 @@
+"""`bulk-export serve`: builds the server's configuration from the command line and runs it on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+
+from launcher.server.config import AUTH_MODES
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The serve command's own flags (the export defaults and job options are added by the CLI)."""
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default %(default)s)")
+    parser.add_argument("--base-url", dest="public_url",
+                        help="the public URL clients reach, e.g. https://bulk.example.org (behind a proxy); "
+                        "default http://HOST:PORT. [base] is BASE-URL/fhir")
+    parser.add_argument("--auth", choices=AUTH_MODES, default="none",
+                        help="none: no access token (trials only; manifests say requiresAccessToken false)")
+    parser.add_argument("--cleanup-ttl", dest="cleanup_ttl", default="24h",
+                        help="how long a finished job's files are kept, as its status's Expires says (default 24h)")
+    parser.add_argument("--maintenance-interval", dest="maintenance_interval", default="30s",
+                        help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
+
+
+def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
+    import uvicorn
+
+    from launcher.durations import parse_duration
+    from launcher.server.app import create_app
+    from launcher.server.config import ServerConfig
+    from pipelines.settings import ExportSettings
+
+    config = ServerConfig(
+        settings=ExportSettings.from_namespace(args),
+        state_dir=args.state_dir,
+        base_url=args.public_url or f"http://{args.host}:{args.port}",
+        job_store=args.job_store,
+        tenant=args.tenant,
+        owner=args.owner,
+        auth=args.auth,
+        max_active=args.max_active_per_tenant,
+        lease_s=args.lease,
+        beam_args=tuple(beam_args),
+        cleanup_ttl_s=parse_duration(args.cleanup_ttl, "--cleanup-ttl"),
+        maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
+    )
+    print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    return 0

@@ -1,0 +1,75 @@
+"""Status and delete: `GET` and `DELETE` of the status URL a kick-off answered with.
+
+While a job runs: 202 with `X-Progress` and `Retry-After`. Complete: 200 with
+the manifest and an `Expires` header (when cleanup will remove it). Failed: a
+500 OperationOutcome naming the reason. Unknown, deleted or another tenant's:
+404. DELETE answers 202 in every state, stopping a running pipeline and
+removing its files; afterwards the job and its files are 404.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from email.utils import format_datetime
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+
+from launcher.lifecycle import delete_job
+from launcher.names import check_job_id
+from launcher.server.config import STATUS_PATH
+from launcher.server.deps import Server, server
+from launcher.server.outcomes import FhirError
+from launcher.stores import JobNotFound, StoredJob
+from pipelines.models import ExportStatus
+from transforms.fhir.instant import instant_key
+
+router = APIRouter()
+
+
+@router.get(STATUS_PATH + "/{job_id}")
+def status(job_id: str, app: Server = Depends(server)) -> Response:
+    record = _job(app, job_id)
+    if not record.status.is_terminal:
+        headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
+        return Response(status_code=202, headers=headers)
+    if record.status is ExportStatus.COMPLETE:
+        manifest = app.store.manifest(app.config.tenant, job_id, app.config.owner)
+        return JSONResponse(manifest.to_json_dict(), headers={"Expires": _expires(record, app.config.cleanup_ttl_s)})
+    if record.status is ExportStatus.CANCELLED:
+        raise FhirError(404, "not-found", f"job {job_id} was cancelled")
+    raise FhirError(500, "exception", f"job {job_id} failed: {record.error_message or 'unknown error'}")
+
+
+@router.delete(STATUS_PATH + "/{job_id}")
+def delete(job_id: str, app: Server = Depends(server)) -> Response:
+    _job(app, job_id)
+    try:
+        delete_job(app.store, app.audit, app.config.tenant, job_id, app.config.owner)
+    except JobNotFound:  # deleted meanwhile
+        pass
+    return Response(status_code=202)
+
+
+def _job(app: Server, job_id: str) -> StoredJob:
+    try:
+        return app.store.get(app.config.tenant, check_job_id(job_id), app.config.owner)
+    except (JobNotFound, ValueError):
+        raise FhirError(404, "not-found", f"no export job {job_id!r}") from None
+
+
+def progress_text(record: StoredJob) -> str:
+    """A short human progress line, e.g. `in-progress: 41% read; Observation 1,204`."""
+    text = record.status.value
+    if record.fraction is not None:
+        text += f": {record.fraction:.0%} read"
+    if record.progress:
+        top = max(record.progress, key=lambda p: p.exported)
+        text += f"; {top.type} {top.exported:,}"
+    return text[:99]
+
+
+def _expires(record: StoredJob, ttl_s: float) -> str:
+    seconds, _ = instant_key(record.completed_at or record.created_at)
+    moment = dt.datetime.fromtimestamp(seconds + ttl_s, dt.timezone.utc)
+    return format_datetime(moment, usegmt=True)

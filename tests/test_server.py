@@ -1,0 +1,236 @@
+"""`bulk-export serve` over real HTTP: a uvicorn server in a subprocess, httpx as the client.
+
+Covers the IG's kick-off, status, delete and download at all three levels, the
+refusals (each a 4xx with an OperationOutcome), 429 at the cap, a server
+killed mid-export and restarted, Range and gzip downloads, and bad input that
+must not take the server down.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import email.utils
+import gzip
+import json
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from launcher.sample_data import generate
+from tests.server_process import FHIR_HEADERS, poll, serve
+
+FUTURE = "2999-01-01T00:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("server")
+    with serve(sample_dir, root / "out", root / "state") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def big_source(tmp_path_factory) -> Path:
+    """Enough data that, read in tiny chunks, an export runs for several seconds."""
+    out = tmp_path_factory.mktemp("big")
+    generate(out, patients=2500, seed=2)
+    return out
+
+
+def _first_id(folder: Path, resource_type: str) -> str:
+    with open(folder / f"{resource_type}.ndjson", "rb") as f:
+        return json.loads(f.readline())["id"]
+
+
+def _outcome(response: httpx.Response, status: int) -> str:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/fhir+json")
+    body = response.json()
+    assert body["resourceType"] == "OperationOutcome" and body["issue"][0]["severity"] == "error"
+    return body["issue"][0]["diagnostics"]
+
+
+def _kick_off(client: httpx.Client, method: str, url: str, body: dict | None = None) -> str:
+    if method == "GET":
+        response = client.get(url, headers=FHIR_HEADERS)
+    else:
+        response = client.post(url, headers={**FHIR_HEADERS, "Content-Type": "application/fhir+json"}, json=body)
+    assert response.status_code == 202, response.text
+    return response.headers["Content-Location"]
+
+
+def _levels(sample_dir: Path) -> list[tuple[str, str, dict | None]]:
+    patient = _first_id(sample_dir, "Patient")
+    group = _first_id(sample_dir, "Group")
+    parameters = {"resourceType": "Parameters", "parameter": [
+        {"name": "_type", "valueString": "Patient,Observation"},
+        {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
+    ]}
+    return [("GET", "/$export?_type=Patient,Organization", None),
+            ("POST", "/Patient/$export", parameters),
+            ("GET", f"/Group/{group}/$export?_type=Patient,Condition", None)]
+
+
+@pytest.mark.parametrize("level", [0, 1, 2], ids=["system", "patient", "group"])
+def test_kick_off_poll_download_delete_at_every_level(server, sample_dir, level):
+    method, path, body = _levels(sample_dir)[level]
+    with httpx.Client(timeout=30) as client:
+        status_url = _kick_off(client, method, server.fhir + path, body)
+        assert status_url.startswith(server.fhir + "/")
+        first = client.get(status_url)
+        assert first.status_code == 202
+        assert 0 < len(first.headers["X-Progress"]) < 100 and int(first.headers["Retry-After"]) >= 1
+        done = poll(client, status_url)
+        assert done.status_code == 200 and done.headers["content-type"].startswith("application/json")
+        assert email.utils.parsedate_to_datetime(done.headers["Expires"])
+        manifest = done.json()
+        assert manifest["request"] == server.fhir + path
+        assert manifest["requiresAccessToken"] is False and manifest["output"]
+        for entry in manifest["output"] + manifest["error"]:
+            assert entry["url"].startswith(server.base_url + "/files/")
+            got = client.get(entry["url"], headers={"Accept": "application/fhir+ndjson"})
+            assert got.status_code == 200 and got.headers["content-type"].startswith("application/fhir+ndjson")
+            assert len(got.content.splitlines()) == entry["count"]
+        assert client.delete(status_url).status_code == 202
+        _outcome(client.get(status_url), 404)
+        for entry in manifest["output"]:
+            _outcome(client.get(entry["url"]), 404)
+
+
+def _refusals(sample_dir: Path) -> list:
+    url = "/$export"
+    post = {**FHIR_HEADERS, "Content-Type": "application/fhir+json"}
+    patient_param = {"resourceType": "Parameters", "parameter": [
+        {"name": "patient", "valueReference": {"reference": "Patient/x"}}]}
+    return [
+        ("GET", url, {"Prefer": "respond-async"}, None, 400, "Accept"),
+        ("GET", url, {"Accept": "application/fhir+json"}, None, 400, "Prefer"),
+        ("GET", url + "?_type=Nope", FHIR_HEADERS, None, 400, "_type"),
+        ("GET", url + "?_since=yesterday", FHIR_HEADERS, None, 400, "_since"),
+        ("GET", url + f"?_since={FUTURE}", FHIR_HEADERS, None, 400, "_since"),
+        ("GET", url + "?_outputFormat=text/csv", FHIR_HEADERS, None, 400, "_outputFormat"),
+        ("GET", url + "?_nonsense=1", FHIR_HEADERS, None, 400, "_nonsense"),
+        ("POST", url, post, patient_param, 400, "patient"),
+        ("POST", url, {**FHIR_HEADERS, "Content-Type": "text/plain"}, "x", 415, "Content-Type"),
+        ("POST", url, post, b"{not json", 400, "JSON"),
+        ("POST", url, post, b"{" + b" " * (2 << 20) + b"}", 413, "bytes"),
+        ("GET", "/Group/nope-404/$export", FHIR_HEADERS, None, 400, "Group"),
+        ("GET", "/Group/a%2Fb/$export", FHIR_HEADERS, None, 404, ""),
+        ("GET", "/../$export", FHIR_HEADERS, None, 404, ""),
+        ("GET", "/bulk-status/no-such-job", {}, None, 404, "no-such-job"),
+        ("DELETE", "/bulk-status/no-such-job", {}, None, 404, "no-such-job"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(16))
+def test_every_refusal_is_a_4xx_operation_outcome_naming_the_cause(server, sample_dir, case):
+    method, path, headers, body, status, named = _refusals(sample_dir)[case]
+    content = body if isinstance(body, (bytes, str)) else (json.dumps(body) if body is not None else None)
+    with httpx.Client(timeout=30) as client:
+        response = client.request(method, server.fhir + path, headers=headers, content=content)
+        assert named in _outcome(response, status)
+        assert client.get(server.fhir + "/metadata").status_code == 200  # still serving
+
+
+def test_errors_use_the_json_media_type_the_client_asks_for(server):
+    response = httpx.get(server.fhir + "/bulk-status/nope", headers={"Accept": "application/json"})
+    assert response.status_code == 404 and response.headers["content-type"].startswith("application/json")
+    assert response.json()["resourceType"] == "OperationOutcome"
+
+
+def test_lenient_handling_ignores_what_strict_refuses(server):
+    with httpx.Client(timeout=30) as client:
+        status_url = client.get(server.fhir + "/$export?_type=Organization&_nonsense=1",
+                                headers={**FHIR_HEADERS, "Prefer": "respond-async, handling=lenient"})
+        assert status_url.status_code == 202
+        manifest = poll(client, status_url.headers["Content-Location"]).json()
+        assert "_nonsense" in manifest["message"]
+
+
+def test_metadata_is_a_bulk_data_capability_statement(server):
+    statement = httpx.get(server.fhir + "/metadata").json()
+    assert statement["resourceType"] == "CapabilityStatement"
+    assert statement["instantiates"] == ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"]
+    rest = statement["rest"][0]
+    base = "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/"
+    assert rest["operation"] == [{"name": "export", "definition": base + "export"}]
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert by_type["Patient"]["operation"][0]["definition"] == base + "patient-export"
+    assert by_type["Group"]["operation"][0]["definition"] == base + "group-export"
+    assert "Observation" in by_type and len(by_type) > 140
+
+
+def test_range_and_gzip_downloads(server):
+    with httpx.Client(timeout=30) as client:
+        status_url = _kick_off(client, "GET", server.fhir + "/$export?_type=Observation")
+        entry = poll(client, status_url).json()["output"][0]
+        whole = client.get(entry["url"], headers={"Accept-Encoding": "identity"})
+        assert whole.status_code == 200 and "content-encoding" not in whole.headers
+        data = whole.content
+        part = client.get(entry["url"], headers={"Range": "bytes=100-", "Accept-Encoding": "gzip"})
+        assert part.status_code == 206 and part.content == data[100:]
+        assert part.headers["content-range"] == f"bytes 100-{len(data) - 1}/{len(data)}"
+        zipped = client.stream("GET", entry["url"], headers={"Accept-Encoding": "gzip"})
+        with zipped as response:
+            assert response.headers["content-encoding"] == "gzip"
+            raw = b"".join(response.iter_raw())
+        assert gzip.decompress(raw) == data and len(raw) < len(data)
+        assert client.get(entry["url"], headers={"Range": f"bytes={len(data) + 10}-"}).status_code == 416
+
+
+def test_thousands_of_polls_do_not_take_the_server_down(server):
+    with httpx.Client(timeout=30) as client:
+        status_url = _kick_off(client, "GET", server.fhir + "/$export?_type=Patient")
+        limits = httpx.Limits(max_connections=50)
+        with httpx.Client(timeout=60, limits=limits) as pollers:
+            with concurrent.futures.ThreadPoolExecutor(50) as pool:
+                codes = list(pool.map(lambda _: pollers.get(status_url).status_code, range(2000)))
+        assert set(codes) <= {200, 202}
+        assert poll(client, status_url).status_code == 200
+
+
+def test_429_at_the_tenants_cap(big_source, tmp_path):
+    with serve(big_source, tmp_path / "out", tmp_path / "state", "--max-active-per-tenant", "1",
+               "--chunk-bytes", "256") as server, httpx.Client(timeout=30) as client:
+        first = _kick_off(client, "GET", server.fhir + "/$export")
+        second = client.get(server.fhir + "/$export", headers=FHIR_HEADERS)
+        assert "active" in _outcome(second, 429)
+        assert int(second.headers["Retry-After"]) > 0
+        assert client.delete(first).status_code == 202
+        _outcome(client.get(first), 404)
+
+
+def test_a_server_killed_mid_export_leaves_no_job_running_for_ever(big_source, tmp_path):
+    args = ("--chunk-bytes", "256", "--lease", "2s", "--maintenance-interval", "1s")
+    out, state = tmp_path / "out", tmp_path / "state"
+    with serve(big_source, out, state, *args) as server, httpx.Client(timeout=30) as client:
+        status_url = _kick_off(client, "GET", server.fhir + "/$export")
+        assert client.get(status_url).status_code == 202
+        path = status_url.removeprefix(server.base_url)
+        server.kill()
+    with serve(big_source, out, state, *args) as again, httpx.Client(timeout=30) as client:
+        final = poll(client, again.base_url + path, timeout_s=60)
+        assert "failed" in _outcome(final, 500)
+        assert client.delete(again.base_url + path).status_code == 202
+
+
+def test_the_kick_off_url_names_the_public_base_behind_a_proxy(sample_dir, tmp_path):
+    public = "https://bulk.example.org/api"
+    with serve(sample_dir, tmp_path / "out", tmp_path / "state", "--base-url", public) as server, \
+            httpx.Client(timeout=30) as client:
+        response = client.get(server.fhir + "/$export?_type=Organization", headers=FHIR_HEADERS)
+        status_url = response.headers["Content-Location"]
+        assert status_url.startswith(public + "/fhir/")
+        local = server.base_url + status_url.removeprefix(public)
+        manifest = poll(client, local).json()
+        assert manifest["request"] == public + "/fhir/$export?_type=Organization"
+        assert all(e["url"].startswith(public + "/files/") for e in manifest["output"])
+
+
+def test_a_quoted_type_filter_reaches_the_kickoff_parser_as_received(server):
+    query = "_type=Observation&_typeFilter=" + quote("Observation?status=final", safe="")
+    with httpx.Client(timeout=30) as client:
+        manifest = poll(client, _kick_off(client, "GET", server.fhir + "/$export?" + query)).json()
+        assert manifest["request"] == server.fhir + "/$export?" + query
