@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
+from transforms.fhir.associated import ASSOCIATED_DATA
 from transforms.fhir.compartment import COMPARTMENT_TYPES, patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
@@ -50,7 +51,6 @@ _NOT_YET = {
 # IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
 _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 _IGNORABLE = {
-    "includeAssociatedData": "associated data is not added",
     "allowPartialManifests": "one complete manifest is produced",
 }
 
@@ -205,6 +205,7 @@ def _build(
     if since and instant_key(since) > instant_key(now_instant()):
         raise KickoffRefused("_since", f"{since} is in the future: nothing can have changed after it yet")
     types = _types(joined.get("_type"))
+    associated = _associated(params.get("includeAssociatedData", []), strict, ignored)
     if level is ExportLevel.PATIENT and "Group" in types:
         raise KickoffRefused(
             "_type",
@@ -222,8 +223,25 @@ def _build(
         until=until,
         patients=_patients(params.get("patient", [])),
         output_format=output_format,
+        include_associated_data=associated,
         ignored=tuple(ignored),
     )
+
+
+def _associated(values: list[str], strict: bool, ignored: list[str]) -> tuple[str, ...]:
+    """The `includeAssociatedData` values this engine adds (the IG's Provenance ones); others are
+    refused, or under lenient handling ignored and named."""
+    chosen = []
+    for value in (v.strip() for text in values for v in text.split(",")):
+        if value in ASSOCIATED_DATA:
+            chosen.append(value)
+            continue
+        reason = f"{_printable(value)!r} is not supported; use {' or '.join(ASSOCIATED_DATA)}"
+        if strict:
+            raise KickoffRefused("includeAssociatedData",
+                                 f"{reason} (refused under strict handling, the default; lenient handling ignores it)")
+        ignored.append(f"includeAssociatedData={_printable(value)} ({reason})")
+    return tuple(dict.fromkeys(chosen))
 
 
 def check_level(request: ExportRequest, referenced_types: Iterable[str] = ()) -> None:

@@ -90,6 +90,7 @@ def validated(request: ExportRequest) -> ExportRequest:
     parameters += [{"name": "_typeFilter", "valueString": f"{f.resource_type}?{f.query}"} for f in request.type_filters]
     parameters += [{"name": "_elements", "valueString": e} for e in request.elements]
     parameters += [{"name": "patient", "valueReference": {"reference": f"Patient/{p}"}} for p in request.patients]
+    parameters += [{"name": "includeAssociatedData", "valueString": v} for v in request.include_associated_data]
     parameters.append({"name": "_outputFormat", "valueString": request.output_format})
     parts = urlsplit(request.request_url)
     endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))

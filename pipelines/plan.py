@@ -20,12 +20,14 @@ import apache_beam as beam
 
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
+from transforms.fhir.associated import PROVENANCE, RELEVANT
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import parse_elements
 from transforms.fhir.group import GROUP
 from transforms.fhir.window import LastUpdatedWindow
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
+from transforms.select.add_associated import AddProvenance
 from transforms.select.add_referenced import CollectReferences, FilterReferenced
 from transforms.select.covered_patients import ReadPatients, read_header
 from transforms.select.group_roster import GroupRoster
@@ -136,3 +138,30 @@ def add_referenced(
     ]
     referenced = apply_steps(again.batches, chosen, errors, prefix="Referenced")
     return (batches, referenced) | "WithReferenced" >> beam.Flatten()
+
+
+def add_associated(
+    pipeline: beam.Pipeline,
+    batches: beam.PCollection,
+    request: ExportRequest,
+    transaction_time: str,
+    settings: ExportSettings,
+    errors: list,
+) -> beam.PCollection:
+    """`batches` plus the Provenance resources `includeAssociatedData` asks for.
+
+    The source is read again for its Provenances, within `_until` and
+    `transactionTime` but whatever `_since` says (an old Provenance of a new
+    resource is still its Provenance); `_elements` shapes them like the rest.
+    """
+    if not request.include_associated_data:
+        return batches
+    latest_only = RELEVANT not in request.include_associated_data
+    bounds = window(request, transaction_time, settings).without_since()
+    again = pipeline | "ReadProvenance" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes,
+        selection=ReadSelection.of((PROVENANCE,), bounds),
+    )
+    added = batches | "Associated" >> AddProvenance(again.batches, latest_only)
+    added = apply_steps(added, shaping_steps(request), errors, prefix="Associated")
+    return (batches, added) | "WithAssociated" >> beam.Flatten()

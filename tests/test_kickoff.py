@@ -177,7 +177,7 @@ def test_narrowing_it_cannot_apply_is_refused_even_when_lenient(query, strict):
     assert refused.parameter == query.split("=")[0]
 
 
-IGNORABLE = ["foo=bar", "includeAssociatedData=LatestProvenanceResources", "allowPartialManifests=true"]
+IGNORABLE = ["foo=bar", "includeAssociatedData=_custom", "allowPartialManifests=true"]
 
 
 @pytest.mark.parametrize("query", IGNORABLE)
@@ -201,7 +201,7 @@ def test_post_parameters_combine_and_the_request_url_has_no_query():
         ("_type", "valueString", "Patient"),
         ("_type", "valueString", "Observation,Patient"),
         ("_since", "valueInstant", "2020-01-01T00:00:00Z"),
-        ("includeAssociatedData", "valueCode", "LatestProvenanceResources"),
+        ("includeAssociatedData", "valueCode", "_custom"),
     )
     request = parse_post(body, EXPORT, strict=False)
     assert request.level is ExportLevel.SYSTEM
@@ -312,14 +312,14 @@ def test_cli_refuses_an_unsafe_tenant(run_cli, sample_dir, tmp_path):
 
 
 def test_cli_lenient_kickoff_runs_and_the_manifest_names_what_was_ignored(run_cli, sample_dir, tmp_path):
-    url = f"{EXPORT}?_type=Patient&foo=bar&includeAssociatedData=LatestProvenanceResources"
+    url = f"{EXPORT}?_type=Patient&foo=bar&includeAssociatedData=_custom"
     result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), "--lenient",
                      "--kickoff", url)
     assert result.code == 0, result.err
     manifest = result.manifest()
     assert manifest["request"] == url
     assert "foo=bar" in manifest["message"]
-    assert "includeAssociatedData=LatestProvenanceResources" in manifest["message"]
+    assert "includeAssociatedData=_custom" in manifest["message"]
     assert {entry["type"] for entry in manifest["output"]} == {"Patient"}
     assert sum(entry["count"] for entry in manifest["output"]) == 30
     listing = run_cli("list", "--all")

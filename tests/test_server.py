@@ -112,6 +112,7 @@ def _refusals(sample_dir: Path) -> list:
         ("GET", url + f"?_since={FUTURE}", FHIR_HEADERS, None, 400, "_since"),
         ("GET", url + "?_outputFormat=text/csv", FHIR_HEADERS, None, 400, "_outputFormat"),
         ("GET", url + "?_nonsense=1", FHIR_HEADERS, None, 400, "_nonsense"),
+        ("GET", url + "?includeAssociatedData=_custom", FHIR_HEADERS, None, 400, "includeAssociatedData"),
         ("POST", url, post, patient_param, 400, "patient"),
         ("POST", url, {**FHIR_HEADERS, "Content-Type": "text/plain"}, "x", 415, "Content-Type"),
         ("POST", url, post, b"{not json", 400, "JSON"),
@@ -124,7 +125,7 @@ def _refusals(sample_dir: Path) -> list:
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_every_refusal_is_a_4xx_operation_outcome_naming_the_cause(server, sample_dir, case):
     method, path, headers, body, status, named = _refusals(sample_dir)[case]
     content = body if isinstance(body, (bytes, str)) else (json.dumps(body) if body is not None else None)
@@ -234,3 +235,12 @@ def test_a_quoted_type_filter_reaches_the_kickoff_parser_as_received(server):
     with httpx.Client(timeout=30) as client:
         manifest = poll(client, _kick_off(client, "GET", server.fhir + "/$export?" + query)).json()
         assert manifest["request"] == server.fhir + "/$export?" + query
+
+
+def test_include_associated_data_is_taken_over_http(server):
+    """The IG's values are accepted (the bundled sample has no Provenance, so none is added)."""
+    url = server.fhir + "/$export?_type=Organization&includeAssociatedData=LatestProvenanceResources"
+    with httpx.Client(timeout=30) as client:
+        manifest = poll(client, _kick_off(client, "GET", url)).json()
+        assert {e["type"] for e in manifest["output"]} == {"Organization"} and "message" not in manifest
+

@@ -43,10 +43,12 @@ def test_a_request_the_cli_would_refuse_is_refused_before_a_job_exists(tmp_path,
 
 
 def test_a_submitted_job_is_audited_and_completes(tmp_path, sample_dir):
-    request = ExportRequest(request_url=KICKOFF + "?_type=Patient", types=("Patient",))
+    request = ExportRequest(request_url=KICKOFF + "?_type=Patient", types=("Patient",),
+                            include_associated_data=("LatestProvenanceResources",))
     job_id = submit_module.submit(_argv(tmp_path, sample_dir, request))
     job = SqliteJobStore(str(tmp_path / "state")).get("default", job_id)
     assert job.status is ExportStatus.COMPLETE
+    assert job.request.include_associated_data == ("LatestProvenanceResources",)  # validated, not dropped
     assert job.request.request_url == KICKOFF + "?_type=Patient"
     assert _events(tmp_path) == ["kickoff"]
 
