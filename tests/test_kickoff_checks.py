@@ -4,18 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.kickoff import KickoffRefused, parse_get, parse_post
+from launcher.kickoff import parse_get, parse_post
+from tests.test_kickoff import EXPORT, refusal
 from transforms.fhir.instant import now_instant
-
-BASE = "https://ehr.example.org/fhir"
-EXPORT = f"{BASE}/$export"
-
-
-def refusal(parse, *args, **kwargs) -> KickoffRefused:
-    with pytest.raises(KickoffRefused) as info:
-        parse(*args, **kwargs)
-    return info.value
-
 
 # ---- item 6: strict is the default ----------------------------------------------------------
 
