@@ -20,7 +20,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.job_sink import JobSink, ReportRead
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
-from pipelines.plan import add_associated, add_referenced, apply_steps, covered_patients, read_selection, steps
+from pipelines.plan import (
+    add_associated,
+    add_referenced,
+    apply_steps,
+    covered_patients,
+    read_selection,
+    shaping_steps,
+    steps,
+)
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
 from transforms.select.duplicates import ReportDuplicates
@@ -114,8 +122,12 @@ def build_pipeline(
     if request.level is not ExportLevel.SYSTEM:
         patients = covered_patients(pipeline, job.patients_path, settings.max_side_input_patients, errors)
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
-    if patients is not None and settings.referenced_types:
-        batches = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)
+    referenced = None
+    if patients is not None and settings.referenced_types:  # from the resources before `_elements`
+        referenced = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)
+    batches = apply_steps(batches, shaping_steps(request), errors)
+    if referenced is not None:
+        batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
     batches = add_associated(pipeline, batches, request, job.transaction_time, settings, errors)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     errors.append(batches | "Duplicates" >> ReportDuplicates())

@@ -14,7 +14,7 @@ the kicked-off Group with its roster cut to the covered patients.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import Optional, Union
 
 import apache_beam as beam
 
@@ -63,8 +63,9 @@ def read_selection(
 
 
 def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
-    """The request's steps after `read_selection`; `patients` is the covered-patients side
-    input or PCollection (None at system level)."""
+    """The request's selecting steps after `read_selection` (shaping comes later, once the
+    referenced resources are known); `patients` is the covered-patients side input or
+    PCollection (None at system level)."""
     chosen = type_filter_steps(request, transaction_time)
     if patients is not None:
         bounds = window(request, transaction_time, settings)
@@ -75,7 +76,7 @@ def steps(request: ExportRequest, transaction_time: str, settings: ExportSetting
         if request.level is ExportLevel.GROUP and GROUP in request.types:
             compartment = GroupRoster(compartment, request.group_id, patients, bounds)
         chosen.append(("Compartment", compartment))
-    return chosen + shaping_steps(request)
+    return chosen
 
 
 def type_filter_steps(request: ExportRequest, transaction_time: str) -> list[Step]:
@@ -118,15 +119,17 @@ def add_referenced(
     transaction_time: str,
     settings: ExportSettings,
     errors: list,
-) -> beam.PCollection:
-    """`batches` plus the resources of `settings.referenced_types` that they reference.
+) -> Optional[beam.PCollection]:
+    """The resources of `settings.referenced_types` that `batches` reference, shaped (None: none asked).
 
-    The source is read a second time for them; that read's bad lines are
-    already reported by the first read, so only its steps' errors are kept.
+    `batches` are the selected resources before `_elements`, so a reference an
+    element left out still counts. The source is read a second time for them;
+    that read's bad lines are already reported by the first read, so only its
+    steps' errors are kept.
     """
     types = [t for t in settings.referenced_types if not request.types or t in request.types]
     if not types:
-        return batches
+        return None
     keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
     again = pipeline | "ReadReferenced" >> ReadResources(
         settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types)
@@ -136,8 +139,7 @@ def add_referenced(
         ("Referenced", FilterReferenced(keys, window(request, transaction_time, settings))),
         *shaping_steps(request),
     ]
-    referenced = apply_steps(again.batches, chosen, errors, prefix="Referenced")
-    return (batches, referenced) | "WithReferenced" >> beam.Flatten()
+    return apply_steps(again.batches, chosen, errors, prefix="Referenced")
 
 
 def add_associated(

@@ -235,6 +235,24 @@ def test_include_referenced_adds_only_what_exported_resources_reference(run_cli,
     assert "Organization" not in {r["resourceType"] for r in got}
 
 
+@JOIN_PATHS
+def test_include_referenced_takes_references_before_elements_removes_them(run_cli, sample_dir, tmp_path,
+                                                                         membership_args):
+    """`_elements` shapes what is written, not what is referenced (issue 17: 60 Organizations became 0)."""
+    def organizations(*extra: str) -> set[str]:
+        result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+                         "--kickoff", f"{BASE}/Group/grp-00001/$export?_type=Encounter,Organization{''.join(extra)}",
+                         "--include-referenced", "Organization", *membership_args)
+        assert result.code == 0, result.err
+        got = exported(result.manifest())
+        return {r["id"] for r in got if r["resourceType"] == "Organization"}, got
+
+    whole, _ = organizations()
+    shaped, got = organizations("&_elements=Encounter.status")
+    assert whole and shaped == whole
+    assert all("serviceProvider" not in r for r in got if r["resourceType"] == "Encounter")  # still shaped
+
+
 def test_include_referenced_refuses_compartment_types(run_cli, sample_dir, tmp_path):
     result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
                      "--kickoff", f"{BASE}/Patient/$export", "--include-referenced", "Observation")
