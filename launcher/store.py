@@ -67,8 +67,10 @@ class StoreJobSink:
         self._renewed_at = time.monotonic()
 
     def complete(self, manifest: Manifest, bad_records: int) -> bool:
+        """Claims completion; True too when this attempt claimed it already (a retried final step)."""
+        store = open_store(self._url)
         try:
-            open_store(self._url).complete(self._job_id, manifest, bad_records, self._attempt)
-        except InvalidJobState:  # cancelled, failed or restarted meanwhile: the claim is lost
-            return False
+            store.complete(self._job_id, manifest, bad_records, self._attempt)
+        except InvalidJobState:  # cancelled, failed or restarted meanwhile: the claim is lost, unless ours
+            return store.completed_by(self._job_id, self._attempt)
         return True

@@ -141,6 +141,11 @@ class SqlJobStore(ScheduleQueries):
         with self._tx(write=False) as db:
             return ExportStatus(self._row(db, job_id, "status")["status"])
 
+    def completed_by(self, job_id, attempt=None) -> bool:
+        with self._tx(write=False) as db:
+            row = self._row(db, job_id, "status, attempt")
+        return row["status"] == ExportStatus.COMPLETE.value and (attempt is None or row["attempt"] == attempt)
+
     def mark_in_progress(self, job_id) -> None:
         with self._tx() as db:
             self._transition(db, job_id, ACTIVE[:1], ExportStatus.IN_PROGRESS, "started_at = ?", (now_instant(),))

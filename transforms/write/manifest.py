@@ -1,6 +1,10 @@
 """Manifest assembly: final part names, error files, then the manifest, last.
 
-This is the pipeline's only fan-in, and it sees file metadata only. It gives
+This is the pipeline's only fan-in, and it sees file metadata only. It is safe
+to run again after any partial run (a runner retries a failed bundle, Dask reruns
+a lost worker's task), as Beam's `FileBasedSink.finalize_write` is: renamed parts
+stay renamed, error files and the manifest are written whole under hidden names
+first, and the completion claim accepts this attempt's own earlier claim. It gives
 the temporary parts their final names `<Type>-<n>.ndjson` or `.parquet` (n
 counting from 0 per type), writes bad records as `error/OperationOutcome-<n>.ndjson` parts,
 removes the temporary folder, and only then writes `manifest.json`. A failed
@@ -22,7 +26,7 @@ from transforms.records import BadRecord, PartFile
 from transforms.write.error_files import locate, operation_outcome
 from transforms.write.layout import ERROR_DIR, ERROR_TYPE, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
 from transforms.write.parts import create_file
-from transforms.write.storage import publish_once, remove_tree
+from transforms.write.storage import ObjectExists, publish_once, remove_tree
 
 
 class FinalFile(NamedTuple):
@@ -87,17 +91,29 @@ class _AssembleFn(beam.DoFn):
         remove_tree(self._temp_dir)
         manifest = self._render(Completed(output, error))
         # The manifest waits under a hidden name until the job's completion is
-        # claimed, so a job cancelled meanwhile never shows one.
+        # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
+        self._remove_hidden(MANIFEST_NAME)
         temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME)
         if self._on_complete is not None and self._on_complete(manifest, len(errors)) is False:
             FileSystems.delete([temp])
             return
-        # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never overwritten.
-        publish_once(temp, self._path(MANIFEST_NAME))
+        # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never
+        # overwritten. A retried step whose claim was this attempt's own earlier one finds its
+        # manifest published already: the job is complete, and so is this step.
+        try:
+            publish_once(temp, self._path(MANIFEST_NAME))
+        except ObjectExists:
+            pass
         yield manifest
 
     def _path(self, name: str) -> str:
         return FileSystems.join(self._job_dir, name)
+
+    def _remove_hidden(self, name: str) -> None:
+        """Removes what an earlier, cut-short try left under `name`'s hidden names."""
+        stale = [m.path for m in FileSystems.match([self._path(f".{name}.*")])[0].metadata_list]
+        if stale:
+            FileSystems.delete(stale)
 
     @classmethod
     def _write_atomically(cls, path: str, data: bytes) -> None:
@@ -124,8 +140,14 @@ class _AssembleFn(beam.DoFn):
             sources.append(part.temp_path)
             extension = posixpath.splitext(part.temp_path)[1]  # the part sink's: .ndjson, .parquet
             final.append(FinalFile(part.type, self._path(f"{part.type}-{n}{extension}"), part.count))
-        if sources:
-            FileSystems.rename(sources, [f.path for f in final])
+        # Retry-safe: a part an earlier try of this step renamed already is left as it is.
+        pending = [(source, f.path) for source, f in zip(sources, final) if FileSystems.exists(source)]
+        lost = [f.path for source, f in zip(sources, final)
+                if (source, f.path) not in pending and not FileSystems.exists(f.path)]
+        if lost:
+            raise OSError(f"parts of this attempt are gone before their final names: {', '.join(lost)}")
+        if pending:
+            FileSystems.rename([s for s, _ in pending], [d for _, d in pending])
         return final
 
     def _write_errors(self, errors: list[BadRecord]) -> list[FinalFile]:
