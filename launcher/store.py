@@ -59,6 +59,10 @@ class StoreJobSink:
         store.add_read_bytes(self._job_id, nbytes, self._attempt)
         self._renew(store)
 
+    def owns(self) -> bool:
+        """True while this attempt still owns the job (or completed it: a retried final step)."""
+        return open_store(self._url).owned_by(self._job_id, self._attempt)
+
     def _renew(self, store: JobStore) -> None:
         """Renews the lease, at most every tenth of its length."""
         if self._holder is None or time.monotonic() - self._renewed_at < self._lease_s / 10:

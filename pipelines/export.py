@@ -137,6 +137,7 @@ def build_pipeline(
         settings.max_bytes_per_part,
         progress=sink,
         sink=part_format,
+        fence=sink,
     )
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     manifest = (parts, errors) | "Manifest" >> AssembleManifest(
@@ -146,6 +147,7 @@ def build_pipeline(
         settings.max_lines_per_part,
         on_complete=_Completion(sink) if sink is not None else None,
         source=settings.source,
+        fence=sink,
     )
     return ExportOutputs(parts, errors, manifest)
 

@@ -27,6 +27,9 @@ class JobSink(Protocol):
     def read(self, nbytes: int) -> None:
         """Adds source bytes read so far (the job's overall fraction)."""
 
+    def owns(self) -> bool:
+        """Whether this attempt still owns the job; writing steps stop when it does not."""
+
     def complete(self, manifest: Manifest, bad_records: int) -> bool:
         """Claims completion before the manifest becomes visible.
 

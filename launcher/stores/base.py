@@ -141,6 +141,12 @@ class SqlJobStore(ScheduleQueries):
         with self._tx(write=False) as db:
             return ExportStatus(self._row(db, job_id, "status")["status"])
 
+    def owned_by(self, job_id, attempt=None) -> bool:
+        with self._tx(write=False) as db:
+            row = self._row(db, job_id, "status, attempt")
+        live = row["status"] in (*ACTIVE, ExportStatus.COMPLETE.value)
+        return live and (attempt is None or row["attempt"] == attempt)
+
     def completed_by(self, job_id, attempt=None) -> bool:
         with self._tx(write=False) as db:
             row = self._row(db, job_id, "status, attempt")

@@ -25,7 +25,7 @@ from transforms.read.chunks import source_root
 from transforms.records import BadRecord, PartFile
 from transforms.write.error_files import locate, operation_outcome
 from transforms.write.layout import ERROR_DIR, ERROR_TYPE, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
-from transforms.write.parts import create_file
+from transforms.write.parts import Fence, check_fence, create_file
 from transforms.write.storage import ObjectExists, publish_once, remove_tree
 
 
@@ -51,7 +51,8 @@ class AssembleManifest(beam.PTransform):
     `on_complete`, if given, is called with those bytes to claim the job's
     completion before the manifest is made visible; if it returns False (the
     job was cancelled meanwhile) no manifest appears. With `source` (the `--source`),
-    error files name source files relative to its root, never by their server path.
+    error files name source files relative to its root, never by their server path. With a
+    `fence`, an attempt that no longer owns the job stops before it renames anything.
     """
 
     def __init__(
@@ -62,9 +63,10 @@ class AssembleManifest(beam.PTransform):
         max_lines: int = 100_000,
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
         source: Optional[str] = None,
+        fence: Optional[Fence] = None,
     ):
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete, source)
+        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete, source, fence)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors = inputs
@@ -77,8 +79,9 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete, source=None):
+    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete, source=None, fence=None):
         self._source = source
+        self._fence = fence
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
@@ -86,6 +89,7 @@ class _AssembleFn(beam.DoFn):
         self._on_complete = on_complete
 
     def process(self, _, parts: list[PartFile], errors: list[BadRecord]) -> Iterator[bytes]:
+        check_fence(self._fence, "giving parts their final names")  # a stale attempt never touches them
         output = self._finalize_parts(parts)
         error = self._write_errors(errors)
         remove_tree(self._temp_dir)

@@ -35,6 +35,22 @@ class ProgressSink(Protocol):
     def progress(self, counts: dict[str, int]) -> None: ...
 
 
+class Fence(Protocol):
+    """Tells a writing step whether its attempt still owns the job (picklable)."""
+
+    def owns(self) -> bool: ...
+
+
+class StaleAttempt(RuntimeError):
+    """This attempt no longer owns the job (it was cancelled, failed, or resumed as a newer attempt)."""
+
+
+def check_fence(fence: Optional[Fence], doing: str) -> None:
+    """Raises `StaleAttempt` before `doing` when `fence` says this attempt lost the job."""
+    if fence is not None and not fence.owns():
+        raise StaleAttempt(f"this attempt no longer owns the job; it stopped before {doing}")
+
+
 def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
     """Opens `path` for writing through Beam's FileSystems (any scheme)."""
     return FileSystems.create(path, mime, CompressionTypes.UNCOMPRESSED)
@@ -50,11 +66,12 @@ class WriteParts(beam.PTransform):
         max_bytes: int = 256 << 20,
         progress: Optional[ProgressSink] = None,
         sink: PartSink = NdjsonSink(),
+        fence: Optional[Fence] = None,
     ):
         super().__init__()
         if max_lines < 1 or max_bytes < 1:
             raise ValueError("part limits must be positive")
-        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink)
+        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return batches | beam.ParDo(self._fn)
@@ -78,8 +95,9 @@ class _OpenPart:
 class _WritePartsFn(beam.DoFn):
     """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink, fence=None):
         self._temp_dir = temp_dir
+        self._fence = fence
         self._sink = sink
         self._max_lines = max_lines
         self._max_bytes = max_bytes
@@ -134,6 +152,7 @@ class _WritePartsFn(beam.DoFn):
                     _flush(part, pending)
                     self._closed.append(part.close())
                     pending = []
+                check_fence(self._fence, "opening a part")
                 path = f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}{self._sink.extension}"
                 part = self._open[resource_type] = _OpenPart(resource_type, path, self._sink)
             pending.append(resource)

@@ -1,0 +1,81 @@
+"""Fenced writers: a stale attempt never opens a part nor renames into a job's final files.
+
+Found by a tester: attempt 1 was frozen (SIGSTOP), the job was resumed and completed as
+attempt 2, then attempt 1 was let go and renamed its parts over attempt 2's final files.
+Every writing step now asks the job store, through the job sink, whether its attempt
+still owns the job, before it opens a part and before any rename.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+
+from launcher.store import StoreJobSink
+from launcher.stores import Lease, SqliteJobStore, now_ms
+from pipelines.export import _Completion
+from tests.test_finalize_retry import _render
+from tests.test_store import _record
+from transforms.records import Origin, PartFile, Resource, ResourceBatch
+from transforms.write import manifest as manifest_module
+from transforms.write.layout import MANIFEST_NAME
+from transforms.write.parts import StaleAttempt, WriteParts
+
+
+@pytest.fixture
+def resumed(tmp_path) -> SqliteJobStore:
+    """A job whose attempt 1 was given up and which now runs as attempt 2."""
+    store = SqliteJobStore(str(tmp_path / "state"))
+    store.create(_record("job-1"), lease=Lease("launcher-1", now_ms() - 1))
+    store.mark_in_progress("job-1")
+    assert [r.job_id for r in store.reap_expired()] == ["job-1"]  # attempt 1's launcher went silent
+    record = store.claim_resume("acme", "job-1", None, Lease("launcher-2", now_ms() + 60_000))
+    assert record.attempt == 2
+    return store
+
+
+def _sink(tmp_path, attempt: int) -> StoreJobSink:
+    return StoreJobSink(str(tmp_path / "state"), "job-1", attempt)
+
+
+def test_the_fence_is_held_by_the_current_attempt_only(resumed, tmp_path):
+    assert _sink(tmp_path, 2).owns() and not _sink(tmp_path, 1).owns()
+
+
+def test_a_stale_attempt_opens_no_part(resumed, tmp_path, pipeline):
+    temp = tmp_path / "parts"
+    batch = ResourceBatch(Origin("mem", 0), [Resource("Patient", b'{"resourceType":"Patient","id":"p"}', None, 0)])
+    _ = pipeline | beam.Create([batch]) | WriteParts(str(temp), fence=_sink(tmp_path, 1))
+    with pytest.raises(Exception, match="no longer owns the job"):
+        pipeline.run().wait_until_finish()
+    assert not temp.exists() or not any(temp.iterdir())
+
+
+def test_a_stale_attempt_never_renames_over_the_newer_attempts_files(resumed, tmp_path):
+    """Attempt 2 completes; attempt 1, let go afterwards, runs its manifest step: nothing of attempt 2 changes."""
+    job_dir = tmp_path / "out" / "acme" / "job-1"
+
+    def parts_of(attempt: int, lines: int) -> tuple[str, list[PartFile]]:
+        temp = job_dir / f".parts-tmp-{attempt}"
+        temp.mkdir(parents=True)
+        data = b"".join(b'{"resourceType":"Patient","id":"a%d-%d"}\n' % (attempt, n) for n in range(lines))
+        (temp / "Patient.x.ndjson").write_bytes(data)
+        return str(temp), [PartFile("Patient", str(temp / "Patient.x.ndjson"), lines, len(data))]
+
+    def step(attempt: int, temp: str):
+        sink = _sink(tmp_path, attempt)
+        return manifest_module._AssembleFn(str(job_dir), temp, _render, 100, _Completion(sink), fence=sink)
+
+    stale_temp, stale_parts = parts_of(1, 3)
+    temp, parts = parts_of(2, 5)
+    assert len(list(step(2, temp).process(None, parts, []))) == 1
+    before = {p: p.read_bytes() for p in job_dir.rglob("*") if p.is_file()}
+    with pytest.raises(StaleAttempt):
+        list(step(1, stale_temp).process(None, stale_parts, []))
+    assert {p: p.read_bytes() for p in job_dir.rglob("*") if p.is_file()} == before
+    manifest = json.loads((job_dir / MANIFEST_NAME).read_bytes())
+    assert [e["count"] for e in manifest["output"]] == [5]
+    assert len(Path(manifest["output"][0]["url"]).read_bytes().splitlines()) == 5
