@@ -36,18 +36,23 @@ def check_no_password(store_url: str) -> str:
     return store_url
 
 
-def open_store(url: str, read_only: bool = False) -> JobStore:
+def open_store(url: str, read_only: bool = False, migrated: bool = False) -> JobStore:
     """The store `url` names: a PostgreSQL DSN, or a folder for the SQLite store.
 
     `read_only`: the caller only reads (status, list, manifest). A SQLite store this
     process cannot write is then opened read-only (`store.read_only`): not migrated,
     and its abandoned jobs not recovered. A writable store is opened as usual.
+    `migrated`: the caller knows the schema is current (a pipeline's job sink: the
+    launcher migrated the store before the job existed), so it is never checked.
     """
     if url.startswith(SCHEMES):
-        return PostgresJobStore(check_no_password(url))
+        store = PostgresJobStore(check_no_password(url))
+        store._ready = migrated
+        return store
     if "://" in url:
         raise ValueError(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
     store = SqliteJobStore(url)
+    store._ready = migrated
     if read_only and not store.writable():
         store.read_only = True
     return store
