@@ -42,3 +42,13 @@ def test_each_attempt_of_a_job_writes_to_its_own_temp_folder_and_round_trips_as_
     assert first.job_dir == second.job_dir and first.temp_dir != second.temp_dir
     assert second.temp_dir.rsplit("/", 1)[1].startswith(".")  # hidden: never read as a source
     assert ExportJob.from_options(PipelineOptions(second.to_argv()).view_as(ExportOptions)) == second
+
+
+@pytest.mark.parametrize("runner", ["DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"])
+def test_beams_own_dask_runner_is_refused_with_the_reason(runner, run_cli, sample_dir, tmp_path):
+    with pytest.raises(UnsafeRunnerOptions, match=r"DaskRunner.*loses records"):
+        prepare_runner(PipelineOptions([f"--runner={runner}"]))
+    result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), f"--runner={runner}")
+    assert result.code == 2 and "DaskRunner is refused" in result.err
+    assert run_cli("list", "--all").out == ""  # refused before any job existed
+
