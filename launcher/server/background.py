@@ -29,18 +29,15 @@ class BackgroundJobs:
         self._control = control
         self._tenant, self._owner = tenant, owner
         self._beam_args = beam_args
-        self._threads: dict[str, threading.Thread] = {}
 
     def start(self, request: ExportRequest, settings: ExportSettings) -> StoredJob:
         """Records the job (refusals raise before one exists) and starts its run; returns it `accepted`."""
-        from launcher.jobs import record_export  # imports Beam: only once a kick-off arrives
+        from launcher.jobs import record_export  # imports Beam (the server does so at start-up)
 
         recorded = record_export(self._store, self._control, request, settings, self._tenant, self._owner,
                                  self._beam_args)
         job_id = recorded.job.job_id
-        thread = threading.Thread(target=self._run, args=(recorded,), name=f"export-{job_id}", daemon=True)
-        self._threads[job_id] = thread
-        thread.start()
+        threading.Thread(target=self._run, args=(recorded,), name=f"export-{job_id}", daemon=True).start()
         return self._store.get(self._tenant, job_id, self._owner)
 
     def _run(self, recorded) -> None:
@@ -53,8 +50,3 @@ class BackgroundJobs:
             _LOG.info("job %s ended: %s", job_id, type(exc).__name__)
         except Exception:
             _LOG.exception("job %s: the runner failed", job_id)
-        finally:
-            self._threads.pop(job_id, None)
-
-    def running(self) -> int:
-        return len(self._threads)

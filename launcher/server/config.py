@@ -53,7 +53,3 @@ class ServerConfig:
 
     def status_url(self, job_id: str) -> str:
         return f"{self.base_url}{STATUS_PATH}/{job_id}"
-
-    @property
-    def requires_access_token(self) -> bool:
-        return self.auth != "none"
