@@ -27,11 +27,11 @@ from transforms.fhir.compartment import COMPARTMENT_TYPES, patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
 from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.fhir.references import FHIR_ID
 from transforms.fhir.search.common import TypeFilterRefused
 from transforms.fhir.search.compiler import compile_type_filters
 
 DEFAULT_BASE_URL = "http://localhost/fhir"
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
 # Parameters the IG defines; each maps to how its values combine when repeated.
 _KNOWN = (
     "_outputFormat",
@@ -157,7 +157,7 @@ def _level(path: str) -> tuple[ExportLevel, Optional[str]]:
     if before[-1:] == ["Patient"]:
         return ExportLevel.PATIENT, None
     if len(before) >= 2 and before[-2] == "Group":
-        if not _FHIR_ID.match(before[-1]):
+        if not FHIR_ID.match(before[-1]):
             raise KickoffRefused("kickoff", f"{before[-1]!r} is not a valid Group id")
         return ExportLevel.GROUP, before[-1]
     # Anything else that addresses a resource type or instance is not an $export
@@ -321,7 +321,7 @@ def _patients(references: list[str]) -> tuple[str, ...]:
     ids = []
     for reference in references:
         patient = patient_reference_id(reference)
-        if patient is None or reference.startswith("urn:") or not _FHIR_ID.match(patient):
+        if patient is None or reference.startswith("urn:") or not FHIR_ID.match(patient):
             raise KickoffRefused("patient", f"{_printable(reference)!r} is not a Patient reference (Patient/[id])")
         ids.append(patient)
     return tuple(dict.fromkeys(ids))

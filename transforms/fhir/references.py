@@ -6,7 +6,12 @@ referenced-types option and `_typeFilter`'s reference parameters.
 
 from __future__ import annotations
 
+import re
 from typing import NamedTuple, Optional
+
+# A FHIR `id` (R4 `id` datatype): what a reference's last segment must be to name a resource.
+ID_PATTERN = r"[A-Za-z0-9\-.]{1,64}"
+FHIR_ID = re.compile(ID_PATTERN + r"\Z")
 
 
 class Target(NamedTuple):

@@ -31,6 +31,7 @@ import apache_beam as beam
 import orjson
 from apache_beam.transforms.window import GlobalWindows
 
+from transforms.fhir.references import ID_PATTERN
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
 
 BUCKETS = 256
@@ -87,7 +88,7 @@ def resource_id(resource: Resource) -> Optional[bytes]:
 
 
 # A FHIR id; one that may hold an escape is read by parsing instead.
-_FHIR_ID = re.compile(rb"[A-Za-z0-9\-.]{1,64}")
+_FHIR_ID = re.compile(ID_PATTERN.encode())
 
 
 class _KeysFn(beam.DoFn):

@@ -8,14 +8,12 @@ value from the source nor the server's own paths.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from typing import Iterable, Optional
 
+from transforms.fhir.references import FHIR_ID
 from transforms.read.chunks import count_newlines_before, relative_path
 from transforms.records import BadRecord
-
-_FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
 
 
 def locate(records: Iterable[BadRecord], root: Optional[str] = None) -> list[tuple[BadRecord, str]]:
@@ -50,7 +48,7 @@ def locate(records: Iterable[BadRecord], root: Optional[str] = None) -> list[tup
             where = f"{name} line {lines_before + record.index + 1}"
             if record.entry is not None:
                 where += f" Bundle.entry[{record.entry}]"
-        if record.resource_id is not None and record.resource_type and _FHIR_ID.match(record.resource_id):
+        if record.resource_id is not None and record.resource_type and FHIR_ID.match(record.resource_id):
             where += f" ({record.resource_type}/{record.resource_id})"
         located.append((record, where))
     return located
