@@ -23,12 +23,16 @@ from transforms.fhir.instant import now_instant
 
 EVENTS = ("kickoff", "complete", "error", "cancel", "delete", "cleanup")
 OPERATOR_ACCESS = "operator-access"
-SUCCESS, SERIOUS_FAILURE = "0", "8"  # R4 audit-event-outcome codes
+# SMART Backend Services: a token request granted or refused, and a protected request refused.
+ACCESS_EVENTS = ("token", "access-refused")
+SUCCESS, MINOR_FAILURE, SERIOUS_FAILURE = "0", "4", "8"  # R4 audit-event-outcome codes
 # R4 audit-event-action codes: deletions are "D", everything else executes the operation.
 _ACTIONS = {"delete": "D", "cleanup": "D"}
 _EVENT_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-event-type", "code": "rest",
                "display": "RESTful Operation"}
 _SUBTYPE = {"system": "http://hl7.org/fhir/restful-interaction", "code": "operation", "display": "operation"}
+_AUTHENTICATION = {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110114",
+                   "display": "User Authentication"}
 _JOB_ENTITY = {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2",
                "display": "System Object"}
 OBSERVER = "bulk-export"
@@ -54,6 +58,13 @@ class AuditLog:
         """Appends the `operator-access` event of `command` run with `scope` (e.g. `--all-owners`)
         on `job_id` of `tenant` (None: the tenant's job list), and returns it."""
         resource = operator_access_event(command, tenant, job_id, scope)
+        self._append(tenant, resource)
+        return resource
+
+    def access(self, event: str, tenant: str, client_id: Optional[str], outcome: str, description: str,
+               request: Optional[str] = None) -> dict:
+        """Appends an access `event` (a token grant or refusal, a refused request) and returns it."""
+        resource = access_event(event, tenant, client_id, outcome, description, request)
         self._append(tenant, resource)
         return resource
 
@@ -142,4 +153,26 @@ def operator_access_event(command: str, tenant: str, job_id: Optional[str], scop
             "name": f"bulk export job {job_id}" if job_id else f"bulk export jobs of tenant {tenant}",
             "detail": [{"type": k, "valueString": v} for k, v in details.items() if v],
         }],
+    }
+
+
+def access_event(event: str, tenant: str, client_id: Optional[str], outcome: str, description: str,
+                 request: Optional[str] = None) -> dict:
+    """The R4 AuditEvent of a token request (granted or refused) or a refused protected `request`
+    (method and path). It names the client when known; it never holds an assertion or a token."""
+    if event not in ACCESS_EVENTS:
+        raise ValueError(f"access event {event!r} is not one of {', '.join(ACCESS_EVENTS)}")
+    details = {"audit-operation": "bulk-export", "lifecycle-event": event, "tenant": tenant, "request": request}
+    who = {"identifier": {"value": client_id}} if client_id else {"display": "unidentified client"}
+    return {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": _AUTHENTICATION if event == "token" else _EVENT_TYPE,
+        "action": "E",
+        "recorded": now_instant(),
+        "outcome": outcome,
+        "outcomeDesc": description,
+        "agent": [{"who": who, "requestor": True}],
+        "source": {"site": tenant, "observer": {"display": OBSERVER}},
+        "entity": [{"detail": [{"type": k, "valueString": v} for k, v in details.items() if v]}],
     }

@@ -1,5 +1,5 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
-cleanup, resume, serve, sample-data. The job commands' handlers are in `launcher.commands`.
+cleanup, resume, serve, clients, sample-data. The job commands' handlers are in `launcher.commands`.
 
 Exit codes (the same table is in README.md):
 
@@ -31,6 +31,7 @@ import sys
 from typing import NoReturn, Optional, Sequence
 
 from launcher import commands, kickoff
+from launcher.auth import clients_cli
 from launcher.durations import parse_duration
 from launcher.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.names import check_job_id, check_tenant
@@ -238,6 +239,8 @@ def _parser() -> argparse.ArgumentParser:
     _run_options(resume)
     resume.set_defaults(handler=commands.resume)
 
+    clients_cli.add_parser(commands_, _store_options)
+
     sample = commands_.add_parser("sample-data", allow_abbrev=False, help="write deterministic sample R4 NDJSON")
     sample.add_argument("--patients", type=_positive, default=100)
     sample.add_argument("--out", required=True)
@@ -277,11 +280,15 @@ def _settings_options(parser: argparse.ArgumentParser) -> None:
     _url_options(parser)
 
 
-def _job_options(parser: argparse.ArgumentParser, all_owners: bool = False, all_tenants: bool = False) -> None:
+def _store_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state-dir", default=DEFAULT_STATE_DIR,
                         help="SQLite job store and audit log folder (default ./.bulk-export)")
     parser.add_argument("--job-store", metavar="URL",
                         help="a shared job store instead of the SQLite one: postgresql://user@host:port/db")
+
+
+def _job_options(parser: argparse.ArgumentParser, all_owners: bool = False, all_tenants: bool = False) -> None:
+    _store_options(parser)
     tenants = parser.add_mutually_exclusive_group() if all_tenants else parser
     tenants.add_argument("--tenant", default="default", help="tenant; namespaces jobs and output folders (default: default)")
     if all_tenants:

@@ -14,10 +14,11 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launcher.audit import AuditLog
+from launcher.auth.token_service import TokenService
+from launcher.auth.tokens import AccessTokens
 from launcher.lifecycle import cleanup_expired, recover_abandoned
-from launcher.names import tenant_settings
 from launcher.runner import RunControl
-from launcher.server import files_api, kickoff_api, metadata_api, status_api
+from launcher.server import files_api, kickoff_api, metadata_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.deps import Server
@@ -27,14 +28,15 @@ from launcher.stores import open_store
 _LOG = logging.getLogger(__name__)
 # Pipelines run at a lower CPU priority than the server, so status polls stay fast while exports run.
 PIPELINE_NICENESS = 10
-_STATUS_CODES = {404: "not-found", 405: "not-supported", 413: "too-costly", 415: "not-supported"}
+_STATUS_CODES = {401: "login", 403: "forbidden", 404: "not-found", 405: "not-supported", 413: "too-costly",
+                 415: "not-supported"}
 
 
 def create_app(config: ServerConfig) -> FastAPI:
     """The server for `config`; its state is built at start-up."""
     app = FastAPI(title="FHIR Bulk Data $export", lifespan=_lifespan(config), docs_url=None, redoc_url=None,
                   openapi_url=None)
-    for module in (kickoff_api, status_api, files_api, metadata_api):
+    for module in (kickoff_api, status_api, files_api, metadata_api, token_api):
         app.include_router(module.router)
     app.add_exception_handler(FhirError, outcome_response)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -48,9 +50,13 @@ def build_server(config: ServerConfig) -> Server:
     store = open_store(config.store_url)  # refuses a URL carrying a password
     audit = AuditLog(config.state_dir)
     control = RunControl(audit, config.max_active, config.lease_s, nice=PIPELINE_NICENESS)
-    jobs = BackgroundJobs(store, control, config.tenant, config.owner, config.beam_args)
-    settings = dataclasses.replace(tenant_settings(config.settings, config.tenant), file_url_base=config.files_base)
-    return Server(config, store, audit, jobs, settings)
+    jobs = BackgroundJobs(store, control, config.beam_args)
+    settings = dataclasses.replace(config.settings, file_url_base=config.files_base)
+    server = Server(config, store, audit, jobs, settings)
+    if config.auth == "smart":
+        server.tokens = AccessTokens(store, issuer=config.base_url + "/auth", audience=config.fhir_base)
+        server.token_service = TokenService(store, config.token_url, server.tokens, audit, config.tenant)
+    return server
 
 
 def _lifespan(config: ServerConfig):

@@ -23,22 +23,20 @@ _LOG = logging.getLogger(__name__)
 class BackgroundJobs:
     """Records kick-offs and runs each in a thread of its own."""
 
-    def __init__(self, store: JobStore, control: RunControl, tenant: str, owner: Optional[str],
-                 beam_args: tuple[str, ...]):
+    def __init__(self, store: JobStore, control: RunControl, beam_args: tuple[str, ...]):
         self._store = store
         self._control = control
-        self._tenant, self._owner = tenant, owner
         self._beam_args = beam_args
 
-    def start(self, request: ExportRequest, settings: ExportSettings) -> StoredJob:
-        """Records the job (refusals raise before one exists) and starts its run; returns it `accepted`."""
+    def start(self, request: ExportRequest, settings: ExportSettings, tenant: str, owner: Optional[str]) -> StoredJob:
+        """Records `tenant`'s job for `owner` (refusals raise before one exists) and starts its run;
+        returns it `accepted`."""
         from launcher.jobs import record_export  # imports Beam (the server does so at start-up)
 
-        recorded = record_export(self._store, self._control, request, settings, self._tenant, self._owner,
-                                 self._beam_args)
+        recorded = record_export(self._store, self._control, request, settings, tenant, owner, self._beam_args)
         job_id = recorded.job.job_id
         threading.Thread(target=self._run, args=(recorded,), name=f"export-{job_id}", daemon=True).start()
-        return self._store.get(self._tenant, job_id, self._owner)
+        return self._store.get(tenant, job_id, owner)
 
     def _run(self, recorded) -> None:
         from launcher.jobs import run_recorded

@@ -7,7 +7,9 @@ from typing import Optional
 
 from pipelines.settings import ExportSettings
 
-AUTH_MODES = ("none",)
+AUTH_MODES = ("none", "smart")
+TOKEN_PATH = "/auth/token"
+SMART_CONFIGURATION_PATH = "/fhir/.well-known/smart-configuration"
 FILES_PATH = "/files"
 FHIR_PATH = "/fhir"
 STATUS_PATH = "/fhir/bulk-status"
@@ -22,8 +24,8 @@ class ServerConfig:
     base_url: str  # the public URL, no trailing slash: [base] is base_url + "/fhir"
     job_store: Optional[str] = None  # postgresql://...; None: the SQLite store in state_dir
     tenant: str = "default"
-    owner: Optional[str] = None  # the owner of every job this server records (until tokens name clients)
-    auth: str = "none"
+    owner: Optional[str] = None  # --auth none: the owner of every job this server records
+    auth: str = "none"  # smart: SMART Backend Services; each client's jobs are its tenant's, owned by its id
     max_active: int = 4
     lease_s: float = 30.0
     beam_args: tuple[str, ...] = ()
@@ -50,6 +52,10 @@ class ServerConfig:
     @property
     def files_base(self) -> str:
         return self.base_url + FILES_PATH
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + TOKEN_PATH
 
     def status_url(self, job_id: str) -> str:
         return f"{self.base_url}{STATUS_PATH}/{job_id}"

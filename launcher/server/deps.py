@@ -1,14 +1,19 @@
-"""The server's shared state, handed to handlers as a FastAPI dependency."""
+"""The server's shared state and the caller of each request, handed to handlers as FastAPI dependencies."""
 
 from __future__ import annotations
 
 import dataclasses
+from typing import Optional
 
-from fastapi import Request
+from fastapi import Depends, Request
 
-from launcher.audit import AuditLog
+from launcher.audit import MINOR_FAILURE, AuditLog
+from launcher.auth.scopes import EVERYTHING, Grant
+from launcher.auth.token_service import TokenService
+from launcher.auth.tokens import AccessTokens, InvalidToken
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
+from launcher.server.outcomes import FhirError
 from launcher.stores import JobStore
 from pipelines.settings import ExportSettings
 
@@ -22,7 +27,63 @@ class Server:
     audit: AuditLog
     jobs: BackgroundJobs
     settings: ExportSettings  # the export defaults, with manifest URLs under this server's /files
+    tokens: Optional[AccessTokens] = None  # with --auth smart
+    token_service: Optional[TokenService] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Caller:
+    """Whose request this is: the tenant and owner whose jobs it sees, and the types it may read."""
+
+    tenant: str
+    owner: Optional[str]
+    grant: Grant = EVERYTHING
+    client_id: Optional[str] = None
+
+    def refuse(self, app: Server, request: Request, status: int, diagnostics: str) -> FhirError:
+        """The error for a request this caller may not make, audited."""
+        app.audit.access("access-refused", self.tenant, self.client_id, MINOR_FAILURE,
+                         f"{status}: {diagnostics}", f"{request.method} {request.url.path}")
+        return FhirError(status, "forbidden", diagnostics)
 
 
 async def server(request: Request) -> Server:  # async: no thread hop per request
     return request.app.state.server
+
+
+async def read_body(request: Request, limit: int) -> Optional[bytes]:
+    """The request body, or None once it passes `limit` bytes (a chunked body has no Content-Length)."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
+def caller(request: Request, app: Server = Depends(server)) -> Caller:
+    """The caller: with `--auth smart`, the client a valid bearer token names (else 401); without,
+    the server's own tenant and owner."""
+    if app.tokens is None:
+        return Caller(app.config.tenant, app.config.owner)
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized(app, request, "an access token is required: Authorization: Bearer <token>", None)
+    try:
+        principal = app.tokens.verify(token.strip())
+    except InvalidToken as exc:
+        raise _unauthorized(app, request, str(exc), "invalid_token") from None
+    client = app.store.client(principal.client_id)
+    if client is None or client.tenant != principal.tenant:
+        raise _unauthorized(app, request, "the access token's client is no longer registered", "invalid_token")
+    return Caller(principal.tenant, principal.client_id, principal.grant, principal.client_id)
+
+
+def _unauthorized(app: Server, request: Request, diagnostics: str, error: Optional[str]) -> FhirError:
+    """401 with the RFC 6750 challenge; audited against the server's tenant (the caller is unknown)."""
+    app.audit.access("access-refused", app.config.tenant, None, MINOR_FAILURE, f"401: {diagnostics}",
+                     f"{request.method} {request.url.path}")
+    challenge = f'Bearer realm="{app.config.fhir_base}"'
+    if error:
+        challenge += f', error="{error}", error_description="{diagnostics}"'
+    return FhirError(401, "login", diagnostics, {"WWW-Authenticate": challenge})

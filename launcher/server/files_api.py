@@ -1,7 +1,10 @@
 """Downloads: the files a complete job's manifest lists, streamed from the output folder.
 
 Only a file the job's manifest names is ever served, so no path can reach
-outside it. `Range` requests are answered 206 (a client resumes a download);
+outside it, and only to the job's own client: with `--auth smart`, an output
+file needs a bearer token whose scopes cover its resource type, while error
+and deleted files (about the export's own, already authorized, types) need
+any token of that client. `Range` requests are answered 206 (a client resumes a download);
 without `Range`, a client that accepts gzip gets the file gzip-compressed as
 it streams. Nothing is read into memory whole.
 """
@@ -17,7 +20,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 
 from launcher.names import check_job_id
 from launcher.server.config import FILES_PATH
-from launcher.server.deps import Server, server
+from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound
 from pipelines.models import ExportStatus
@@ -29,8 +32,9 @@ _GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
 
 
 @router.get(FILES_PATH + "/{tenant}/{job_id}/{path:path}")
-def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server)) -> Response:
-    local = _listed_file(app, tenant, job_id, path)
+def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server),
+             who: Caller = Depends(caller)) -> Response:
+    local = _listed_file(app, who, request, tenant, job_id, path)
     media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
     if "range" in request.headers or not _accepts_gzip(request.headers.get("accept-encoding", "")):
         return _File(local, media_type=media_type)
@@ -44,21 +48,25 @@ class _File(FileResponse):
     chunk_size = _CHUNK
 
 
-def _listed_file(app: Server, tenant: str, job_id: str, path: str) -> str:
-    """The local path of a file the job's manifest lists; 404 for anything else."""
+def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id: str, path: str) -> str:
+    """The local path of a file the caller's job lists in its manifest; 404 for anything else, and 403
+    for an output file of a type the caller's token does not cover."""
     missing = FhirError(404, "not-found", "no such file")
-    if tenant != app.config.tenant:
+    if tenant != who.tenant:
         raise missing
     try:
-        record = app.store.get(tenant, check_job_id(job_id), app.config.owner)
+        record = app.store.get(tenant, check_job_id(job_id), who.owner)
     except (JobNotFound, ValueError):
         raise missing from None
     if record.status is not ExportStatus.COMPLETE:
         raise missing
-    manifest = app.store.manifest(tenant, job_id, app.config.owner)
+    manifest = app.store.manifest(tenant, job_id, who.owner)
     url = f"{app.config.files_base}/{tenant}/{job_id}/{path}"
-    if url not in {entry.url for entry in manifest.output + manifest.error + manifest.deleted}:
+    output = next((entry for entry in manifest.output if entry.url == url), None)
+    if output is None and url not in {entry.url for entry in manifest.error + manifest.deleted}:
         raise missing
+    if output is not None and not who.grant.covers(output.type):
+        raise who.refuse(app, request, 403, f"the access token's scopes do not cover {output.type}")
     local = os.path.join(record.output_dir, path)
     if not os.path.isfile(local):
         raise FhirError(404, "not-found", "the file is gone (the job was removed)")

@@ -12,7 +12,8 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
 from launcher import kickoff
-from launcher.server.deps import Server, server
+from launcher.auth.export_scope import ExportForbidden, authorize_export
+from launcher.server.deps import Caller, Server, caller, read_body, server
 from launcher.server.outcomes import FHIR_JSON, PLAIN_JSON, FhirError
 from launcher.stores import TooManyActiveExports
 
@@ -26,7 +27,7 @@ _BODY_TYPES = (FHIR_JSON, PLAIN_JSON)
 @router.post("/fhir/Patient/$export")
 @router.get("/fhir/Group/{group_id}/$export")
 @router.post("/fhir/Group/{group_id}/$export")
-async def kick_off(request: Request, app: Server = Depends(server)) -> Response:
+async def kick_off(request: Request, app: Server = Depends(server), who: Caller = Depends(caller)) -> Response:
     lenient = _check_headers(request)
     endpoint = app.config.base_url + request.url.path
     try:
@@ -36,7 +37,10 @@ async def kick_off(request: Request, app: Server = Depends(server)) -> Response:
         else:
             query = request.url.query
             export = kickoff.parse_get(endpoint + (f"?{query}" if query else ""), strict=not lenient)
-        job = await run_in_threadpool(app.jobs.start, export, app.settings)
+        export, settings = authorize_export(export, app.settings, who.grant)
+        job = await run_in_threadpool(app.jobs.start, export, settings, who.tenant, who.owner)
+    except ExportForbidden as exc:
+        raise who.refuse(app, request, 403, str(exc)) from None
     except kickoff.KickoffRefused as exc:
         raise FhirError(400, "invalid" if exc.parameter != "kickoff" else "not-supported", str(exc)) from None
     except TooManyActiveExports as exc:
@@ -63,11 +67,9 @@ async def _parameters(request: Request, limit: int) -> dict:
     content_type = request.headers.get("content-type", "").split(";")[0].strip()
     if content_type not in _BODY_TYPES:
         raise FhirError(415, "not-supported", f"Content-Type: a kick-off body must be {FHIR_JSON}")
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise FhirError(413, "too-costly", f"the kick-off body is over {limit} bytes")
+    data = await read_body(request, limit)
+    if data is None:
+        raise FhirError(413, "too-costly", f"the kick-off body is over {limit} bytes")
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:

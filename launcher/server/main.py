@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from launcher.server.config import AUTH_MODES
 
@@ -14,12 +15,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--base-url", dest="public_url",
                         help="the public URL clients reach, e.g. https://bulk.example.org (behind a proxy); "
                         "default http://HOST:PORT. [base] is BASE-URL/fhir")
-    parser.add_argument("--auth", choices=AUTH_MODES, default="none",
-                        help="none: no access token (trials only; manifests say requiresAccessToken false)")
+    parser.add_argument("--auth", choices=AUTH_MODES,
+                        help="smart: SMART Backend Services tokens (the default once a client is registered with"
+                        " `bulk-export clients add`); none: no access token, for trials only")
     parser.add_argument("--cleanup-ttl", dest="cleanup_ttl", default="24h",
                         help="how long a finished job's files are kept, as its status's Expires says (default 24h)")
     parser.add_argument("--maintenance-interval", dest="maintenance_interval", default="30s",
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
+
+
+def default_auth(store_url: str) -> str:
+    """`smart` once any client is registered in the store, else `none`."""
+    from launcher.stores import open_store
+
+    return "smart" if open_store(store_url).clients() else "none"
 
 
 def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
@@ -37,7 +46,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         job_store=args.job_store,
         tenant=args.tenant,
         owner=args.owner,
-        auth=args.auth,
+        auth=args.auth or default_auth(args.job_store or args.state_dir),
         max_active=args.max_active_per_tenant,
         lease_s=args.lease,
         beam_args=tuple(beam_args),
@@ -45,5 +54,8 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
     )
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
+    if config.auth == "none":
+        print("bulk-export: warning: --auth none: anyone who can reach this server can export and download"
+              " its data", file=sys.stderr, flush=True)
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
     return 0

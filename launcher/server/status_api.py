@@ -4,7 +4,9 @@ While a job runs: 202 with `X-Progress` and `Retry-After`. Complete: 200 with
 the manifest and an `Expires` header (when cleanup will remove it). Failed: a
 500 OperationOutcome naming the reason. Unknown, deleted or another tenant's:
 404. DELETE answers 202 in every state, stopping a running pipeline and
-removing its files; afterwards the job and its files are 404.
+removing its files; afterwards the job and its files are 404. With `--auth
+smart`, both need a bearer token, and only its client's jobs are visible
+(another client's, of any tenant, are 404).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from fastapi.responses import JSONResponse
 from launcher.lifecycle import delete_job
 from launcher.names import check_job_id
 from launcher.server.config import STATUS_PATH
-from launcher.server.deps import Server, server
+from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound, StoredJob
 from pipelines.models import ExportStatus
@@ -28,13 +30,15 @@ router = APIRouter()
 
 
 @router.get(STATUS_PATH + "/{job_id}")
-def status(job_id: str, app: Server = Depends(server)) -> Response:
-    record = _job(app, job_id)
+def status(job_id: str, app: Server = Depends(server), who: Caller = Depends(caller)) -> Response:
+    record = _job(app, who, job_id)
     if not record.status.is_terminal:
         headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
         return Response(status_code=202, headers=headers)
     if record.status is ExportStatus.COMPLETE:
-        manifest = app.store.manifest(app.config.tenant, job_id, app.config.owner)
+        manifest = app.store.manifest(who.tenant, job_id, who.owner)
+        if app.tokens is not None:  # its files are served only to a bearer of a token
+            manifest = manifest.model_copy(update={"requires_access_token": True})
         return JSONResponse(manifest.to_json_dict(), headers={"Expires": _expires(record, app.config.cleanup_ttl_s)})
     if record.status is ExportStatus.CANCELLED:
         raise FhirError(404, "not-found", f"job {job_id} was cancelled")
@@ -42,18 +46,18 @@ def status(job_id: str, app: Server = Depends(server)) -> Response:
 
 
 @router.delete(STATUS_PATH + "/{job_id}")
-def delete(job_id: str, app: Server = Depends(server)) -> Response:
-    _job(app, job_id)
+def delete(job_id: str, app: Server = Depends(server), who: Caller = Depends(caller)) -> Response:
+    _job(app, who, job_id)
     try:
-        delete_job(app.store, app.audit, app.config.tenant, job_id, app.config.owner)
+        delete_job(app.store, app.audit, who.tenant, job_id, who.owner)
     except JobNotFound:  # deleted meanwhile
         pass
     return Response(status_code=202)
 
 
-def _job(app: Server, job_id: str) -> StoredJob:
+def _job(app: Server, who: Caller, job_id: str) -> StoredJob:
     try:
-        return app.store.get(app.config.tenant, check_job_id(job_id), app.config.owner)
+        return app.store.get(who.tenant, check_job_id(job_id), who.owner)
     except (JobNotFound, ValueError):
         raise FhirError(404, "not-found", f"no export job {job_id!r}") from None
 

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
+from launcher.auth.registry import ClientQueries
 from launcher.schedules import ScheduleQueries
 from launcher.stores.contract import (
     ANY_OWNER,
@@ -40,7 +41,7 @@ _FREE_LEASE_SQL = "(lease_holder IS NULL OR lease_expires_ms < ?)"
 _SCHEMA_CHECK = threading.Lock()
 
 
-class SqlJobStore(ScheduleQueries):
+class SqlJobStore(ScheduleQueries, ClientQueries):
     """`JobStore` in SQL that SQLite and PostgreSQL both accept (`?` placeholders)."""
 
     url: str

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
+from launcher.auth.registry import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
 from launcher.schedules import SCHEDULES_TABLE
 from transforms.fhir.instant import instant_key
 
@@ -92,6 +93,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # The last completed run's transactionTime per (tenant, schedule): see `launcher.schedules`.
     Migration(3, (SCHEDULES_TABLE,)),
+    # SMART Backend Services: registered clients, used assertion ids, the access-token signing key.
+    Migration(4, (CLIENTS_TABLE, ASSERTIONS_TABLE, ASSERTIONS_INDEX, SERVER_KEYS_TABLE)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
