@@ -63,6 +63,8 @@ def check_jwks(data: object, where: str) -> dict:
             raise KeysRefused(f"{at} holds private or secret key material; register the public key only")
         if not isinstance(jwk.get("kid"), str) or not jwk["kid"]:
             raise KeysRefused(f"{at} has no \"kid\" (SMART Backend Services selects keys by kid)")
+        if any(other["kid"] == jwk["kid"] for other in kept):
+            raise KeysRefused(f"{at} repeats the kid of an earlier key; each key needs its own")
         if jwk.get("use", "sig") != "sig":
             raise KeysRefused(f"{at} is not a signature key (use {jwk.get('use')!r})")
         if not algorithms_for(jwk):

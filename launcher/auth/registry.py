@@ -68,6 +68,8 @@ class Client:
         check_tenant(self.tenant)
         if (self.jwks_url is None) == (self.jwks is None):
             raise ValueError("a client has either a JWKS or a jwks_url")
+        if self.jwks is not None and not self.jwks.get("keys"):
+            raise ValueError("a client's JWKS needs at least one key")
 
     def to_json_dict(self) -> dict:
         """What `clients list --json` prints: public keys and URLs only."""
@@ -77,7 +79,7 @@ class Client:
 
 
 def _client(row: dict) -> Client:
-    jwks = orjson.loads(row["jwks_json"]) if row["jwks_json"] else None
+    jwks = orjson.loads(row["jwks_json"]) if row["jwks_json"] is not None else None
     return Client(row["client_id"], row["tenant"], row["scopes"], row["jwks_url"], jwks, row["created_at"])
 
 
@@ -90,7 +92,7 @@ class ClientQueries:
                 "INSERT INTO clients (client_id, tenant, scopes, jwks_url, jwks_json, created_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
                 (client.client_id, client.tenant, client.scopes, client.jwks_url,
-                 orjson.dumps(client.jwks).decode() if client.jwks else None, client.created_at),
+                 orjson.dumps(client.jwks).decode() if client.jwks is not None else None, client.created_at),
             ).rowcount
         if not inserted:
             raise ClientExists(f"client {client.client_id!r} is registered already (remove it first)")
