@@ -41,7 +41,7 @@ $(VENV)/.interpreter: FORCE
 
 $(STAMP): setup.py $(VENV)/.interpreter
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,dask]'
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(FHIR_DEFINITIONS)
 	touch $(STAMP)
 

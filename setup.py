@@ -40,6 +40,8 @@ setup(
         "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],
         # Dataflow submission and Google credentials for Beam's GCS filesystem (the Docker image).
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
+        # `--runner=DaskRunner` (pipelines/dask_runner.py) on a dask.distributed cluster.
+        "dask": [f"apache-beam[dask]=={BEAM_VERSION}"],
     },
     entry_points={"console_scripts": ["bulk-export=launcher.cli:main"]},
 )

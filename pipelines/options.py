@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
@@ -12,8 +13,9 @@ from transforms.read.source_formats import SOURCE_FORMATS
 __all__ = ["DEFAULTS", "LOCAL_RUNNER", "ExportOptions", "ExportSettings", "UnsafeRunnerOptions", "prepare_runner"]
 
 _LOG = logging.getLogger(__name__)
-# Beam's own DaskRunner, by its short and its full name (docs/deploy.md says why it is refused).
-BEAM_DASK_RUNNERS = ("DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner")
+# `--runner=DaskRunner` is ours; Beam's own, asked for by its full name, is refused (docs/deploy.md says why).
+DASK_RUNNER = "pipelines.dask_runner.DaskRunner"
+BEAM_DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
 
 
 class ExportOptions(PipelineOptions):
@@ -107,12 +109,16 @@ def prepare_runner(options: PipelineOptions) -> None:
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = LOCAL_RUNNER
-    if standard.runner in BEAM_DASK_RUNNERS:
+    if standard.runner == BEAM_DASK_RUNNER:
         raise UnsafeRunnerOptions(
             f"--runner={standard.runner} is refused: Beam 2.77's DaskRunner was seen to mix tagged outputs, "
             "drop what finish_bundle emits, run only the last leaf of the graph and ignore Reshuffle, "
-            "so an export on it loses records; run on the local runner, Dataflow, Flink or Spark"
+            "so an export on it loses records; --runner=DaskRunner runs ours, which does not"
         )
+    if standard.runner in ("DaskRunner", DASK_RUNNER):
+        if importlib.util.find_spec("distributed") is None:
+            raise UnsafeRunnerOptions("--runner=DaskRunner needs dask.distributed: pip install 'fhir-bulk-export-beam[dask]'")
+        standard.runner = DASK_RUNNER
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode not in SAFE_RUNNING_MODES:
         raise UnsafeRunnerOptions(

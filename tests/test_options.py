@@ -44,7 +44,13 @@ def test_each_attempt_of_a_job_writes_to_its_own_temp_folder_and_round_trips_as_
     assert ExportJob.from_options(PipelineOptions(second.to_argv()).view_as(ExportOptions)) == second
 
 
-@pytest.mark.parametrize("runner", ["DaskRunner", "apache_beam.runners.dask.dask_runner.DaskRunner"])
+def test_dask_runner_is_ours(run_cli):
+    options = PipelineOptions(["--runner=DaskRunner", "--dask_client_address=tcp://127.0.0.1:8786"])
+    prepare_runner(options)
+    assert options.view_as(StandardOptions).runner == "pipelines.dask_runner.DaskRunner"
+
+
+@pytest.mark.parametrize("runner", ["apache_beam.runners.dask.dask_runner.DaskRunner"])
 def test_beams_own_dask_runner_is_refused_with_the_reason(runner, run_cli, sample_dir, tmp_path):
     with pytest.raises(UnsafeRunnerOptions, match=r"DaskRunner.*loses records"):
         prepare_runner(PipelineOptions([f"--runner={runner}"]))

@@ -1,0 +1,238 @@
+"""Our DaskRunner: a Beam batch pipeline on a dask.distributed cluster, without the losses of Beam 2.77's.
+
+Beam's own DaskRunner translates each transform to a `dask.bag` step, but
+mixes a ParDo's tagged outputs, drops what `finish_bundle` emits, computes
+only the last leaf of the graph, ignores Reshuffle and recomputes a side
+input inside every task that reads it. This one keeps its translation and
+fixes those five:
+
+1. each PCollection has its own bag: a ParDo's bag holds `(tag, value)`
+   pairs and each output keeps only its tag;
+2. a partition is one complete bundle (setup, start, process, finish,
+   teardown), and what `finish_bundle` emits is kept;
+3. every leaf is computed, in one graph, so shared steps run once;
+4. Reshuffle spreads its input over `--dask_npartitions` partitions (default
+   `DEFAULT_PARTITIONS`);
+5. a side input is computed once, as a task the consuming tasks depend on.
+
+Batch only, global windows only (what an export uses). Each task runs on
+some worker, maybe twice (Dask reruns the tasks of a lost worker): the
+export's writers are fenced and its finalize is retry-safe for that reason.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Optional
+
+import apache_beam as beam
+from apache_beam import pvalue
+from apache_beam.pipeline import AppliedPTransform, PipelineVisitor, PTransformOverride
+from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
+from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
+from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
+from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKeyOnly, _Reshuffle, dask_overrides
+from apache_beam.runners.runner import PipelineState
+from apache_beam.transforms.sideinputs import SideInputMap
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+_LOG = logging.getLogger(__name__)
+DEFAULT_PARTITIONS = 32  # what a Reshuffle spreads its input over, without --dask_npartitions
+_GLOBAL = (GlobalWindow(),)
+
+
+def _windowed(value: Any) -> WindowedValue:
+    return WindowedValue(value, 0, _GLOBAL)
+
+
+class _Collect(Receiver):
+    """Keeps every output of one tag as `(tag, value)`."""
+
+    def __init__(self, tag: Optional[str], out: list):
+        self._tag, self._out = tag, out
+
+    def receive(self, windowed_value: WindowedValue) -> None:
+        self._out.append((self._tag, windowed_value.value))
+
+
+class _Receivers(dict):
+    def __init__(self, out: list):
+        super().__init__()
+        self._out = out
+
+    def __missing__(self, tag):
+        receiver = self[tag] = _Collect(tag, self._out)
+        return receiver
+
+
+def _run_bundle(items, do_fn, label: str, args, kwargs, window_fn, side_specs, *side_values):
+    """One partition as one bundle of `do_fn`; returns its outputs as `(tag, value)`, finish_bundle's too."""
+    out: list = []
+    receivers = _Receivers(out)
+    handler = _OutputHandler(window_fn=window_fn, main_receivers=receivers[None], tagged_receivers=receivers,
+                             per_element_output_counter=None, output_batch_converter=None,
+                             process_yields_batches=False, process_batch_yields_elements=False)
+    side_inputs = [SideInputMap(view_class, options, [_windowed(v) for v in values])
+                   for (view_class, options), values in zip(side_specs, side_values)]
+    invoker = DoFnInvoker.create_invoker(
+        DoFnSignature(do_fn), handler, context=DoFnContext(label, state=None), side_inputs=side_inputs,
+        input_args=args, input_kwargs=kwargs, user_state_context=None,
+        bundle_finalizer_param=beam.DoFn.BundleFinalizerParam())
+    invoker.invoke_setup()
+    invoker.invoke_start_bundle()
+    for item in items:
+        invoker.invoke_process(_windowed(item))
+    invoker.invoke_finish_bundle()
+    invoker.invoke_teardown()
+    return out
+
+
+def _concat(*partitions) -> list:
+    return [value for partition in partitions for value in partition]
+
+
+def _drain(partition) -> list:
+    for _ in partition:
+        pass
+    return []
+
+
+class _Translate(PipelineVisitor):
+    """Builds one dask bag per PCollection, from the pipeline's primitive transforms."""
+
+    def __init__(self, npartitions: Optional[int]):
+        self.bags: dict[pvalue.PCollection, Any] = {}
+        self.consumed: set[pvalue.PCollection] = set()
+        self._npartitions = npartitions
+
+    def visit_transform(self, node: AppliedPTransform) -> None:
+        inputs = [value for value in node.inputs if isinstance(value, pvalue.PCollection)]
+        self.consumed.update(inputs)
+        self.consumed.update(si.pvalue for si in node.side_inputs)
+        transform = node.transform
+        if isinstance(transform, beam.ParDo):
+            tagged = self._par_do(node, self.bags[inputs[0]])
+            for tag, output in node.outputs.items():
+                wanted = None if tag in (None, "None") else tag
+                self.bags[output] = tagged.filter(functools.partial(_has_tag, tag=wanted)).map(_value)
+            return
+        if isinstance(transform, _Create):
+            from dask import bag as db
+
+            bag = db.from_sequence(list(transform.values), npartitions=self._create_partitions(transform.values))
+        elif isinstance(transform, _GroupByKeyOnly):
+            bag = self.bags[inputs[0]].groupby(_key).map(_values_of_group)
+        elif isinstance(transform, _Flatten):
+            from dask import bag as db
+
+            bag = db.concat([self.bags[value] for value in inputs]) if inputs else db.from_sequence([])
+        elif isinstance(transform, _Reshuffle):
+            bag = self.bags[inputs[0]].repartition(npartitions=self._npartitions or DEFAULT_PARTITIONS)
+        elif isinstance(transform, beam.Impulse):
+            from dask import bag as db
+
+            bag = db.from_sequence([b""], npartitions=1)
+        elif inputs:  # e.g. an identity Read
+            bag = self.bags[inputs[0]]
+        else:
+            raise NotImplementedError(f"the Dask runner cannot run {type(transform).__name__} ({node.full_label})")
+        for output in node.outputs.values():
+            self.bags[output] = bag
+
+    def _create_partitions(self, values) -> int:
+        return max(1, min(len(values), self._npartitions or DEFAULT_PARTITIONS))
+
+    def _par_do(self, node: AppliedPTransform, input_bag):
+        import dask
+
+        transform = node.transform
+        args, kwargs = transform.raw_side_inputs
+        main_input = next(iter(node.main_inputs.values()))
+        window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
+        side_specs = [(type(si), si._view_options()) for si in node.side_inputs]
+        # Each side input is computed once, as one task the consuming partitions depend on.
+        side_values = [dask.delayed(_concat)(*self.bags[si.pvalue].to_delayed()) for si in node.side_inputs]
+        return input_bag.map_partitions(_run_bundle, transform.fn, node.full_label, list(args), kwargs, window_fn,
+                                        side_specs, *side_values)
+
+    def leaves(self) -> list:
+        """The bags nothing consumes: computing them all runs the whole graph."""
+        seen, leaves = set(), []
+        for pcoll, bag in self.bags.items():
+            if pcoll not in self.consumed and id(bag) not in seen:
+                seen.add(id(bag))
+                leaves.append(bag)
+        return leaves
+
+
+def _has_tag(item, tag) -> bool:
+    return item[0] == tag
+
+
+def _value(item):
+    return item[1]
+
+
+def _key(item):
+    return item[0]
+
+
+def _values_of_group(group):
+    key, items = group
+    return key, [value for _, value in items]
+
+
+class _GroupByKeyOverride(PTransformOverride):
+    """GroupByKey as one group step: global windows only, so no window reification."""
+
+    def matches(self, applied: AppliedPTransform) -> bool:
+        return applied.transform.__class__ == beam.GroupByKey
+
+    def get_replacement_transform_for_applied_ptransform(self, applied: AppliedPTransform):
+        return _GroupByKeyOnly()
+
+
+def _overrides() -> list[PTransformOverride]:
+    beams = [o for o in dask_overrides() if type(o).__name__ != "GroupByKeyOverride"]
+    return [_GroupByKeyOverride(), *beams]
+
+
+class _Result(DaskRunnerResult):
+    """Beam's Dask result, whose client is closed once the job has ended."""
+
+    def wait_until_finish(self, duration=None):
+        try:
+            return super().wait_until_finish(duration)
+        finally:
+            if self.state in (PipelineState.DONE, PipelineState.FAILED):
+                self.client.close()
+
+    def cancel(self):
+        try:
+            return super().cancel()
+        finally:
+            self.client.close()
+
+
+class DaskRunner(BeamDaskRunner):
+    """Runs a batch pipeline on the dask.distributed scheduler `--dask_client_address` names."""
+
+    def run_pipeline(self, pipeline, options):
+        import dask
+        import dask.distributed as ddist
+
+        dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
+        npartitions = DaskOptions._extract_bag_kwargs(dask_options).get("npartitions")
+        client = ddist.Client(**dask_options)
+        pipeline.replace_all(_overrides())
+        translate = _Translate(npartitions)
+        pipeline.visit(translate)
+        leaves = [leaf.map_partitions(_drain) for leaf in translate.leaves()]
+        _LOG.info("Dask: %d leaves over %s", len(leaves), client.scheduler.address)
+        futures = client.compute(dask.optimize(*leaves))
+        return _Result(client, futures)
+
+
+__all__ = ["DaskRunner", "DaskOptions"]
