@@ -117,7 +117,8 @@ def prepare_runner(options: PipelineOptions) -> None:
         )
     if standard.runner in ("DaskRunner", DASK_RUNNER):
         if importlib.util.find_spec("distributed") is None:
-            raise UnsafeRunnerOptions("--runner=DaskRunner needs dask.distributed: pip install 'fhir-bulk-export-beam[dask]'")
+            raise UnsafeRunnerOptions("--runner=DaskRunner needs dask.distributed: "
+                                      "pip install 'fhir-bulk-export-beam[dask]'")
         standard.runner = DASK_RUNNER
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode not in SAFE_RUNNING_MODES:

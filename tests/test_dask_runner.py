@@ -42,7 +42,8 @@ def _contents(manifest: dict) -> dict:
             if path.suffix == ".parquet":
                 import pyarrow.parquet as pq
 
-                rows = [json.dumps(row, sort_keys=True, default=str).encode() for row in pq.read_table(path).to_pylist()]
+                table = pq.read_table(path).to_pylist()
+                rows = [json.dumps(row, sort_keys=True, default=str).encode() for row in table]
             else:
                 rows = path.read_bytes().splitlines()
             lines.setdefault(entry["type"], []).extend(rows)
