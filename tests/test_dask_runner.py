@@ -10,9 +10,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
+
+from launcher.sample_data import generate
+from launcher.stores import ANY_OWNER, open_store
+from tests.server_process import ROOT
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
 
@@ -105,3 +112,37 @@ def test_patient_parameter_and_bad_lines_on_dask(cluster, run_cli, sample_dir, t
     dask = _export(run_cli, tmp_path, "dask", source, args, "--runner=DaskRunner", f"--dask_client_address={cluster}")
     assert local["error"] and local["output"]
     assert _contents(dask) == _contents(local)
+
+
+def test_cancel_during_a_dask_run_leaves_no_file_behind(cluster, run_cli, tmp_path):
+    """Tasks already running on the workers when the job is cancelled notice it (their writers check
+    the job's fence every second), remove what they wrote, and stop: 5 s after `cancel` returns,
+    nothing of the job is left."""
+    source = tmp_path / "source"
+    generate(source, patients=1500, seed=5)
+    state, output = tmp_path / "state", tmp_path / "out"
+    export = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "export", "--state-dir", str(state), "--source", str(source),
+         "--output", str(output), "--chunk-bytes", "65536", "--max-lines-per-part", "50",
+         "--runner=DaskRunner", f"--dask_client_address={cluster}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        store = open_store(str(state))
+        deadline = time.monotonic() + 120
+        while True:  # until parts are being written on the workers
+            jobs = store.list("default", ANY_OWNER) if (state / "jobs.sqlite3").exists() else []
+            if jobs and any(p.exported for p in jobs[0].progress):
+                break
+            assert export.poll() is None, export.stdout.read().decode()
+            assert time.monotonic() < deadline, "the export never started writing"
+            time.sleep(0.05)
+        job_id = jobs[0].job_id
+        result = run_cli("cancel", job_id, state_dir=state)
+        assert result.code == 0, result.err
+        time.sleep(5)
+        left = [p for p in (output / "default" / job_id).rglob("*")] if (output / "default" / job_id).exists() else []
+        assert left == [] and not (output / "default" / job_id).exists()
+        assert store.get("default", job_id).status.value == "cancelled"
+    finally:
+        export.kill()
+        export.wait(30)

@@ -9,6 +9,7 @@ still owns the job, before it opens a part and before any rename.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import apache_beam as beam
@@ -79,3 +80,25 @@ def test_a_stale_attempt_never_renames_over_the_newer_attempts_files(resumed, tm
     manifest = json.loads((job_dir / MANIFEST_NAME).read_bytes())
     assert [e["count"] for e in manifest["output"]] == [5]
     assert len(Path(manifest["output"][0]["url"]).read_bytes().splitlines()) == 5
+
+
+def test_a_bundle_that_loses_the_job_while_writing_removes_its_parts_and_stops(tmp_path):
+    """Attempt 1 opened its parts while it owned the job; the job is then resumed as attempt 2 (as on a
+    remote worker that stalled). Within a second its next batch finds out, removes every part it wrote
+    and its temporary folder, and raises: it neither runs on to the end of its bundle nor leaves files."""
+    store = SqliteJobStore(str(tmp_path / "state"))
+    store.create(_record("job-1"), lease=Lease("launcher-1", now_ms() - 1))
+    store.mark_in_progress("job-1")
+    temp = tmp_path / "out" / "acme" / "job-1" / ".attempt-1"
+    fn = WriteParts(str(temp), fence=_sink(tmp_path, 1))._fn
+    batch = ResourceBatch(Origin("mem", 0), [Resource("Patient", b'{"resourceType":"Patient","id":"p"}', None, 0),
+                                              Resource("Condition", b'{"resourceType":"Condition","id":"c"}', None, 1)])
+    fn.start_bundle()
+    list(fn.process(batch))
+    assert len(list(temp.iterdir())) == 2  # both parts open, under attempt 1
+    store.reap_expired()
+    store.claim_resume("acme", "job-1", None, Lease("launcher-2", now_ms() + 60_000))
+    time.sleep(1.1)
+    with pytest.raises(StaleAttempt, match="no longer owns the job"):
+        list(fn.process(batch))
+    assert not temp.exists() and not temp.parent.exists()

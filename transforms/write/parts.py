@@ -25,8 +25,12 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.records import PartFile, Resource, ResourceBatch
 from transforms.write.layout import NDJSON_MIME
 from transforms.write.part_formats import NdjsonSink, PartSink
+from transforms.write.storage import remove_abandoned
 
 _PROGRESS_EVERY_S = 2.0
+# How often a writing bundle asks its fence whether its attempt still owns the job: a cancelled
+# or superseded attempt on a remote worker (Dask, Dataflow) stops within about this long.
+_FENCE_EVERY_S = 1.0
 
 
 class ProgressSink(Protocol):
@@ -91,6 +95,14 @@ class _OpenPart:
         self.handle.close()
         return PartFile(self.type, self.path, self.count, self.size)
 
+    def abandon(self) -> str:
+        """Closes the file without finishing it (it is about to be removed); returns its path."""
+        try:
+            self.handle.close()
+        except Exception:  # noqa: BLE001: a half-written part is removed whatever its state
+            pass
+        return self.path
+
 
 class _WritePartsFn(beam.DoFn):
     """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
@@ -108,7 +120,7 @@ class _WritePartsFn(beam.DoFn):
         self._open: dict[str, _OpenPart] = {}
         self._closed: list[PartFile] = []
         self._unreported: dict[str, int] = {}
-        self._reported_at = time.monotonic()
+        self._reported_at = self._fenced_at = time.monotonic()
 
     def process(self, batch: ResourceBatch) -> Iterator[PartFile]:
         by_type: dict[str, list[Resource]] = {}
@@ -120,14 +132,18 @@ class _WritePartsFn(beam.DoFn):
         for resource_type, resources in by_type.items():
             self._write(resource_type, resources)
             self._count(resource_type, len(resources))
-        if self._progress and time.monotonic() - self._reported_at > _PROGRESS_EVERY_S:
+        now = time.monotonic()
+        if self._progress and now - self._reported_at > _PROGRESS_EVERY_S:
             self._report()
+        if self._fence is not None and now - self._fenced_at > _FENCE_EVERY_S:
+            self._check_fence("writing parts")
         return iter(())
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for part in self._open.values():
             self._closed.append(part.close())
         self._open.clear()
+        self._check_fence("handing its parts on")
         if self._progress:
             self._report()
         window = GlobalWindow()
@@ -152,13 +168,25 @@ class _WritePartsFn(beam.DoFn):
                     _flush(part, pending)
                     self._closed.append(part.close())
                     pending = []
-                check_fence(self._fence, "opening a part")
+                self._check_fence("opening a part")
                 path = f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}{self._sink.extension}"
                 part = self._open[resource_type] = _OpenPart(resource_type, path, self._sink)
             pending.append(resource)
             part.count += 1
             part.size += size
         _flush(part, pending)
+
+    def _check_fence(self, doing: str) -> None:
+        """Checks the fence; an attempt that lost the job removes every part of this bundle, then stops."""
+        self._fenced_at = time.monotonic()
+        try:
+            check_fence(self._fence, doing)
+        except StaleAttempt:
+            paths = [part.path for part in self._closed] + [part.abandon() for part in self._open.values()]
+            self._open.clear()
+            self._closed.clear()
+            remove_abandoned(paths, self._temp_dir)
+            raise
 
     def _count(self, resource_type: str, n: int) -> None:
         counter = self._counters.get(resource_type)

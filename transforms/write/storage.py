@@ -98,3 +98,19 @@ def remove_tree(path: str) -> None:
         return
     if FileSystems.exists(path):
         FileSystems.delete([path])
+
+
+def remove_abandoned(paths: list[str], temp_dir: str) -> None:
+    """Removes the parts a stale attempt wrote, then its temp folder and the job folder above it if
+    they are empty (writing a part may have created them again after a cancel removed them)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    for path in paths:
+        if FileSystems.exists(path):
+            FileSystems.delete([path])
+    if is_local(temp_dir):
+        for folder in (temp_dir, os.path.dirname(temp_dir.rstrip("/"))):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty (another bundle's parts, a live attempt's), or gone
+                return
