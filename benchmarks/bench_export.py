@@ -2,6 +2,7 @@
 """Benchmark: the Beam `$export` pipeline against a plain Python loop, same data, same filter.
 
     python benchmarks/bench_export.py --resources 300000 [--runner multi_process --workers 2]
+    python benchmarks/bench_export.py --resources 300000 --types '' --since '' --runner multi_process,dask
 
 Each case runs in a fresh subprocess so that its peak memory (summed RSS of its whole
 process tree, sampled every 0.1 s) is its own. The pipeline's manifest must count
@@ -47,8 +48,10 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--resources", type=int, required=True, help="About how many input resources.")
     p.add_argument("--since", default="2019-01-01T00:00:00Z", help="_since ('' for none).")
     p.add_argument("--types", default="Patient,Observation", help="_type, comma-separated ('' = all).")
-    p.add_argument("--runner", choices=("in_process", "multi_process"), default="in_process")
-    p.add_argument("--workers", type=int, default=2, help="SDK worker processes (multi_process).")
+    p.add_argument("--runner", type=_runners, default="in_process",
+                   help=f"comma-separated, each a row beside the baseline: {', '.join(RUNNERS)}. dask: our "
+                   "DaskRunner on a dask.distributed LocalCluster of --workers processes, started untimed")
+    p.add_argument("--workers", type=int, default=2, help="worker processes (multi_process, dask).")
     p.add_argument("--seed", type=int, default=42, help="Sample data seed.")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="Cache root; data goes to <data-dir>/<N>-<seed>/ (reused if present).")
@@ -66,6 +69,16 @@ def _parse_args(argv=None) -> argparse.Namespace:
     for name in ("--_child", "--_source", "--_out", "--_tx", "--_result"):
         p.add_argument(name, help=hidden)
     return p.parse_args(argv)
+
+
+RUNNERS = ("in_process", "multi_process", "dask")
+
+
+def _runners(text: str) -> tuple[str, ...]:
+    runners = tuple(r.strip() for r in text.split(",") if r.strip())
+    if not runners or any(r not in RUNNERS for r in runners):
+        raise argparse.ArgumentTypeError(f"--runner: each of {', '.join(RUNNERS)}")
+    return runners
 
 
 def _types(args) -> list[str]:
@@ -195,10 +208,17 @@ def run_pipeline(args) -> dict:
 
     _import_untimed()
 
-    if args.runner == "in_process":
+    runner, cluster = args.runner[0], None
+    if runner == "in_process":
         beam_args = ["--direct_running_mode=in_memory"]
-    else:
+    elif runner == "multi_process":
         beam_args = ["--direct_running_mode=multi_processing", f"--direct_num_workers={args.workers}"]
+    else:  # the cluster is started before the clock, inside this case's process tree (its memory counts)
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                               host="127.0.0.1")
+        beam_args = ["--runner=DaskRunner", f"--dask_client_address={cluster.scheduler_address}"]
     started = time.perf_counter()
     options = PipelineOptions(beam_args)
     prepare_runner(options)
@@ -210,6 +230,8 @@ def run_pipeline(args) -> dict:
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, request, job)
     seconds = time.perf_counter() - started
+    if cluster is not None:
+        cluster.close()
     manifest = orjson.loads(Path(job.job_dir, "manifest.json").read_bytes())
     counts: dict[str, int] = {}
     for entry in manifest["output"]:
@@ -304,12 +326,12 @@ def tree_memory_kb(root: int) -> tuple[int, int]:
     return rss, pss
 
 
-def run_case(case: str, args, source: Path, tx: str) -> dict:
+def run_case(case: str, args, source: Path, tx: str, runner: str = "in_process") -> dict:
     """Runs one case in a fresh subprocess while sampling its tree's RSS."""
     out = tempfile.mkdtemp(prefix=f"bench-{case}-")
     result_file = Path(out, ".result.json")
     cmd = [sys.executable, __file__, f"--resources={args.resources}", f"--since={args.since}",
-           f"--types={args.types}", f"--runner={args.runner}", f"--workers={args.workers}",
+           f"--types={args.types}", f"--runner={runner}", f"--workers={args.workers}",
            f"--source-format={args.source_format}", f"--output-format={args.output_format}",
            f"--level={args.level}", f"--type-filter={args.type_filter}", f"--elements={args.elements}",
            f"--_child={case}", f"--_source={source}", f"--_out={out}", f"--_tx={tx}",
@@ -348,9 +370,9 @@ def run_case(case: str, args, source: Path, tx: str) -> dict:
     return result
 
 
-def best_of(repeat: int, case: str, args, source: Path, tx: str) -> dict:
+def best_of(repeat: int, case: str, args, source: Path, tx: str, runner: str = "in_process") -> dict:
     """The fastest of `repeat` runs, with the highest peak RSS and PSS seen in any of them."""
-    runs = [run_case(case, args, source, tx) for _ in range(max(1, repeat))]
+    runs = [run_case(case, args, source, tx, runner) for _ in range(max(1, repeat))]
     best = min(runs, key=lambda r: r["seconds"])
     return {**best, "peak_mb": max(r["peak_mb"] for r in runs), "peak_pss_mb": max(r["peak_pss_mb"] for r in runs)}
 
@@ -377,20 +399,24 @@ def main(argv=None) -> None:
     ensure_bench_group(source)
     source, resources_in = ensure_data(args.data_dir, args.resources, args.seed)
     tx = now_instant()
-    label = "in_process" if args.runner == "in_process" else f"multi_process x{args.workers}"
+    labels = [r if r == "in_process" else f"{r} x{args.workers}" for r in args.runner]
     print(f"{resources_in:,} resources in {source}; level={args.level} _type={args.types or '(all)'} "
           f"_since={args.since or '(none)'} _typeFilter={args.type_filter or '(none)'} "
-          f"_elements={args.elements or '(none)'} transactionTime={tx}; pipeline runner: {label}", flush=True)
+          f"_elements={args.elements or '(none)'} transactionTime={tx}; pipeline runners: {', '.join(labels)}",
+          flush=True)
     base = best_of(args.repeat, "baseline", args, source, tx)
     pipeline_source = source if args.source_format == "ndjson" else ensure_columnar(source, args.source_format)
-    pipe = best_of(args.repeat, "pipeline", args, pipeline_source, tx)
-    pipe["case"] = f"pipeline ({label}, {args.source_format} -> {args.output_format})"
-    if pipe["counts"] != base["counts"] or pipe["errors"]:
-        sys.exit(f"OUTPUT MISMATCH: baseline kept {base['counts']}, pipeline manifest counts "
-                 f"{pipe['counts']} with {pipe['errors']} error records")
+    pipes = []
+    for runner, label in zip(args.runner, labels):
+        pipe = best_of(args.repeat, "pipeline", args, pipeline_source, tx, runner)
+        pipe["case"] = f"pipeline ({label}, {args.source_format} -> {args.output_format})"
+        if pipe["counts"] != base["counts"] or pipe["errors"]:
+            sys.exit(f"OUTPUT MISMATCH: baseline kept {base['counts']}, pipeline ({label}) manifest counts "
+                     f"{pipe['counts']} with {pipe['errors']} error records")
+        pipes.append(pipe)
     rows = [("case", "resources in", "resources out", "seconds", "resources/s",
              "ratio to baseline", "peak tree RSS MB", "peak tree PSS MB", "process s")]
-    for r in (base, pipe):
+    for r in (base, *pipes):
         rows.append((r["case"], f"{resources_in:,}", f"{sum(r['counts'].values()):,}",
                      f"{r['seconds']:.2f}", f"{resources_in / r['seconds']:,.0f}",
                      f"{base['seconds'] / r['seconds']:.2f}x", f"{r['peak_mb']:,.0f}",

@@ -20,17 +20,18 @@ def data_dir(tmp_path_factory):
 @pytest.mark.parametrize("options", [
     [],
     ["--runner", "multi_process", "--workers", "2"],
+    ["--runner", "in_process,dask", "--workers", "2", "--types", "", "--since", ""],
     ["--level", "group", "--type-filter", "Observation?status=final", "--elements", "Observation.code"],
     ["--level", "patient", "--source-format", "parquet", "--output-format", "parquet"],
-], ids=["system", "multi-process", "group-typefilter-elements", "patient-parquet"])
+], ids=["system", "multi-process", "local-and-dask", "group-typefilter-elements", "patient-parquet"])
 def test_a_small_benchmark_run_prints_its_table(data_dir, options):
     done = subprocess.run([sys.executable, str(BENCH), "--resources", "2000", "--data-dir", str(data_dir), *options],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| baseline") or line.startswith("| pipeline")]
-    assert len(rows) == 2, done.stdout
+    assert len(rows) == 2 + ("dask" in str(options)), done.stdout
     assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
-    out = {row.split("|")[3].strip() for row in rows}  # both cases exported the same number of resources
+    out = {row.split("|")[3].strip() for row in rows}  # every case exported the same number of resources
     assert len(out) == 1 and out != {"0"}, rows
 
 
