@@ -1,54 +1,53 @@
-"""Kickoff-time resolution of the patients a Patient- or Group-level export covers.
+"""Kickoff-time resolution of the patients a Patient- or Group-level export covers, where it is cheap.
 
-It runs before a job exists, so a missing Group, a Group that lists no
-patients, or a `patient` that is not in the source (or not a member) is refused
-as a `KickoffRefused` with nothing recorded or written.
+A source of at most `scan_limit()` bytes (64 MiB by default; the environment
+variable `BULK_EXPORT_KICKOFF_SCAN_BYTES` sets another limit, 0 for never) is
+scanned before a job exists, so a missing Group, a Group that lists no
+patients, or a `patient` that is not in the source (or not a member) is
+refused as a `KickoffRefused` with nothing recorded or written. A larger
+source is never scanned by the launcher: the pipeline resolves the patients
+itself (`transforms.select.covered_patients.ResolvePatients`), by the same
+rule (`transforms.fhir.membership`), and a Group or `patient` that cannot be
+exported ends the job in `error` with the same message.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from launcher.kickoff import KickoffRefused
+from launcher.names import source_bytes
 from pipelines.models import ExportLevel, ExportRequest
-from transforms.fhir.compartment import PatientSet
-from transforms.fhir.group import GroupRefused, Membership, resolve_group
+from transforms.fhir.group import Membership
+from transforms.fhir.membership import MembershipRefused, membership_of
+from transforms.read.chunks import match_source
 from transforms.read.lookup import index_source
+
+SCAN_LIMIT_ENV = "BULK_EXPORT_KICKOFF_SCAN_BYTES"
+DEFAULT_SCAN_LIMIT = 64 << 20
+
+
+def scan_limit() -> int:
+    """The largest source the launcher scans at kickoff, in bytes."""
+    text = os.environ.get(SCAN_LIMIT_ENV, "")
+    if not text:
+        return DEFAULT_SCAN_LIMIT
+    if not text.isdigit():
+        raise ValueError(f"{SCAN_LIMIT_ENV} must be a number of bytes, not {text!r}")
+    return int(text)
 
 
 def resolve_patients(
     request: ExportRequest, source: str, source_format: str, transaction_time: str
 ) -> Optional[Membership]:
-    """The patients `request` covers, or None for a system-level export (which covers everything)."""
-    if request.level is ExportLevel.SYSTEM:
+    """The patients `request` covers, resolved here; None for a system-level export (which covers
+    everything) and for a source too large to scan here (the pipeline resolves them)."""
+    if request.level is ExportLevel.SYSTEM or source_bytes(match_source(source)) > scan_limit():
         return None
     index = index_source(source, source_format)
-    if request.level is ExportLevel.PATIENT:
-        membership = Membership(PatientSet.of(index.patient_ids), [])
-        scope = "in the source"
-    else:
-        try:
-            membership = resolve_group(
-                request.group_id, index.groups, index.patient_ids, transaction_time, request.since,
-                index.ambiguous_groups,
-            )
-        except GroupRefused as exc:
-            raise KickoffRefused("group", str(exc)) from None
-        scope = f"a member of Group/{request.group_id}"
-    if request.patients:
-        membership = _narrowed(membership, request.patients, scope)
-    return membership
-
-
-def _narrowed(membership: Membership, wanted: tuple[str, ...], scope: str) -> Membership:
-    """Keeps only the `patient` parameter's patients, refusing any that is not covered."""
-    patients = membership.patients
-    missing = [p for p in wanted if p not in patients.ids]
-    if missing:
-        listed = ", ".join(f"Patient/{p}" for p in missing)
-        raise KickoffRefused(
-            "patient",
-            f"{listed} {'is' if len(missing) == 1 else 'are'} not {scope} "
-            "(OperationOutcome: error, not-found)",
-        )
-    return Membership(PatientSet.of(wanted, patients.whole.intersection(wanted)), [])
+    try:
+        return membership_of(request.level.value, request.group_id, request.patients, index, transaction_time,
+                             request.since)
+    except MembershipRefused as exc:
+        raise KickoffRefused(exc.parameter, exc.reason) from None

@@ -73,7 +73,7 @@ def describe(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     # Beam re-raises worker errors with the original message embedded.
     for line in text.splitlines():
-        match = re.search(r"(?:SourceError|OSError|PermissionError|FileNotFoundError): (.+)", line)
+        match = re.search(r"(?:SourceError|MembershipRefused|OSError|PermissionError|FileNotFoundError): (.+)", line)
         if match:
             return re.sub(r" \[while running .*\]$", "", match.group(1))
     first = text.splitlines()[0]

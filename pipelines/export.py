@@ -120,7 +120,7 @@ def build_pipeline(
         batches = batches | "ReportRead" >> ReportRead(sink)
     patients = None
     if request.level is not ExportLevel.SYSTEM:
-        patients = covered_patients(pipeline, job.patients_path, settings.max_side_input_patients, errors)
+        patients = covered_patients(pipeline, request, job.patients_path, job.transaction_time, settings, errors)
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     referenced = None
     if patients is not None and settings.referenced_types:  # from the resources before `_elements`

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Optional, Union
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
@@ -29,7 +30,7 @@ from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_associated import AddProvenance
 from transforms.select.add_referenced import CollectReferences, FilterReferenced
-from transforms.select.covered_patients import ReadPatients, read_header
+from transforms.select.covered_patients import ReadPatients, ResolvePatients, read_header
 from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
 from transforms.select.subset_elements import SubsetElements
@@ -94,11 +95,23 @@ def shaping_steps(request: ExportRequest) -> list[Step]:
     return [("Elements", SubsetElements(parse_elements(request.elements, request.types)))]
 
 
-def covered_patients(pipeline: beam.Pipeline, path: str, max_side_input: int, errors: list) -> Patients:
-    """The patients file the launcher wrote, as a side input or, above `max_side_input`, a
-    PCollection to join with; its unresolved Group members join `errors`."""
-    joined = read_header(path).patients > max_side_input
-    covered = pipeline | "Patients" >> ReadPatients(path, as_set=not joined)
+def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str, transaction_time: str,
+                     settings: ExportSettings, errors: list) -> Patients:
+    """The covered patients, as a side input or a PCollection to join with; their unresolved Group
+    members join `errors`.
+
+    From the patients file the launcher wrote, if it did: a join above `max_side_input_patients`.
+    Otherwise (a source too large for the launcher to scan) resolved here from the source: a join for
+    a Patient-level export without `patient` (every patient of the source), else a side input.
+    """
+    if FileSystems.exists(path):
+        joined = read_header(path).patients > settings.max_side_input_patients
+        covered = pipeline | "Patients" >> ReadPatients(path, as_set=not joined)
+    else:
+        joined = request.level is ExportLevel.PATIENT and not request.patients
+        scope = (request.level.value, request.group_id, request.patients, request.since)
+        covered = pipeline | "Patients" >> ResolvePatients(
+            scope, transaction_time, settings.source, settings.source_format, settings.chunk_bytes, as_set=not joined)
     errors.append(covered.issues)
     return covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
 

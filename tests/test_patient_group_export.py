@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.membership import SCAN_LIMIT_ENV
 from tests.conftest import SHARED_DATA
 
 BASE = "https://ehr.example.org/fhir"
@@ -80,9 +81,18 @@ def compartment_oracle(source: list[dict], patients: set[str]) -> list[tuple[str
     return keys(chosen)
 
 
-# The two ways a patient set reaches the pipeline: a side input, or (forced here by a
-# threshold of one) the keyed join used for sets too large for memory.
-JOIN_PATHS = pytest.mark.parametrize("membership_args", [[], ["--max-side-input-patients", "1"]], ids=["side-input", "join"])
+# The ways a patient set reaches the pipeline: from the launcher's patients file, as a side input
+# or (forced here by a threshold of one) the keyed join used for sets too large for memory; or, for
+# a source too large for the launcher to scan (forced here by a scan limit of 0), resolved in the
+# pipeline itself.
+@pytest.fixture(params=["side-input", "join", "in-pipeline"])
+def membership_args(request, monkeypatch) -> list[str]:
+    if request.param == "in-pipeline":
+        monkeypatch.setenv(SCAN_LIMIT_ENV, "0")
+    return ["--max-side-input-patients", "1"] if request.param == "join" else []
+
+
+JOIN_PATHS = pytest.mark.usefixtures("membership_args")
 
 
 def post_parameters(tmp_path: Path, *patients: str) -> Path:

@@ -21,6 +21,7 @@ from tests.test_patient_group_export import (
     JOIN_PATHS,
     SYNTHEA,
     exported,
+    membership_args,  # noqa: F401 (the fixture: side input, join, or resolved in the pipeline)
     needs_shared,
     post_parameters,
     read_ndjson,

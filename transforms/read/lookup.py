@@ -1,22 +1,21 @@
-"""Kickoff-time lookups in the source: every Patient id and every Group, without a pipeline.
+"""Kickoff-time lookups in a small source: every Patient id and every Group, without a pipeline.
 
-A Patient- or Group-level kickoff must be refused before a job exists when its
-Group or `patient` is not in the source, so the launcher scans the source once
-for those two types. NDJSON lines are screened with a byte search before any
-JSON is parsed (Patients and Groups are a small share of a typical export);
-Bundles, Avro and Parquet files are read by the pipeline's own chunk reader.
-
-Two Groups with one id but different content make a Group export ambiguous;
-they are counted in `SourceIndex.ambiguous_groups` so that the kickoff can be
-refused. Identical copies (the same Group in two Bundles) are one Group.
+Where the source is small enough (`launcher.membership`), a Patient- or
+Group-level kickoff is refused before a job exists when its Group or `patient`
+is not in the source, so the launcher scans the source once for those two
+types. NDJSON lines are screened with a byte search before any JSON is parsed
+(Patients and Groups are a small share of a typical export); Bundles, Avro and
+Parquet files are read by the pipeline's own chunk reader. The index itself
+(`transforms.fhir.membership`) is the one the pipeline builds for larger sources.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import orjson
 
+from transforms.fhir.membership import IndexBuilder, SourceIndex
 from transforms.read.bundles import bundle_items
 from transforms.read.chunks import open_chunk, plan_chunks
 from transforms.read.ndjson import span_blocks
@@ -31,37 +30,15 @@ _WHOLE_FILES = 1 << 62  # plan one chunk per file
 _NOWHERE = Origin("", 0)  # entries found here are only indexed, never reported
 
 
-class SourceIndex(NamedTuple):
-    """What a kickoff needs to know about a source's patients and groups."""
-
-    patient_ids: frozenset[str]
-    groups: dict[str, dict]  # the first copy of each Group id
-    # Group ids with copies that differ -> how many copies the source holds.
-    ambiguous_groups: dict[str, int] = {}
-
-
 def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
     """Scans `source` for Patient ids and Group resources; raises `SourceError` if unreadable.
 
     Lines that are not valid resources are skipped here; the export reports them.
     """
-    patient_ids: set[str] = set()
-    groups: dict[str, dict] = {}
-    copies: dict[str, list[dict]] = {}
+    index = IndexBuilder()
     for resource_type, body in _patients_and_groups(source, source_format):
-        resource_id = body.get("id")
-        if type(resource_id) is not str:
-            continue
-        if resource_type == PATIENT:
-            patient_ids.add(resource_id)
-        elif resource_id in groups:
-            copies.setdefault(resource_id, [groups[resource_id]]).append(body)
-        else:
-            groups[resource_id] = body
-    ambiguous = {
-        group_id: len(bodies) for group_id, bodies in copies.items() if any(b != bodies[0] for b in bodies[1:])
-    }
-    return SourceIndex(frozenset(patient_ids), groups, ambiguous)
+        index.add(resource_type, body)
+    return index.build()
 
 
 _PATIENTS_AND_GROUPS = ReadSelection.of((PATIENT, GROUP))

@@ -1,10 +1,13 @@
-"""The patients an export covers, handed from the launcher to the pipeline as a file.
+"""The patients an export covers: handed from the launcher as a file, or resolved in the pipeline.
 
-The launcher resolves the Group or `patient` parameter at kickoff and writes
-the result as NDJSON beside the job's temporary parts: a header line with the
-counts, then one line per patient and one per unresolved member. The pipeline
-reads it back where it runs (a local path or any Beam filesystem), so nothing
-depends on the launcher's memory, and a job can be re-run from its files.
+For a source small enough to scan at kickoff (`launcher.membership`), the
+launcher resolves the Group or `patient` parameter and writes the result as
+NDJSON beside the job's temporary parts: a header line with the counts, then
+one line per patient and one per unresolved member. The pipeline reads it back
+where it runs (a local path or any Beam filesystem; `ReadPatients`). For a
+larger source there is no file: `ResolvePatients` reads the source's Patients
+and Groups and resolves them in the pipeline, by the same rule, so the
+launcher never scans it. Both give the same outputs.
 """
 
 from __future__ import annotations
@@ -15,9 +18,12 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.fhir.compartment import PatientSet
-from transforms.fhir.group import MemberIssue, Membership
-from transforms.records import BadRecord, Origin
+from transforms.fhir.compartment import PATIENT, PatientSet
+from transforms.fhir.group import GROUP, MemberIssue, Membership
+from transforms.fhir.membership import IndexBuilder, membership_of
+from transforms.read.pushdown import ReadSelection
+from transforms.read.resources import ReadResources
+from transforms.records import BadRecord, Origin, ResourceBatch
 from transforms.write.parts import create_file
 
 FILE_NAME = "patients.ndjson"
@@ -72,15 +78,14 @@ def member_issues(path: str) -> Iterator[BadRecord]:
     """The unresolved members of a patients file, as bad records for the manifest's `error[]`."""
     for line in _lines(path):
         if "issue" in line:
-            issue = MemberIssue(**line["issue"])
-            yield BadRecord(
-                Origin(f"Group/{issue.group_id}", -1),
-                issue.index,
-                f"member not resolved: {issue.reason}",
-                "Group",
-                code="not-found",
-                location=f"Group/{issue.group_id}.member[{issue.index}]" if issue.index >= 0 else f"Group/{issue.group_id}",
-            )
+            yield issue_record(MemberIssue(**line["issue"]))
+
+
+def issue_record(issue: MemberIssue) -> BadRecord:
+    """An unresolved Group member as a bad record for the manifest's `error[]`."""
+    where = f"Group/{issue.group_id}"
+    return BadRecord(Origin(where, -1), issue.index, f"member not resolved: {issue.reason}", "Group",
+                     code="not-found", location=f"{where}.member[{issue.index}]" if issue.index >= 0 else where)
 
 
 class ReadPatients(beam.PTransform):
@@ -111,3 +116,69 @@ class _LoadFn(beam.DoFn):
             yield from iter_patients(path)
         for record in member_issues(path):
             yield beam.pvalue.TaggedOutput("issues", record)
+
+
+class ResolvePatients(beam.PTransform):
+    """Resolves, inside the pipeline, the patients a Patient or Group export covers; the same outputs as
+    `ReadPatients`. Used when the launcher did not look at the source (it is too large to scan before a
+    job exists): the source's Patients and Groups are read (the read's own bad lines are the main read's
+    to report), indexed on one worker, and resolved; a Group or `patient` that cannot be exported fails
+    the job, naming the parameter."""
+
+    def __init__(self, scope: tuple, transaction_time: str, source: str, source_format: str, chunk_bytes: int,
+                 as_set: bool = True):
+        """`scope`: the kick-off's level ("patient" or "group"), Group id, `patient` ids and `_since`."""
+        super().__init__()
+        level, group_id, patients, since = scope
+        self._resolve = _ResolveFn(level, group_id, patients, transaction_time, since, as_set)
+        self._read = (source, source_format, chunk_bytes)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        source, source_format, chunk_bytes = self._read
+        read = pbegin | "ReadPatientsAndGroups" >> ReadResources(
+            source, source_format, chunk_bytes, selection=ReadSelection.of((PATIENT, GROUP)))
+        return (
+            read.batches
+            | "Index" >> beam.CombineGlobally(_IndexFn())
+            | "Resolve" >> beam.ParDo(self._resolve).with_outputs("issues", main="patients")
+        )
+
+
+class _IndexFn(beam.CombineFn):
+    """Every Patient id and Group of the batches, as one `IndexBuilder`."""
+
+    def create_accumulator(self) -> IndexBuilder:
+        return IndexBuilder()
+
+    def add_input(self, index: IndexBuilder, batch: ResourceBatch) -> IndexBuilder:
+        for resource in batch.resources:
+            if resource.body is not None:
+                index.add(resource.type, resource.body)
+        return index
+
+    def merge_accumulators(self, indexes) -> IndexBuilder:
+        indexes = iter(indexes)
+        merged = next(indexes)
+        for index in indexes:
+            merged.merge(index)
+        return merged
+
+    def extract_output(self, index: IndexBuilder) -> IndexBuilder:
+        return index
+
+
+class _ResolveFn(beam.DoFn):
+    def __init__(self, level, group_id, patients, transaction_time, since, as_set):
+        self._args = (level, group_id, tuple(patients), transaction_time, since)
+        self._as_set = as_set
+
+    def process(self, index: IndexBuilder) -> Iterator:
+        level, group_id, patients, transaction_time, since = self._args
+        membership = membership_of(level, group_id, patients, index.build(), transaction_time, since)
+        if self._as_set:
+            yield membership.patients
+        else:
+            whole = membership.patients.whole
+            yield from ((patient, patient in whole) for patient in sorted(membership.patients.ids))
+        for issue in membership.issues:
+            yield beam.pvalue.TaggedOutput("issues", issue_record(issue))
