@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from launcher.membership import SCAN_LIMIT_ENV
 from launcher.sample_data import generate
 from launcher.stores import ANY_OWNER, open_store
 from tests.server_process import ROOT
@@ -146,3 +147,14 @@ def test_cancel_during_a_dask_run_leaves_no_file_behind(cluster, run_cli, tmp_pa
     finally:
         export.kill()
         export.wait(30)
+
+
+@pytest.mark.parametrize("kickoff", ["Group/{group}/$export", "Patient/$export?_type=Patient,Condition"])
+def test_patients_resolved_in_the_pipeline_on_dask(cluster, run_cli, sample_dir, tmp_path, monkeypatch, kickoff):
+    """A source too large for the launcher to scan (forced: limit 0): the covered patients are resolved
+    on the cluster, by side input (Group) and by join (every patient)."""
+    monkeypatch.setenv(SCAN_LIMIT_ENV, "0")
+    args = ["--kickoff", "http://x/fhir/" + kickoff.format(group=_first_id(sample_dir, "Group"))]
+    local = _export(run_cli, tmp_path, "local", sample_dir, args)
+    dask = _export(run_cli, tmp_path, "dask", sample_dir, args, "--runner=DaskRunner", f"--dask_client_address={cluster}")
+    assert local["output"] and _contents(dask) == _contents(local)
