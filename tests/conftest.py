@@ -12,6 +12,7 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from launcher import cli
+from launcher.membership import SCAN_LIMIT_ENV
 from launcher.sample_data import generate
 from pipelines.options import LOCAL_RUNNER
 from tests import pgserver
@@ -77,3 +78,14 @@ def run_cli(tmp_path):
         return CliResult(code, out.getvalue(), err.getvalue())
 
     return run
+
+
+# The ways a patient set reaches the pipeline: from the launcher's patients file, as a side input
+# or (forced here by a threshold of one) the keyed join used for sets too large for memory; or, for
+# a source too large for the launcher to scan (forced here by a scan limit of 0), resolved in the
+# pipeline itself.
+@pytest.fixture(params=["side-input", "join", "in-pipeline"])
+def membership_args(request, monkeypatch) -> list[str]:
+    if request.param == "in-pipeline":
+        monkeypatch.setenv(SCAN_LIMIT_ENV, "0")
+    return ["--max-side-input-patients", "1"] if request.param == "join" else []

@@ -156,5 +156,6 @@ def test_patients_resolved_in_the_pipeline_on_dask(cluster, run_cli, sample_dir,
     monkeypatch.setenv(SCAN_LIMIT_ENV, "0")
     args = ["--kickoff", "http://x/fhir/" + kickoff.format(group=_first_id(sample_dir, "Group"))]
     local = _export(run_cli, tmp_path, "local", sample_dir, args)
-    dask = _export(run_cli, tmp_path, "dask", sample_dir, args, "--runner=DaskRunner", f"--dask_client_address={cluster}")
+    dask = _export(run_cli, tmp_path, "dask", sample_dir, args, "--runner=DaskRunner",
+                   f"--dask_client_address={cluster}")
     assert local["output"] and _contents(dask) == _contents(local)

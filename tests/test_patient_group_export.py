@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from launcher.membership import SCAN_LIMIT_ENV
 from tests.conftest import SHARED_DATA
 
 BASE = "https://ehr.example.org/fhir"
@@ -81,17 +80,7 @@ def compartment_oracle(source: list[dict], patients: set[str]) -> list[tuple[str
     return keys(chosen)
 
 
-# The ways a patient set reaches the pipeline: from the launcher's patients file, as a side input
-# or (forced here by a threshold of one) the keyed join used for sets too large for memory; or, for
-# a source too large for the launcher to scan (forced here by a scan limit of 0), resolved in the
-# pipeline itself.
-@pytest.fixture(params=["side-input", "join", "in-pipeline"])
-def membership_args(request, monkeypatch) -> list[str]:
-    if request.param == "in-pipeline":
-        monkeypatch.setenv(SCAN_LIMIT_ENV, "0")
-    return ["--max-side-input-patients", "1"] if request.param == "join" else []
-
-
+# The ways a patient set reaches the pipeline: see `membership_args` in conftest.py.
 JOIN_PATHS = pytest.mark.usefixtures("membership_args")
 
 

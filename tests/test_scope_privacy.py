@@ -21,7 +21,6 @@ from tests.test_patient_group_export import (
     JOIN_PATHS,
     SYNTHEA,
     exported,
-    membership_args,  # noqa: F401 (the fixture: side input, join, or resolved in the pipeline)
     needs_shared,
     post_parameters,
     read_ndjson,
