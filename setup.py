@@ -28,7 +28,7 @@ setup(
         "google-cloud-storage>=2.18.2,<4",
         "orjson>=3.10",
         "fhirpathpy>=2.2.4,<3",
-        "psycopg[binary]>=3.2,<4",
+        "psycopg[binary,pool]>=3.2,<4",
         # `bulk-export serve`: the Bulk Data HTTP server (ASGI) and its client in tests and benchmarks.
         "fastapi>=0.115,<1",
         "uvicorn>=0.30,<1",

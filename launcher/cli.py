@@ -96,6 +96,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         # A failed job is reported in one line and kept in the store; Beam's own
         # tracebacks are for -v.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+        # A job store's reconnect attempts: the launcher says once that the store is out of reach.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
     try:
         if hasattr(args, "tenant"):
             check_tenant(args.tenant)

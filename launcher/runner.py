@@ -22,10 +22,11 @@ import time
 from typing import Callable, Optional
 
 from launcher.audit import AuditLog
-from launcher.stores import JobStore, Lease, StoredJob, now_ms
+from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 
 POLL_S = 0.25
+_LOG = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("forkserver")
 # `launcher` first: its package installs the log filter before Beam is imported.
 _CTX.set_forkserver_preload(["launcher.runner", "pipelines.export"])
@@ -130,6 +131,7 @@ def _child_main(argv, sink, lifeline, results, log_level, nice=0) -> None:
         os.nice(nice)  # inherited by the run's worker processes
     threading.Thread(target=_die_with_launcher, args=(lifeline,), daemon=True).start()
     logging.getLogger("apache_beam").setLevel(log_level)
+    logging.getLogger("psycopg.pool").setLevel(max(log_level, logging.ERROR))
     from pipelines.export import run
 
     try:
@@ -169,22 +171,33 @@ def run_and_watch(
     try:
         renew_at = time.monotonic()
         report_at = renew_at + progress_every_s
+        unreachable_since: Optional[float] = None
         while not process.wait(POLL_S):
-            status = store.status(job_id)
-            if status is ExportStatus.CANCELLED:
-                raise JobCancelled(job_id)
-            if status is ExportStatus.COMPLETE:
-                continue  # the pipeline's last step claimed completion (and the lease); it is exiting
             now = time.monotonic()
-            if now >= renew_at:
-                renewed = store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000)))
-                # Completion releases the lease: it may land between the status read and the renewal.
-                if not renewed and store.status(job_id) is not ExportStatus.COMPLETE:
-                    raise LeaseLost(f"job {job_id}: this launcher's lease was taken over")
-                renew_at = now + lease_s / 3
-            if on_progress is not None and now >= report_at:
-                on_progress(store.get(tenant, job_id))
-                report_at = now + progress_every_s
+            try:
+                status = store.status(job_id)
+                if status is ExportStatus.CANCELLED:
+                    raise JobCancelled(job_id)
+                if status is ExportStatus.COMPLETE:
+                    continue  # the pipeline's last step claimed completion (and the lease); it is exiting
+                if now >= renew_at:
+                    renewed = store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000)))
+                    # Completion releases the lease: it may land between the status read and the renewal.
+                    if not renewed and store.status(job_id) is not ExportStatus.COMPLETE:
+                        raise LeaseLost(f"job {job_id}: this launcher's lease was taken over")
+                    renew_at = now + lease_s / 3
+                if on_progress is not None and now >= report_at:
+                    on_progress(store.get(tenant, job_id))
+                    report_at = now + progress_every_s
+                unreachable_since = None
+            except StoreUnavailable:
+                # A store restarting (or a network blip) must not fail a running export; one out of
+                # reach for as long as the lease is, is gone (the lease may have lapsed meanwhile).
+                if unreachable_since is None:
+                    unreachable_since = now
+                    _LOG.warning("job %s: the job store cannot be reached; the export goes on meanwhile", job_id)
+                elif now - unreachable_since > lease_s:
+                    raise
         if process.failure is not None:
             raise RuntimeError(process.failure)
     finally:

@@ -34,12 +34,25 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Cluster:
+    """A throwaway PostgreSQL cluster: its DSN, and a restart as an operator's would be."""
+
+    def __init__(self, run, pg_ctl: str, data: str, log: str, options: str, dsn: str):
+        self._run, self._pg_ctl, self._data, self._log, self._options = run, pg_ctl, data, log, options
+        self.dsn = dsn
+
+    def restart(self, down_s: float = 0.0) -> None:
+        """Stops the server (fast: open connections are dropped), waits `down_s`, starts it again."""
+        import time
+
+        self._run(self._pg_ctl, "-D", self._data, "-m", "fast", "-w", "stop")
+        time.sleep(down_s)
+        self._run(self._pg_ctl, "-D", self._data, "-l", self._log, "-w", "-o", self._options, "start")
+
+
 @contextmanager
-def server() -> Iterator[Optional[str]]:
-    """Yields a DSN of a running server, or None (with the reason in `server.reason`)."""
-    if os.environ.get(ENV):
-        yield os.environ[ENV]
-        return
+def throwaway() -> Iterator[Optional[Cluster]]:
+    """A new cluster in a temporary folder (None, with the reason in `server.reason`, if it cannot be made)."""
     initdb, pg_ctl = _bin("initdb"), _bin("pg_ctl")
     if not initdb or not pg_ctl:
         server.reason = f"no PostgreSQL: set {ENV} or install the postgresql package (initdb, pg_ctl)"
@@ -53,20 +66,31 @@ def server() -> Iterator[Optional[str]]:
         as_user = ["runuser", "-u", "postgres", "--"]
     data, port = os.path.join(folder, "data"), _free_port()
     run = lambda *cmd: subprocess.run([*as_user, *cmd], check=True, capture_output=True, timeout=120)  # noqa: E731
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
+    log = os.path.join(folder, "log")
     try:
         run(initdb, "--auth=trust", "--encoding=UTF8", "--locale=C", "-U", "postgres", "-D", data)
-        run(pg_ctl, "-D", data, "-l", os.path.join(folder, "log"), "-w",
-            "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}", "start")
+        run(pg_ctl, "-D", data, "-l", log, "-w", "-o", options, "start")
     except (subprocess.CalledProcessError, OSError) as exc:
         shutil.rmtree(folder, ignore_errors=True)
         server.reason = f"could not start a throwaway PostgreSQL: {getattr(exc, 'stderr', b'') or exc}"
         yield None
         return
     try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
+        yield Cluster(run, pg_ctl, data, log, options, f"postgresql://postgres@127.0.0.1:{port}/postgres")
     finally:
         subprocess.run([*as_user, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True, timeout=60)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+@contextmanager
+def server() -> Iterator[Optional[str]]:
+    """Yields a DSN of a running server, or None (with the reason in `server.reason`)."""
+    if os.environ.get(ENV):
+        yield os.environ[ENV]
+        return
+    with throwaway() as cluster:
+        yield cluster.dsn if cluster is not None else None
 
 
 server.reason = ""
