@@ -29,9 +29,11 @@ from pipelines.plan import (
     shaping_steps,
     steps,
 )
+from transforms.read.chunks import source_root
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
 from transforms.select.duplicates import ReportDuplicates
+from transforms.write.error_files import WriteErrorFiles
 from transforms.write.layout import TEMP_DIR_NAME
 from transforms.write.manifest import AssembleManifest, Completed, FinalFile
 from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
@@ -140,13 +142,15 @@ def build_pipeline(
         fence=sink,
     )
     errors = tuple(errors) | "Errors" >> beam.Flatten()
-    manifest = (parts, errors) | "Manifest" >> AssembleManifest(
+    error_parts = errors | "ErrorFiles" >> WriteErrorFiles(
+        f"{job.temp_dir}/errors", source_root(settings.source), read.lines, settings.max_lines_per_part,
+        settings.max_bytes_per_part, fence=sink,
+    )
+    manifest = (parts, error_parts) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
         _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),
-        settings.max_lines_per_part,
         on_complete=_Completion(sink) if sink is not None else None,
-        source=settings.source,
         fence=sink,
     )
     return ExportOutputs(parts, errors, manifest)

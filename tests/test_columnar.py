@@ -167,7 +167,8 @@ def test_bad_records_go_to_error_naming_file_and_record_number(tmp_path, kind):
 
 def _located(pipeline, source, **read):
     out = pipeline | ReadResources(str(source), **read)
-    errors = out.errors | beam.combiners.ToList() | beam.FlatMap(lambda rs: [(w, r.reason) for r, w in locate(rs)])
+    errors = out.errors | beam.combiners.ToList() | beam.FlatMap(
+        lambda rs, lines: [(w, r.reason) for r, w in locate(rs, None, lines)], beam.pvalue.AsList(out.lines))
     return out, errors
 
 

@@ -130,7 +130,8 @@ def test_an_invalid_id_is_not_quoted_into_the_location():
     origin = Origin("/srv/x.ndjson", 0)
     good = BadRecord(origin, 0, "r", "Patient", resource_id="p-1.a")
     bad = BadRecord(origin, 1, "r", "Patient", resource_id=SECRET)
-    assert [where for _, where in locate([good, bad], "/srv/")] == ["x.ndjson line 1 (Patient/p-1.a)", "x.ndjson line 2"]
+    assert [where for _, where in locate([good, bad], "/srv/", [])] == ["x.ndjson line 1 (Patient/p-1.a)",
+                                                                        "x.ndjson line 2"]
 
 
 def test_invalid_instant_keeps_the_value_for_kickoffs_and_a_value_free_rule():
@@ -232,7 +233,8 @@ def test_a_resource_without_an_id_is_a_bad_record_in_every_format(pipeline, tmp_
     out = pipeline | ReadResources(str(tmp_path / "in"), selection=ReadSelection.of(["Patient", "Encounter"]))
     ids = out.batches | beam.FlatMap(lambda b: [r.body["id"] for r in b.resources])
     where = out.errors | beam.combiners.ToList() | beam.FlatMap(
-        lambda rs: [(w, r.reason) for r, w in locate(rs, f"{tmp_path}/in/")])
+        lambda rs, lines: [(w, r.reason) for r, w in locate(rs, f"{tmp_path}/in/", lines)],
+        beam.pvalue.AsList(out.lines))
     assert_that(ids, equal_to(["p1", "e1", "p9"]))
     assert_that(where, equal_to([
         ("a.ndjson line 2", "has no id"), ("a.ndjson line 3", "has no id"), ("a.ndjson line 4", "has no id"),

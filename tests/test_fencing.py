@@ -68,7 +68,7 @@ def test_a_stale_attempt_never_renames_over_the_newer_attempts_files(resumed, tm
 
     def step(attempt: int, temp: str):
         sink = _sink(tmp_path, attempt)
-        return manifest_module._AssembleFn(str(job_dir), temp, _render, 100, _Completion(sink), fence=sink)
+        return manifest_module._AssembleFn(str(job_dir), temp, _render, _Completion(sink), fence=sink)
 
     stale_temp, stale_parts = parts_of(1, 3)
     temp, parts = parts_of(2, 5)

@@ -17,7 +17,7 @@ from launcher.stores import SqliteJobStore
 from pipelines.export import _Completion
 from pipelines.models import ExportStatus, Manifest, OutputFile
 from tests.test_store import _record
-from transforms.records import BadRecord, Origin, PartFile
+from transforms.records import PartFile
 from transforms.write import manifest as manifest_module
 from transforms.write.layout import MANIFEST_NAME
 from transforms.write.manifest import Completed
@@ -53,8 +53,13 @@ def job(tmp_path):
                         for n in range(lines))
         (temp / name).write_bytes(data)
         parts.append(PartFile(resource_type, str(temp / name), lines, len(data)))
-    errors = [BadRecord(Origin("src.ndjson", 0), n, "not valid JSON") for n in range(3)]
-    fn = manifest_module._AssembleFn(str(job_dir), str(temp), _render, 2,
+    (temp / "errors").mkdir()
+    errors = []  # error parts, as `WriteErrorFiles` leaves them
+    for name, lines in (("OperationOutcome.d.ndjson", 2), ("OperationOutcome.e.ndjson", 1)):
+        data = b'{"resourceType":"OperationOutcome"}\n' * lines
+        (temp / "errors" / name).write_bytes(data)
+        errors.append(PartFile("OperationOutcome", str(temp / "errors" / name), lines, len(data)))
+    fn = manifest_module._AssembleFn(str(job_dir), str(temp), _render,
                                      _Completion(StoreJobSink(str(tmp_path / "state"), "job-1", 1)))
     return store, job_dir, fn, parts, errors
 
@@ -81,8 +86,8 @@ def test_running_the_step_twice_changes_nothing(job):
 
 
 STAGES = {
-    "after renaming the parts": ("_write_errors", None),
-    "after writing the error files": (None, "remove_tree"),
+    "after renaming the parts": ("_finalize_parts", None),  # as it enters the error parts' renaming
+    "after renaming the error parts": (None, "remove_tree"),
     "after removing the temporary folder": ("_write_hidden", None),
     "after the hidden manifest": (None, "_Completion"),
     "after the claim, before publishing": (None, "publish_once"),
@@ -95,7 +100,8 @@ def test_a_retry_after_a_partial_run_ends_in_the_same_complete_job(job, tmp_path
     method, function = STAGES[stage]
     if method is not None:  # the first try dies as it enters this step
         original = getattr(manifest_module._AssembleFn, method)
-        dies = _dies_once(original, staticmethod_=method == "_write_hidden")
+        on_call = 2 if method == "_finalize_parts" else 1
+        dies = _dies_once(original, staticmethod_=method == "_write_hidden", on_call=on_call)
         monkeypatch.setattr(manifest_module._AssembleFn, method, dies)
     elif function == "_Completion":
         claim = fn._on_complete
@@ -111,12 +117,12 @@ def test_a_retry_after_a_partial_run_ends_in_the_same_complete_job(job, tmp_path
     assert sum(e["count"] for e in finished["manifest"]["error"]) == 3
 
 
-def _dies_once(fn, staticmethod_: bool = False):
+def _dies_once(fn, staticmethod_: bool = False, on_call: int = 1):
     calls = []
 
     def wrapper(*args, **kwargs):
-        if not calls:
-            calls.append(1)
+        calls.append(1)
+        if len(calls) == on_call:
             raise _Boom()
         return fn(*args, **kwargs)
 

@@ -33,9 +33,10 @@ def _ids(batches):
     return batches | "Ids" >> beam.FlatMap(lambda b: [(r.type, r.body["id"]) for r in b.resources])
 
 
-def _where(errors, root: str):
-    return (errors | "All" >> beam.combiners.ToList()
-            | "Where" >> beam.FlatMap(lambda rs: [(w, r.reason) for r, w in locate(rs, root)]))
+def _where(read, root: str):
+    return (read.errors | "All" >> beam.combiners.ToList()
+            | "Where" >> beam.FlatMap(lambda rs, lines: [(w, r.reason) for r, w in locate(rs, root, lines)],
+                                      beam.pvalue.AsList(read.lines)))
 
 
 def _tenants(tmp_path: Path) -> Path:
@@ -62,7 +63,7 @@ def test_links_leaving_the_source_folder_are_refused_not_read(pipeline, tmp_path
     data = _tenants(tmp_path)
     out = _read(pipeline, data / "acme")
     assert_that(_ids(out.batches), equal_to([("Patient", "a1"), ("Patient", "a1"), ("Patient", "a2")]))
-    assert_that(_where(out.errors, f"{data}/acme/"), equal_to([
+    assert_that(_where(out, f"{data}/acme/"), equal_to([
         ("link.ndjson", OUT), ("sub/lake", OUT),
     ]), label="Errors")
     pipeline.run()
@@ -110,7 +111,7 @@ def test_subfolders_are_read_recursively_and_hidden_ones_skipped(pipeline, tmp_p
         f"{tmp_path}/top.ndjson", f"{tmp_path}/year=2024/month=01/p.ndjson"]
     out = _read(pipeline, tmp_path)
     assert_that(_ids(out.batches), equal_to([("Patient", "t"), ("Patient", "deep")]))
-    assert_that(_where(out.errors, f"{tmp_path}/"), equal_to([
+    assert_that(_where(out, f"{tmp_path}/"), equal_to([
         ("year=2024/month=01/p.ndjson line 2", "not valid JSON (unexpected character, expected a string key at column 2)"),
     ]), label="Errors")
     pipeline.run()
@@ -160,7 +161,7 @@ def test_a_fifo_in_a_folder_is_reported_and_never_opened(pipeline, tmp_path):
     timer = _unblock(tmp_path / "pipe.ndjson")
     out = _read(pipeline, tmp_path)
     assert_that(_ids(out.batches), equal_to([("Patient", "p")]))
-    assert_that(_where(out.errors, f"{tmp_path}/"), equal_to([
+    assert_that(_where(out, f"{tmp_path}/"), equal_to([
         ("pipe.ndjson", "not a regular file (a FIFO, socket or device; not opened)"),
     ]), label="Errors")
     pipeline.run()
@@ -187,7 +188,7 @@ def test_a_bundle_on_an_ndjson_line_is_read_as_its_entries(pipeline, tmp_path):
     selection = ReadSelection.of(["Patient"], LastUpdatedWindow("2030-01-01T00:00:00Z"))
     out = _read(pipeline, tmp_path / "b.ndjson", selection)
     assert_that(_ids(out.batches), equal_to([("Patient", "p0"), ("Patient", "p1")]))
-    assert_that(_where(out.errors, f"{tmp_path}/"), equal_to([
+    assert_that(_where(out, f"{tmp_path}/"), equal_to([
         ("b.ndjson line 2 Bundle.entry[1]", "Bundle entry has no resource (request.method DELETE)"),
         ("b.ndjson line 2 Bundle.entry[3]", "has no id"),
         ("b.ndjson line 2 Bundle.entry[4] (Patient/p2)", "meta.lastUpdated: updated after transactionTime"),
@@ -233,7 +234,7 @@ def test_ndjson_in_a_json_file_gets_a_hint(pipeline, tmp_path):
     (tmp_path / "sub" / "data.json").write_text(_patient("p1") + "\n" + _patient("p2") + "\n")
     (tmp_path / "broken.json").write_text('{"resourceType": "Patient", "id": ')
     out = _read(pipeline, tmp_path)
-    assert_that(_where(out.errors, f"{tmp_path}/"), equal_to([
+    assert_that(_where(out, f"{tmp_path}/"), equal_to([
         ("broken.json", "document is not valid JSON (unexpected end of data at line 1 column 35)"),
         ("sub/data.json", "document is not valid JSON (unexpected content after document at line 2 column 1); "
                           "it looks like NDJSON: use --source-format ndjson"),

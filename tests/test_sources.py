@@ -34,12 +34,13 @@ def _kind(reason: str) -> str:
     return reason.split(" (")[0]
 
 
-def _located(errors, label="Locate"):
+def _located(read, label="Locate"):
     """(where, kind) of every bad record, with where computed by transforms.write.error_files.locate."""
     return (
-        errors
+        read.errors
         | f"{label}All" >> beam.combiners.ToList()
-        | label >> beam.FlatMap(lambda recs: [(w, _kind(r.reason)) for r, w in locate(recs)])
+        | label >> beam.FlatMap(lambda recs, lines: [(w, _kind(r.reason)) for r, w in locate(recs, None, lines)],
+                                beam.pvalue.AsList(read.lines))
     )
 
 
@@ -88,7 +89,7 @@ def test_gzip_is_read_whole_and_names_are_sniffed_in_a_directory(pipeline, tmp_p
     expected += [("Encounter", "e1"), ("Encounter", "e2")]
     expected += [("Patient", "nested")]  # subfolders are read (issue 14, item 8)
     assert_that(_ids(out.batches), equal_to(expected))
-    assert_that(_located(out.errors), equal_to([(f"{tmp_path}/data.bin line 11", "not valid JSON")]),
+    assert_that(_located(out), equal_to([(f"{tmp_path}/data.bin line 11", "not valid JSON")]),
                 label="Errors")
     pipeline.run()
 
@@ -109,7 +110,7 @@ def test_ndjson_reason_for_every_kind_of_bad_line(pipeline, tmp_path):
     (tmp_path / "bad.ndjson").write_bytes(b"\n".join(line for line, _ in rows) + b"\n")
     out = _read(pipeline, tmp_path / "bad.ndjson")
     expected = [(f"{tmp_path}/bad.ndjson line {n}", kind) for n, (_, kind) in enumerate(rows, 1) if kind]
-    assert_that(_located(out.errors), equal_to(expected))
+    assert_that(_located(out), equal_to(expected))
     assert_that(_ids(out.batches), equal_to([("Patient", "ok1"), ("Observation", "ok2")]), label="Good")
     pipeline.run()
 
@@ -142,7 +143,7 @@ def test_bad_line_numbers_are_true_file_lines_with_mid_file_chunks(pipeline, tmp
              b'{"resourceType": "Foo", "id": "f"}': "resourceType is not an R4 resource type"}
     assert len(bad) > 10 and len(good) > 40
     out = _read(pipeline, path, chunk_bytes)
-    assert_that(_located(out.errors), equal_to([(where, kinds[text]) for where, text in bad]))
+    assert_that(_located(out), equal_to([(where, kinds[text]) for where, text in bad]))
     assert_that(_ids(out.batches), equal_to(good), label="Good")
     pipeline.run()
 
@@ -174,7 +175,7 @@ def test_container_bundles_yield_their_entries(pipeline, tmp_path):
                if "resource" in e and e["resource"]["resourceType"] != "Foo"]
     raws = out.batches | beam.FlatMap(lambda b: [(r.type, json.loads(r.raw)) for r in b.resources])
     assert_that(raws | beam.Map(json.dumps), equal_to([json.dumps((e["resourceType"], e)) for e in entries]))
-    assert_that(_located(out.errors), equal_to([
+    assert_that(_located(out), equal_to([
         (f"{tmp_path}/tx.json Bundle.entry[2]", "Bundle entry has no resource"),
         (f"{tmp_path}/search.json Bundle.entry[1]", "Bundle entry has no resource"),
         (f"{tmp_path}/search.json Bundle.entry[2]", "resourceType is not an R4 resource type"),
@@ -199,7 +200,7 @@ def test_history_document_and_malformed_bundles(pipeline, tmp_path):
     whole = out.batches | beam.FlatMap(lambda b: [(r.type, json.loads(r.raw)) for r in b.resources])
     assert_that(whole | beam.Map(json.dumps), equal_to(
         [json.dumps(("Bundle", document)), json.dumps(("Patient", odd_entry[1]["resource"]))]))
-    assert_that(_located(out.errors), equal_to([
+    assert_that(_located(out), equal_to([
         (f"{tmp_path}/hist.json", "Bundle type 'history' is not a source of resources"),
         (f"{tmp_path}/broken.json", "document is not valid JSON"),
         (f"{tmp_path}/odd.json Bundle.entry[0]", "Bundle entry has no resource"),
@@ -277,7 +278,7 @@ def test_sniffing_skips_a_bom_and_blank_first_lines(pipeline, tmp_path):
     (tmp_path / "bom.txt").write_bytes(b"\xef\xbb\xbf" + _line("Encounter", "e1") + b"\n")
     out = _read(pipeline, tmp_path)
     assert_that(_ids(out.batches), equal_to([("Patient", "p1"), ("Patient", "p2"), ("Encounter", "e1")]))
-    assert_that(_located(out.errors), equal_to([]), label="NoErrors")
+    assert_that(_located(out), equal_to([]), label="NoErrors")
     pipeline.run()
 
 

@@ -52,6 +52,14 @@ class Origin(NamedTuple):
 DOCUMENT, RECORDS = -1, -2  # the Origin.offset of a JSON document, and of a columnar file
 
 
+class ChunkLines(NamedTuple):
+    """How many lines start in the NDJSON chunk of `path` whose first line starts at byte `offset`."""
+
+    path: str
+    offset: int
+    lines: int
+
+
 class ResourceBatch(NamedTuple):
     """Resources read from one span of one source file.
 

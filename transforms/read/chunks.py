@@ -12,14 +12,14 @@ import gzip
 import os
 import posixpath
 import stat
-from typing import IO, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import IO, Iterator, NamedTuple, Optional, Union
 
 import orjson
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.read.columnar import parquet_row_groups
-from transforms.read.ndjson import BLOCK_BYTES, BOM
+from transforms.read.ndjson import BOM
 from transforms.read.source_formats import (
     AUTO,
     CHUNK_BYTES,
@@ -329,20 +329,3 @@ def plan_source(source: str, source_format: str = AUTO, chunk_bytes: int = CHUNK
 def open_chunk(chunk: Chunk) -> IO[bytes]:
     """The chunk's file, decompressed when it is gzip."""
     return _reader(chunk.path, chunk.gzip)
-
-
-def count_newlines_before(path: str, offsets: Iterable[int]) -> dict[int, int]:
-    """Counts newlines before each byte offset of a plain file, in one pass."""
-    wanted = sorted(set(offsets))
-    counts: dict[int, int] = {}
-    seen = pos = 0
-    with _open(path) as f:
-        for offset in wanted:
-            while pos < offset:
-                block = f.read(min(BLOCK_BYTES, offset - pos))
-                if not block:
-                    break
-                seen += block.count(b"\n")
-                pos += len(block)
-            counts[offset] = seen
-    return counts

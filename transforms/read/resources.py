@@ -22,7 +22,7 @@ from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
-from transforms.records import BadRecord, Origin, ResourceBatch
+from transforms.records import BadRecord, ChunkLines, Origin, ResourceBatch
 
 
 class ReadResources(beam.PTransform):
@@ -30,6 +30,8 @@ class ReadResources(beam.PTransform):
 
     A `selection` keeps only the resources it admits (see `transforms.read.pushdown`).
     Files the plan refuses (links out of the source's folder, FIFOs) are `errors` too.
+    Tag `lines` has one `ChunkLines` per NDJSON chunk: how many lines start in it, from
+    which the line numbers of its bad records are found without reading the file again.
     """
 
     def __init__(
@@ -58,11 +60,23 @@ class ReadResources(beam.PTransform):
             | "ReadChunks"
             >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection))
             .with_output_types(ResourceBatch)
-            .with_outputs("errors", main="batches")
+            .with_outputs("errors", "lines", main="batches")
         )
 
 
 _EVERY = ReadSelection()
+
+
+class _CountLines:
+    """Passes blocks of lines on, counting the lines."""
+
+    def __init__(self, blocks: Iterator[list[bytes]]):
+        self._blocks, self.lines = blocks, 0
+
+    def __iter__(self) -> Iterator[list[bytes]]:
+        for lines in self._blocks:
+            self.lines += len(lines)
+            yield lines
 
 
 class _ReadChunkFn(beam.DoFn):
@@ -100,7 +114,9 @@ class _ReadChunkFn(beam.DoFn):
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
         blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
         origin = Origin(chunk.path, next(blocks))
-        return self._emit(parse_lines(blocks, origin, self._batch_size, self._selection))
+        counted = _CountLines(blocks)
+        yield from self._emit(parse_lines(counted, origin, self._batch_size, self._selection))
+        yield beam.pvalue.TaggedOutput("lines", ChunkLines(chunk.path, origin.offset, counted.lines))
 
     def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
         """Applies the selection to batches read whole (NDJSON applies it while parsing)."""

@@ -6,7 +6,8 @@ a lost worker's task), as Beam's `FileBasedSink.finalize_write` is: renamed part
 stay renamed, error files and the manifest are written whole under hidden names
 first, and the completion claim accepts this attempt's own earlier claim. It gives
 the temporary parts their final names `<Type>-<n>.ndjson` or `.parquet` (n
-counting from 0 per type), writes bad records as `error/OperationOutcome-<n>.ndjson` parts,
+counting from 0 per type) and the error parts (written where the bad records were
+found, `transforms.write.error_files`) theirs, `error/OperationOutcome-<n>.ndjson`,
 removes the temporary folder, and only then writes `manifest.json`. A failed
 run never reaches this step, so it never leaves a manifest behind.
 """
@@ -18,13 +19,10 @@ import uuid
 from typing import Callable, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
-import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.read.chunks import source_root
-from transforms.records import BadRecord, PartFile
-from transforms.write.error_files import locate, operation_outcome
-from transforms.write.layout import ERROR_DIR, ERROR_TYPE, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
+from transforms.records import PartFile
+from transforms.write.layout import ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
 from transforms.write.parts import Fence, check_fence, create_file
 from transforms.write.storage import ObjectExists, publish_once, remove_tree
 
@@ -45,14 +43,13 @@ class Completed(NamedTuple):
 
 
 class AssembleManifest(beam.PTransform):
-    """Takes `(parts, bad_records)` and emits the manifest bytes once everything is final.
+    """Takes `(parts, error_parts)` and emits the manifest bytes once everything is final.
 
     `render` turns the `Completed` files into manifest JSON bytes, and
-    `on_complete`, if given, is called with those bytes to claim the job's
-    completion before the manifest is made visible; if it returns False (the
-    job was cancelled meanwhile) no manifest appears. With `source` (the `--source`),
-    error files name source files relative to its root, never by their server path. With a
-    `fence`, an attempt that no longer owns the job stops before it renames anything.
+    `on_complete`, if given, is called with those bytes and the number of bad records
+    to claim the job's completion before the manifest is made visible; if it returns
+    False (the job was cancelled meanwhile) no manifest appears. With a `fence`, an
+    attempt that no longer owns the job stops before it renames anything.
     """
 
     def __init__(
@@ -60,13 +57,11 @@ class AssembleManifest(beam.PTransform):
         job_dir: str,
         temp_dir: str,
         render: Callable[[Completed], bytes],
-        max_lines: int = 100_000,
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
-        source: Optional[str] = None,
         fence: Optional[Fence] = None,
     ):
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, max_lines, on_complete, source, fence)
+        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors = inputs
@@ -79,26 +74,25 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, max_lines, on_complete, source=None, fence=None):
-        self._source = source
+    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None):
         self._fence = fence
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
-        self._max_lines = max_lines
         self._on_complete = on_complete
 
-    def process(self, _, parts: list[PartFile], errors: list[BadRecord]) -> Iterator[bytes]:
+    def process(self, _, parts: list[PartFile], errors: list[PartFile]) -> Iterator[bytes]:
         check_fence(self._fence, "giving parts their final names")  # a stale attempt never touches them
         output = self._finalize_parts(parts)
-        error = self._write_errors(errors)
+        error = self._finalize_parts(errors, ERROR_DIR)
         remove_tree(self._temp_dir)
         manifest = self._render(Completed(output, error))
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
         self._remove_hidden(MANIFEST_NAME)
         temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME)
-        if self._on_complete is not None and self._on_complete(manifest, len(errors)) is False:
+        bad_records = sum(f.count for f in error)
+        if self._on_complete is not None and self._on_complete(manifest, bad_records) is False:
             FileSystems.delete([temp])
             return
         # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never
@@ -119,11 +113,6 @@ class _AssembleFn(beam.DoFn):
         if stale:
             FileSystems.delete(stale)
 
-    @classmethod
-    def _write_atomically(cls, path: str, data: bytes) -> None:
-        """Writes beside `path` under a hidden name, then renames into place."""
-        FileSystems.rename([cls._write_hidden(path, data)], [path])
-
     @staticmethod
     def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
         """Writes `data` beside `path` under a hidden name, and returns that name."""
@@ -133,7 +122,8 @@ class _AssembleFn(beam.DoFn):
             f.write(data)
         return temp
 
-    def _finalize_parts(self, parts: list[PartFile]) -> list[FinalFile]:
+    def _finalize_parts(self, parts: list[PartFile], folder: str = "") -> list[FinalFile]:
+        """Gives `parts` their final names, in `folder` of the job's, numbered from 0 per type."""
         # Sorting by temp path only makes numbering stable for a given set of parts.
         parts = sorted(parts, key=lambda p: (p.type, p.temp_path))
         numbers: dict[str, int] = {}
@@ -143,9 +133,12 @@ class _AssembleFn(beam.DoFn):
             numbers[part.type] = n + 1
             sources.append(part.temp_path)
             extension = posixpath.splitext(part.temp_path)[1]  # the part sink's: .ndjson, .parquet
-            final.append(FinalFile(part.type, self._path(f"{part.type}-{n}{extension}"), part.count))
+            name = f"{part.type}-{n}{extension}"
+            final.append(FinalFile(part.type, self._path(posixpath.join(folder, name) if folder else name), part.count))
         # Retry-safe: a part an earlier try of this step renamed already is left as it is.
         pending = [(source, f.path) for source, f in zip(sources, final) if FileSystems.exists(source)]
+        if folder and pending and not FileSystems.exists(self._path(folder)):
+            FileSystems.mkdirs(self._path(folder))
         lost = [f.path for source, f in zip(sources, final)
                 if (source, f.path) not in pending and not FileSystems.exists(f.path)]
         if lost:
@@ -153,15 +146,3 @@ class _AssembleFn(beam.DoFn):
         if pending:
             FileSystems.rename([s for s, _ in pending], [d for _, d in pending])
         return final
-
-    def _write_errors(self, errors: list[BadRecord]) -> list[FinalFile]:
-        located = locate(errors, source_root(self._source) if self._source is not None else None)
-        files = []
-        for n, start in enumerate(range(0, len(located), self._max_lines)):
-            chunk = located[start : start + self._max_lines]
-            path = FileSystems.join(self._job_dir, ERROR_DIR, f"{ERROR_TYPE}-{n}.ndjson")
-            self._write_atomically(
-                path, b"".join(orjson.dumps(operation_outcome(r, w)) + b"\n" for r, w in chunk)
-            )
-            files.append(FinalFile(ERROR_TYPE, path, len(chunk)))
-        return files
