@@ -81,8 +81,8 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     rows = [("resources in", "source MB", "exported", "seconds", "launcher peak RSS MB", "tree peak RSS MB")]
     for resources in args.resources:
-        source, count = ensure_data(args.data_dir, resources, args.seed)
-        ensure_bench_group(source)
+        ensure_bench_group(ensure_data(args.data_dir, resources, args.seed)[0])
+        source, count = ensure_data(args.data_dir, resources, args.seed)  # the Group counted too
         size = sum(p.stat().st_size for p in source.iterdir() if p.is_file()) / (1 << 20)
         result = run(source)
         rows.append((f"{count:,}", f"{size:,.0f}", result["exported"], f"{result['seconds']:.1f}",

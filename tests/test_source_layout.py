@@ -182,7 +182,8 @@ def test_a_bundle_on_an_ndjson_line_is_read_as_its_entries(pipeline, tmp_path):
                  {"resource": {"resourceType": "Patient"}},
                  {"resource": {"resourceType": "Patient", "id": "p2", "meta": {"lastUpdated": "2099-01-01T00:00:00Z"}}})
     document = _bundle("document", {"resource": {"resourceType": "Composition", "id": "c"}})
-    lines = [_patient("p0"), json.dumps(tx), json.dumps(document), json.dumps(_bundle("history"))]
+    history = _bundle("history", {"resource": {"resourceType": "Patient", "id": "p9"}})
+    lines = [_patient("p0"), json.dumps(tx), json.dumps(document), json.dumps(history)]
     (tmp_path / "b.ndjson").write_text("\n".join(lines) + "\n")
     from transforms.fhir.window import LastUpdatedWindow
     selection = ReadSelection.of(["Patient"], LastUpdatedWindow("2030-01-01T00:00:00Z"))
@@ -263,3 +264,21 @@ def test_a_bundle_lines_entries_keep_their_own_compartment_verdicts(run_cli, tmp
     for entry in result.manifest()["output"]:
         ids |= {orjson.loads(line)["id"] for line in Path(entry["url"].removeprefix("file://")).read_bytes().splitlines()}
     assert ids == {"o-p1", "o-p1-bis"}
+
+
+def test_a_narrow_read_skips_unparsed_only_lines_that_cannot_be_of_a_selected_type(pipeline, tmp_path):
+    """`_type=Patient`: a line without `"Patient"` and without a `\\u` escape is not parsed, so a broken
+    line of another type is not reported; a broken Patient line, and an escaped one, still are read."""
+    lines = [
+        _patient("p0"),
+        '{"resourceType": "Observation", "id": "o1", "subject": {"reference": "Patient/p0"}}',
+        '{"resourceType": "Observation", "id": "o2", broken',
+        '{"resourceType": "Patient", "id": "p1", broken',
+        '{"resourceType": "Pati\\u0065nt", "id": "p2"}',
+    ]
+    (tmp_path / "n.ndjson").write_text("\n".join(lines) + "\n")
+    out = _read(pipeline, tmp_path / "n.ndjson", ReadSelection.of(["Patient"]))
+    assert_that(_ids(out.batches), equal_to([("Patient", "p0"), ("Patient", "p2")]))
+    assert_that(_where(out, f"{tmp_path}/") | beam.Map(lambda w: w[0]), equal_to(["n.ndjson line 4"]),
+                label="Errors")
+    pipeline.run()

@@ -96,12 +96,15 @@ def parse_lines(
     types = selection.types if selection is not None else None
     in_window = selection.window.classify if selection is not None and selection.window is not None else None
     bodies = selection is None or selection.keep_bodies
+    screen = selection.screen() if selection is not None else None
     batch: list[Resource] = []
     first = 0  # the index of the block's first line
     unreported = 0  # source bytes not yet carried by a batch
     for lines in blocks:
         unreported += sum(map(len, lines)) + len(lines)
         for offset, line in enumerate(lines):
+            if screen is not None and not screen(line):
+                continue  # cannot be of a selected type: not parsed (`ReadSelection.screen`)
             try:
                 body = loads(line)  # a CRLF line's "\r" is JSON whitespace
             except decode_error as exc:
