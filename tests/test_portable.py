@@ -36,7 +36,7 @@ def source(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("portable-src")
     generate(out, patients=20, seed=9)
     with open(out / "Observation.ndjson", "ab") as f:
-        f.write(b'{"not json\n')
+        f.write(b'{"resourceType": "Observation", "not json\n')  # of a requested type: read, and reported
     return out
 
 
