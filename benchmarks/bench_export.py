@@ -377,6 +377,15 @@ def best_of(repeat: int, case: str, args, source: Path, tx: str, runner: str = "
     return {**best, "peak_mb": max(r["peak_mb"] for r in runs), "peak_pss_mb": max(r["peak_pss_mb"] for r in runs)}
 
 
+def print_table(rows: list[tuple[str, ...]]) -> None:
+    """Prints `rows` (the first is the header) as a Markdown table, columns padded."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for n, row in enumerate(rows):
+        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
+        if n == 0:
+            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+
 def machine() -> str:
     model = "unknown CPU"
     with open("/proc/cpuinfo") as f:
@@ -421,11 +430,7 @@ def main(argv=None) -> None:
                      f"{r['seconds']:.2f}", f"{resources_in / r['seconds']:,.0f}",
                      f"{base['seconds'] / r['seconds']:.2f}x", f"{r['peak_mb']:,.0f}",
                      f"{r['peak_pss_mb']:,.0f}", f"{r['process_seconds']:.2f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
-        if n == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_table(rows)
     print(f"outputs equal: {sum(base['counts'].values()):,} resources, per type {base['counts']}")
     print(machine())
 

@@ -29,6 +29,7 @@ from benchmarks.bench_export import (  # noqa: E402
     ensure_bench_group,
     ensure_data,
     machine,
+    print_table,
     tree_memory_kb,
 )
 
@@ -87,11 +88,7 @@ def main(argv=None) -> None:
         result = run(source)
         rows.append((f"{count:,}", f"{size:,.0f}", result["exported"], f"{result['seconds']:.1f}",
                      f"{result['launcher_mb']:,.0f}", f"{result['tree_mb']:,.0f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for n, row in enumerate(rows):
-        print("| " + " | ".join(cell.ljust(w) for cell, w in zip(row, widths)) + " |")
-        if n == 0:
-            print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    print_table(rows)
     print(machine())
 
 

@@ -43,3 +43,16 @@ def test_a_small_server_benchmark_run_prints_its_figures():
     lines = done.stdout.splitlines()
     assert [line.split()[0] for line in lines] == ["status", "kick-off", "download"], done.stdout
     assert "target p99 <= 100 ms" in lines[0] and "target >= 0.5x" in lines[2]
+
+
+def test_a_small_launcher_benchmark_run_prints_its_table(data_dir):
+    """benchmarks/bench_launcher.py: the launcher's peak memory on a Group export, by source size."""
+    bench = BENCH.parent / "bench_launcher.py"
+    done = subprocess.run([sys.executable, str(bench), "--resources", "2000", "3000", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line.split("|") for line in lines[lines.index(next(x for x in lines if x.startswith("| resources in"))) + 2:]
+            if line.startswith("|")]
+    assert len(rows) == 2, done.stdout
+    assert all("resources in" in row[3] and float(row[5]) > 0 for row in rows), done.stdout
