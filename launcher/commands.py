@@ -64,6 +64,7 @@ def _control(args: argparse.Namespace, audit: AuditLog, display: ProgressDisplay
 def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
+    _warm_pipeline_process()
     from launcher.jobs import start_export  # runs a pipeline: the one command that imports Beam
 
     store, audit = _open(args, recover=False)
@@ -77,7 +78,18 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     return 0
 
 
+def _warm_pipeline_process() -> None:
+    """Starts the process the pipeline will be forked from (`launcher.runner`), so that it imports
+    Beam while this process does too, on another core, instead of after it."""
+    from multiprocessing import forkserver
+
+    import launcher.runner  # noqa: F401 (sets what the fork server preloads: Beam and the export)
+
+    forkserver.ensure_running()
+
+
 def resume(args: argparse.Namespace, _: list[str]) -> int:
+    _warm_pipeline_process()
     from launcher.jobs import resume_export
 
     store, audit = _open(args)
