@@ -22,6 +22,8 @@ from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import orjson
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.fhir.references import FHIR_ID
 from transforms.read.chunks import relative_path
@@ -139,24 +141,22 @@ class _OutcomesFn(beam.DoFn):
 
     def __init__(self, root: Optional[str]):
         self._root = root
-        self._index: Optional[LineIndex] = None
-        self._indexed: Optional[int] = None
 
     def start_bundle(self) -> None:
         self._pending: list[Resource] = []
+        self._index: Optional[LineIndex] = None  # built once per bundle, from its first record's side input
 
     def process(self, record: BadRecord, lines: list[ChunkLines]) -> Iterator[ResourceBatch]:
-        if self._indexed != id(lines):  # one index per side input, not per record
-            self._index, self._indexed = LineIndex(lines), id(lines)
+        if self._index is None:
+            self._index = LineIndex(lines)
         outcome = orjson.dumps(operation_outcome(record, location(record, self._root, self._index)))
         self._pending.append(Resource(ERROR_TYPE, outcome, None, 0))
         if len(self._pending) >= BATCH_SIZE:
             yield ResourceBatch(_NOWHERE, self._pending)
             self._pending = []
 
-    def finish_bundle(self) -> Iterator:
+    def finish_bundle(self) -> Iterator[WindowedValue]:
         if self._pending:
-            window = beam.transforms.window.GlobalWindow()
-            yield beam.utils.windowed_value.WindowedValue(ResourceBatch(_NOWHERE, self._pending),
-                                                          window.max_timestamp(), [window])
+            window = GlobalWindow()
+            yield WindowedValue(ResourceBatch(_NOWHERE, self._pending), window.max_timestamp(), [window])
             self._pending = []
