@@ -27,6 +27,9 @@ import logging
 from typing import Any, Optional
 
 import apache_beam as beam
+import dask
+import dask.bag as db
+import dask.distributed as ddist
 from apache_beam import pvalue
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor, PTransformOverride
 from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
@@ -119,20 +122,14 @@ class _Translate(PipelineVisitor):
                 self.bags[output] = tagged.filter(functools.partial(_has_tag, tag=wanted)).map(_value)
             return
         if isinstance(transform, _Create):
-            from dask import bag as db
-
             bag = db.from_sequence(list(transform.values), npartitions=self._create_partitions(transform.values))
         elif isinstance(transform, _GroupByKeyOnly):
             bag = self.bags[inputs[0]].groupby(_key).map(_values_of_group)
         elif isinstance(transform, _Flatten):
-            from dask import bag as db
-
             bag = db.concat([self.bags[value] for value in inputs]) if inputs else db.from_sequence([])
         elif isinstance(transform, _Reshuffle):
             bag = self.bags[inputs[0]].repartition(npartitions=self._npartitions or DEFAULT_PARTITIONS)
         elif isinstance(transform, beam.Impulse):
-            from dask import bag as db
-
             bag = db.from_sequence([b""], npartitions=1)
         elif inputs:  # e.g. an identity Read
             bag = self.bags[inputs[0]]
@@ -145,8 +142,6 @@ class _Translate(PipelineVisitor):
         return max(1, min(len(values), self._npartitions or DEFAULT_PARTITIONS))
 
     def _par_do(self, node: AppliedPTransform, input_bag):
-        import dask
-
         transform = node.transform
         args, kwargs = transform.raw_side_inputs
         main_input = next(iter(node.main_inputs.values()))
@@ -220,9 +215,6 @@ class DaskRunner(BeamDaskRunner):
     """Runs a batch pipeline on the dask.distributed scheduler `--dask_client_address` names."""
 
     def run_pipeline(self, pipeline, options):
-        import dask
-        import dask.distributed as ddist
-
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         npartitions = DaskOptions._extract_bag_kwargs(dask_options).get("npartitions")
         client = ddist.Client(**dask_options)
