@@ -11,6 +11,7 @@ child kills its group, so no orphan keeps writing parts.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import multiprocessing
@@ -26,6 +27,7 @@ from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 
 POLL_S = 0.25
+STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
 _LOG = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("forkserver")
 # `launcher` first: its package installs the log filter before Beam is imported.
@@ -114,12 +116,14 @@ class PipelineProcess:
         return True
 
     def stop(self) -> None:
-        """Kills the run and every process it started; idempotent."""
+        """Ends the run and every process it started; idempotent. The run is first asked to cancel
+        its engine's work (on Dask, its futures), for at most `STOP_GRACE_S`, then killed."""
         if self._process.pid is not None and self._process.exitcode is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGTERM)
+                self._process.join(STOP_GRACE_S)
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self._process.join(30)
         self._lifeline.close()
         self._results.close()
@@ -134,12 +138,27 @@ def _child_main(argv, sink, lifeline, results, log_level, nice=0) -> None:
     logging.getLogger("psycopg.pool").setLevel(max(log_level, logging.ERROR))
     from pipelines.export import run
 
+    signal.signal(signal.SIGTERM, _cancel_run)
     try:
-        run(argv, sink=sink).wait_until_finish()
+        _RUN["result"] = run(argv, sink=sink)
+        _RUN["result"].wait_until_finish()
     except BaseException as exc:  # reported to the launcher, which records it
         results.send(describe(exc))
         return
     results.send(None)
+
+
+_RUN: dict = {}  # the pipeline process's running result, once the runner has returned it
+
+
+def _cancel_run(signum, frame) -> None:
+    """SIGTERM from the launcher: cancel what the engine runs (a Dask job's futures; the local runner,
+    whose `run` returns only at the end, has nothing to cancel), then end the process group."""
+    result = _RUN.get("result")
+    if result is not None:
+        with contextlib.suppress(Exception):  # the group is killed whatever the engine says
+            result.cancel()
+    os.killpg(0, signal.SIGKILL)
 
 
 def _die_with_launcher(lifeline) -> None:

@@ -159,3 +159,33 @@ def test_patients_resolved_in_the_pipeline_on_dask(cluster, run_cli, sample_dir,
     dask = _export(run_cli, tmp_path, "dask", sample_dir, args, "--runner=DaskRunner",
                    f"--dask_client_address={cluster}")
     assert local["output"] and _contents(dask) == _contents(local)
+
+
+def test_cancel_cancels_the_dask_futures(cluster, run_cli, tmp_path):
+    """After `cancel` returns, the scheduler holds none of the job's tasks: its futures were cancelled."""
+    source = tmp_path / "source"
+    generate(source, patients=3000, seed=6)
+    state, output = tmp_path / "state", tmp_path / "out"
+    export = subprocess.Popen(
+        [sys.executable, "-m", "launcher", "export", "--state-dir", str(state), "--source", str(source),
+         "--output", str(output), "--chunk-bytes", "262144", "--max-lines-per-part", "50", "--dask_npartitions=2",
+         "--runner=DaskRunner", f"--dask_client_address={cluster}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with distributed.Client(cluster) as observer:
+            deadline = time.monotonic() + 120
+            while not observer.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+                assert export.poll() is None and time.monotonic() < deadline, "the export never reached the cluster"
+                time.sleep(0.05)
+            store = open_store(str(state))
+            job_id = store.list("default", ANY_OWNER)[0].job_id
+            assert run_cli("cancel", job_id, state_dir=state).code == 0
+            deadline = time.monotonic() + 5
+            while observer.run_on_scheduler(lambda dask_scheduler: len(dask_scheduler.tasks)):
+                assert time.monotonic() < deadline, "the job's tasks are still on the scheduler 5 s after cancel"
+                time.sleep(0.1)
+        assert store.get("default", job_id).status.value == "cancelled"
+        assert export.wait(30) == 1
+    finally:
+        if export.poll() is None:
+            export.kill()
