@@ -7,6 +7,7 @@ AuditEvent.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Callable, Optional
@@ -17,6 +18,8 @@ from launcher.runner import new_lease
 from launcher.stores import ANY_OWNER, JobNotFound, JobStore, Lease, StoredJob, now_ms
 from launcher.stores.contract import Owner
 from transforms.write.storage import remove_tree
+
+_LOG = logging.getLogger(__name__)
 
 CLEANUP_AGENT = "bulk-export cleanup"
 RECOVERY_AGENT = "bulk-export lease recovery"
@@ -41,6 +44,7 @@ def cancel_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
     told before a wait starts.
     """
     record = store.cancel(tenant, job_id, owner)
+    engine_note = _cancel_on_engine(store, job_id)
     lease = store.lease(job_id)
     if lease is not None and lease.expires_ms >= now_ms():
         if _holder_is_gone(lease.holder):
@@ -52,8 +56,22 @@ def cancel_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
             while store.is_leased(job_id) and time.monotonic() < deadline:
                 time.sleep(0.1)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
-    audit.record("cancel", record, description="cancelled by request; partial output removed")
+    description = "cancelled by request; partial output removed"
+    audit.record("cancel", record, description=f"{description}; {engine_note}" if engine_note else description)
     return record
+
+
+def _cancel_on_engine(store: JobStore, job_id: str) -> Optional[str]:
+    """Cancels the engine's job of a submitted export (Dataflow); returns why it could not, if so."""
+    runner_job = store.runner_job(job_id)
+    if runner_job is None:
+        return None
+    from launcher.dataflow import cancel_runner_job
+
+    problem = cancel_runner_job(runner_job)
+    if problem:
+        _LOG.warning("job %s: %s", job_id, problem)
+    return problem
 
 
 def _holder_is_gone(holder: str) -> bool:

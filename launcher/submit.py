@@ -25,6 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher import kickoff
 from launcher.audit import SERIOUS_FAILURE, AuditLog, audit_event
+from launcher.dataflow import runner_job
 from launcher.jobs import prepare_job
 from launcher.lifecycle import recover_abandoned
 from launcher.runner import describe, new_lease
@@ -72,8 +73,11 @@ def submit(argv: Sequence[str]) -> str:
             write_patients(job.patients_path, members)
         job_flags = {arg.split("=", 1)[0] for arg in job.to_argv()}
         passed = [a for a in argv if a.split("=", 1)[0] not in job_flags | {"--request"}]
-        run([*passed, *job.to_argv(), f"--request={request.model_dump_json()}"],
-            sink=StoreJobSink(options.job_store, job.job_id, 1, lease=lease, lease_s=options.lease_s))
+        result = run([*passed, *job.to_argv(), f"--request={request.model_dump_json()}"],
+                     sink=StoreJobSink(options.job_store, job.job_id, 1, lease=lease, lease_s=options.lease_s))
+        engine_job = runner_job(result, PipelineOptions(passed))
+        if engine_job is not None:  # so that a cancel reaches Dataflow's job too
+            store.set_runner_job(job.job_id, engine_job)
     except Exception as exc:
         message = f"submission failed: {describe(exc)}"
         store.fail(job.job_id, message)

@@ -214,3 +214,11 @@ def test_postgresql_store_works_on_a_sql_ascii_database(postgres_server):
     store = open_store(dsn)
     store.create(_record("job-é", owner="alice"))
     assert store.get("acme", "job-é").owner == "alice"
+
+
+def test_the_engine_job_of_a_submitted_export_is_kept(store):
+    store.create(_record("job-e"))
+    assert store.runner_job("job-e") is None
+    engine = {"runner": "dataflow", "project": "p", "region": "r", "job_id": "2026-11-28_1"}
+    store.set_runner_job("job-e", engine)
+    assert store.runner_job("job-e") == engine

@@ -29,6 +29,7 @@ from launcher.stores.contract import (
     TooManyActiveExports,
     now_ms,
 )
+from launcher.stores.runner_jobs import RunnerJobQueries
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
 from pipelines.models import ExportRequest, ExportStatus, Manifest, TypeProgress
 from transforms.fhir.instant import now_instant
@@ -41,7 +42,7 @@ _FREE_LEASE_SQL = "(lease_holder IS NULL OR lease_expires_ms < ?)"
 _SCHEMA_CHECK = threading.Lock()
 
 
-class SqlJobStore(ScheduleQueries, ClientQueries):
+class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries):
     """`JobStore` in SQL that SQLite and PostgreSQL both accept (`?` placeholders)."""
 
     url: str

@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple, Optional
 
 from launcher.auth.registry import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
 from launcher.schedules import SCHEDULES_TABLE
+from launcher.stores.runner_jobs import RUNNER_JOB_COLUMN
 from transforms.fhir.instant import instant_key
 
 _TERMINAL = ("complete", "error", "cancelled")
@@ -95,6 +96,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(3, (SCHEDULES_TABLE,)),
     # SMART Backend Services: registered clients, used assertion ids, the access-token signing key.
     Migration(4, (CLIENTS_TABLE, ASSERTIONS_TABLE, ASSERTIONS_INDEX, SERVER_KEYS_TABLE)),
+    # The engine's own id of a submitted job (Dataflow), so a cancel reaches it: `launcher.dataflow`.
+    Migration(5, (RUNNER_JOB_COLUMN,)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
