@@ -101,7 +101,7 @@ def test_the_server_key_is_made_once_and_shared_by_every_store_object(store):
 
 
 def test_a_version_3_store_gains_the_registry_tables(store):
-    assert [m.version for m in MIGRATIONS[:3]] == [1, 2, 3] and SCHEMA_VERSION == 4
+    assert [m.version for m in MIGRATIONS[:3]] == [1, 2, 3] and SCHEMA_VERSION >= 4
     with store._open(write=True) as db:  # the schema as code of version 3 left it
         db.execute(VERSION_TABLE)
         db.execute("INSERT INTO schema_version (version) VALUES (3)")
