@@ -3,31 +3,28 @@
 Where the source is small enough (`launcher.membership`), a Patient- or
 Group-level kickoff is refused before a job exists when its Group or `patient`
 is not in the source, so the launcher scans the source once for those two
-types. NDJSON lines are screened with a byte search before any JSON is parsed
-(Patients and Groups are a small share of a typical export); Bundles, Avro and
-Parquet files are read by the pipeline's own chunk reader. The index itself
-(`transforms.fhir.membership`) is the one the pipeline builds for larger sources.
+types, with the pipeline's own chunk reader: NDJSON lines are screened with a
+byte search before any JSON is parsed (Patients and Groups are a small share of
+a typical export). The index itself (`transforms.fhir.membership`) is the one
+the pipeline builds for larger sources.
 """
 
 from __future__ import annotations
 
 from typing import Iterator
 
-import orjson
-
+from transforms.fhir.compartment import PATIENT
+from transforms.fhir.group import GROUP
 from transforms.fhir.membership import IndexBuilder, SourceIndex
-from transforms.read.bundles import bundle_items
-from transforms.read.chunks import open_chunk, plan_chunks
-from transforms.read.ndjson import span_blocks
+from transforms.read.chunks import plan_chunks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import read_chunk
 from transforms.read.source_formats import AUTO
-from transforms.records import Origin, Resource
 
-PATIENT, GROUP = "Patient", "Group"
-_MARKERS = (b'"Patient"', b'"Group"')
+# What a membership index reads: NDJSON lines that name neither type are skipped unparsed
+# (`ReadSelection.screen`); `ResolvePatients` reads the same in the pipeline.
+PATIENTS_AND_GROUPS = ReadSelection.of((PATIENT, GROUP))
 _WHOLE_FILES = 1 << 62  # plan one chunk per file
-_NOWHERE = Origin("", 0)  # entries found here are only indexed, never reported
 
 
 def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
@@ -41,37 +38,8 @@ def index_source(source: str, source_format: str = AUTO) -> SourceIndex:
     return index.build()
 
 
-_PATIENTS_AND_GROUPS = ReadSelection.of((PATIENT, GROUP))
-
-
 def _patients_and_groups(source: str, source_format: str) -> Iterator[tuple[str, dict]]:
+    """Every Patient and Group of `source`, read by the pipeline's own chunk reader."""
     for chunk in plan_chunks(source, source_format, _WHOLE_FILES):
-        if chunk.document or chunk.columnar:
-            for batch in read_chunk(chunk, batch_size=10_000, selection=_PATIENTS_AND_GROUPS):
-                yield from ((r.type, r.body) for r in batch.resources)
-            continue
-        with open_chunk(chunk) as f:
-            blocks = span_blocks(f, 0, None)
-            next(blocks)
-            for lines in blocks:
-                yield from _screened(lines)
-
-
-def _screened(lines: list[bytes]) -> Iterator[tuple[str, dict]]:
-    """Parses only the lines that can be a Patient or a Group (a byte search screens them)."""
-    patient_marker, group_marker = _MARKERS
-    for line in lines:
-        if patient_marker not in line and group_marker not in line:
-            continue
-        try:
-            body = orjson.loads(line)
-        except orjson.JSONDecodeError:
-            continue
-        if type(body) is not dict:
-            continue
-        if body.get("resourceType") in (PATIENT, GROUP):
-            yield body["resourceType"], body
-        elif body.get("resourceType") == "Bundle":  # a Bundle on one line: the reader unpacks its entries too
-            for _, item in bundle_items(body, line, 0, _NOWHERE):
-                if type(item) is Resource and item.type in (PATIENT, GROUP):
-                    yield item.type, item.body
+        for batch in read_chunk(chunk, batch_size=10_000, selection=PATIENTS_AND_GROUPS):
+            yield from ((r.type, r.body) for r in batch.resources)

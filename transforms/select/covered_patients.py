@@ -18,10 +18,10 @@ import apache_beam as beam
 import orjson
 from apache_beam.io.filesystems import FileSystems
 
-from transforms.fhir.compartment import PATIENT, PatientSet
-from transforms.fhir.group import GROUP, MemberIssue, Membership
+from transforms.fhir.compartment import PatientSet
+from transforms.fhir.group import MemberIssue, Membership
 from transforms.fhir.membership import IndexBuilder, membership_of
-from transforms.read.pushdown import ReadSelection
+from transforms.read.lookup import PATIENTS_AND_GROUPS
 from transforms.read.resources import ReadResources
 from transforms.records import BadRecord, Origin, ResourceBatch
 from transforms.write.parts import create_file
@@ -136,7 +136,7 @@ class ResolvePatients(beam.PTransform):
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         source, source_format, chunk_bytes = self._read
         read = pbegin | "ReadPatientsAndGroups" >> ReadResources(
-            source, source_format, chunk_bytes, selection=ReadSelection.of((PATIENT, GROUP)))
+            source, source_format, chunk_bytes, selection=PATIENTS_AND_GROUPS)
         return (
             read.batches
             | "Index" >> beam.CombineGlobally(_IndexFn())
