@@ -42,9 +42,7 @@ class Caller:
 
     def refuse(self, app: Server, request: Request, status: int, diagnostics: str) -> FhirError:
         """The error for a request this caller may not make, audited."""
-        app.audit.access("access-refused", self.tenant, self.client_id, MINOR_FAILURE,
-                         f"{status}: {diagnostics}", f"{request.method} {request.url.path}")
-        return FhirError(status, "forbidden", diagnostics)
+        return _refused(app, request, self.tenant, self.client_id, FhirError(status, "forbidden", diagnostics))
 
 
 async def server(request: Request) -> Server:  # async: no thread hop per request
@@ -81,9 +79,15 @@ def caller(request: Request, app: Server = Depends(server)) -> Caller:
 
 def _unauthorized(app: Server, request: Request, diagnostics: str, error: Optional[str]) -> FhirError:
     """401 with the RFC 6750 challenge; audited against the server's tenant (the caller is unknown)."""
-    app.audit.access("access-refused", app.config.tenant, None, MINOR_FAILURE, f"401: {diagnostics}",
-                     f"{request.method} {request.url.path}")
     challenge = f'Bearer realm="{app.config.fhir_base}"'
     if error:
         challenge += f', error="{error}", error_description="{diagnostics}"'
-    return FhirError(401, "login", diagnostics, {"WWW-Authenticate": challenge})
+    return _refused(app, request, app.config.tenant, None,
+                    FhirError(401, "login", diagnostics, {"WWW-Authenticate": challenge}))
+
+
+def _refused(app: Server, request: Request, tenant: str, client_id: Optional[str], error: FhirError) -> FhirError:
+    """`error`, once its refusal of `request` is audited in `tenant`'s log."""
+    app.audit.access("access-refused", tenant, client_id, MINOR_FAILURE, f"{error.status}: {error.diagnostics}",
+                     f"{request.method} {request.url.path}")
+    return error
