@@ -25,6 +25,8 @@ from pipelines.plan import (
     add_referenced,
     apply_steps,
     covered_patients,
+    deletion_steps,
+    deletions_selection,
     read_selection,
     shaping_steps,
     steps,
@@ -32,9 +34,10 @@ from pipelines.plan import (
 from transforms.read.chunks import source_root
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
+from transforms.select.deletions import DeletionBundles
 from transforms.select.duplicates import ReportDuplicates
 from transforms.write.error_files import WriteErrorFiles
-from transforms.write.layout import TEMP_DIR_NAME
+from transforms.write.layout import DELETED_DIR, TEMP_DIR_NAME
 from transforms.write.manifest import AssembleManifest, Completed, FinalFile
 from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
 from transforms.write.parts import WriteParts
@@ -114,8 +117,9 @@ def build_pipeline(
     settings = job.settings
     part_format = part_sink(request.output_format)
     selection = read_selection(request, job.transaction_time, settings, part_format.needs_bodies)
+    deletions = deletions_selection(request, job.transaction_time, settings)
     read = pipeline | "Read" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes, selection=selection
+        settings.source, settings.source_format, settings.chunk_bytes, selection=selection, deletions=deletions
     )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
@@ -141,12 +145,18 @@ def build_pipeline(
         sink=part_format,
         fence=sink,
     )
+    finished = [parts, None]
+    if deletions is not None:
+        deleted = apply_steps(read.deletions, deletion_steps(request, patients), errors, prefix="Deleted")
+        finished.append(deleted | "DeletedBundles" >> DeletionBundles() | "WriteDeleted" >> WriteParts(
+            f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink))
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     error_parts = errors | "ErrorFiles" >> WriteErrorFiles(
         f"{job.temp_dir}/errors", source_root(settings.source), read.lines, settings.max_lines_per_part,
         settings.max_bytes_per_part, fence=sink,
     )
-    manifest = (parts, error_parts) | "Manifest" >> AssembleManifest(
+    finished[1] = error_parts
+    manifest = tuple(finished) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
         _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),
@@ -195,6 +205,7 @@ class _ManifestRenderer:
             requires_access_token=self._urls.requires_access_token(self._output_root),
             output=_entries(completed.output, url),
             error=_entries(completed.error, url),
+            deleted=_entries(completed.deleted, url),
             message=_message(self._request),
         )
         return orjson.dumps(manifest.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n"

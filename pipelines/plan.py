@@ -63,6 +63,32 @@ def read_selection(
     return ReadSelection.of(types, bounds, keep_bodies=later_steps or part_needs_bodies)
 
 
+def deletions_selection(request: ExportRequest, transaction_time: str, settings: ExportSettings
+                        ) -> Optional[ReadSelection]:
+    """What the read keeps of the resources the source marks deleted: None (nothing) without
+    `_since`; else the request's types, deleted inside the window, with the deleted bodies."""
+    if not request.since:
+        return None
+    system = request.level is ExportLevel.SYSTEM
+    types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
+    if not system:
+        types = [t for t in types if t != GROUP]  # a deleted Group is not one the Group export would name
+        if not types:
+            return None
+    return ReadSelection.of(types, window(request, transaction_time, settings))
+
+
+def deletion_steps(request: ExportRequest, patients: Patients) -> list[Step]:
+    """The steps a deletion passes before `deleted[]`: at Patient and Group level, the compartment
+    (judged by the deleted version's body, or its type and id alone). `_typeFilter` cannot be
+    judged on a deletion and `_elements` shapes nothing in it: neither applies."""
+    if patients is None:
+        return []
+    if isinstance(patients, beam.PCollection):
+        return [("Compartment", JoinCompartment(patients))]
+    return [("Compartment", FilterCompartment(patients))]
+
+
 def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
     """The request's selecting steps after `read_selection` (shaping comes later, once the
     referenced resources are known); `patients` is the covered-patients side input or

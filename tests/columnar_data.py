@@ -5,13 +5,16 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+import fastavro
 import orjson
+import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.testing.test_pipeline import TestPipeline
 
 from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER
+from transforms.fhir.record_schema import RECORD_SCHEMA, load_avro_schema
 from transforms.read.columnar import convert_ndjson
 
 TX = "2030-01-01T00:00:00Z"
@@ -53,3 +56,20 @@ def exported(manifest: dict) -> dict[str, Counter]:
         assert len(lines) == entry["count"], entry
         found.setdefault(entry["type"], Counter()).update(lines)
     return found
+
+
+def write_rows(kind: str, path, rows: list[dict], rows_per_group: int = 3, schema=RECORD_SCHEMA) -> str:
+    """Writes record rows as given (bad ones included) in the documented schema."""
+    if kind == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=rows_per_group)
+    else:
+        with open(path, "wb") as f:
+            fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), rows, sync_interval=64)
+    return str(path)
+
+
+def record_row(rtype: str, rid, resource, last_updated=None, deleted=None) -> dict:
+    """One resource record; `resource` as a dict, a string (kept as is) or None."""
+    text = resource if isinstance(resource, str) or resource is None else orjson.dumps(resource).decode()
+    return {"resourceType": rtype, "id": rid, "lastUpdated": last_updated, "versionId": None,
+            "deleted": deleted, "resource": text}

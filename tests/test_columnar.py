@@ -15,7 +15,7 @@ import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipelines.models import ExportRequest
-from tests.columnar_data import columnar_copy, exported, file_of, run_export
+from tests.columnar_data import columnar_copy, exported, file_of, record_row, run_export, write_rows
 from transforms.fhir.record_schema import (
     RECORD_SCHEMA,
     arrow_schema_of_avro,
@@ -89,22 +89,6 @@ def test_the_avro_schema_and_the_arrow_schema_are_the_same_record():
     fastavro.parse_schema(load_avro_schema())  # a valid Avro schema
 
 
-def _write_rows(kind: str, path, rows: list[dict], rows_per_group: int = 3, schema=RECORD_SCHEMA) -> str:
-    """Writes record rows as given (bad ones included) in the documented schema."""
-    if kind == "parquet":
-        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=rows_per_group)
-    else:
-        with open(path, "wb") as f:
-            fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), rows, sync_interval=64)
-    return str(path)
-
-
-def _row(rtype: str, rid: str, resource, last_updated=None, deleted=None) -> dict:
-    text = resource if isinstance(resource, str) or resource is None else orjson.dumps(resource).decode()
-    return {"resourceType": rtype, "id": rid, "lastUpdated": last_updated, "versionId": None,
-            "deleted": deleted, "resource": text}
-
-
 def _patient(rid: str, last_updated: str | None = None) -> dict:
     body = {"resourceType": "Patient", "id": rid}
     if last_updated:
@@ -123,15 +107,15 @@ def _ids(manifest: dict) -> set[str]:
 @pytest.mark.parametrize("kind", COLUMNAR)
 def test_the_last_updated_column_wins_over_meta(tmp_path, kind):
     rows = [
-        _row("Patient", "column-late", _patient("column-late", "2015-01-01T00:00:00Z"), _utc(2021)),
-        _row("Patient", "column-early", _patient("column-early", "2021-01-01T00:00:00Z"), _utc(2015)),
-        _row("Patient", "meta-late", _patient("meta-late", "2021-01-01T00:00:00Z")),
-        _row("Patient", "meta-early", _patient("meta-early", "2015-01-01T00:00:00Z")),
-        _row("Patient", "column-only", _patient("column-only"), _utc(2022)),
-        _row("Patient", "nothing", _patient("nothing")),
+        record_row("Patient", "column-late", _patient("column-late", "2015-01-01T00:00:00Z"), _utc(2021)),
+        record_row("Patient", "column-early", _patient("column-early", "2021-01-01T00:00:00Z"), _utc(2015)),
+        record_row("Patient", "meta-late", _patient("meta-late", "2021-01-01T00:00:00Z")),
+        record_row("Patient", "meta-early", _patient("meta-early", "2015-01-01T00:00:00Z")),
+        record_row("Patient", "column-only", _patient("column-only"), _utc(2022)),
+        record_row("Patient", "nothing", _patient("nothing")),
     ]
     (tmp_path / "in").mkdir()
-    _write_rows(kind, tmp_path / "in" / f"p.{kind}", rows)
+    write_rows(kind, tmp_path / "in" / f"p.{kind}", rows)
     request = ExportRequest(request_url=BASE, since="2020-01-01T00:00:00Z")
     manifest = run_export(tmp_path / "in", tmp_path / "out", request, include_missing_last_updated=False)
     assert _ids(manifest) == {"column-late", "meta-late", "column-only"}
@@ -140,16 +124,16 @@ def test_the_last_updated_column_wins_over_meta(tmp_path, kind):
 @pytest.mark.parametrize("kind", COLUMNAR)
 def test_bad_records_go_to_error_naming_file_and_record_number(tmp_path, kind):
     rows = [
-        _row("Patient", "ok1", _patient("ok1")),
-        _row("Patient", "bad-json", '{"resourceType": "Patient", "id": '),
-        _row("Observation", "p2", _patient("p2")),
-        _row("Patient", "wrong-id", _patient("right-id")),
-        _row("Basic", "x", "[1, 2]"),
-        _row("Unicorn", "u", {"resourceType": "Unicorn", "id": "u"}),
-        _row("Patient", "ok2", _patient("ok2")),  # row group 3: record numbers run across row groups
+        record_row("Patient", "ok1", _patient("ok1")),
+        record_row("Patient", "bad-json", '{"resourceType": "Patient", "id": '),
+        record_row("Observation", "p2", _patient("p2")),
+        record_row("Patient", "wrong-id", _patient("right-id")),
+        record_row("Basic", "x", "[1, 2]"),
+        record_row("Unicorn", "u", {"resourceType": "Unicorn", "id": "u"}),
+        record_row("Patient", "ok2", _patient("ok2")),  # row group 3: record numbers run across row groups
     ]
     (tmp_path / "in").mkdir()
-    _write_rows(kind, tmp_path / "in" / f"r.{kind}", rows)
+    write_rows(kind, tmp_path / "in" / f"r.{kind}", rows)
     manifest = run_export(tmp_path / "in", tmp_path / "out", ExportRequest(request_url=BASE))
     assert _ids(manifest) == {"ok1", "ok2"}
     lines = [line for entry in manifest["error"] for line in file_of(entry["url"]).read_bytes().splitlines()]
@@ -191,8 +175,8 @@ def test_a_file_without_the_record_schema_is_one_error(pipeline, tmp_path, kind)
 
 def test_a_naive_last_updated_timestamp_is_refused_for_the_whole_file(pipeline, tmp_path):
     schema = RECORD_SCHEMA.set(2, pa.field("lastUpdated", pa.timestamp("us")))
-    row = _row("Patient", "p", _patient("p"), dt.datetime(2020, 1, 1))
-    path = _write_rows("parquet", tmp_path / "n.parquet", [row], schema=schema)
+    row = record_row("Patient", "p", _patient("p"), dt.datetime(2020, 1, 1))
+    path = write_rows("parquet", tmp_path / "n.parquet", [row], schema=schema)
     _, errors = _located(pipeline, path)
     reason = "Parquet file column 'lastUpdated' is timestamp[us], not a timestamp with time zone"
     assert_that(errors, equal_to([(path, reason)]))
@@ -212,8 +196,8 @@ def test_a_corrupt_file_fails_the_read_naming_it(pipeline, tmp_path, kind, magic
 def test_a_truncated_avro_file_fails_naming_it_unless_cut_between_blocks(tmp_path):
     """Avro has no record count, so a cut between blocks reads as a shorter file; any other cut
     (mid-block fastavro raises IndexError, EOFError or ValueError) must fail the read naming the file."""
-    rows = [_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(30)]
-    whole = Path(_write_rows("avro", tmp_path / "whole.avro", rows)).read_bytes()
+    rows = [record_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(30)]
+    whole = Path(write_rows("avro", tmp_path / "whole.avro", rows)).read_bytes()
     path = tmp_path / "cut.avro"
     outcomes = Counter()
     for cut in range(1, len(whole) + 1):
@@ -231,8 +215,8 @@ def test_a_truncated_avro_file_fails_naming_it_unless_cut_between_blocks(tmp_pat
 
 @pytest.mark.parametrize("kind", COLUMNAR)
 def test_records_are_read_in_batches_by_row_group_or_block(pipeline, tmp_path, kind):
-    rows = [_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(25)]
-    path = _write_rows(kind, tmp_path / f"b.{kind}", rows, rows_per_group=10)
+    rows = [record_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(25)]
+    path = write_rows(kind, tmp_path / f"b.{kind}", rows, rows_per_group=10)
     out = pipeline | ReadResources(path, batch_size=10)
     sizes = out.batches | beam.Map(lambda b: len(b.resources))
     indexes = out.batches | "Indexes" >> beam.FlatMap(lambda b: [(r.index, r.body["id"]) for r in b.resources])
@@ -245,7 +229,7 @@ def test_records_are_read_in_batches_by_row_group_or_block(pipeline, tmp_path, k
 def test_raw_bytes_are_the_resource_string_unless_it_spans_lines(pipeline, tmp_path, kind):
     exact = '{ "resourceType" : "Patient", "id" : "p1", "name": [{"text": "caf\\u00e9 Zoë"}] }'
     pretty = '{\n  "resourceType": "Patient",\r\n  "id": "p2"\n}'
-    path = _write_rows(kind, tmp_path / f"r.{kind}", [_row("Patient", "p1", exact), _row("Patient", "p2", pretty)])
+    path = write_rows(kind, tmp_path / f"r.{kind}", [record_row("Patient", "p1", exact), record_row("Patient", "p2", pretty)])
     out = pipeline | ReadResources(path)
     raws = out.batches | beam.FlatMap(lambda b: [r.raw for r in b.resources])
     assert_that(raws, equal_to([exact.encode(), orjson.dumps(orjson.loads(pretty))]))
@@ -253,18 +237,18 @@ def test_raw_bytes_are_the_resource_string_unless_it_spans_lines(pipeline, tmp_p
 
 
 def test_deleted_records_are_not_exported(tmp_path):
-    rows = [_row("Patient", "kept", _patient("kept"), deleted=False),
-            _row("Patient", "gone", _patient("gone"), deleted=True),
-            _row("Patient", "unknown", _patient("unknown"))]
+    rows = [record_row("Patient", "kept", _patient("kept"), deleted=False),
+            record_row("Patient", "gone", _patient("gone"), deleted=True),
+            record_row("Patient", "unknown", _patient("unknown"))]
     (tmp_path / "in").mkdir()
-    _write_rows("parquet", tmp_path / "in" / "d.parquet", rows)
+    write_rows("parquet", tmp_path / "in" / "d.parquet", rows)
     manifest = run_export(tmp_path / "in", tmp_path / "out", ExportRequest(request_url=BASE))
     assert _ids(manifest) == {"kept", "unknown"} and manifest["error"] == []
 
 
 @pytest.mark.parametrize("name, source_format", [("data.bin", "auto"), ("data.ndjson", "parquet")])
 def test_parquet_is_found_by_magic_bytes_or_by_source_format(pipeline, tmp_path, name, source_format):
-    path = _write_rows("parquet", tmp_path / name, [_row("Patient", "p1", _patient("p1"))])
+    path = write_rows("parquet", tmp_path / name, [record_row("Patient", "p1", _patient("p1"))])
     out = pipeline | ReadResources(path, source_format)
     assert_that(out.batches | beam.FlatMap(lambda b: [r.body["id"] for r in b.resources]), equal_to(["p1"]))
     pipeline.run()
@@ -272,8 +256,8 @@ def test_parquet_is_found_by_magic_bytes_or_by_source_format(pipeline, tmp_path,
 
 def test_a_folder_may_mix_ndjson_avro_and_parquet(pipeline, tmp_path):
     (tmp_path / "a.ndjson").write_bytes(orjson.dumps(_patient("n1")) + b"\n")
-    _write_rows("avro", tmp_path / "b.avro", [_row("Patient", "a1", _patient("a1"))])
-    _write_rows("parquet", tmp_path / "c.parquet", [_row("Patient", "q1", _patient("q1"))])
+    write_rows("avro", tmp_path / "b.avro", [record_row("Patient", "a1", _patient("a1"))])
+    write_rows("parquet", tmp_path / "c.parquet", [record_row("Patient", "q1", _patient("q1"))])
     out = pipeline | ReadResources(str(tmp_path))
     assert_that(out.batches | beam.FlatMap(lambda b: [r.body["id"] for r in b.resources]),
                 equal_to(["n1", "a1", "q1"]))

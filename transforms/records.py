@@ -75,6 +75,18 @@ class ResourceBatch(NamedTuple):
         return ResourceBatch(self.origin, resources, self.source_bytes)
 
 
+class Deletions(NamedTuple):
+    """Resources a source marks deleted, read from one span of one source file.
+
+    Each `Resource` is the deleted one: its `body` is the deleted version where
+    the source keeps it, else only `resourceType` and `id`; `last_updated` is
+    when it was deleted; `raw` is unused (empty). They become the manifest's
+    `deleted[]` (`transforms.select.deletions`), never `output[]`.
+    """
+
+    batch: ResourceBatch
+
+
 class BadRecord(NamedTuple):
     """A source line (or Bundle entry) that could not be exported, and why.
 

@@ -17,8 +17,8 @@ import fastavro
 import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.metrics import Metrics
 
+from transforms.fhir.deletions import deleted_body
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.record_schema import (
     TIMESTAMP,
@@ -33,13 +33,13 @@ from transforms.fhir.record_schema import (
 from transforms.read.bundles import WHOLE
 from transforms.read.ndjson import json_error, parse_lines, to_resource
 from transforms.read.source_formats import PARQUET
-from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
+from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
 
 _ROW_FIELDS = ("resourceType", "id", "lastUpdated", "deleted", "resource")
 
 # resourceType, id, lastUpdated (FHIR instants), deleted, resource (bytes): one list each
 Columns = tuple[list, list, list, list, list]
-Item = Union[ResourceBatch, BadRecord]
+Item = Union[ResourceBatch, Deletions, BadRecord]
 
 
 class UnreadableFile(OSError):
@@ -154,22 +154,25 @@ def _avro_columns(records: list[dict]) -> Columns:
     )
 
 
-_deleted = Metrics.counter("bulk_export", "deleted_records_skipped")
-
-
 def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]:
-    """Turns resource records numbered from `first` into one `ResourceBatch` and `BadRecord`s.
+    """Turns resource records numbered from `first` into one `ResourceBatch`, `Deletions` and `BadRecord`s.
 
     A record is bad when its `resource` is not an R4 resource's JSON or its
     `resourceType` or `id` column disagrees with that JSON (an empty `id` stands for
-    a resource without one, as the Parquet output writes it). Deleted records are
-    skipped (counted, never exported).
+    a resource without one, as the Parquet output writes it). A record marked
+    `deleted` goes to `Deletions` (`transforms.fhir.deletions.deleted_body`);
+    the export lists it in `deleted[]` or leaves it out, never in `output[]`.
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
     resources: list[Resource] = []
+    deletions: list[Resource] = []
     for index, (resource_type, rid, last_updated, deleted, raw) in enumerate(zip(*columns), first):
         if deleted:
-            _deleted.inc()
+            body = deleted_body(resource_type, rid, raw)
+            if type(body) is str:
+                yield BadRecord(origin, index, body, resource_type if resource_type in known else None)
+            else:
+                deletions.append(Resource(resource_type, b"", body, index, last_updated))
             continue
         if raw is None or resource_type is None or rid is None:
             yield BadRecord(origin, index, "has a null resourceType, id or resource column")
@@ -196,3 +199,5 @@ def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]
             yield BadRecord(origin, index, "resourceType column disagrees with the resource's resourceType")
     if resources:
         yield ResourceBatch(origin, resources)
+    if deletions:
+        yield Deletions(ResourceBatch(origin, deletions))

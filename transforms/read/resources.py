@@ -22,7 +22,7 @@ from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
-from transforms.records import BadRecord, ChunkLines, Origin, ResourceBatch
+from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
 
 
 class ReadResources(beam.PTransform):
@@ -32,6 +32,8 @@ class ReadResources(beam.PTransform):
     Files the plan refuses (links out of the source's folder, FIFOs) are `errors` too.
     Tag `lines` has one `ChunkLines` per NDJSON chunk: how many lines start in it, from
     which the line numbers of its bad records are found without reading the file again.
+    Tag `deletions` has the `ResourceBatch`es of resources the source marks deleted that
+    `deletions` (a selection, None: none) keeps; NDJSON and Bundle files mark none.
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class ReadResources(beam.PTransform):
         chunk_bytes: int = CHUNK_BYTES,
         batch_size: int = BATCH_SIZE,
         selection: Optional[ReadSelection] = None,
+        deletions: Optional[ReadSelection] = None,
     ):
         super().__init__()
         if source_format not in SOURCE_FORMATS:
@@ -50,6 +53,7 @@ class ReadResources(beam.PTransform):
         self._chunk_bytes = chunk_bytes
         self._batch_size = batch_size
         self._selection = selection
+        self._deletions = deletions
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (
@@ -58,9 +62,9 @@ class ReadResources(beam.PTransform):
             | "PlanChunks" >> beam.FlatMap(plan_source, self._format, self._chunk_bytes)
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
-            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection))
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions))
             .with_output_types(ResourceBatch)
-            .with_outputs("errors", "lines", main="batches")
+            .with_outputs("errors", "lines", "deletions", main="batches")
         )
 
 
@@ -82,11 +86,15 @@ class _CountLines:
 class _ReadChunkFn(beam.DoFn):
     """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
-    def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None):
+    def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None,
+                 deletions: Optional[ReadSelection] = None):
         self._batch_size = batch_size
         self._selection = selection
+        self._deletions = deletions
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
+        self._deleted = Metrics.counter("bulk_export", "deletions_selected")
+        self._deleted_skipped = Metrics.counter("bulk_export", "deletions_skipped")  # no `_since`, or left out
 
     def setup(self) -> None:
         # Beam's own long-lived objects need no further collection passes.
@@ -121,6 +129,9 @@ class _ReadChunkFn(beam.DoFn):
     def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
         """Applies the selection to batches read whole (NDJSON applies it while parsing)."""
         for item in items:
+            if type(item) is Deletions:
+                yield from self._selected_deletions(item.batch)
+                continue
             if type(item) is not ResourceBatch:
                 yield item
                 continue
@@ -130,12 +141,25 @@ class _ReadChunkFn(beam.DoFn):
             yield from bad
             yield batch
 
+    def _selected_deletions(self, batch: ResourceBatch) -> Iterator:
+        if self._deletions is None:
+            self._deleted_skipped.inc(len(batch.resources))
+            return
+        kept, bad = self._deletions.select(batch)
+        self._deleted_skipped.inc(len(batch.resources) - len(kept.resources) - len(bad))
+        yield from bad
+        if kept.resources:
+            yield Deletions(kept)
+
     def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
         """Counts and yields batches, and bad records tagged `errors`."""
         for item in items:
             if type(item) is ResourceBatch:
                 self._read.inc(len(item.resources))
                 yield item
+            elif type(item) is Deletions:
+                self._deleted.inc(len(item.batch.resources))
+                yield beam.pvalue.TaggedOutput("deletions", item.batch)
             else:
                 self._bad.inc()
                 yield beam.pvalue.TaggedOutput("errors", item)

@@ -1,7 +1,8 @@
 """What a job's folder holds, by name: the manifest, the error folder, and each attempt's temporary parts.
 
 `<output>/<tenant>/<job_id>/` holds `<Type>-<n>.ndjson` (or `.parquet`) parts,
-`error/OperationOutcome-<n>.ndjson`, and `manifest.json`, written last. While
+`error/OperationOutcome-<n>.ndjson`, `deleted/Bundle-<n>.ndjson` (an incremental
+export's deletions) and `manifest.json`, written last. While
 an attempt runs, its parts wait in the hidden `.parts-tmp-<attempt>/`.
 Beam-free, so the control plane can name these files without importing Beam.
 """
@@ -11,6 +12,7 @@ MANIFEST_MIME = "application/json"
 ERROR_TYPE = "OperationOutcome"
 # Error parts live in a subfolder so they never collide with exported OperationOutcomes.
 ERROR_DIR = "error"
+DELETED_DIR = "deleted"
 TEMP_DIR_NAME = ".parts-tmp"
 NDJSON_MIME = "application/fhir+ndjson"
 PARQUET_MIME = "application/vnd.apache.parquet"

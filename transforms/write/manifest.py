@@ -6,8 +6,9 @@ a lost worker's task), as Beam's `FileBasedSink.finalize_write` is: renamed part
 stay renamed, error files and the manifest are written whole under hidden names
 first, and the completion claim accepts this attempt's own earlier claim. It gives
 the temporary parts their final names `<Type>-<n>.ndjson` or `.parquet` (n
-counting from 0 per type) and the error parts (written where the bad records were
+counting from 0 per type), the error parts (written where the bad records were
 found, `transforms.write.error_files`) theirs, `error/OperationOutcome-<n>.ndjson`,
+and the deletions' `deleted/Bundle-<n>.ndjson`,
 removes the temporary folder, and only then writes `manifest.json`. A failed
 run never reaches this step, so it never leaves a manifest behind.
 """
@@ -22,7 +23,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
-from transforms.write.layout import ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
+from transforms.write.layout import DELETED_DIR, ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
 from transforms.write.parts import Fence, check_fence, create_file
 from transforms.write.storage import ObjectExists, publish_once, remove_tree
 
@@ -40,10 +41,11 @@ class Completed(NamedTuple):
 
     output: list[FinalFile]
     error: list[FinalFile]
+    deleted: list[FinalFile] = []
 
 
 class AssembleManifest(beam.PTransform):
-    """Takes `(parts, error_parts)` and emits the manifest bytes once everything is final.
+    """Takes `(parts, error_parts[, deleted_parts])` and emits the manifest bytes once everything is final.
 
     `render` turns the `Completed` files into manifest JSON bytes, and
     `on_complete`, if given, is called with those bytes and the number of bad records
@@ -64,13 +66,9 @@ class AssembleManifest(beam.PTransform):
         self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
-        parts, errors = inputs
-        return (
-            parts.pipeline
-            | "Once" >> beam.Create([None])
-            | "Assemble"
-            >> beam.ParDo(self._fn, beam.pvalue.AsList(parts), beam.pvalue.AsList(errors))
-        )
+        parts, errors, *deleted = inputs
+        lists = [beam.pvalue.AsList(p) for p in (parts, errors, *deleted)]
+        return parts.pipeline | "Once" >> beam.Create([None]) | "Assemble" >> beam.ParDo(self._fn, *lists)
 
 
 class _AssembleFn(beam.DoFn):
@@ -81,12 +79,14 @@ class _AssembleFn(beam.DoFn):
         self._render = render
         self._on_complete = on_complete
 
-    def process(self, _, parts: list[PartFile], errors: list[PartFile]) -> Iterator[bytes]:
+    def process(self, _, parts: list[PartFile], errors: list[PartFile], deleted: list[PartFile] = ()
+                ) -> Iterator[bytes]:
         check_fence(self._fence, "giving parts their final names")  # a stale attempt never touches them
         output = self._finalize_parts(parts)
         error = self._finalize_parts(errors, ERROR_DIR)
+        gone = self._finalize_parts(list(deleted), DELETED_DIR)
         remove_tree(self._temp_dir)
-        manifest = self._render(Completed(output, error))
+        manifest = self._render(Completed(output, error, gone))
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
         self._remove_hidden(MANIFEST_NAME)
