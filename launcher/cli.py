@@ -253,7 +253,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _settings_options(parser: argparse.ArgumentParser) -> None:
     """Where an export reads and writes, and its limits: `ExportSettings`, for `export` and `serve`."""
-    parser.add_argument("--source", required=True, help="NDJSON, Bundle, Avro or Parquet files: a file, glob or folder")
+    parser.add_argument("--source", required=True, help="NDJSON, Bundle, Avro or Parquet files (a file, glob or"
+                        " folder), or a PostgreSQL table: postgresql://user@host:port/db?table=NAME[&history=true]")
     parser.add_argument("--output", default="exports", help="root output folder (default ./exports)")
     parser.add_argument(
         "--source-format", default=DEFAULTS["source_format"], choices=SOURCE_FORMATS,

@@ -26,6 +26,7 @@ from launcher.membership import resolve_patients
 from launcher.names import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
 from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
 from launcher.schedules import check_schedule, scheduled_request
+from launcher.source_snapshot import SourceSnapshot, open_snapshot
 from launcher.store import JobStore, StoreJobSink
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
@@ -34,6 +35,7 @@ from pipelines.options import ExportSettings, prepare_runner
 from transforms.fhir.group import Membership
 from transforms.fhir.instant import now_instant
 from transforms.read.chunks import match_source
+from transforms.read.pg_source import is_postgres
 from transforms.select.covered_patients import write_patients
 from transforms.write.storage import is_local, remove_tree
 
@@ -64,6 +66,7 @@ class RecordedJob(NamedTuple):
     patients: Optional[Membership]
     lease: Lease
     beam_args: tuple[str, ...]
+    snapshot: Optional[SourceSnapshot] = None  # a PostgreSQL source's, held until the run ends
 
 
 def record_export(
@@ -78,23 +81,32 @@ def record_export(
 ) -> RecordedJob:
     """Validates and records a job (refused at the tenant's cap), audits its kickoff; runs nothing."""
     prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
-    job, request, patients, record = prepare_job(store, request, settings, tenant, owner, schedule)
-    recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
-    lease = new_lease(control.lease_s)
-    store.create(
-        record,
-        run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": list(beam_args), "schedule": schedule},
-        lease=lease,
-        max_active=control.max_active,
-    )
+    job, request, patients, record, snapshot = prepare_job(store, request, settings, tenant, owner, schedule)
+    try:
+        recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
+        lease = new_lease(control.lease_s)
+        store.create(
+            record,
+            run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": list(beam_args), "schedule": schedule},
+            lease=lease,
+            max_active=control.max_active,
+        )
+    except BaseException:
+        if snapshot is not None:
+            snapshot.close()
+        raise
     control.audit.record("kickoff", store.get(tenant, job.job_id))
-    return RecordedJob(job, request, patients, lease, tuple(beam_args))
+    return RecordedJob(job, request, patients, lease, tuple(beam_args), snapshot)
 
 
 def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) -> StoredJob:
     """Runs a recorded job's first attempt to its end on this machine; returns it complete."""
-    job, request, patients, lease, beam_args = recorded
-    return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
+    job, request, patients, lease, beam_args, snapshot = recorded
+    try:
+        return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
+    finally:
+        if snapshot is not None:
+            snapshot.close()
 
 
 def prepare_job(
@@ -106,24 +118,33 @@ def prepare_job(
     schedule: Optional[str] = None,
     job_id: Optional[str] = None,
     transaction_time: Optional[str] = None,
-) -> tuple[ExportJob, ExportRequest, Optional[Membership], JobRecord]:
+    hold_snapshot: bool = True,
+) -> tuple[ExportJob, ExportRequest, Optional[Membership], JobRecord, Optional[SourceSnapshot]]:
     """Everything a new job needs before it is recorded, for every entry point.
 
     Checks the names, applies the schedule's `_since`, refuses types the level
     cannot export given `--include-referenced` (`kickoff.check_level`), fills in
     the tenant's paths and resolves the covered patients, so a missing Group or
-    unknown patient is refused before any job exists. Returns the job, the (scheduled)
-    request, its patients and the record to create.
+    unknown patient is refused before any job exists. For a PostgreSQL source it
+    opens the source's snapshot, which gives `transactionTime` (`hold_snapshot=False`:
+    only `transactionTime`); the caller closes it when the run ends. Returns the job,
+    the (scheduled) request, its patients, the record to create and the snapshot.
     """
     check_tenant(tenant)
     job_id = check_job_id(job_id or str(uuid.uuid4()))
     if schedule:
         request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
     check_level(request, settings.referenced_types)
-    transaction_time = transaction_time or now_instant()
     settings = tenant_settings(settings, tenant)
-    patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
-    job = ExportJob(job_id, transaction_time, settings, tenant)
+    snapshot = open_snapshot(settings.source, hold_snapshot)
+    try:
+        transaction_time = transaction_time or (snapshot.transaction_time if snapshot else now_instant())
+        patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
+    except BaseException:
+        if snapshot is not None:
+            snapshot.close()
+        raise
+    job = ExportJob(job_id, transaction_time, settings, tenant, source_snapshot=snapshot.snapshot if snapshot else "")
     record = JobRecord(
         job_id=job.job_id,
         tenant=tenant,
@@ -136,7 +157,7 @@ def prepare_job(
         created_at=transaction_time,
         output_dir=job.job_dir,
     )
-    return job, request, patients, record
+    return job, request, patients, record, snapshot
 
 
 def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str,
@@ -150,15 +171,22 @@ def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str
     lease = new_lease(control.lease_s)
     record = store.claim_resume(tenant, job_id, owner, lease, control.max_active)
     spec = store.run_spec(job_id)
-    job = ExportJob(job_id, record.transaction_time, ExportSettings(**spec["settings"]), tenant, record.attempt)
-    remove_tree(job_output_dir(job.job_dir, tenant, job_id))
-    settings = job.settings
+    settings = ExportSettings(**spec["settings"])
+    # A PostgreSQL source is read from a new snapshot, under the job's frozen transactionTime.
+    snapshot = open_snapshot(settings.source)
+    try:
+        job = ExportJob(job_id, record.transaction_time, settings, tenant, record.attempt,
+                        snapshot.snapshot if snapshot else "")
+        remove_tree(job_output_dir(job.job_dir, tenant, job_id))
 
-    def patients():
-        return resolve_patients(record.request, settings.source, settings.source_format, record.transaction_time)
+        def patients():
+            return resolve_patients(record.request, settings.source, settings.source_format, record.transaction_time)
 
-    return _run_attempt(store, control, job, record.request, tuple(spec["beam_args"]), lease, record.attempt,
-                        patients)
+        return _run_attempt(store, control, job, record.request, tuple(spec["beam_args"]), lease, record.attempt,
+                            patients)
+    finally:
+        if snapshot is not None:
+            snapshot.close()
 
 
 def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt: int, patients) -> StoredJob:
@@ -166,7 +194,8 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
     try:
         if attempt == 1:
             store.mark_in_progress(job.job_id)
-        store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
+        if not is_postgres(job.settings.source):  # a table's size is not the bytes read: no total
+            store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
         _check_writable(job.job_dir)
         members = patients()
         if members is not None:

@@ -23,6 +23,7 @@ from transforms.fhir.group import Membership
 from transforms.fhir.membership import MembershipRefused, membership_of
 from transforms.read.chunks import match_source
 from transforms.read.lookup import index_source
+from transforms.read.pg_source import is_postgres
 
 SCAN_LIMIT_ENV = "BULK_EXPORT_KICKOFF_SCAN_BYTES"
 DEFAULT_SCAN_LIMIT = 64 << 20
@@ -42,8 +43,8 @@ def resolve_patients(
     request: ExportRequest, source: str, source_format: str, transaction_time: str
 ) -> Optional[Membership]:
     """The patients `request` covers, resolved here; None for a system-level export (which covers
-    everything) and for a source too large to scan here (the pipeline resolves them)."""
-    if request.level is ExportLevel.SYSTEM or source_bytes(match_source(source)) > scan_limit():
+    everything) and for a PostgreSQL source or a source too large to scan here (the pipeline resolves them)."""
+    if request.level is ExportLevel.SYSTEM or is_postgres(source) or source_bytes(match_source(source)) > scan_limit():
         return None
     index = index_source(source, source_format)
     try:

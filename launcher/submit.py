@@ -50,7 +50,7 @@ def submit(argv: Sequence[str]) -> str:
     request = validated(ExportRequest.model_validate_json(options.request))
     store = open_store(options.job_store)
     audit = audit_log(options.audit_dir, options.job_store)
-    job, request, members, record = prepare_job(
+    job, request, members, record, _ = prepare_job(
         store,
         request,
         ExportSettings.from_namespace(options),
@@ -58,6 +58,7 @@ def submit(argv: Sequence[str]) -> str:
         schedule=options.schedule,
         job_id=options.job_id,
         transaction_time=options.transaction_time,
+        hold_snapshot=False,  # this launcher ends before the workers start: no snapshot could be joined
     )
     recover_abandoned(store, audit)  # a lapsed job must not hold a place under the cap
     lease = new_lease(options.lease_s)

@@ -32,6 +32,7 @@ from pipelines.plan import (
     steps,
 )
 from transforms.read.chunks import source_root
+from transforms.read.pg_source import ReadAt
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
 from transforms.select.deletions import DeletionBundles
@@ -53,6 +54,12 @@ class ExportJob:
     settings: ExportSettings
     tenant: str = "default"
     attempt: int = 1  # a resumed job runs again as attempt 2, 3, ...
+    source_snapshot: str = ""  # a PostgreSQL source's snapshot, exported by the launcher that holds it
+
+    @property
+    def read_at(self) -> ReadAt:
+        """What a PostgreSQL source is read at: `transactionTime`, in the launcher's snapshot."""
+        return ReadAt(self.transaction_time, self.source_snapshot)
 
     @property
     def job_dir(self) -> str:
@@ -79,6 +86,7 @@ class ExportJob:
             ExportSettings.from_namespace(options),
             options.tenant,
             options.attempt,
+            options.source_snapshot or "",
         )
 
     def to_argv(self) -> list[str]:
@@ -88,6 +96,7 @@ class ExportJob:
             "transaction_time": self.transaction_time,
             "tenant": self.tenant,
             "attempt": self.attempt,
+            "source_snapshot": self.source_snapshot,
         }
         values.update(dataclasses.asdict(self.settings))
         return [f"--{name}={_flag(value)}" for name, value in values.items()]
@@ -119,22 +128,23 @@ def build_pipeline(
     selection = read_selection(request, job.transaction_time, settings, part_format.needs_bodies)
     deletions = deletions_selection(request, job.transaction_time, settings)
     read = pipeline | "Read" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes, selection=selection, deletions=deletions
+        settings.source, settings.source_format, settings.chunk_bytes, selection=selection, deletions=deletions,
+        at=job.read_at,
     )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
         batches = batches | "ReportRead" >> ReportRead(sink)
     patients = None
     if request.level is not ExportLevel.SYSTEM:
-        patients = covered_patients(pipeline, request, job.patients_path, job.transaction_time, settings, errors)
+        patients = covered_patients(pipeline, request, job.patients_path, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     referenced = None
     if patients is not None and settings.referenced_types:  # from the resources before `_elements`
-        referenced = add_referenced(pipeline, batches, request, job.transaction_time, settings, errors)
+        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors)
     batches = apply_steps(batches, shaping_steps(request), errors)
     if referenced is not None:
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, request, job.transaction_time, settings, errors)
+    batches = add_associated(pipeline, batches, request, job.read_at, settings, errors)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     errors.append(batches | "Duplicates" >> ReportDuplicates())
     parts = batches | "WriteParts" >> WriteParts(

@@ -23,7 +23,8 @@ class ExportOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser):
-        parser.add_argument("--source", help="NDJSON, Bundle, Avro or Parquet files: a file, glob or folder.")
+        parser.add_argument("--source", help="NDJSON, Bundle, Avro or Parquet files: a file, glob or folder;"
+                            " or a PostgreSQL table: postgresql://user@host:port/db?table=NAME.")
         parser.add_argument(
             "--source_format",
             default=DEFAULTS["source_format"],
@@ -36,6 +37,8 @@ class ExportOptions(PipelineOptions):
         parser.add_argument("--tenant", default="default", help="The job's tenant.")
         parser.add_argument("--transaction_time", help="The kickoff instant, frozen.")
         parser.add_argument("--attempt", type=int, default=1, help="The job's attempt: 1, or more once resumed.")
+        parser.add_argument("--source_snapshot", default="",
+                            help="A PostgreSQL source's exported snapshot, which every reader joins (set by the launcher).")
         parser.add_argument(
             "--max_lines_per_part", type=int, default=DEFAULTS["max_lines_per_part"], help="Most lines in one part."
         )

@@ -26,6 +26,7 @@ from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import parse_elements
 from transforms.fhir.group import GROUP
 from transforms.fhir.window import LastUpdatedWindow
+from transforms.read.pg_source import ReadAt
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_associated import AddProvenance
@@ -121,7 +122,7 @@ def shaping_steps(request: ExportRequest) -> list[Step]:
     return [("Elements", SubsetElements(parse_elements(request.elements, request.types)))]
 
 
-def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str, transaction_time: str,
+def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str, at: ReadAt,
                      settings: ExportSettings, errors: list) -> Patients:
     """The covered patients, as a side input or a PCollection to join with; their unresolved Group
     members join `errors`.
@@ -137,7 +138,8 @@ def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str,
         joined = request.level is ExportLevel.PATIENT and not request.patients
         scope = (request.level.value, request.group_id, request.patients, request.since)
         covered = pipeline | "Patients" >> ResolvePatients(
-            scope, transaction_time, settings.source, settings.source_format, settings.chunk_bytes, as_set=not joined)
+            scope, at.transaction_time, settings.source, settings.source_format, settings.chunk_bytes,
+            as_set=not joined, snapshot=at.snapshot)
     errors.append(covered.issues)
     return covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
 
@@ -155,7 +157,7 @@ def add_referenced(
     pipeline: beam.Pipeline,
     batches: beam.PCollection,
     request: ExportRequest,
-    transaction_time: str,
+    at: ReadAt,
     settings: ExportSettings,
     errors: list,
 ) -> Optional[beam.PCollection]:
@@ -171,11 +173,11 @@ def add_referenced(
         return None
     keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
     again = pipeline | "ReadReferenced" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types)
+        settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types), at=at
     )
     chosen = [
-        *type_filter_steps(request, transaction_time),
-        ("Referenced", FilterReferenced(keys, window(request, transaction_time, settings))),
+        *type_filter_steps(request, at.transaction_time),
+        ("Referenced", FilterReferenced(keys, window(request, at.transaction_time, settings))),
         *shaping_steps(request),
     ]
     return apply_steps(again.batches, chosen, errors, prefix="Referenced")
@@ -185,7 +187,7 @@ def add_associated(
     pipeline: beam.Pipeline,
     batches: beam.PCollection,
     request: ExportRequest,
-    transaction_time: str,
+    at: ReadAt,
     settings: ExportSettings,
     errors: list,
 ) -> beam.PCollection:
@@ -198,10 +200,10 @@ def add_associated(
     if not request.include_associated_data:
         return batches
     latest_only = RELEVANT not in request.include_associated_data
-    bounds = window(request, transaction_time, settings).without_since()
+    bounds = window(request, at.transaction_time, settings).without_since()
     again = pipeline | "ReadProvenance" >> ReadResources(
         settings.source, settings.source_format, settings.chunk_bytes,
-        selection=ReadSelection.of((PROVENANCE,), bounds),
+        selection=ReadSelection.of((PROVENANCE,), bounds), at=at,
     )
     added = batches | "Associated" >> AddProvenance(again.batches, latest_only)
     added = apply_steps(added, shaping_steps(request), errors, prefix="Associated")

@@ -10,6 +10,7 @@ import dataclasses
 
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.read.pg_source import is_postgres, parse_source
 from transforms.read.source_formats import CHUNK_BYTES
 from transforms.write.storage import is_gcs
 from transforms.write.urls import DEFAULT_TTL_S, ManifestUrls
@@ -44,6 +45,8 @@ class ExportSettings:
 
     def __post_init__(self) -> None:
         self.urls  # checks url_ttl
+        if is_postgres(self.source):
+            parse_source(self.source)  # a table named, no password in the URL
         if self.signed_urls and not is_gcs(self.output):
             raise ValueError(f"--signed-urls needs a gs:// --output, not {self.output!r}")
         for name in self.referenced_types:

@@ -1,4 +1,4 @@
-"""A small run of benchmarks/bench_export.py for each kind of case, so the benchmark cannot rot.
+"""A small run of each benchmark under benchmarks/ and each kind of case, so the benchmarks cannot rot.
 
 It checks that the benchmark runs and that its two cases agree (the script
 exits 1 on `OUTPUT MISMATCH`); the speed figures themselves are not tested.
@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_export.py"
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks" / "bench_export.py"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +54,68 @@ def test_a_small_launcher_benchmark_run_prints_its_table(data_dir):
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    rows = [line.split("|") for line in lines[lines.index(next(x for x in lines if x.startswith("| resources in"))) + 2:]
-            if line.startswith("|")]
+    header = lines.index(next(x for x in lines if x.startswith("| resources in")))
+    rows = [line.split("|") for line in lines[header + 2:] if line.startswith("|")]
     assert len(rows) == 2, done.stdout
     assert all("resources in" in row[3] and float(row[5]) > 0 for row in rows), done.stdout
+
+
+@pytest.mark.parametrize("options", [
+    [],
+    ["--runner", "multi_process", "--workers", "2"],
+], ids=["default-runner", "multi-process"])
+def test_a_small_cli_run_on_realistic_data_prints_its_table_with_targets(data_dir, options):
+    """--data realistic --cli: `bulk-export export` and the plain loop, each timed as a whole process."""
+    done = subprocess.run([sys.executable, str(BENCH), "--resources", "2000", "--data-dir", str(data_dir),
+                           "--data", "realistic", "--cli", *options], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith(("| baseline", "| bulk-export"))]
+    assert [row[1].strip() for row in rows] == [
+        "baseline", "bulk-export export (multi_process x2)" if options else "bulk-export export (default runner)"]
+    assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
+    assert len({row[3].strip() for row in rows}) == 1 and rows[0][3].strip() != "0", rows
+    assert rows[1][7].strip() == (">= 1.2x" if options else ">= 0.6x") and rows[1][8].strip() in ("yes", "NO")
+    assert (data_dir / "2000-42-realistic" / "ndjson" / "ExplanationOfBenefit.ndjson").exists()
+
+
+def test_the_realistic_data_follows_the_measured_synthea_figures(tmp_path, monkeypatch):
+    """benchmarks/realistic_data.py: deterministic, Synthea's mix and sizes, valid enough to export by patient."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.realistic_data import SYNTHEA, generate, measure
+    from transforms.fhir.compartment import COMPARTMENT_TYPES, compartment_patients
+
+    counts = generate(tmp_path / "a", 30, seed=7)
+    assert counts == generate(tmp_path / "b", 30, seed=7)
+    assert all((tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+               for name in (f"{t}.ndjson" for t in counts))
+    figures, total = measure(tmp_path / "a"), sum(counts.values())
+    mean = sum(n * size for n, size, _, _ in figures.values()) / total
+    synthea_mean = sum(share * size for share, size, _, _ in SYNTHEA.values())
+    assert abs(mean / synthea_mean - 1) < 0.1, (mean, synthea_mean)
+    for rtype, (n, size, _, _) in figures.items():
+        share, target, _, _ = SYNTHEA[rtype]
+        if n >= 200:  # a type's mean is within 15% of Synthea's (meta, which Synthea lacks, is most of it)
+            assert abs(size / target - 1) < 0.15 and abs(n / total - share) < 0.03, (rtype, n, size)
+    patients, stamped = set(), 0
+    for line in (tmp_path / "a" / "Patient.ndjson").read_bytes().splitlines():
+        patients.add(orjson.loads(line)["id"])
+    for rtype in counts:
+        for line in (tmp_path / "a" / f"{rtype}.ndjson").read_bytes().splitlines():
+            body = orjson.loads(line)
+            assert body["resourceType"] == rtype and body["id"]
+            stamped += "lastUpdated" in body.get("meta", {})
+            if rtype in COMPARTMENT_TYPES and rtype not in ("Patient", "Group"):
+                assert compartment_patients(rtype, body) & patients, (rtype, body["id"])
+    assert stamped > 0.97 * total
+
+
+def test_a_startup_benchmark_run_prints_each_command_beside_its_target():
+    """benchmarks/bench_startup.py --repeat 1: --help, status, list and the sample export, from the shell."""
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_startup.py"), "--repeat", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {line.split("|")[1].strip(): line.split("|")[4].strip() for line in done.stdout.splitlines()
+            if line.startswith("| ") and not line.startswith("| command")}
+    assert rows == {"python -c pass": "", "bulk-export --help": "<= 0.3 s", "bulk-export status JOB": "<= 0.3 s",
+                    "bulk-export list --all": "<= 0.3 s", "bulk-export export --source sample-data": "<= 1.5 s"}
+    assert "machine: nproc=" in done.stdout

@@ -56,6 +56,11 @@ class LastUpdatedWindow:
         self._until_text = text_key_of(self._until) if self._until else None
         self._tx_text = text_key_of(self._tx)
 
+    @property
+    def since_until(self) -> tuple[Optional[str], Optional[str]]:
+        """`_since` and `_until` as given (None when not set)."""
+        return self._bounds[1], self._bounds[2]
+
     def without_since(self) -> "LastUpdatedWindow":
         """The same window with no `_since` bound."""
         transaction_time, _, until, include_missing = self._bounds

@@ -20,6 +20,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.read.columnar import parquet_row_groups
 from transforms.read.ndjson import BOM
+from transforms.read.pg_source import SCHEMES as PG_SCHEMES
 from transforms.read.source_formats import (
     AUTO,
     CHUNK_BYTES,
@@ -179,7 +180,10 @@ def _local_folder(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
 
 def source_root(source: str) -> str:
     """The prefix that error files strip from a source file's path: the `--source` folder
-    (with its `/`), a glob's folder before its first wildcard, or a single file's folder."""
+    (with its `/`), a glob's folder before its first wildcard, or a single file's folder; "" for
+    a PostgreSQL source, whose errors name the table."""
+    if source.startswith(PG_SCHEMES):
+        return ""
     if any(c in source for c in "*?["):
         return _literal_prefix(source)
     if source.endswith("/"):

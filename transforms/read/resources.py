@@ -1,10 +1,11 @@
-"""Reading FHIR resources from NDJSON, Bundle, Avro and Parquet files as batches.
+"""Reading FHIR resources from NDJSON, Bundle, Avro and Parquet files, or a PostgreSQL table, as batches.
 
 `ReadResources` plans a `--source` into chunks (`transforms.read.chunks`),
 spreads the small chunk descriptors, then reads each chunk, parses it once
 with orjson and emits `ResourceBatch`es. Lines that are not resources go to
 the `errors` output as `BadRecord`s, so a bad line never fails the job and is
-never lost.
+never lost. A PostgreSQL source (`transforms.read.postgres`) is planned into
+key ranges instead of chunks, and read the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from transforms.read.bundles import document_resources
 from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_source
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
+from transforms.read.pg_source import ReadAt, is_postgres, parse_source
+from transforms.read.postgres import PgRange, plan_ranges, read_range
 from transforms.read.pushdown import ReadSelection
 from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
 from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
@@ -44,6 +47,7 @@ class ReadResources(beam.PTransform):
         batch_size: int = BATCH_SIZE,
         selection: Optional[ReadSelection] = None,
         deletions: Optional[ReadSelection] = None,
+        at: Optional[ReadAt] = None,
     ):
         super().__init__()
         if source_format not in SOURCE_FORMATS:
@@ -54,15 +58,24 @@ class ReadResources(beam.PTransform):
         self._batch_size = batch_size
         self._selection = selection
         self._deletions = deletions
+        self._at = at
+        if is_postgres(source):
+            parse_source(source)  # refuses a bad URL (or one holding a password) before the pipeline runs
+            if at is None:
+                raise ValueError("reading a PostgreSQL source needs the job's transactionTime (at=ReadAt(...))")
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
+        if is_postgres(self._source):
+            plan = beam.FlatMap(plan_ranges, self._selection, self._deletions, self._at, self._chunk_bytes)
+        else:
+            plan = beam.FlatMap(plan_source, self._format, self._chunk_bytes)
         return (
             pbegin
             | "Source" >> beam.Create([self._source])
-            | "PlanChunks" >> beam.FlatMap(plan_source, self._format, self._chunk_bytes)
+            | "PlanChunks" >> plan
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
-            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions))
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions, self._at))
             .with_output_types(ResourceBatch)
             .with_outputs("errors", "lines", "deletions", main="batches")
         )
@@ -87,8 +100,9 @@ class _ReadChunkFn(beam.DoFn):
     """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
     def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None,
-                 deletions: Optional[ReadSelection] = None):
+                 deletions: Optional[ReadSelection] = None, at: Optional[ReadAt] = None):
         self._batch_size = batch_size
+        self._at = at
         self._selection = selection
         self._deletions = deletions
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
@@ -100,10 +114,15 @@ class _ReadChunkFn(beam.DoFn):
         # Beam's own long-lived objects need no further collection passes.
         gc_pause.freeze_heap()
 
-    def process(self, chunk: Union[Chunk, BadRecord]) -> Iterator:
+    def process(self, chunk: Union[Chunk, PgRange, BadRecord]) -> Iterator:
         if type(chunk) is BadRecord:  # a file the plan refused (never opened)
             self._bad.inc()
             yield beam.pvalue.TaggedOutput("errors", chunk)
+            return
+        if type(chunk) is PgRange:
+            with gc_pause.collector_paused():
+                yield from self._emit(self._selected(
+                    read_range(chunk, self._selection, self._deletions, self._at, self._batch_size)))
             return
         try:
             with gc_pause.collector_paused(), open_chunk(chunk) as f:

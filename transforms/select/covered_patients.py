@@ -22,6 +22,7 @@ from transforms.fhir.compartment import PatientSet
 from transforms.fhir.group import MemberIssue, Membership
 from transforms.fhir.membership import IndexBuilder, membership_of
 from transforms.read.lookup import PATIENTS_AND_GROUPS
+from transforms.read.pg_source import ReadAt
 from transforms.read.resources import ReadResources
 from transforms.records import BadRecord, Origin, ResourceBatch
 from transforms.write.parts import create_file
@@ -126,17 +127,18 @@ class ResolvePatients(beam.PTransform):
     the job, naming the parameter."""
 
     def __init__(self, scope: tuple, transaction_time: str, source: str, source_format: str, chunk_bytes: int,
-                 as_set: bool = True):
-        """`scope`: the kick-off's level ("patient" or "group"), Group id, `patient` ids and `_since`."""
+                 as_set: bool = True, snapshot: str = ""):
+        """`scope`: the kick-off's level ("patient" or "group"), Group id, `patient` ids and `_since`;
+        `snapshot`: a PostgreSQL source's exported snapshot."""
         super().__init__()
         level, group_id, patients, since = scope
         self._resolve = _ResolveFn(level, group_id, patients, transaction_time, since, as_set)
-        self._read = (source, source_format, chunk_bytes)
+        self._read = (source, source_format, chunk_bytes, ReadAt(transaction_time, snapshot))
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
-        source, source_format, chunk_bytes = self._read
+        source, source_format, chunk_bytes, at = self._read
         read = pbegin | "ReadPatientsAndGroups" >> ReadResources(
-            source, source_format, chunk_bytes, selection=PATIENTS_AND_GROUPS)
+            source, source_format, chunk_bytes, selection=PATIENTS_AND_GROUPS, at=at)
         return (
             read.batches
             | "Index" >> beam.CombineGlobally(_IndexFn())
