@@ -32,7 +32,8 @@ from pipelines.plan import (
     steps,
 )
 from transforms.read.chunks import source_root
-from transforms.read.pg_source import ReadAt
+from transforms.read.pg_source import ReadAt, is_postgres
+from transforms.read.postgres import unique_resources
 from transforms.read.resources import ReadResources
 from transforms.select.covered_patients import FILE_NAME as PATIENTS_FILE
 from transforms.select.deletions import DeletionBundles
@@ -146,7 +147,8 @@ def build_pipeline(
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
     batches = add_associated(pipeline, batches, request, job.read_at, settings, errors)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
-    errors.append(batches | "Duplicates" >> ReportDuplicates())
+    if not _cannot_repeat(request, settings):
+        errors.append(batches | "Duplicates" >> ReportDuplicates())
     parts = batches | "WriteParts" >> WriteParts(
         job.temp_dir,
         settings.max_lines_per_part,
@@ -174,6 +176,14 @@ def build_pipeline(
         fence=sink,
     )
     return ExportOutputs(parts, errors, manifest)
+
+
+def _cannot_repeat(request: ExportRequest, settings: ExportSettings) -> bool:
+    """True when no resource can be exported twice: one read of a PostgreSQL table keyed by
+    (resource_type, id), and no referenced or associated resources read again."""
+    if not is_postgres(settings.source) or settings.referenced_types or request.include_associated_data:
+        return False
+    return unique_resources(settings.source)
 
 
 def part_sink(output_format: str) -> PartSink:

@@ -176,6 +176,28 @@ def test_the_cli_exports_a_table_and_no_credential_reaches_options_outputs_logs_
     assert "s3cret" not in done.out + done.err and "postgres@" not in done.out + done.err
 
 
+def test_jsonb_rows_the_server_cannot_vouch_for_are_parsed_and_reported_in_place(postgres_dsn, tmp_path):
+    """Rows whose type and id the server checked are written unparsed; the others (no last_updated, a
+    mismatch, not an object) are parsed, and each bad one is located by its key."""
+    create_table(postgres_dsn, key=False)
+    rows = [("Patient", f"p{i}", '{"resourceType": "Patient", "id": "p%d"}' % i, "2024-01-01") for i in range(6)]
+    rows[1] = ("Patient", "p1", '{"resourceType": "Patient", "id": "p1", "meta": {"lastUpdated": "2024-02-01T00:00:00Z"}}',
+               None)
+    rows[2] = ("Observation", "p2", '{"resourceType": "Patient", "id": "p2"}', "2024-01-01")
+    rows[4] = ("Patient", "p4", '["not", "an", "object"]', "2024-01-01")
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.cursor().executemany("INSERT INTO resources VALUES (%s, %s, '1', %s, false, %s)",
+                                  [(t, i, when, text) for t, i, text, when in rows])
+    manifest = run_export(source_url(postgres_dsn), tmp_path / "out", parse_get(f"{BASE}/$export"), max_lines_per_part=2)
+    assert sorted(exported_bodies(manifest)) == [("Patient", f"p{i}") for i in (0, 1, 3, 5)]
+    [entry] = manifest["error"]
+    where = [orjson.loads(line)["issue"][0]["diagnostics"] for line in file_of(entry["url"]).read_text().splitlines()]
+    host = parse_source(source_url(postgres_dsn)).display
+    assert sorted(where) == [f"{host} row resource_type=Observation id=p2: resourceType column disagrees with the"
+                             " resource's resourceType; not exported",
+                             f"{host} row resource_type=Patient id=p4: resource column: not a JSON object; not exported"]
+
+
 @pytest.mark.parametrize("where", ["postgresql://u:secret@h/db?table=t", "postgresql://u@h/db?table=t&password=secret"])
 def test_a_source_url_with_a_password_is_refused_before_a_job_exists(run_cli, tmp_path, where):
     done = run_cli("export", "--source", where, "--output", str(tmp_path / "out"))

@@ -19,6 +19,8 @@ table and its key. The URL and connections are `transforms.read.pg_source`'s.
 from __future__ import annotations
 
 import math
+import queue
+import threading
 from typing import Iterator, NamedTuple, Optional
 
 from transforms.fhir.r4 import RESOURCE_TYPES
@@ -26,12 +28,16 @@ from transforms.fhir.references import FHIR_ID
 from transforms.read.columnar import Item, to_resources
 from transforms.read.pg_source import PgSource, ReadAt, begin, connect, parse_source
 from transforms.read.pushdown import ReadSelection
-from transforms.records import RECORDS, BadRecord, Origin
+from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
 
 # A range's rows per `chunk_bytes` of a file source: 4 MiB chunks make ranges of 16,384 rows.
 BYTES_PER_ROW = 256
+FETCH_ROWS = 5000  # rows per round trip to the server
 _INSTANT = """to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 _COLUMNS = f"resource_type, id, {_INSTANT}, deleted, convert_to(resource::text, 'UTF8')"
+# For jsonb: the server's word that the row's JSON is an object whose resourceType and id equal the columns.
+_CHECKED = ("coalesce(jsonb_typeof(resource) = 'object' AND resource->>'resourceType' = resource_type"
+            " AND resource->>'id' = id, false)")
 
 
 class PgRange(NamedTuple):
@@ -45,6 +51,7 @@ class PgRange(NamedTuple):
     live: bool  # read the live rows (the type is selected)
     deleted: bool  # read the deletions (the type's deletions are selected)
     has_ctid: bool = True  # a table (its rows' ctid locates a bad row); False for a view
+    jsonb: bool = False  # `resource` is jsonb: the server checks its type and id (`_CHECKED`)
 
 
 def plan_ranges(source: str, selection: Optional[ReadSelection], deletions: Optional[ReadSelection],
@@ -54,7 +61,7 @@ def plan_ranges(source: str, selection: Optional[ReadSelection], deletions: Opti
     rows_per_range = max(1, chunk_bytes // BYTES_PER_ROW)
     with connect(pg) as conn:
         begin(conn, at)
-        has_ctid = _is_table(conn, pg)
+        has_ctid, jsonb = _is_table(conn, pg), _is_jsonb(conn, pg)
         for resource_type in _types(conn, pg, selection, deletions):
             live = selection is None or selection.types is None or resource_type in selection.types
             gone = deletions is not None and (deletions.types is None or resource_type in deletions.types)
@@ -62,12 +69,33 @@ def plan_ranges(source: str, selection: Optional[ReadSelection], deletions: Opti
                 continue
             cuts = _cuts(conn, pg, resource_type, rows_per_range) if resource_type is not None else []
             for lo, hi in zip([None, *cuts], [*cuts, None]):
-                yield PgRange(source, resource_type, lo, hi, live, gone, has_ctid)
+                yield PgRange(source, resource_type, lo, hi, live, gone, has_ctid, jsonb)
 
 
 def _is_table(conn, pg: PgSource) -> bool:
     kind = conn.execute("SELECT relkind FROM pg_class WHERE oid = %s::regclass", (pg.table,)).fetchone()
     return kind is not None and kind[0] in ("r", "p", "m")
+
+
+def _is_jsonb(conn, pg: PgSource) -> bool:
+    kind = conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+                        " WHERE attrelid = %s::regclass AND attname = 'resource'", (pg.table,)).fetchone()
+    return kind is not None and kind[0] == "jsonb"
+
+
+def unique_resources(source: str) -> bool:
+    """True when the source cannot hold two rows of one resource: a history table (its latest version is
+    read) or a table with a unique index on exactly (resource_type, id)."""
+    pg = parse_source(source)
+    if pg.history:
+        return True
+    with connect(pg) as conn:
+        (unique,) = conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = %s::regclass AND i.indisunique"
+            " AND i.indpred IS NULL AND (SELECT array_agg(a.attname::text ORDER BY a.attname) FROM pg_attribute a"
+            " WHERE a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)) = ARRAY['id', 'resource_type'])",
+            (pg.table,)).fetchone()
+    return unique
 
 
 def _types(conn, pg: PgSource, selection, deletions) -> list[str]:
@@ -121,13 +149,14 @@ def range_query(pg: PgSource, rng: PgRange, selection: Optional[ReadSelection],
         kinds.append(f"({flag}{bounds})")
         kind_params += bound_params
     which = " OR ".join(kinds) or "false"
-    ctid = ", ctid::text" if rng.has_ctid else ", NULL::text"
+    ctid = (", ctid::text" if rng.has_ctid else ", NULL::text") + (f", {_CHECKED}" if rng.jsonb else ", false")
     if not pg.history:
         return (f"SELECT {_COLUMNS}{ctid} FROM {pg.table} WHERE {' AND '.join(keys)} AND ({which})",
                 params + kind_params)
-    latest = (f"SELECT DISTINCT ON (id) *{ctid} AS row_ctid FROM {pg.table} WHERE {' AND '.join(keys)}"
+    latest = (f"SELECT DISTINCT ON (id) * FROM {pg.table} WHERE {' AND '.join(keys)}"
               " ORDER BY id, last_updated DESC NULLS LAST, version_id DESC NULLS LAST")
-    return f"SELECT {_COLUMNS}, row_ctid FROM ({latest}) latest WHERE {which}", params + kind_params
+    ctid = ctid.replace("ctid::text", "NULL::text")  # a row of a subquery has none
+    return f"SELECT {_COLUMNS}{ctid} FROM ({latest}) latest WHERE {which}", params + kind_params
 
 
 def _window(chosen: Optional[ReadSelection]) -> tuple[str, list]:
@@ -152,22 +181,96 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
     sql, params = range_query(pg, rng, selection, deletions, at)
     origin = Origin(pg.display, RECORDS)
     first = 0
+    # Without parsing: rows the server checked, placed in time by their column, when nothing reads bodies.
+    fast = rng.jsonb and selection is not None and not selection.keep_bodies
     with connect(pg) as conn:
         begin(conn, at)
         with conn.cursor(name="bulk_export_range", binary=True) as cursor:
-            cursor.itersize = max(batch_size, 2000)
             cursor.execute(sql, params)
-            while True:
-                rows = cursor.fetchmany(batch_size)
+            for fetched in _fetched(cursor):
+                for start in range(0, len(fetched), batch_size):
+                    rows = fetched[start:start + batch_size]
+                    positions = None  # each row's index in `rows`, once the trusted rows are taken out
+                    if fast:
+                        trusted, positions = _trusted(origin, first, rows)
+                        if trusted.resources:
+                            yield trusted
+                        rows = [rows[p] for p in positions]
+                    if rows:
+                        yield from _parsed(pg, origin, first, rows, positions)
+                    first += batch_size
+
+
+def _trusted(origin: Origin, first: int, rows: list[tuple]) -> tuple[ResourceBatch, list[int]]:
+    """The rows that need no parse, as a batch (their bytes as PostgreSQL renders them, a body of just
+    their type and id), and the positions of the others. Indexes count from `first` over `rows`."""
+    kept, rest, known = [], [], RESOURCE_TYPES
+    for position, row in enumerate(rows):
+        resource_type, rid, moment, deleted, raw, _, checked = row
+        if checked and moment is not None and not deleted and resource_type in known:
+            body = {"resourceType": resource_type, "id": rid}
+            kept.append(Resource(resource_type, raw, body, first + position, moment))
+        else:
+            rest.append(position)
+    return ResourceBatch(origin, kept), rest
+
+
+def _parsed(pg: PgSource, origin: Origin, first: int, rows: list[tuple], positions: Optional[list[int]]) -> Iterator:
+    """`to_resources` over rows, each bad one located by the table's key; `positions`: the rows'
+    places among the rows numbered from `first` (None: they are those rows)."""
+    types, ids, moments, deleted, resources, ctids, _ = map(list, zip(*rows))
+    for item in to_resources(origin, first, (types, ids, moments, deleted, resources)):
+        if positions is not None:
+            item = _renumbered(item, first, positions)
+        if type(item) is BadRecord:
+            row = item.index - first if positions is None else positions.index(item.index - first)
+            item = item._replace(location=_location(pg, types[row], ids[row], ctids[row]))
+        yield item
+
+
+def _renumbered(item: Item, first: int, positions: list[int]) -> Item:
+    """An item of `to_resources` over some rows, with the indexes those rows have among all."""
+    if type(item) is BadRecord:
+        return item._replace(index=first + positions[item.index - first])
+    batch = item.batch if type(item) is Deletions else item
+    batch = batch.replace([r._replace(index=first + positions[r.index - first]) for r in batch.resources])
+    return Deletions(batch) if type(item) is Deletions else batch
+
+
+def _fetched(cursor) -> Iterator[list]:
+    """The cursor's rows, `FETCH_ROWS` at a time, fetched by a thread one step ahead of the caller, so
+    the server's work (rendering rows) and this process's (parsing them) overlap."""
+    chunks: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def fetch() -> None:
+        try:
+            while not stop.is_set():
+                rows = cursor.fetchmany(FETCH_ROWS)
+                chunks.put(rows)
                 if not rows:
                     return
-                types, ids, moments, deleted, resources, ctids = map(list, zip(*rows))
-                for item in to_resources(origin, first, (types, ids, moments, deleted, resources)):
-                    if type(item) is BadRecord:
-                        row = item.index - first
-                        item = item._replace(location=_location(pg, types[row], ids[row], ctids[row]))
-                    yield item
-                first += len(rows)
+        except BaseException as exc:  # noqa: BLE001 (handed to the reader, which raises it)
+            chunks.put(exc)
+
+    thread = threading.Thread(target=fetch, name="bulk-export-fetch", daemon=True)
+    thread.start()
+    try:
+        while True:
+            rows = chunks.get()
+            if isinstance(rows, BaseException):
+                raise rows
+            if not rows:
+                return
+            yield rows
+    finally:  # the cursor is closed next: its fetching thread must be done with it
+        stop.set()
+        while thread.is_alive():
+            try:
+                chunks.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(0.05)
 
 
 def _location(pg: PgSource, resource_type: object, rid: object, ctid: Optional[str]) -> str:

@@ -70,11 +70,13 @@ class ReadSelection(NamedTuple):
             return False
         return self.window is None or self.window.admits(body, last_updated)
 
-    def select(self, batch: ResourceBatch) -> tuple[ResourceBatch, list[BadRecord]]:
+    def select(self, batch: ResourceBatch, windowed: bool = False) -> tuple[ResourceBatch, list[BadRecord]]:
         """The batch's selected resources (the batch keeps its `source_bytes`) and its bad ones.
 
         Besides bad `meta.lastUpdated` values, a selected resource without an `id` is a bad
-        record, and one updated after `transactionTime` an `information` notice.
+        record, and one updated after `transactionTime` an `information` notice. `windowed`:
+        the source applied the window already to every resource with a `last_updated`
+        (a PostgreSQL query's predicates), so only the others are placed here.
         """
         kept: list[Resource] = []
         bad: list[BadRecord] = []
@@ -83,7 +85,7 @@ class ReadSelection(NamedTuple):
             if types is not None and resource.type not in types:
                 continue
             body = resource.body
-            if window is not None:
+            if window is not None and not (windowed and resource.last_updated is not None):
                 try:
                     verdict = window.classify(body, resource.last_updated)
                 except InvalidInstant as exc:

@@ -122,7 +122,7 @@ class _ReadChunkFn(beam.DoFn):
         if type(chunk) is PgRange:
             with gc_pause.collector_paused():
                 yield from self._emit(self._selected(
-                    read_range(chunk, self._selection, self._deletions, self._at, self._batch_size)))
+                    read_range(chunk, self._selection, self._deletions, self._at, self._batch_size), windowed=True))
             return
         try:
             with gc_pause.collector_paused(), open_chunk(chunk) as f:
@@ -145,26 +145,28 @@ class _ReadChunkFn(beam.DoFn):
         yield from self._emit(parse_lines(counted, origin, self._batch_size, self._selection))
         yield beam.pvalue.TaggedOutput("lines", ChunkLines(chunk.path, origin.offset, counted.lines))
 
-    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
-        """Applies the selection to batches read whole (NDJSON applies it while parsing)."""
+    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]], windowed: bool = False) -> Iterator:
+        """Applies the selection to batches read whole (NDJSON applies it while parsing); `windowed`:
+        see `ReadSelection.select`."""
         for item in items:
             if type(item) is Deletions:
-                yield from self._selected_deletions(item.batch)
+                yield from self._selected_deletions(item.batch, windowed)
                 continue
             if type(item) is not ResourceBatch:
                 yield item
                 continue
             if not item.source_bytes:
                 item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
-            batch, bad = (self._selection or _EVERY).select(item)  # every selection drops resources without an id
+            # every selection drops resources without an id
+            batch, bad = (self._selection or _EVERY).select(item, windowed)
             yield from bad
             yield batch
 
-    def _selected_deletions(self, batch: ResourceBatch) -> Iterator:
+    def _selected_deletions(self, batch: ResourceBatch, windowed: bool = False) -> Iterator:
         if self._deletions is None:
             self._deleted_skipped.inc(len(batch.resources))
             return
-        kept, bad = self._deletions.select(batch)
+        kept, bad = self._deletions.select(batch, windowed)
         self._deleted_skipped.inc(len(batch.resources) - len(kept.resources) - len(bad))
         yield from bad
         if kept.resources:
