@@ -18,10 +18,14 @@ table and its key. The URL and connections are `transforms.read.pg_source`'s.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import queue
 import threading
 from typing import Iterator, NamedTuple, Optional
+
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
@@ -33,8 +37,8 @@ from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, 
 # A range's rows per `chunk_bytes` of a file source: 4 MiB chunks make ranges of 16,384 rows.
 BYTES_PER_ROW = 256
 FETCH_ROWS = 5000  # rows per round trip to the server
-_INSTANT = """to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
-_COLUMNS = f"resource_type, id, {_INSTANT}, deleted, convert_to(resource::text, 'UTF8')"
+# `resource` arrives as bytes: a jsonb value's text through `_RawJsonb`, a text column's converted by the server.
+_COLUMNS = "resource_type, id, last_updated, deleted, {resource}"
 # For jsonb: the server's word that the row's JSON is an object whose resourceType and id equal the columns.
 _CHECKED = ("coalesce(jsonb_typeof(resource) = 'object' AND resource->>'resourceType' = resource_type"
             " AND resource->>'id' = id, false)")
@@ -149,14 +153,15 @@ def range_query(pg: PgSource, rng: PgRange, selection: Optional[ReadSelection],
         kinds.append(f"({flag}{bounds})")
         kind_params += bound_params
     which = " OR ".join(kinds) or "false"
+    columns = _COLUMNS.format(resource="resource" if rng.jsonb else "convert_to(resource::text, 'UTF8')")
     ctid = (", ctid::text" if rng.has_ctid else ", NULL::text") + (f", {_CHECKED}" if rng.jsonb else ", false")
     if not pg.history:
-        return (f"SELECT {_COLUMNS}{ctid} FROM {pg.table} WHERE {' AND '.join(keys)} AND ({which})",
+        return (f"SELECT {columns}{ctid} FROM {pg.table} WHERE {' AND '.join(keys)} AND ({which})",
                 params + kind_params)
     latest = (f"SELECT DISTINCT ON (id) * FROM {pg.table} WHERE {' AND '.join(keys)}"
               " ORDER BY id, last_updated DESC NULLS LAST, version_id DESC NULLS LAST")
     ctid = ctid.replace("ctid::text", "NULL::text")  # a row of a subquery has none
-    return f"SELECT {_COLUMNS}{ctid} FROM ({latest}) latest WHERE {which}", params + kind_params
+    return f"SELECT {columns}{ctid} FROM ({latest}) latest WHERE {which}", params + kind_params
 
 
 def _window(chosen: Optional[ReadSelection]) -> tuple[str, list]:
@@ -185,7 +190,9 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
     fast = rng.jsonb and selection is not None and not selection.keep_bodies
     with connect(pg) as conn:
         begin(conn, at)
+        conn.execute("SET TIME ZONE 'UTC'")  # timestamps arrive in UTC, rendered by `_instant`
         with conn.cursor(name="bulk_export_range", binary=True) as cursor:
+            cursor.adapters.register_loader("jsonb", _RawJsonb)
             cursor.execute(sql, params)
             for fetched in _fetched(cursor):
                 for start in range(0, len(fetched), batch_size):
@@ -201,6 +208,22 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
                     first += batch_size
 
 
+def _instant(moment: Optional[dt.datetime]) -> Optional[str]:
+    """A UTC timestamp as a FHIR instant."""
+    return None if moment is None else moment.isoformat().replace("+00:00", "Z")
+
+
+class _RawJsonb(Loader):
+    """Loads a jsonb value (binary: a version byte, then its text) as that text's bytes, unparsed."""
+
+    format = Format.BINARY
+
+    def load(self, data) -> bytes:
+        if data[:1] != b"\x01":
+            raise ValueError("unknown jsonb binary version")
+        return bytes(data[1:])
+
+
 def _trusted(origin: Origin, first: int, rows: list[tuple]) -> tuple[ResourceBatch, list[int]]:
     """The rows that need no parse, as a batch (their bytes as PostgreSQL renders them, a body of just
     their type and id), and the positions of the others. Indexes count from `first` over `rows`."""
@@ -209,7 +232,7 @@ def _trusted(origin: Origin, first: int, rows: list[tuple]) -> tuple[ResourceBat
         resource_type, rid, moment, deleted, raw, _, checked = row
         if checked and moment is not None and not deleted and resource_type in known:
             body = {"resourceType": resource_type, "id": rid}
-            kept.append(Resource(resource_type, raw, body, first + position, moment))
+            kept.append(Resource(resource_type, raw, body, first + position, _instant(moment)))
         else:
             rest.append(position)
     return ResourceBatch(origin, kept), rest
@@ -219,6 +242,7 @@ def _parsed(pg: PgSource, origin: Origin, first: int, rows: list[tuple], positio
     """`to_resources` over rows, each bad one located by the table's key; `positions`: the rows'
     places among the rows numbered from `first` (None: they are those rows)."""
     types, ids, moments, deleted, resources, ctids, _ = map(list, zip(*rows))
+    moments = [_instant(m) for m in moments]
     for item in to_resources(origin, first, (types, ids, moments, deleted, resources)):
         if positions is not None:
             item = _renumbered(item, first, positions)

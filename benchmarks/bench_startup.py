@@ -1,0 +1,70 @@
+#!/usr/bin/env python
+"""Benchmark: how long `bulk-export` commands take from the shell, start-up and imports included.
+
+    python benchmarks/bench_startup.py [--repeat 5]
+
+Times, from spawn to exit, `python -c pass` (the floor), `bulk-export --help`,
+`status JOB` and `list --all` against a small store (one job), and the export of
+the bundled sample (`make export`: `sample-data/`, 677 resources). Each command
+runs `--repeat` times; the best and the median are printed beside issue 19's
+target. See README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_common import bulk_export_command, machine, print_table, run_process  # noqa: E402
+
+SAMPLE = ROOT / "sample-data"
+CONTROL_TARGET_S, EXPORT_TARGET_S = 0.3, 1.5
+
+
+def _run(cmd: list[str]) -> dict:
+    done = run_process(cmd, sample_memory=False, cwd=ROOT)
+    if done["code"] != 0:
+        sys.exit(f"{' '.join(cmd)} failed with exit code {done['code']}:\n{done['output'][-3000:]}")
+    return done
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5, help="runs per command; the best is compared with the target")
+    args = parser.parse_args(argv)
+    cli = bulk_export_command()
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        state = ["--state-dir", f"{tmp}/state"]
+        first = _run([*cli, "export", "--source", str(SAMPLE), "--output", f"{tmp}/exports", *state])["output"]
+        job = re.search(r"job (\S+) complete", first).group(1)  # the store's one job, for `status`
+        exports = iter(range(args.repeat))
+        cases = [  # (what is shown, command, target seconds)
+            ("python -c pass", lambda: [sys.executable, "-c", "pass"], None),
+            ("bulk-export --help", lambda: [*cli, "--help"], CONTROL_TARGET_S),
+            ("bulk-export status JOB", lambda: [*cli, "status", job, *state], CONTROL_TARGET_S),
+            ("bulk-export list --all", lambda: [*cli, "list", "--all", *state], CONTROL_TARGET_S),
+            ("bulk-export export --source sample-data",
+             lambda: [*cli, "export", "--source", "sample-data", "--output", f"{tmp}/out{next(exports)}", *state],
+             EXPORT_TARGET_S),
+        ]
+        rows = [("command", "best s", "median s", "target", "met")]
+        for label, command, target in cases:
+            seconds = [_run(command())["process_seconds"] for _ in range(max(1, args.repeat))]
+            best = min(seconds)
+            met = "" if target is None else ("yes" if best <= target else "NO")
+            rows.append((label, f"{best:.2f}", f"{statistics.median(seconds):.2f}",
+                         "" if target is None else f"<= {target:.1f} s", met))
+    print_table(rows)
+    print(f"seconds: wall time from spawn to exit, best of {max(1, args.repeat)}; {' '.join(cli)} is bulk-export")
+    print(machine())
+
+
+if __name__ == "__main__":
+    main()
