@@ -3,6 +3,7 @@
 It checks that the benchmark runs and that its two cases agree (the script
 exits 1 on `OUTPUT MISMATCH`); the speed figures themselves are not tested.
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -119,3 +120,15 @@ def test_a_startup_benchmark_run_prints_each_command_beside_its_target():
     assert rows == {"python -c pass": "", "bulk-export --help": "<= 0.3 s", "bulk-export status JOB": "<= 0.3 s",
                     "bulk-export list --all": "<= 0.3 s", "bulk-export export --source sample-data": "<= 1.5 s"}
     assert "machine: nproc=" in done.stdout
+
+
+def test_a_small_postgres_benchmark_run_prints_its_table(data_dir, postgres_server):
+    """benchmarks/bench_postgres.py: the PostgreSQL source beside COPY, on the session's server."""
+    bench = BENCH.parent / "bench_postgres.py"
+    env = {**os.environ, "BULK_EXPORT_TEST_PG": postgres_server}
+    done = subprocess.run([sys.executable, str(bench), "--resources", "2000", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith(("| COPY", "| export"))]
+    assert len(rows) == 2 and rows[0][2] == rows[1][2], done.stdout  # both read every row
+    assert "target" in done.stdout and "machine: nproc=" in done.stdout
