@@ -276,3 +276,33 @@ def test_timestamps_render_as_exact_utc_instants():
     assert instant_micros("2020-01-01T01:00:00.000120+01:00") == instant_micros("2020-01-01T00:00:00.00012Z")
     assert instant_micros("2020-01-01T00:00:00.0000001Z") is None  # finer than a column can hold
     assert instant_micros("2020-01-01") is None and instant_micros(None) is None
+
+
+@pytest.mark.parametrize("kind", COLUMNAR)
+def test_type_is_pushed_into_the_read_and_record_numbers_stay_exact(tmp_path, kind):
+    """`_type=Patient`: other types' rows are never parsed (their bad JSON goes unreported), and a bad
+    Patient row is still named by its record number in the whole file."""
+    rows = [record_row("Observation", f"o{i}", "{broken") for i in range(3)]  # row group 0: no Patient
+    rows += [record_row("Patient", "p1", _patient("p1")), record_row("Observation", "o9", "{broken"),
+             record_row("Patient", "p-bad", '{"resourceType": "Patient", "id": ')]  # row group 1
+    rows += [record_row("Patient", "p2", _patient("p2"))]  # row group 2
+    (tmp_path / "in").mkdir()
+    write_rows(kind, tmp_path / "in" / f"r.{kind}", rows)
+    manifest = run_export(tmp_path / "in", tmp_path / "out", ExportRequest(request_url=BASE, types=("Patient",)))
+    assert _ids(manifest) == {"p1", "p2"}
+    [entry] = manifest["error"]
+    [line] = file_of(entry["url"]).read_bytes().splitlines()
+    assert orjson.loads(line)["issue"][0]["diagnostics"].startswith(f"r.{kind} record 5: resource column: not valid")
+
+
+def test_a_parquet_row_group_whose_statistics_exclude_the_types_is_not_read(tmp_path):
+    from transforms.read.columnar import _may_hold
+
+    rows = [record_row("Observation", "o1", "{}"), record_row("Observation", "o2", "{}"),
+            record_row("Patient", "p1", "{}"), record_row("Practitioner", "x", "{}")]
+    path = write_rows("parquet", tmp_path / "r.parquet", rows, rows_per_group=2)
+    parquet = pq.ParquetFile(path)
+    groups = [parquet.metadata.row_group(g) for g in range(parquet.metadata.num_row_groups)]
+    assert [_may_hold(g, parquet.schema_arrow, frozenset({"Patient"})) for g in groups] == [False, True]
+    assert [_may_hold(g, parquet.schema_arrow, frozenset({"Encounter"})) for g in groups] == [False, False]
+    assert [_may_hold(g, parquet.schema_arrow, frozenset({"Observation"})) for g in groups] == [True, False]

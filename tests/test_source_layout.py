@@ -266,6 +266,24 @@ def test_a_bundle_lines_entries_keep_their_own_compartment_verdicts(run_cli, tmp
     assert ids == {"o-p1", "o-p1-bis"}
 
 
+def test_a_line_whose_first_member_names_another_type_is_skipped_whatever_it_holds(pipeline, tmp_path):
+    """`{"resourceType":"Claim",...` is a Claim: skipped unparsed even with a contained Patient (and
+    broken); a Bundle line, a selected type's line and an escaped type are still read."""
+    lines = [
+        '{"resourceType":"Claim","id":"c1","contained":[{"resourceType":"Patient","id":"x"}],broken',
+        '{"resourceType":"Bundle","type":"collection","entry":[{"resource":{"resourceType":"Patient","id":"b1"}}]}',
+        '{"resourceType":"Patient","id":"p1",broken',
+        '{"resourceType":"Pati\\u0065nt","id":"p2"}',
+        '{"resourceType":"Patient","id":"p3"}',
+    ]
+    (tmp_path / "n.ndjson").write_text("\n".join(lines) + "\n")
+    out = _read(pipeline, tmp_path / "n.ndjson", ReadSelection.of(["Patient"]))
+    assert_that(_ids(out.batches), equal_to([("Patient", "b1"), ("Patient", "p2"), ("Patient", "p3")]))
+    assert_that(_where(out, f"{tmp_path}/") | beam.Map(lambda w: w[0]), equal_to(["n.ndjson line 3"]),
+                label="Errors")
+    pipeline.run()
+
+
 def test_a_narrow_read_skips_unparsed_only_lines_that_cannot_be_of_a_selected_type(pipeline, tmp_path):
     """`_type=Patient`: a line without `"Patient"` and without a `\\u` escape is not parsed, so a broken
     line of another type is not reported; a broken Patient line, and an escaped one, still are read."""

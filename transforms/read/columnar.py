@@ -11,11 +11,12 @@ needs one line per resource, so such a resource is written as compact JSON.
 from __future__ import annotations
 
 import itertools
-from typing import IO, Iterator, Sequence, Union
+from typing import IO, Iterator, Optional, Sequence, Union
 
 import fastavro
 import orjson
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms.fhir.deletions import deleted_body
@@ -51,11 +52,17 @@ def parquet_row_groups(f: IO[bytes]) -> int:
     return _parquet_file(f).metadata.num_row_groups
 
 
-def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batch_size: int) -> Iterator[Item]:
-    """Reads row groups [start, end) of a Parquet file, or a whole Avro file, as batches and bad records."""
+def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batch_size: int,
+                  types: Optional[frozenset[str]] = None) -> Iterator[Item]:
+    """Reads row groups [start, end) of a Parquet file, or a whole Avro file, as batches and bad records.
+
+    With `types`, only rows whose `resourceType` is one of them are read further than that column:
+    a Parquet row group whose statistics exclude them all is skipped, other rows are dropped
+    before their `resource` leaves Arrow, and an Avro record is dropped before its JSON is parsed.
+    """
     if kind == PARQUET:
-        return _read_parquet(path, f, start, end, batch_size)
-    return _read_avro(path, f, batch_size)
+        return _read_parquet(path, f, start, end, batch_size, types)
+    return _read_avro(path, f, batch_size, types)
 
 
 def write_records(path: str, kind: str, resources: Sequence[Resource], rows_per_group: int = 10_000) -> None:
@@ -87,7 +94,8 @@ def _parquet_file(f: IO[bytes]) -> pq.ParquetFile:
         raise UnreadableFile(f"not a readable Parquet file ({exc})") from exc
 
 
-def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int) -> Iterator[Item]:
+def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int,
+                  types: Optional[frozenset[str]] = None) -> Iterator[Item]:
     parquet = _parquet_file(f)
     origin = Origin(path, RECORDS)
     problem = schema_problem(parquet.schema_arrow)
@@ -96,15 +104,39 @@ def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int
             yield BadRecord(origin, WHOLE, f"Parquet file {problem}")
         return
     metadata = parquet.metadata
-    groups = range(start, min(end, metadata.num_row_groups))
     first = sum(metadata.row_group(g).num_rows for g in range(start))
     columns = [name for name in _ROW_FIELDS if name in parquet.schema_arrow.names]
+    wanted = pa.array(sorted(types), pa.string()) if types is not None else None
     try:
-        for batch in parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns):
-            yield from to_resources(origin, first, _arrow_columns(batch))
-            first += batch.num_rows
+        for group in range(start, min(end, metadata.num_row_groups)):
+            if wanted is not None and not _may_hold(metadata.row_group(group), parquet.schema_arrow, types):
+                first += metadata.row_group(group).num_rows
+                continue
+            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+                indexes = None
+                if wanted is not None:
+                    mask = pc.is_in(batch.column("resourceType"), value_set=wanted)
+                    indexes = [first + i for i in pc.indices_nonzero(mask).to_pylist()]
+                    if len(indexes) < batch.num_rows:
+                        batch = batch.filter(mask)
+                    else:
+                        indexes = None
+                if batch.num_rows:
+                    yield from to_resources(origin, first, _arrow_columns(batch), indexes)
+                first += batch.num_rows if indexes is None else len(mask)
     except pa.ArrowInvalid as exc:
         raise UnreadableFile(f"corrupt Parquet data ({exc})") from exc
+
+
+def _may_hold(group: pq.RowGroupMetaData, schema: pa.Schema, types: frozenset[str]) -> bool:
+    """False when the row group's `resourceType` statistics (min and max) exclude every type of `types`."""
+    stats = group.column(schema.get_field_index("resourceType")).statistics
+    if stats is None or not stats.has_min_max:
+        return True
+    low, high = stats.min, stats.max
+    if isinstance(low, bytes):
+        low, high = low.decode("utf-8", "replace"), high.decode("utf-8", "replace")
+    return any(low <= name <= high for name in types)
 
 
 def _arrow_columns(batch: pa.RecordBatch) -> Columns:
@@ -122,7 +154,7 @@ def _arrow_columns(batch: pa.RecordBatch) -> Columns:
     )
 
 
-def _read_avro(path: str, f: IO[bytes], batch_size: int) -> Iterator[Item]:
+def _read_avro(path: str, f: IO[bytes], batch_size: int, types: Optional[frozenset[str]] = None) -> Iterator[Item]:
     origin = Origin(path, RECORDS)
     try:
         reader = fastavro.reader(f)
@@ -140,7 +172,12 @@ def _read_avro(path: str, f: IO[bytes], batch_size: int) -> Iterator[Item]:
             raise UnreadableFile(f"corrupt Avro data ({type(exc).__name__}: {exc})") from exc
         if not chunk:
             return
-        yield from to_resources(origin, first, _avro_columns(chunk))
+        if types is None:
+            yield from to_resources(origin, first, _avro_columns(chunk))
+            continue
+        kept = [n for n, record in enumerate(chunk) if record["resourceType"] in types]
+        if kept:
+            yield from to_resources(origin, first, _avro_columns([chunk[n] for n in kept]), [first + n for n in kept])
 
 
 def _avro_columns(records: list[dict]) -> Columns:
@@ -154,7 +191,8 @@ def _avro_columns(records: list[dict]) -> Columns:
     )
 
 
-def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]:
+def to_resources(origin: Origin, first: int, columns: Columns, indexes: Optional[Sequence[int]] = None
+                 ) -> Iterator[Item]:
     """Turns resource records numbered from `first` into one `ResourceBatch`, `Deletions` and `BadRecord`s.
 
     A record is bad when its `resource` is not an R4 resource's JSON or its
@@ -162,11 +200,13 @@ def to_resources(origin: Origin, first: int, columns: Columns) -> Iterator[Item]
     a resource without one, as the Parquet output writes it). A record marked
     `deleted` goes to `Deletions` (`transforms.fhir.deletions.deleted_body`);
     the export lists it in `deleted[]` or leaves it out, never in `output[]`.
+    `indexes`: the records' numbers, when they are not `first`, `first + 1`, ...
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, RESOURCE_TYPES
     resources: list[Resource] = []
     deletions: list[Resource] = []
-    for index, (resource_type, rid, last_updated, deleted, raw) in enumerate(zip(*columns), first):
+    numbers = indexes if indexes is not None else itertools.count(first)
+    for index, (resource_type, rid, last_updated, deleted, raw) in zip(numbers, zip(*columns)):
         if deleted:
             body = deleted_body(resource_type, rid, raw)
             if type(body) is str:

@@ -15,10 +15,16 @@ from __future__ import annotations
 from typing import Callable, Iterable, NamedTuple, Optional
 
 from transforms.fhir.instant import InvalidInstant
+from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.window import LAST_UPDATED, LATE, LastUpdatedWindow, UpdatedAfterTransaction
 from transforms.records import BadRecord, Resource, ResourceBatch
 
 SCREEN_MAX_TYPES = 8
+# How a line written by a FHIR server starts: its type, as its first member, unescaped.
+_LEAD = b'{"resourceType":"'
+# Every R4 type but Bundle (a Bundle line may hold any type).
+_TYPE_NAMES = frozenset(name.encode() for name in RESOURCE_TYPES if name != "Bundle")
+_LONGEST_NAME = max(map(len, _TYPE_NAMES))
 
 
 class ReadSelection(NamedTuple):
@@ -41,19 +47,33 @@ class ReadSelection(NamedTuple):
     def screen(self) -> Optional[Callable[[bytes], bool]]:
         """A byte test that a line may hold a selected resource (None: every line may).
 
-        A line in which no selected type's name appears as a JSON string (`"Patient"`), and
-        which holds no `\\u` escape (that could spell one), cannot be of a selected type, nor a
-        Bundle holding one: it is skipped unparsed. So a broken line of a type nobody asked for
-        is not reported; a broken line of a selected type still is. Above `SCREEN_MAX_TYPES`
-        types (e.g. a Patient export's whole compartment) most lines are selected anyway, and
-        testing for every name would cost more than it saves: no screen.
+        A line whose first member is `"resourceType":"<T>"`, `T` an R4 type other than Bundle
+        and not selected, is a resource of type `T`: it is skipped unparsed, whatever it holds
+        further on (contained resources included). Any other line in which no selected type's
+        name appears as a JSON string (`"Patient"`), and which holds no `\\u` escape (that could
+        spell one), cannot be of a selected type either, nor a Bundle holding one. So a broken
+        line of a type nobody asked for is not reported; a broken line of a selected type still
+        is. Above `SCREEN_MAX_TYPES` types only the first test is made: most lines are
+        selected anyway, and testing for every name would cost more than it saves.
         """
-        if self.types is None or len(self.types) > SCREEN_MAX_TYPES:
+        if self.types is None:
             return None
-        markers = tuple(b'"%s"' % name.encode() for name in sorted(self.types))
-        escape = b"\\u"
+        selected = frozenset(name.encode() for name in self.types)
+        others = _TYPE_NAMES - selected
+        markers = tuple(b'"%s"' % name for name in sorted(selected)) if len(selected) <= SCREEN_MAX_TYPES else None
+        lead, start, escape = _LEAD, len(_LEAD), b"\\u"
 
         def may_hold(line: bytes) -> bool:
+            if line.startswith(lead):
+                end = line.find(b'"', start, start + _LONGEST_NAME + 1)
+                if end > 0:
+                    name = line[start:end]
+                    if name in selected:
+                        return True
+                    if name in others:
+                        return False
+            if markers is None:
+                return True
             # `in` is a fast substring search (a regex here was slower than parsing). A selected
             # line names its type near its start, so it is found at once; only a line about to be
             # skipped is searched to its end.

@@ -105,6 +105,10 @@ class _ReadChunkFn(beam.DoFn):
         self._at = at
         self._selection = selection
         self._deletions = deletions
+        # The types a columnar read keeps past their `resourceType` column: the selection's and the deletions'.
+        live = selection.types if selection is not None else None
+        gone = deletions.types if deletions is not None else frozenset()
+        self._types = None if live is None or gone is None else live | gone
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
         self._deleted = Metrics.counter("bulk_export", "deletions_selected")
@@ -127,7 +131,8 @@ class _ReadChunkFn(beam.DoFn):
         try:
             with gc_pause.collector_paused(), open_chunk(chunk) as f:
                 if chunk.columnar:
-                    items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size)
+                    items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size,
+                                          self._types)
                     yield from self._emit(self._selected(items))
                 elif chunk.document:
                     yield from self._emit(self._selected(self._document(chunk.path, f)))
@@ -193,7 +198,8 @@ class _ReadChunkFn(beam.DoFn):
             yield ResourceBatch(origin, resources[start : start + self._batch_size])
 
 
-def read_chunk(chunk: Chunk, batch_size: int = BATCH_SIZE, selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
+def read_chunk(chunk: Chunk, batch_size: int = BATCH_SIZE,
+               selection: Optional[ReadSelection] = None) -> Iterator[ResourceBatch]:
     """The resource batches of one chunk, read in the calling process; bad records are skipped."""
     for item in _ReadChunkFn(batch_size, selection).process(chunk):
         if type(item) is ResourceBatch:
