@@ -229,7 +229,8 @@ def test_records_are_read_in_batches_by_row_group_or_block(pipeline, tmp_path, k
 def test_raw_bytes_are_the_resource_string_unless_it_spans_lines(pipeline, tmp_path, kind):
     exact = '{ "resourceType" : "Patient", "id" : "p1", "name": [{"text": "caf\\u00e9 Zoë"}] }'
     pretty = '{\n  "resourceType": "Patient",\r\n  "id": "p2"\n}'
-    path = write_rows(kind, tmp_path / f"r.{kind}", [record_row("Patient", "p1", exact), record_row("Patient", "p2", pretty)])
+    path = write_rows(kind, tmp_path / f"r.{kind}",
+                      [record_row("Patient", "p1", exact), record_row("Patient", "p2", pretty)])
     out = pipeline | ReadResources(path)
     raws = out.batches | beam.FlatMap(lambda b: [r.raw for r in b.resources])
     assert_that(raws, equal_to([exact.encode(), orjson.dumps(orjson.loads(pretty))]))
