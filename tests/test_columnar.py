@@ -307,3 +307,20 @@ def test_a_parquet_row_group_whose_statistics_exclude_the_types_is_not_read(tmp_
     assert [_may_hold(g, parquet.schema_arrow, frozenset({"Patient"})) for g in groups] == [False, True]
     assert [_may_hold(g, parquet.schema_arrow, frozenset({"Encounter"})) for g in groups] == [False, False]
     assert [_may_hold(g, parquet.schema_arrow, frozenset({"Observation"})) for g in groups] == [True, False]
+
+
+def test_a_large_avro_file_is_read_in_ranges_of_whole_blocks_with_exact_record_numbers(tmp_path):
+    from transforms.read.chunks import plan_chunks
+
+    rows = [record_row("Patient", f"p{i}", _patient(f"p{i}")) for i in range(400)]
+    rows[333] = record_row("Patient", "bad", '{"resourceType": "Patient", "id": ')
+    (tmp_path / "in").mkdir()
+    path = write_rows("avro", tmp_path / "in" / "big.avro", rows)  # blocks of about 64 bytes
+    chunks = list(plan_chunks(path, chunk_bytes=2048))
+    assert len(chunks) > 4 and all(c.columnar == "avro" and c.end > c.start for c in chunks), chunks
+    assert chunks[0].first == 0 and sorted(c.first for c in chunks) == [c.first for c in sorted(chunks)]
+    manifest = run_export(tmp_path / "in", tmp_path / "out", ExportRequest(request_url=BASE), chunk_bytes=2048)
+    assert _ids(manifest) == {f"p{i}" for i in range(400)} - {"p333"}
+    [entry] = manifest["error"]
+    [line] = file_of(entry["url"]).read_bytes().splitlines()
+    assert orjson.loads(line)["issue"][0]["diagnostics"].startswith("big.avro record 333: resource column")

@@ -18,6 +18,7 @@ import orjson
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from transforms.read.avro_blocks import block_ranges
 from transforms.read.columnar import parquet_row_groups
 from transforms.read.ndjson import BOM
 from transforms.read.pg_source import SCHEMES as PG_SCHEMES
@@ -49,7 +50,8 @@ class Chunk(NamedTuple):
     end: int  # exclusive; -1 for a whole (gzip, document or Avro) file
     gzip: bool
     document: bool
-    columnar: str = ""  # `avro` or `parquet`; then start and end count Parquet row groups
+    columnar: str = ""  # `avro` or `parquet`; then start and end count Parquet row groups (Avro: bytes)
+    first: int = 0  # an Avro range's records before it
 
 
 class Refused(NamedTuple):
@@ -259,7 +261,7 @@ class ChunkPlanner:
             head = f.read(4)
         columnar = self._columnar(path, head)
         if columnar:
-            chunks = list(_columnar_chunks(path, columnar))
+            chunks = list(_columnar_chunks(path, columnar, self._chunk_bytes))
             yield from ((size // len(chunks), chunk) for chunk in chunks)
             return
         is_gzip = head[:2] == GZIP_MAGIC
@@ -300,10 +302,19 @@ class ChunkPlanner:
             return True
 
 
-def _columnar_chunks(path: str, kind: str) -> Iterator[Chunk]:
-    """One chunk per Parquet row group (at least one, which reports a bad schema); an Avro file whole."""
+def _columnar_chunks(path: str, kind: str, chunk_bytes: int) -> Iterator[Chunk]:
+    """One chunk per Parquet row group (at least one, which reports a bad schema); a local Avro file in
+    ranges of whole blocks of about `chunk_bytes` (`transforms.read.avro_blocks`), a remote one whole
+    (walking its block headers would cost a request per block)."""
     if kind != PARQUET:
-        yield Chunk(path, 0, -1, False, False, kind)
+        ranges = []
+        if FileSystems.get_scheme(path) is None:
+            with _open(path) as f:
+                ranges = block_ranges(f, chunk_bytes)
+        if len(ranges) < 2:
+            yield Chunk(path, 0, -1, False, False, kind)
+        for r in ranges if len(ranges) > 1 else ():
+            yield Chunk(path, r.start, r.end, False, False, kind, r.first)
         return
     with _open(path) as f:
         try:

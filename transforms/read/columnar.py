@@ -31,6 +31,7 @@ from transforms.fhir.record_schema import (
     record_table,
     schema_problem,
 )
+from transforms.read.avro_blocks import range_stream
 from transforms.read.bundles import WHOLE
 from transforms.read.ndjson import json_error, parse_lines, to_resource
 from transforms.read.source_formats import PARQUET
@@ -53,8 +54,9 @@ def parquet_row_groups(f: IO[bytes]) -> int:
 
 
 def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batch_size: int,
-                  types: Optional[frozenset[str]] = None) -> Iterator[Item]:
-    """Reads row groups [start, end) of a Parquet file, or a whole Avro file, as batches and bad records.
+                  types: Optional[frozenset[str]] = None, first: int = 0) -> Iterator[Item]:
+    """Reads row groups [start, end) of a Parquet file, or bytes [start, end) of an Avro file (whole
+    blocks, `first` records after its start; `end` -1: the whole file), as batches and bad records.
 
     With `types`, only rows whose `resourceType` is one of them are read further than that column:
     a Parquet row group whose statistics exclude them all is skipped, other rows are dropped
@@ -62,7 +64,9 @@ def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batc
     """
     if kind == PARQUET:
         return _read_parquet(path, f, start, end, batch_size, types)
-    return _read_avro(path, f, batch_size, types)
+    if end >= 0:
+        f = range_stream(f, start, end)
+    return _read_avro(path, f, batch_size, types, first)
 
 
 def write_records(path: str, kind: str, resources: Sequence[Resource], rows_per_group: int = 10_000) -> None:
@@ -154,7 +158,9 @@ def _arrow_columns(batch: pa.RecordBatch) -> Columns:
     )
 
 
-def _read_avro(path: str, f: IO[bytes], batch_size: int, types: Optional[frozenset[str]] = None) -> Iterator[Item]:
+def _read_avro(path: str, f: IO[bytes], batch_size: int, types: Optional[frozenset[str]] = None,
+               start: int = 0) -> Iterator[Item]:
+    """Reads an Avro file (or one range of its blocks, `start` records into it) as batches and bad records."""
     origin = Origin(path, RECORDS)
     try:
         reader = fastavro.reader(f)
@@ -162,10 +168,11 @@ def _read_avro(path: str, f: IO[bytes], batch_size: int, types: Optional[frozens
         raise UnreadableFile(f"not a readable Avro file ({exc})") from exc
     problem = schema_problem(arrow_schema_of_avro(reader.writer_schema))
     if problem:
-        yield BadRecord(origin, WHOLE, f"Avro file {problem}")
+        if start == 0:  # one error per file, not one per range
+            yield BadRecord(origin, WHOLE, f"Avro file {problem}")
         return
     records = iter(reader)
-    for first in itertools.count(0, batch_size):
+    for first in itertools.count(start, batch_size):
         try:
             chunk = list(itertools.islice(records, batch_size))
         except Exception as exc:  # a truncated or corrupt block: IndexError, EOFError, ValueError, zlib.error...

@@ -132,7 +132,7 @@ class _ReadChunkFn(beam.DoFn):
             with gc_pause.collector_paused(), open_chunk(chunk) as f:
                 if chunk.columnar:
                     items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size,
-                                          self._types)
+                                          self._types, chunk.first)
                     yield from self._emit(self._selected(items))
                 elif chunk.document:
                     yield from self._emit(self._selected(self._document(chunk.path, f)))
