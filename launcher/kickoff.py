@@ -3,7 +3,7 @@
 Every refusal happens here, before any job exists, as a `KickoffRefused` that
 names the parameter. Parameters that would narrow the output (`_typeFilter`,
 `_elements`) or reshape it (`organizeOutputBy`) are never ignored, because
-ignoring them would export more than was asked for. Others this engine does not
+ignoring them would export more, or otherwise, than was asked for. Others this engine does not
 support are refused under strict handling (`Prefer: handling=strict`, the default here),
 naming them; under lenient handling they are ignored and named in the
 manifest's `message`.
@@ -26,6 +26,7 @@ from transforms.fhir.associated import ASSOCIATED_DATA
 from transforms.fhir.compartment import COMPARTMENT_TYPES, patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
+from transforms.fhir.organize import ORGANIZE_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
 from transforms.fhir.search.common import TypeFilterRefused
@@ -45,9 +46,7 @@ _KNOWN = (
     "organizeOutputBy",
     "allowPartialManifests",
 )
-_NOT_YET = {
-    "organizeOutputBy": "is not supported; output is organized by resource type",
-}
+_NOT_YET: dict[str, str] = {}
 # IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
 _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 _IGNORABLE = {
@@ -212,9 +211,11 @@ def _build(
             "Group is not exported at Patient level: a Group's member list names patients of other "
             "compartments (a Group-level export, Group/[id]/$export, can export that Group)",
         )
+    organize = _organize(joined.get("organizeOutputBy"), output_format)
     return ExportRequest(
         level=level,
         group_id=group_id,
+        organize_output_by=organize,
         request_url=url,
         types=types,
         elements=_elements(joined.get("_elements"), types),
@@ -226,6 +227,19 @@ def _build(
         include_associated_data=associated,
         ignored=tuple(ignored),
     )
+
+
+def _organize(value: Optional[str], output_format: str) -> Optional[str]:
+    """`organizeOutputBy`: only Patient (its blocks are the Patient compartment), into NDJSON. Never
+    ignored: files organized otherwise than asked would be read wrongly."""
+    if value is None or value == "":
+        return None
+    if value not in ORGANIZE_TYPES:
+        raise KickoffRefused("organizeOutputBy", f"{_printable(value)!r} is not supported; use "
+                             + " or ".join(ORGANIZE_TYPES))
+    if output_format not in NDJSON_FORMATS:
+        raise KickoffRefused("organizeOutputBy", "needs NDJSON output: a Parquet part holds one type")
+    return value
 
 
 def _associated(values: list[str], strict: bool, ignored: list[str]) -> tuple[str, ...]:

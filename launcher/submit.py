@@ -97,6 +97,8 @@ def validated(request: ExportRequest) -> ExportRequest:
     parameters += [{"name": "patient", "valueReference": {"reference": f"Patient/{p}"}} for p in request.patients]
     parameters += [{"name": "includeAssociatedData", "valueString": v} for v in request.include_associated_data]
     parameters.append({"name": "_outputFormat", "valueString": request.output_format})
+    if request.organize_output_by:
+        parameters.append({"name": "organizeOutputBy", "valueString": request.organize_output_by})
     parts = urlsplit(request.request_url)
     endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
     parsed = kickoff.parse_post({"resourceType": "Parameters", "parameter": parameters}, endpoint, strict=True)

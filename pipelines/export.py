@@ -41,6 +41,7 @@ from transforms.select.duplicates import ReportDuplicates
 from transforms.write.error_files import WriteErrorFiles
 from transforms.write.layout import DELETED_DIR, TEMP_DIR_NAME
 from transforms.write.manifest import AssembleManifest, Completed, FinalFile
+from transforms.write.organized import WriteBlocks
 from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
 from transforms.write.parts import WriteParts
 from transforms.write.urls import ManifestUrls
@@ -141,22 +142,27 @@ def build_pipeline(
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     referenced = None
     if patients is not None and settings.referenced_types:  # from the resources before `_elements`
-        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors)
-    batches = apply_steps(batches, shaping_steps(request), errors)
+        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors, None)
+    blocks = block_patients(pipeline, request, patients, job, errors)
+    batches = apply_steps(batches, shaping_steps(request, blocks), errors)
     if referenced is not None:
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, request, job.read_at, settings, errors)
+    batches = add_associated(pipeline, batches, request, job.read_at, settings, errors, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates())
-    parts = batches | "WriteParts" >> WriteParts(
-        job.temp_dir,
-        settings.max_lines_per_part,
-        settings.max_bytes_per_part,
-        progress=sink,
-        sink=part_format,
-        fence=sink,
-    )
+    if request.organize_output_by:  # the one shuffle of resource bodies, spilled to disk
+        parts = batches | "WriteBlocks" >> WriteBlocks(
+            job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink)
+    else:
+        parts = batches | "WriteParts" >> WriteParts(
+            job.temp_dir,
+            settings.max_lines_per_part,
+            settings.max_bytes_per_part,
+            progress=sink,
+            sink=part_format,
+            fence=sink,
+        )
     finished = [parts, None]
     if deletions is not None:
         deleted = apply_steps(read.deletions, deletion_steps(request, patients), errors, prefix="Deleted")
@@ -184,6 +190,15 @@ def _cannot_repeat(request: ExportRequest, settings: ExportSettings) -> bool:
     if not is_postgres(settings.source) or settings.referenced_types or request.include_associated_data:
         return False
     return unique_resources(settings.source)
+
+
+def block_patients(pipeline: beam.Pipeline, request: ExportRequest, patients, job: ExportJob, errors: list):
+    """The patients that may have blocks in an organized export: the covered ones; at system level every
+    Patient of the source (a `urn:uuid:` reference alone cannot tell a patient from a practitioner)."""
+    if not request.organize_output_by or patients is not None:
+        return patients
+    every = request.model_copy(update={"level": ExportLevel.PATIENT, "patients": ()})
+    return covered_patients(pipeline, every, job.patients_path, job.read_at, job.settings, errors)
 
 
 def part_sink(output_format: str) -> PartSink:
@@ -223,7 +238,8 @@ class _ManifestRenderer:
             transaction_time=self._transaction_time,
             request=self._request.request_url,
             requires_access_token=self._urls.requires_access_token(self._output_root),
-            output=_entries(completed.output, url),
+            output_organized_by=self._request.organize_output_by,
+            output=_entries(completed.output, url, typed=not self._request.organize_output_by),
             error=_entries(completed.error, url),
             deleted=_entries(completed.deleted, url),
             message=_message(self._request),
@@ -231,8 +247,9 @@ class _ManifestRenderer:
         return orjson.dumps(manifest.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n"
 
 
-def _entries(files: list[FinalFile], url: Callable[[str], str]) -> list[OutputFile]:
-    return [OutputFile(type=f.type, url=url(f.path), count=f.count) for f in files]
+def _entries(files: list[FinalFile], url: Callable[[str], str], typed: bool = True) -> list[OutputFile]:
+    """Manifest entries; `typed=False` for files organized by instances, which name no type (IG v3)."""
+    return [OutputFile(type=f.type if typed else None, url=url(f.path), count=f.count) for f in files]
 
 
 def _message(request: ExportRequest) -> Optional[str]:

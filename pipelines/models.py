@@ -69,6 +69,8 @@ class ExportRequest(BaseModel):
     include_associated_data: tuple[str, ...] = ()
     output_format: str = "application/fhir+ndjson"
     allow_partial_manifests: bool = False
+    # organizeOutputBy: blocks of each instance of this type (only Patient), instead of one type per file.
+    organize_output_by: Optional[str] = None
     # Parameters the server ignored (lenient handling); named in the manifest.
     ignored: tuple[str, ...] = ()
 
@@ -129,9 +131,10 @@ class _SpecModel(BaseModel):
 
 
 class OutputFile(_SpecModel):
-    """One manifest entry: a file of one resource type and its line count."""
+    """One manifest entry: a file of one resource type (no type when the output is organized by
+    instances of a type) and its line count."""
 
-    type: str
+    type: Optional[str] = None
     url: str
     count: Optional[int] = None
 
@@ -142,6 +145,7 @@ class Manifest(_SpecModel):
     transaction_time: str
     request: str
     requires_access_token: bool
+    output_organized_by: Optional[str] = None
     output: list[OutputFile] = Field(default_factory=list)
     error: list[OutputFile] = Field(default_factory=list)
     deleted: list[OutputFile] = Field(default_factory=list)

@@ -37,8 +37,9 @@ class ExportOptions(PipelineOptions):
         parser.add_argument("--tenant", default="default", help="The job's tenant.")
         parser.add_argument("--transaction_time", help="The kickoff instant, frozen.")
         parser.add_argument("--attempt", type=int, default=1, help="The job's attempt: 1, or more once resumed.")
-        parser.add_argument("--source_snapshot", default="",
-                            help="A PostgreSQL source's exported snapshot, which every reader joins (set by the launcher).")
+        parser.add_argument(
+            "--source_snapshot", default="",
+            help="A PostgreSQL source's exported snapshot, which every reader joins (set by the launcher).")
         parser.add_argument(
             "--max_lines_per_part", type=int, default=DEFAULTS["max_lines_per_part"], help="Most lines in one part."
         )

@@ -36,6 +36,7 @@ from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter, compile_type_filters
+from transforms.write.organized import KeyBlocks
 
 Step = tuple[str, beam.PTransform]
 Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
@@ -58,7 +59,7 @@ def read_selection(
     bodies are kept only when a later step or the part format reads them.
     """
     system = request.level is ExportLevel.SYSTEM
-    later_steps = not system or bool(request.type_filters or request.elements)
+    later_steps = not system or bool(request.type_filters or request.elements or request.organize_output_by)
     bounds = window(request, transaction_time, settings) if system else None
     types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
     return ReadSelection.of(types, bounds, keep_bodies=later_steps or part_needs_bodies)
@@ -115,11 +116,15 @@ def type_filter_steps(request: ExportRequest, transaction_time: str) -> list[Ste
     return [("TypeFilter", FilterTypeFilter(compile_type_filters(queries, request.types, now=transaction_time)))]
 
 
-def shaping_steps(request: ExportRequest) -> list[Step]:
-    """Steps that change, rather than choose, exported resources."""
-    if not request.elements:
-        return []
-    return [("Elements", SubsetElements(parse_elements(request.elements, request.types)))]
+def shaping_steps(request: ExportRequest, patients: Patients = None) -> list[Step]:
+    """Steps that change, rather than choose, exported resources: with organizeOutputBy, first their
+    blocks are noted (before `_elements`, which may drop a reference; `patients`: the covered ones)."""
+    chosen: list[Step] = []
+    if request.organize_output_by:
+        chosen.append(("Blocks", KeyBlocks(patients if isinstance(patients, beam.pvalue.AsSideInput) else None)))
+    if request.elements:
+        chosen.append(("Elements", SubsetElements(parse_elements(request.elements, request.types))))
+    return chosen
 
 
 def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str, at: ReadAt,
@@ -131,11 +136,13 @@ def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str,
     Otherwise (a source too large for the launcher to scan) resolved here from the source: a join for
     a Patient-level export without `patient` (every patient of the source), else a side input.
     """
+    # Organized output limits blocks to the covered patients, which needs them as a side input.
+    organize = bool(request.organize_output_by)
     if FileSystems.exists(path):
-        joined = read_header(path).patients > settings.max_side_input_patients
+        joined = read_header(path).patients > settings.max_side_input_patients and not organize
         covered = pipeline | "Patients" >> ReadPatients(path, as_set=not joined)
     else:
-        joined = request.level is ExportLevel.PATIENT and not request.patients
+        joined = request.level is ExportLevel.PATIENT and not request.patients and not organize
         scope = (request.level.value, request.group_id, request.patients, request.since)
         covered = pipeline | "Patients" >> ResolvePatients(
             scope, at.transaction_time, settings.source, settings.source_format, settings.chunk_bytes,
@@ -160,6 +167,7 @@ def add_referenced(
     at: ReadAt,
     settings: ExportSettings,
     errors: list,
+    patients: Patients = None,
 ) -> Optional[beam.PCollection]:
     """The resources of `settings.referenced_types` that `batches` reference, shaped (None: none asked).
 
@@ -178,7 +186,7 @@ def add_referenced(
     chosen = [
         *type_filter_steps(request, at.transaction_time),
         ("Referenced", FilterReferenced(keys, window(request, at.transaction_time, settings))),
-        *shaping_steps(request),
+        *shaping_steps(request, patients),
     ]
     return apply_steps(again.batches, chosen, errors, prefix="Referenced")
 
@@ -190,6 +198,7 @@ def add_associated(
     at: ReadAt,
     settings: ExportSettings,
     errors: list,
+    patients: Patients = None,
 ) -> beam.PCollection:
     """`batches` plus the Provenance resources `includeAssociatedData` asks for.
 
@@ -206,5 +215,5 @@ def add_associated(
         selection=ReadSelection.of((PROVENANCE,), bounds), at=at,
     )
     added = batches | "Associated" >> AddProvenance(again.batches, latest_only)
-    added = apply_steps(added, shaping_steps(request), errors, prefix="Associated")
+    added = apply_steps(added, shaping_steps(request, patients), errors, prefix="Associated")
     return (batches, added) | "WithAssociated" >> beam.Flatten()

@@ -167,7 +167,7 @@ def test_patient_in_the_url_points_to_the_post_form():
     assert refused.parameter == "patient" and "--parameters" in refused.reason
 
 
-NARROWING = ["_typeFilter=Observation%3Fsubject.name%3Dx", "_elements=name.family", "organizeOutputBy=Patient"]
+NARROWING = ["_typeFilter=Observation%3Fsubject.name%3Dx", "_elements=name.family", "organizeOutputBy=Encounter"]
 
 
 @pytest.mark.parametrize("strict", [False, True])

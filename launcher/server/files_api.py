@@ -65,12 +65,19 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
     output = next((entry for entry in manifest.output if entry.url == url), None)
     if output is None and url not in {entry.url for entry in manifest.error + manifest.deleted}:
         raise missing
-    if output is not None and not who.grant.covers(output.type):
+    if output is not None and output.type is not None and not who.grant.covers(output.type):
         raise who.refuse(app, request, 403, f"the access token's scopes do not cover {output.type}")
+    if output is not None and output.type is None and not _covers_job(who, record.request.types):
+        # A file of patient blocks holds every type the job exported.
+        raise who.refuse(app, request, 403, "the access token's scopes do not cover every type of this export")
     local = os.path.join(record.output_dir, path)
     if not os.path.isfile(local):
         raise FhirError(404, "not-found", "the file is gone (the job was removed)")
     return local
+
+
+def _covers_job(who: Caller, types: tuple[str, ...]) -> bool:
+    return who.grant.all_types if not types else all(who.grant.covers(t) for t in types)
 
 
 def _accepts_gzip(accept_encoding: str) -> bool:

@@ -196,6 +196,8 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries):
                 attempt,
             )
             self._advance_schedule(db, job_id)
+            if manifest.output_organized_by:  # files of blocks name no type: the writers' own counts stay
+                return
             # The manifest's counts are exact; they replace the running progress.
             db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
             for resource_type, n in totals.items():
