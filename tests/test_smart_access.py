@@ -140,6 +140,19 @@ def test_a_scope_for_another_type_cannot_download_a_file(setup):
         assert narrow.get(manifest["status_url"]).status_code == 200  # its job, its manifest
 
 
+def test_a_file_of_patient_blocks_needs_a_token_covering_every_type_of_the_export(setup):
+    with setup.client("a1") as client:
+        manifest = _export(client, setup.server.fhir + "/Patient/$export?_type=Patient,Observation"
+                                                       "&organizeOutputBy=Patient")
+    assert manifest["outputOrganizedBy"] == "Patient" and all("type" not in e for e in manifest["output"])
+    url = manifest["output"][0]["url"]
+    with setup.client("a1", "system/Observation.read") as narrow:
+        assert "every type of this export" in _outcome(narrow.get(url), 403)
+    with setup.client("a1", "system/Patient.read system/Observation.read") as both:
+        lines = both.get(url).content.splitlines()
+        assert len(lines) == manifest["output"][0]["count"] and b'"name":"header"' in lines[0]
+
+
 def test_a_kick_off_is_bounded_by_the_token(setup):
     with setup.client("a1", "system/Patient.read system/Observation.rs") as client:
         for query in ("?_type=Condition", "?_type=Patient,Condition",

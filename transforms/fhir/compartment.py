@@ -38,6 +38,7 @@ def _load_paths() -> dict[str, tuple[tuple[str, ...], ...]]:
 # Resource type -> the element paths whose references place it in a compartment.
 COMPARTMENT_PATHS: dict[str, tuple[tuple[str, ...], ...]] = _load_paths()
 COMPARTMENT_TYPES: frozenset[str] = frozenset(COMPARTMENT_PATHS) | {PATIENT}
+_PATIENT_SLASH = PATIENT + "/"
 
 
 def patient_reference_id(reference: object) -> Optional[str]:
@@ -50,6 +51,11 @@ def patient_reference_id(reference: object) -> Optional[str]:
     """
     if type(reference) is not str:
         return None
+    # The two common forms, without a full parse.
+    if reference.startswith(_PATIENT_SLASH) and reference.find("/", 8) < 0:
+        return reference[8:] or None
+    if reference.startswith(_URN_UUID):
+        return reference[len(_URN_UUID):] or None
     target = split_reference(reference)
     if not target.id:
         return None
