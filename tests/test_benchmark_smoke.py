@@ -132,3 +132,12 @@ def test_a_small_postgres_benchmark_run_prints_its_table(data_dir, postgres_serv
     rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith(("| COPY", "| export"))]
     assert len(rows) == 2 and rows[0][2] == rows[1][2], done.stdout  # both read every row
     assert "target" in done.stdout and "machine: nproc=" in done.stdout
+
+
+def test_a_small_organize_benchmark_run_prints_its_table(data_dir):
+    """benchmarks/bench_organize.py: an organizeOutputBy=Patient export beside the plain loop."""
+    bench = BENCH.parent / "bench_organize.py"
+    done = subprocess.run([sys.executable, str(bench), "--resources", "2000", "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "| pipeline, organizeOutputBy=Patient" in done.stdout and "(one per Patient)" in done.stdout
