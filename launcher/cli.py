@@ -205,6 +205,8 @@ def _parser() -> argparse.ArgumentParser:
     _job_options(manifest, all_owners=True)
     manifest.add_argument("job_id")
     manifest.add_argument("--refresh-urls", action="store_true", help="re-sign the manifest's GCS URLs from now")
+    manifest.add_argument("--page", type=_positive, metavar="N",
+                          help="page N of an allowPartialManifests export's manifest (ready while it runs)")
     _url_options(manifest)
     manifest.set_defaults(handler=commands.manifest)
 

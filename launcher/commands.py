@@ -153,8 +153,11 @@ def status(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def manifest(args: argparse.Namespace, _: list[str]) -> int:
-    store, audit = _open(args, read_only=True)
-    document = store.manifest(args.tenant, args.job_id, _owner(args, audit, "manifest", args.job_id))
+    store, audit = _open(args, read_only=args.page is None)  # serving a page first freezes it
+    owner = _owner(args, audit, "manifest", args.job_id)
+    if args.page is not None:
+        return _manifest_page(store, args, owner)
+    document = store.manifest(args.tenant, args.job_id, owner)
     if args.refresh_urls:
         from launcher.signing import refresh_urls  # signs with google-auth
 
@@ -164,6 +167,27 @@ def manifest(args: argparse.Namespace, _: list[str]) -> int:
                                   " gs:// output")
         document = refresh_urls(document, args.url_ttl, args.signing_key)
     print(json.dumps(document.to_json_dict(), indent=2))
+    return 0
+
+
+def _manifest_page(store, args: argparse.Namespace, owner) -> int:
+    """`manifest --page N` of an allowPartialManifests export: the page, or exit 1 while it is not ready."""
+    from launcher.manifest_pages import manifest_page, requires_token
+
+    record = store.get(args.tenant, args.job_id, owner)
+    if not record.request.allow_partial_manifests:
+        raise InvalidJobState(f"job {args.job_id} was not kicked off with allowPartialManifests=true: it has one"
+                              " manifest (omit --page)")
+    if record.status not in (ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE):
+        raise InvalidJobState(f"job {args.job_id} is {record.status.value}: it has no manifest")
+    here = f"{record.output_dir}/{MANIFEST_NAME}"
+    page = manifest_page(store, record, owner, args.page, lambda n: f"{here}?page={n}", requires_token(store, record))
+    if page is None:
+        print(f"job {args.job_id}: page {args.page} is not ready"
+              + (" (the manifest has fewer pages)" if record.status is ExportStatus.COMPLETE else "; try again"),
+              file=sys.stderr)
+        return 1
+    print(json.dumps(page.to_json_dict(), indent=2))
     return 0
 
 

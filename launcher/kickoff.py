@@ -49,9 +49,7 @@ _KNOWN = (
 _NOT_YET: dict[str, str] = {}
 # IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
 _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
-_IGNORABLE = {
-    "allowPartialManifests": "one complete manifest is produced",
-}
+_IGNORABLE: dict[str, str] = {}
 
 
 class KickoffRefused(ValueError):
@@ -212,10 +210,14 @@ def _build(
             "compartments (a Group-level export, Group/[id]/$export, can export that Group)",
         )
     organize = _organize(joined.get("organizeOutputBy"), output_format)
+    partial = joined.get("allowPartialManifests", "false")
+    if partial not in ("true", "false"):
+        raise KickoffRefused("allowPartialManifests", "must be true or false")
     return ExportRequest(
         level=level,
         group_id=group_id,
         organize_output_by=organize,
+        allow_partial_manifests=partial == "true",
         request_url=url,
         types=types,
         elements=_elements(joined.get("_elements"), types),

@@ -101,6 +101,13 @@ class StoreJobSink:
         """True while this attempt still owns the job (or completed it: a retried final step)."""
         return _retried(lambda: self._job_store().owned_by(self._job_id, self._attempt), "check its fence")
 
+    def publish(self, kind: str, resource_type: Optional[str], url: str, count: int) -> bool:
+        """Lists a final file in the job's partial manifests, if this attempt still runs the job."""
+        from launcher.stores.published import Published
+
+        return _retried(lambda: self._job_store().publish(self._job_id, self._attempt,
+                                                          Published(kind, resource_type, url, count)), "publish a file")
+
     def _renew(self, store: JobStore) -> None:
         """Renews the lease, at most every tenth of its length."""
         if self._holder is None or time.monotonic() - self._renewed_at < self._lease_s / 10:

@@ -44,6 +44,7 @@ from transforms.write.manifest import AssembleManifest, Completed, FinalFile
 from transforms.write.organized import WriteBlocks
 from transforms.write.part_formats import NdjsonSink, ParquetSink, PartSink
 from transforms.write.parts import WriteParts
+from transforms.write.publish import Publisher
 from transforms.write.urls import ManifestUrls
 
 
@@ -151,9 +152,13 @@ def build_pipeline(
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates())
+    publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
+    if request.allow_partial_manifests and sink is not None:
+        publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=not request.organize_output_by)
     if request.organize_output_by:  # the one shuffle of resource bodies, spilled to disk
         parts = batches | "WriteBlocks" >> WriteBlocks(
-            job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink)
+            job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,
+            publish=publish)
     else:
         parts = batches | "WriteParts" >> WriteParts(
             job.temp_dir,
@@ -162,6 +167,7 @@ def build_pipeline(
             progress=sink,
             sink=part_format,
             fence=sink,
+            publish=publish,
         )
     finished = [parts, None]
     if deletions is not None:
@@ -242,7 +248,7 @@ class _ManifestRenderer:
             output=_entries(completed.output, url, typed=not self._request.organize_output_by),
             error=_entries(completed.error, url),
             deleted=_entries(completed.deleted, url),
-            message=_message(self._request),
+            message=self._request.ignored_message,
         )
         return orjson.dumps(manifest.to_json_dict(), option=orjson.OPT_INDENT_2) + b"\n"
 
@@ -250,12 +256,6 @@ class _ManifestRenderer:
 def _entries(files: list[FinalFile], url: Callable[[str], str], typed: bool = True) -> list[OutputFile]:
     """Manifest entries; `typed=False` for files organized by instances, which name no type (IG v3)."""
     return [OutputFile(type=f.type if typed else None, url=url(f.path), count=f.count) for f in files]
-
-
-def _message(request: ExportRequest) -> Optional[str]:
-    if not request.ignored:
-        return None
-    return "Ignored kickoff parameters (not supported): " + "; ".join(request.ignored)
 
 
 class _Completion:

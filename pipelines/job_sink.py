@@ -8,7 +8,7 @@ runner it travels to the workers with the DoFns.
 from __future__ import annotations
 
 import time
-from typing import Iterator, Protocol
+from typing import Iterator, Optional, Protocol
 
 import apache_beam as beam
 
@@ -29,6 +29,10 @@ class JobSink(Protocol):
 
     def owns(self) -> bool:
         """Whether this attempt still owns the job; writing steps stop when it does not."""
+
+    def publish(self, kind: str, resource_type: Optional[str], url: str, count: int) -> bool:
+        """Lists a final file in the job's partial manifests (allowPartialManifests); False when the
+        attempt no longer runs the job."""
 
     def complete(self, manifest: Manifest, bad_records: int) -> bool:
         """Claims completion before the manifest becomes visible.

@@ -74,6 +74,13 @@ class ExportRequest(BaseModel):
     # Parameters the server ignored (lenient handling); named in the manifest.
     ignored: tuple[str, ...] = ()
 
+    @property
+    def ignored_message(self) -> Optional[str]:
+        """The manifest's `message` naming the parameters lenient handling ignored, if any."""
+        if not self.ignored:
+            return None
+        return "Ignored kickoff parameters (not supported): " + "; ".join(self.ignored)
+
     @field_validator("since", "until")
     @classmethod
     def _instant(cls, value: Optional[str]) -> Optional[str]:

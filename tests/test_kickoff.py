@@ -177,7 +177,7 @@ def test_narrowing_it_cannot_apply_is_refused_even_when_lenient(query, strict):
     assert refused.parameter == query.split("=")[0]
 
 
-IGNORABLE = ["foo=bar", "includeAssociatedData=_custom", "allowPartialManifests=true"]
+IGNORABLE = ["foo=bar", "includeAssociatedData=_custom"]
 
 
 @pytest.mark.parametrize("query", IGNORABLE)

@@ -33,6 +33,7 @@ class ServerConfig:
     maintenance_every_s: float = 30.0  # how often lapsed leases are reaped and expired jobs removed
     retry_after_s: int = 2
     max_body_bytes: int = 1 << 20
+    manifest_page_files: int = 1000  # files per page of an allowPartialManifests manifest
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -40,6 +41,8 @@ class ServerConfig:
         if not self.base_url.startswith(("http://", "https://")):
             raise ValueError(f"--base-url must be an http(s) URL, not {self.base_url!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.manifest_page_files < 1:
+            raise ValueError("--manifest-page-files must be at least 1")
 
     @property
     def store_url(self) -> str:

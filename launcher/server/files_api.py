@@ -18,12 +18,13 @@ from typing import Iterator
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
+from launcher.manifest_pages import listed_file
 from launcher.names import check_job_id
 from launcher.server.config import FILES_PATH
 from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound
-from pipelines.models import ExportStatus
+from pipelines.models import ExportStatus, OutputFile
 from transforms.write.layout import NDJSON_MIME, PARQUET_MIME
 
 router = APIRouter()
@@ -58,13 +59,19 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
         record = app.store.get(tenant, check_job_id(job_id), who.owner)
     except (JobNotFound, ValueError):
         raise missing from None
-    if record.status is not ExportStatus.COMPLETE:
-        raise missing
-    manifest = app.store.manifest(tenant, job_id, who.owner)
     url = f"{app.config.files_base}/{tenant}/{job_id}/{path}"
-    output = next((entry for entry in manifest.output if entry.url == url), None)
-    if output is None and url not in {entry.url for entry in manifest.error + manifest.deleted}:
+    if record.status is ExportStatus.IN_PROGRESS and record.request.allow_partial_manifests:
+        early = listed_file(app.store, record, url)  # published while the export runs
+        if early is None:
+            raise missing
+        output = OutputFile(type=early.type, url=url, count=early.count) if early.kind == "output" else None
+    elif record.status is not ExportStatus.COMPLETE:
         raise missing
+    else:
+        manifest = app.store.manifest(tenant, job_id, who.owner)
+        output = next((entry for entry in manifest.output if entry.url == url), None)
+        if output is None and url not in {entry.url for entry in manifest.error + manifest.deleted}:
+            raise missing
     if output is not None and output.type is not None and not who.grant.covers(output.type):
         raise who.refuse(app, request, 403, f"the access token's scopes do not cover {output.type}")
     if output is not None and output.type is None and not _covers_job(who, record.request.types):

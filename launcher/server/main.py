@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a finished job's files are kept, as its status's Expires says (default 24h)")
     parser.add_argument("--maintenance-interval", dest="maintenance_interval", default="30s",
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
+    parser.add_argument("--manifest-page-files", dest="manifest_page_files", type=int, default=1000,
+                        help="files per manifest page of an allowPartialManifests export (default %(default)s)")
 
 
 def default_auth(store_url: str) -> str:
@@ -52,6 +54,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         beam_args=tuple(beam_args),
         cleanup_ttl_s=parse_duration(args.cleanup_ttl, "--cleanup-ttl"),
         maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
+        manifest_page_files=args.manifest_page_files,
     )
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
     if config.auth == "none":

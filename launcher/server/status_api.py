@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import datetime as dt
 from email.utils import format_datetime
+from typing import Optional
 
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
 from launcher.lifecycle import delete_job
+from launcher.manifest_pages import manifest_page, requires_token
 from launcher.names import check_job_id
 from launcher.server.config import STATUS_PATH
 from launcher.server.deps import Caller, Server, caller, server
@@ -30,8 +32,13 @@ router = APIRouter()
 
 
 @router.get(STATUS_PATH + "/{job_id}")
-def status(job_id: str, app: Server = Depends(server), who: Caller = Depends(caller)) -> Response:
+def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server),
+           who: Caller = Depends(caller)) -> Response:
     record = _job(app, who, job_id)
+    if record.request.allow_partial_manifests and record.status in (ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE):
+        return _page(app, who, record, page or 1)
+    if page is not None:
+        raise FhirError(400, "invalid", "page: only an export kicked off with allowPartialManifests=true has pages")
     if not record.status.is_terminal:
         headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
         return Response(status_code=202, headers=headers)
@@ -43,6 +50,26 @@ def status(job_id: str, app: Server = Depends(server), who: Caller = Depends(cal
     if record.status is ExportStatus.CANCELLED:
         raise FhirError(404, "not-found", f"job {job_id} was cancelled")
     raise FhirError(500, "exception", f"job {job_id} failed: {record.error_message or 'unknown error'}")
+
+
+def _page(app: Server, who: Caller, record: StoredJob, page: int) -> Response:
+    """A page of an allowPartialManifests export's manifest (200), or 202 while it is not ready."""
+    if page < 1:
+        raise FhirError(400, "invalid", "page: must be 1 or more")
+    requires = app.tokens is not None or requires_token(app.store, record)
+    base = app.config.status_url(record.job_id)
+    manifest = manifest_page(app.store, record, who.owner, page, lambda n: f"{base}?page={n}", requires,
+                             app.config.manifest_page_files)
+    if manifest is None:
+        if record.status is ExportStatus.COMPLETE:
+            raise FhirError(404, "not-found", f"page {page}: the manifest has fewer pages")
+        headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
+        return Response(status_code=202, headers=headers)
+    if record.status is ExportStatus.COMPLETE:
+        headers = {"Expires": _expires(record, app.config.cleanup_ttl_s)}
+    else:  # a page served while the export runs says how far it is
+        headers = {"X-Progress": progress_text(record)}
+    return JSONResponse(manifest.to_json_dict(), headers=headers)
 
 
 @router.delete(STATUS_PATH + "/{job_id}")

@@ -29,6 +29,7 @@ from launcher.stores.contract import (
     TooManyActiveExports,
     now_ms,
 )
+from launcher.stores.published import PublishedQueries
 from launcher.stores.runner_jobs import RunnerJobQueries
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
 from pipelines.models import ExportRequest, ExportStatus, Manifest, TypeProgress
@@ -42,7 +43,7 @@ _FREE_LEASE_SQL = "(lease_holder IS NULL OR lease_expires_ms < ?)"
 _SCHEMA_CHECK = threading.Lock()
 
 
-class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries):
+class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQueries):
     """`JobStore` in SQL that SQLite and PostgreSQL both accept (`?` placeholders)."""
 
     url: str
@@ -226,6 +227,7 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries):
             if not record.status.is_terminal:
                 raise InvalidJobState(f"job {job_id} is {record.status.value}; cancel it before deleting it")
             db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
+            self._forget_published(db, job_id)
             db.execute("DELETE FROM jobs WHERE job_id = ?", (job_id,))
             return record
 
@@ -337,6 +339,7 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries):
                 (now_instant(), lease.holder, lease.expires_ms), verb="be resumed",
             )
             db.execute("DELETE FROM type_progress WHERE job_id = ?", (job_id,))
+            self._forget_published(db, job_id)  # the attempt's folder starts empty
             return self._record(db, self._row(db, job_id))
 
     def _visible(self, db, tenant: str, job_id: str, owner: Owner) -> dict:

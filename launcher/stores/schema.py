@@ -11,6 +11,7 @@ from typing import Callable, NamedTuple, Optional
 
 from launcher.auth.registry import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
 from launcher.schedules import SCHEDULES_TABLE
+from launcher.stores.published import PAGES_TABLE, PUBLISHED_TABLE
 from launcher.stores.runner_jobs import RUNNER_JOB_COLUMN
 from transforms.fhir.instant import instant_key
 
@@ -98,6 +99,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(4, (CLIENTS_TABLE, ASSERTIONS_TABLE, ASSERTIONS_INDEX, SERVER_KEYS_TABLE)),
     # The engine's own id of a submitted job (Dataflow), so a cancel reaches it: `launcher.dataflow`.
     Migration(5, (RUNNER_JOB_COLUMN,)),
+    # allowPartialManifests: files published while an export runs, and the manifest pages served.
+    Migration(6, (PUBLISHED_TABLE, PAGES_TABLE)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"

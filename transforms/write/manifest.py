@@ -123,7 +123,14 @@ class _AssembleFn(beam.DoFn):
         return temp
 
     def _finalize_parts(self, parts: list[PartFile], folder: str = "") -> list[FinalFile]:
-        """Gives `parts` their final names, in `folder` of the job's, numbered from 0 per type."""
+        """Gives `parts` their final names, in `folder` of the job's, numbered from 0 per type; a part
+        published while the export ran (allowPartialManifests) keeps the name it was listed under."""
+        published = [p for p in parts if not p.temp_path.startswith(self._temp_dir.rstrip("/") + "/")]
+        parts = [p for p in parts if p not in published]
+        kept = [FinalFile(p.type, p.temp_path, p.count) for p in sorted(published, key=lambda p: p.temp_path)]
+        missing = [f.path for f in kept if not FileSystems.exists(f.path)]
+        if missing:
+            raise OSError(f"published parts are gone: {', '.join(missing)}")
         # Sorting by temp path only makes numbering stable for a given set of parts.
         parts = sorted(parts, key=lambda p: (p.type, p.temp_path))
         numbers: dict[str, int] = {}
@@ -145,4 +152,4 @@ class _AssembleFn(beam.DoFn):
             raise OSError(f"parts of this attempt are gone before their final names: {', '.join(lost)}")
         if pending:
             FileSystems.rename([s for s, _ in pending], [d for _, d in pending])
-        return final
+        return kept + final

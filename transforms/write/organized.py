@@ -20,7 +20,7 @@ import time
 import uuid
 import zlib
 from collections import defaultdict
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -73,10 +73,10 @@ class WriteBlocks(beam.PTransform):
     """Writes keyed `ResourceBatch`es as blocks into temporary parts; emits one `PartFile` per part."""
 
     def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, progress: Optional[ProgressSink] = None,
-                 fence: Optional[Fence] = None):
+                 fence: Optional[Fence] = None, publish: Optional[Callable[[PartFile], PartFile]] = None):
         super().__init__()
         self._spill = _SpillFn(f"{temp_dir}/organize", fence)
-        self._blocks = _BlocksFn(temp_dir, max_lines, max_bytes, progress, fence)
+        self._blocks = _BlocksFn(temp_dir, max_lines, max_bytes, progress, fence, publish)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return (
@@ -121,9 +121,9 @@ class _SpillFn(beam.DoFn):
 class _BlocksFn(beam.DoFn):
     """Groups one partition's run files by patient and writes its blocks into rolling parts."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress, fence):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, fence, publish=None):
         self._temp_dir, self._max_lines, self._max_bytes = temp_dir, max_lines, max_bytes
-        self._progress, self._fence = progress, fence
+        self._progress, self._fence, self._publish = progress, fence, publish
 
     def process(self, element: tuple[int, list[str]]) -> Iterator[PartFile]:
         _, paths = element
@@ -137,7 +137,7 @@ class _BlocksFn(beam.DoFn):
                 patient, resource_type, raw = marshal.load(records)
                 grouped[patient].append((resource_type, raw))
             del data, records
-        writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes)
+        writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes, self._publish)
         counts: dict[str, int] = defaultdict(int)
         checked = time.monotonic()
         for patient in sorted(grouped):
@@ -157,8 +157,9 @@ class _RollingParts:
     """NDJSON parts that take whole blocks: a part never splits one, and a block too large for any
     part is a part of its own."""
 
-    def __init__(self, temp_dir: str, max_lines: int, max_bytes: int):
+    def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, publish=None):
         self._temp_dir, self._max_lines, self._max_bytes = temp_dir, max_lines, max_bytes
+        self._publish = publish
         self._path, self._handle, self._lines, self._bytes = None, None, 0, 0
         self._closed: list[PartFile] = []
 
@@ -178,7 +179,7 @@ class _RollingParts:
         self._handle.close()
         part = PartFile(BLOCKS, self._path, self._lines, self._bytes)
         self._path, self._handle, self._lines, self._bytes = None, None, 0, 0
-        return part
+        return self._publish(part) if self._publish is not None else part
 
     def close(self) -> list[PartFile]:
         closed = list(self._closed)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import IO, Iterator, Optional, Protocol
+from typing import IO, Callable, Iterator, Optional, Protocol
 
 import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
@@ -71,11 +71,14 @@ class WriteParts(beam.PTransform):
         progress: Optional[ProgressSink] = None,
         sink: PartSink = NdjsonSink(),
         fence: Optional[Fence] = None,
+        publish: Optional[Callable[[PartFile], PartFile]] = None,
     ):
+        """`publish` (allowPartialManifests, `transforms.write.publish.Publisher`) makes each part final
+        and lists it the moment it is closed."""
         super().__init__()
         if max_lines < 1 or max_bytes < 1:
             raise ValueError("part limits must be positive")
-        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence)
+        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence, publish)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return batches | beam.ParDo(self._fn)
@@ -107,9 +110,10 @@ class _OpenPart:
 class _WritePartsFn(beam.DoFn):
     """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink, fence=None):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink, fence=None, publish=None):
         self._temp_dir = temp_dir
         self._fence = fence
+        self._publish = publish
         self._sink = sink
         self._max_lines = max_lines
         self._max_bytes = max_bytes
@@ -141,7 +145,7 @@ class _WritePartsFn(beam.DoFn):
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         for part in self._open.values():
-            self._closed.append(part.close())
+            self._closed.append(self._closing(part))
         self._open.clear()
         self._check_fence("handing its parts on")
         if self._progress:
@@ -166,7 +170,7 @@ class _WritePartsFn(beam.DoFn):
             if part is None or part.count >= self._max_lines or part.size + size > self._max_bytes:
                 if part is not None:
                     _flush(part, pending)
-                    self._closed.append(part.close())
+                    self._closed.append(self._closing(part))
                     pending = []
                 self._check_fence("opening a part")
                 path = f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}{self._sink.extension}"
@@ -175,6 +179,10 @@ class _WritePartsFn(beam.DoFn):
             part.count += 1
             part.size += size
         _flush(part, pending)
+
+    def _closing(self, part: "_OpenPart") -> PartFile:
+        closed = part.close()
+        return self._publish(closed) if self._publish is not None else closed
 
     def _check_fence(self, doing: str) -> None:
         """Checks the fence; an attempt that lost the job removes every part of this bundle, then stops."""
