@@ -76,8 +76,8 @@ def test_a_client_that_does_not_ask_gets_one_manifest_and_no_pages(server):
 
 
 def test_the_cli_shows_the_pages_of_a_finished_export(run_cli, sample_dir, tmp_path):
-    done = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"), "--max-lines-per-part", "50",
-                   "--kickoff", f"{BASE}/$export?allowPartialManifests=true")
+    done = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+                   "--max-lines-per-part", "50", "--kickoff", f"{BASE}/$export?allowPartialManifests=true")
     assert done.code == 0, done.err
     job_id = done.manifest_path.parent.name
     final = done.manifest()
