@@ -151,7 +151,7 @@ def build_pipeline(
     batches = add_associated(pipeline, batches, request, job.read_at, settings, errors, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
-        errors.append(batches | "Duplicates" >> ReportDuplicates())
+        errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates"))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
     if request.allow_partial_manifests and sink is not None:
         publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=not request.organize_output_by)

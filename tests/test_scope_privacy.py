@@ -271,23 +271,24 @@ def test_without_type_filters_and_elements_on_types_the_level_leaves_out_are_ref
         "Patient/$export?_type=Group,", "Patient/$export?_type=")), ("Practitioner",))
 
 
-def test_the_duplicate_branch_shuffles_only_metadata():
-    import marshal
-
+def test_the_duplicate_branch_shuffles_and_spills_only_metadata(tmp_path):
     from transforms.records import Origin, Resource, ResourceBatch
-    from transforms.select.duplicates import _duplicates, _KeysFn
+    from transforms.select.duplicates import _duplicates, key_records
+    from transforms.write.spill import SpillRecords, read_partition
 
     raw = [b'{"resourceType":"Patient","id":"twin","name":[{"family":"SECRET-%d"}]}' % n for n in (1, 2)]
-    fn = _KeysFn(4)
-    fn.start_bundle()
     batches = [ResourceBatch(Origin(f"f{n}.ndjson", 0), [Resource("Patient", r, None, 0)]) for n, r in enumerate(raw)]
+    fn = SpillRecords(str(tmp_path / "keys"), lambda batch: key_records(4, batch))
+    fn.start_bundle()
     for batch in batches:
         assert list(fn.process(batch)) == []
     shuffled = [pair.value for pair in fn.finish_bundle()]
-    assert all(type(k) is int and type(v) is bytes and b"SECRET" not in v for k, v in shuffled)
-    assert all(len(entry) == 8 for _, v in shuffled for entry in marshal.loads(v))
-    [(bucket, blob)] = shuffled
-    records = list(_duplicates((bucket, [blob])))
+    assert all(type(k) is int and type(v) is str for k, v in shuffled)  # the shuffle: a bucket and a path
+    spilled = [p.read_bytes() for p in (tmp_path / "keys").rglob("*.run")]
+    assert spilled and not any(b"SECRET" in data for data in spilled)
+    [(bucket, path)] = shuffled
+    assert all(len(entry) == 8 for entry in read_partition([path]))
+    records = list(_duplicates((bucket, [path])))
     assert [(r.origin.path, r.index, r.code, r.resource_id) for r in records] == [
         ("f0.ndjson", 0, "duplicate", "twin"), ("f1.ndjson", 0, "duplicate", "twin")]
     assert all("SECRET" not in r.reason for r in records)

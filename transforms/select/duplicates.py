@@ -12,16 +12,16 @@ entry or record), so a consumer can keep the copy with the latest
 Copies with identical bytes (a shared Organization in two patients' transaction
 Bundles) are one resource written twice and are not reported.
 
-Only metadata is shuffled: for each exported resource its type and id, origin
-path and offset, index, and a content digest (length and CRC-32 of its bytes),
-gathered per bundle into one marshalled list per hash bucket of the id, so the
-shuffle carries a few byte strings per bucket rather than one element per
-resource.
+Only metadata leaves the writing step: for each exported resource its type and
+id, origin path and offset, index, and a content digest (length and CRC-32 of
+its bytes), appended per bundle to one run file per hash bucket of the id on
+disk; the shuffle carries only `(bucket, run file)` pairs, and each bucket is
+then read and checked alone, so memory does not grow with the export.
 """
 
 from __future__ import annotations
 
-import marshal
+import functools
 import re
 import zlib
 from collections import defaultdict
@@ -29,26 +29,28 @@ from typing import Iterable, Iterator, Optional
 
 import apache_beam as beam
 import orjson
-from apache_beam.transforms.window import GlobalWindows
 
 from transforms.fhir.references import ID_PATTERN
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.write.spill import SpillRecords, read_partition
 
-BUCKETS = 256
-FLUSH_AT = 20_000  # entries a worker holds before it sends them on
+BUCKETS = 32  # a bucket's keys, about 60 bytes a resource, are what one worker holds at once
 
 
 class ReportDuplicates(beam.PTransform):
-    """`BadRecord`s (code `duplicate`) for every copy of a `Type/id` whose copies differ."""
+    """`BadRecord`s (code `duplicate`) for every copy of a `Type/id` whose copies differ.
 
-    def __init__(self, buckets: int = BUCKETS):
+    The keys are spilled to run files under `folder` (`transforms.write.spill`), one per hash
+    bucket of the id, so no worker holds more than a bucket's keys at once."""
+
+    def __init__(self, folder: str, buckets: int = BUCKETS):
         super().__init__()
-        self._buckets = buckets
+        self._folder, self._buckets = folder, buckets
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[BadRecord]:
         return (
             batches
-            | "Keys" >> beam.ParDo(_KeysFn(self._buckets)).with_output_types(tuple[int, bytes])
+            | "Keys" >> beam.ParDo(SpillRecords(self._folder, functools.partial(key_records, self._buckets)))
             | "ByBucket" >> beam.GroupByKey()
             | "Copies" >> beam.FlatMap(_duplicates).with_output_types(BadRecord)
         )
@@ -91,62 +93,36 @@ def resource_id(resource: Resource) -> Optional[bytes]:
 _FHIR_ID = re.compile(ID_PATTERN.encode())
 
 
-class _KeysFn(beam.DoFn):
-    """Each resource's key, location and digest, gathered per bucket within a bundle and sent
-    on as one marshalled list per bucket (cheap to shuffle, and small in memory)."""
-
-    def __init__(self, buckets: int):
-        self._buckets = buckets
-        self._pending: dict[int, list] = defaultdict(list)
-        self._count = 0
-
-    def start_bundle(self) -> None:
-        self._pending, self._count = defaultdict(list), 0
-
-    def process(self, batch: ResourceBatch) -> Iterator:
-        resources = batch.resources
-        if not resources:
-            return
-        path, offset = batch.origin
-        pending, buckets, crc32 = self._pending, self._buckets, zlib.crc32
-        prefixes = _PREFIXES
-        for resource in resources:
-            raw = resource.raw
-            rid = None
-            if resource.body is None:  # the common fast path of `resource_id`, inline
-                prefix = prefixes.get(resource.type) or _prefix(resource.type)
-                if raw.startswith(prefix):
-                    start = len(prefix)
-                    end = raw.find(b'"', start)
-                    if end > start and b"\\" not in raw[start:end]:
-                        rid = raw[start:end]
+def key_records(buckets: int, batch: ResourceBatch) -> dict[int, list[tuple]]:
+    """Each resource with an id, by bucket: its type, id, origin, index, Bundle entry, and the length and
+    CRC-32 of its bytes (never the bytes)."""
+    path, offset = batch.origin
+    crc32, prefixes = zlib.crc32, _PREFIXES
+    by_bucket: dict[int, list[tuple]] = defaultdict(list)
+    for resource in batch.resources:
+        raw = resource.raw
+        rid = None
+        if resource.body is None:  # the common fast path of `resource_id`, inline
+            prefix = prefixes.get(resource.type) or _prefix(resource.type)
+            if raw.startswith(prefix):
+                start = len(prefix)
+                end = raw.find(b'"', start)
+                if end > start and b"\\" not in raw[start:end]:
+                    rid = raw[start:end]
+        if rid is None:
+            rid = resource_id(resource)
             if rid is None:
-                rid = resource_id(resource)
-                if rid is None:
-                    continue  # resources without an id are the reader's to report
-            pending[crc32(rid) % buckets].append(
-                (resource.type, rid, path, offset, resource.index, resource.entry, len(raw), crc32(raw))
-            )
-        self._count += len(resources)
-        if self._count >= FLUSH_AT:
-            yield from self._flush()
-
-    def finish_bundle(self) -> Iterator:
-        for pair in self._flush():
-            yield GlobalWindows.windowed_value(pair)
-
-    def _flush(self) -> Iterator[tuple[int, bytes]]:
-        pending, self._pending, self._count = self._pending, defaultdict(list), 0
-        for bucket, entries in pending.items():
-            yield bucket, marshal.dumps(entries)
+                continue  # resources without an id are the reader's to report
+        by_bucket[crc32(rid) % buckets].append(
+            (resource.type, rid, path, offset, resource.index, resource.entry, len(raw), crc32(raw)))
+    return by_bucket
 
 
-def _duplicates(grouped: tuple[int, Iterable[bytes]]) -> Iterator[BadRecord]:
-    _, blobs = grouped
+def _duplicates(grouped: tuple[int, Iterable[str]]) -> Iterator[BadRecord]:
+    _, paths = grouped
     copies: dict[tuple[str, bytes], list[tuple]] = defaultdict(list)
-    for blob in blobs:
-        for entry in marshal.loads(blob):
-            copies[entry[0], entry[1]].append(entry)
+    for entry in read_partition(paths):
+        copies[entry[0], entry[1]].append(entry)
     for (resource_type, rid), found in copies.items():
         if len(found) < 2 or len({entry[6:] for entry in found}) < 2:
             continue

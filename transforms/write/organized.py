@@ -5,17 +5,16 @@ notes each resource's block patients (`transforms.fhir.organize`).
 `WriteBlocks` then groups them without holding the export in memory, on any
 runner: each bundle appends `(patient, type, bytes)` records to one run file
 per hash partition of the patient id (`PARTITIONS` of them) under the
-attempt's temporary folder; only `(partition, run file)` pairs are shuffled.
+attempt's temporary folder (`transforms.write.spill`); only `(partition, run
+file)` pairs are shuffled.
 Each partition is then read alone (a 1/`PARTITIONS` share of the export), its
-records grouped by patient, and its blocks written into rolling parts that
-never split a block: a block larger than the part limits gets a part of its
+records grouped by patient, and its blocks written into the bundle's rolling
+parts, which never split a block: a block larger than the part limits gets a part of its
 own. Run files go with the temporary folder when the manifest is assembled.
 """
 
 from __future__ import annotations
 
-import io
-import marshal
 import time
 import uuid
 import zlib
@@ -23,8 +22,6 @@ from collections import defaultdict
 from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
@@ -34,8 +31,9 @@ from transforms.records import BadRecord, PartFile, ResourceBatch
 from transforms.select.resource_step import ResourceStep, StepOutputs
 from transforms.write.layout import NDJSON_MIME
 from transforms.write.parts import Fence, ProgressSink, check_fence, create_file
+from transforms.write.spill import SpillRecords, read_partition
 
-PARTITIONS = 32
+PARTITIONS = 128  # a partition, grouped in memory, is about 1/128 of the export
 BLOCKS = "by-Patient"  # the parts' name: by-Patient-<n>.ndjson
 _FENCE_EVERY_S = 1.0
 
@@ -75,7 +73,7 @@ class WriteBlocks(beam.PTransform):
     def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, progress: Optional[ProgressSink] = None,
                  fence: Optional[Fence] = None, publish: Optional[Callable[[PartFile], PartFile]] = None):
         super().__init__()
-        self._spill = _SpillFn(f"{temp_dir}/organize", fence)
+        self._spill = SpillRecords(f"{temp_dir}/organize", _block_records, fence, write_every=32)
         self._blocks = _BlocksFn(temp_dir, max_lines, max_bytes, progress, fence, publish)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
@@ -87,35 +85,14 @@ class WriteBlocks(beam.PTransform):
         )
 
 
-class _SpillFn(beam.DoFn):
-    """Appends each resource, once per block, to its partition's run file for this bundle."""
-
-    def __init__(self, folder: str, fence: Optional[Fence]):
-        self._folder, self._fence = folder, fence
-
-    def start_bundle(self) -> None:
-        self._files: dict[int, tuple[str, object]] = {}
-        self._bundle = uuid.uuid4().hex
-
-    def process(self, batch: ResourceBatch) -> Iterator:
-        files, dumps, crc32 = self._files, marshal.dumps, zlib.crc32
-        for resource in batch.resources:
-            for patient in resource.patients:
-                partition = crc32(patient.encode()) % PARTITIONS
-                handle = files.get(partition)
-                if handle is None:
-                    check_fence(self._fence, "spilling resources")
-                    path = f"{self._folder}/{partition:03d}/{self._bundle}.run"
-                    handle = files[partition] = (path, create_file(path, "application/octet-stream"))
-                handle[1].write(dumps((patient, resource.type, resource.raw)))
-        return iter(())
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        window = GlobalWindow()
-        for partition, (path, handle) in sorted(self._files.items()):
-            handle.close()
-            yield WindowedValue((partition, path), window.max_timestamp(), [window])
-        self._files = {}
+def _block_records(batch: ResourceBatch) -> dict[int, list[tuple]]:
+    """`(patient, type, bytes)` once per block of each resource, by partition of the patient."""
+    by_partition: dict[int, list[tuple]] = defaultdict(list)
+    crc32 = zlib.crc32
+    for resource in batch.resources:
+        for patient in resource.patients:
+            by_partition[crc32(patient.encode()) % PARTITIONS].append((patient, resource.type, resource.raw))
+    return by_partition
 
 
 class _BlocksFn(beam.DoFn):
@@ -125,19 +102,22 @@ class _BlocksFn(beam.DoFn):
         self._temp_dir, self._max_lines, self._max_bytes = temp_dir, max_lines, max_bytes
         self._progress, self._fence, self._publish = progress, fence, publish
 
+    def start_bundle(self) -> None:
+        # One set of rolling parts for the bundle's partitions: few files, whatever the partitions.
+        self._writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes, self._publish)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        window = GlobalWindow()
+        for part in self._writer.close():
+            yield WindowedValue(part, window.max_timestamp(), [window])
+
     def process(self, element: tuple[int, list[str]]) -> Iterator[PartFile]:
         _, paths = element
         check_fence(self._fence, "writing blocks")
         grouped: dict[str, list[tuple[str, bytes]]] = defaultdict(list)
-        for path in sorted(paths):
-            with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-                data = f.read()
-            records, end = io.BytesIO(data), len(data)
-            while records.tell() < end:  # one record at a time
-                patient, resource_type, raw = marshal.load(records)
-                grouped[patient].append((resource_type, raw))
-            del data, records
-        writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes, self._publish)
+        for patient, resource_type, raw in read_partition(paths):
+            grouped[patient].append((resource_type, raw))
+        writer = self._writer
         counts: dict[str, int] = defaultdict(int)
         checked = time.monotonic()
         for patient in sorted(grouped):
@@ -148,7 +128,7 @@ class _BlocksFn(beam.DoFn):
             if time.monotonic() - checked > _FENCE_EVERY_S:
                 check_fence(self._fence, "writing blocks")
                 checked = time.monotonic()
-        yield from writer.close()
+        yield from writer.take_closed()
         if self._progress is not None and counts:
             self._progress.progress(dict(counts))
 
@@ -181,9 +161,12 @@ class _RollingParts:
         self._path, self._handle, self._lines, self._bytes = None, None, 0, 0
         return self._publish(part) if self._publish is not None else part
 
-    def close(self) -> list[PartFile]:
-        closed = list(self._closed)
-        if self._handle is not None:
-            closed.append(self._finish())
-        self._closed = []
+    def take_closed(self) -> list[PartFile]:
+        """The parts finished since the last call (the open one stays open)."""
+        closed, self._closed = self._closed, []
         return closed
+
+    def close(self) -> list[PartFile]:
+        if self._handle is not None:
+            self._closed.append(self._finish())
+        return self.take_closed()

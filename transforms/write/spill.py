@@ -1,0 +1,87 @@
+"""Grouping many records by key without holding them in memory: run files on disk, one per partition.
+
+`SpillRecords` appends the records its function draws from an element, by
+partition, to the bundle's run file for that partition (marshalled lists of a few
+thousand records) and, when the bundle ends, emits `(partition, run file)`: only those
+small pairs go through a GroupByKey, whatever the runner (the local runner holds
+a GroupByKey's values in memory). `read_partition` then reads one partition's
+run files back, a 1/N share of the records. The files live under the attempt's
+temporary folder, which the manifest assembly removes.
+"""
+
+from __future__ import annotations
+
+import marshal
+import uuid
+from typing import Callable, Iterable, Iterator, Optional
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.transforms.window import GlobalWindow
+from apache_beam.utils.windowed_value import WindowedValue
+
+from transforms.write.parts import Fence, check_fence, create_file
+
+Records = Callable[[object], dict[int, list]]  # an element's records, by partition
+WRITE_EVERY = 2000  # records a partition gathers before they are written, as one marshalled list
+
+
+class SpillRecords(beam.DoFn):
+    """Writes the records `records(element)` gives, by partition, into per-partition run files; emits one
+    `(partition, path)` per run file when the bundle ends."""
+
+    def __init__(self, folder: str, records: Records, fence: Optional[Fence] = None,
+                 write_every: int = WRITE_EVERY):
+        """`write_every`: records a partition gathers before they are written (few, for records that
+        carry resource bodies, so a bundle holds little)."""
+        self._folder, self._records, self._fence, self._write_every = folder, records, fence, write_every
+
+    def start_bundle(self) -> None:
+        self._files: dict[int, tuple[str, object]] = {}
+        self._pending: dict[int, list] = {}
+        self._bundle = uuid.uuid4().hex
+
+    def process(self, element) -> Iterator:
+        pending = self._pending
+        for partition, records in self._records(element).items():
+            waiting = pending.get(partition)
+            if waiting is None:
+                waiting = pending[partition] = records
+            else:
+                waiting.extend(records)
+            if len(waiting) >= self._write_every:
+                self._write(partition)
+        return iter(())
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        for partition in list(self._pending):
+            self._write(partition)
+        window = GlobalWindow()
+        for partition, (path, handle) in sorted(self._files.items()):
+            handle.close()
+            yield WindowedValue((partition, path), window.max_timestamp(), [window])
+        self._files = {}
+
+    def _write(self, partition: int) -> None:
+        """Appends the partition's waiting records to its run file, as one marshalled list."""
+        records = self._pending.pop(partition)
+        handle = self._files.get(partition)
+        if handle is None:
+            check_fence(self._fence, "spilling records")
+            path = f"{self._folder}/{partition:03d}/{self._bundle}.run"
+            handle = self._files[partition] = (path, create_file(path, "application/octet-stream"))
+        blob = marshal.dumps(records)
+        handle[1].write(len(blob).to_bytes(8, "little") + blob)
+
+
+def read_partition(paths: Iterable[str]) -> Iterator[tuple]:
+    """The records of one partition's run files, file by file."""
+    for path in sorted(paths):
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
+            data = memoryview(f.read())
+        offset = 0
+        while offset < len(data):  # each list framed by its length: `marshal.load` from a file is slow
+            size = int.from_bytes(data[offset:offset + 8], "little")
+            yield from marshal.loads(data[offset + 8:offset + 8 + size])
+            offset += 8 + size
