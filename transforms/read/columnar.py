@@ -117,17 +117,17 @@ def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int
                 first += metadata.row_group(group).num_rows
                 continue
             for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
-                indexes = None
+                rows, indexes = batch.num_rows, None
                 if wanted is not None:
                     mask = pc.is_in(batch.column("resourceType"), value_set=wanted)
                     indexes = [first + i for i in pc.indices_nonzero(mask).to_pylist()]
-                    if len(indexes) < batch.num_rows:
+                    if len(indexes) < rows:
                         batch = batch.filter(mask)
                     else:
                         indexes = None
                 if batch.num_rows:
                     yield from to_resources(origin, first, _arrow_columns(batch), indexes)
-                first += batch.num_rows if indexes is None else len(mask)
+                first += rows
     except pa.ArrowInvalid as exc:
         raise UnreadableFile(f"corrupt Parquet data ({exc})") from exc
 

@@ -30,8 +30,8 @@ from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
 from transforms.read.columnar import Item, to_resources
 from transforms.read.pg_source import PgSource, ReadAt, begin, connect, parse_source
-from transforms.read.pushdown import ReadSelection
-from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
+from transforms.read.pushdown import ReadSelection, read_types
+from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
 
 # A range's rows per `chunk_bytes` of a file source: 4 MiB chunks make ranges of 16,384 rows.
 BYTES_PER_ROW = 256
@@ -104,10 +104,10 @@ def unique_resources(source: str) -> bool:
     return unique
 
 
-def _types(conn, pg: PgSource, selection, deletions) -> list[str]:
-    wanted = [s.types for s in (selection, deletions) if s is not None]
-    if wanted and all(types is not None for types in wanted):
-        return sorted(set().union(*wanted))
+def _types(conn, pg: PgSource, selection, deletions) -> list[Optional[str]]:
+    wanted = read_types(selection, deletions)
+    if wanted is not None:
+        return sorted(wanted)
     # Every type in the table: a loose index scan on (resource_type, ...) when there is one.
     rows = conn.execute(
         f"WITH RECURSIVE t(v) AS (SELECT min(resource_type) FROM {pg.table} UNION ALL"
@@ -198,13 +198,12 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
             for fetched in _fetched(cursor):
                 for start in range(0, len(fetched), batch_size):
                     rows = fetched[start:start + batch_size]
-                    positions = None  # each row's index in `rows`, once the trusted rows are taken out
+                    positions = None  # the rows to parse, once the trusted ones are taken out
                     if fast:
                         trusted, positions = _trusted(origin, first, rows)
                         if trusted.resources:
                             yield trusted
-                        rows = [rows[p] for p in positions]
-                    if rows:
+                    if positions is None or positions:
                         yield from _parsed(pg, origin, first, rows, positions)
                     first += batch_size
 
@@ -235,25 +234,16 @@ def _trusted(origin: Origin, first: int, rows: list[tuple]) -> tuple[ResourceBat
 
 
 def _parsed(pg: PgSource, origin: Origin, first: int, rows: list[tuple], positions: Optional[list[int]]) -> Iterator:
-    """`to_resources` over rows, each bad one located by the table's key; `positions`: the rows'
-    places among the rows numbered from `first` (None: they are those rows)."""
-    types, ids, moments, deleted, resources, ctids, _ = map(list, zip(*rows))
-    for item in to_resources(origin, first, (types, ids, moments, deleted, resources)):
-        if positions is not None:
-            item = _renumbered(item, first, positions)
+    """`to_resources` over the rows (numbered from `first`) at `positions` (None: all), each bad one
+    located by the table's key."""
+    chosen = rows if positions is None else [rows[p] for p in positions]
+    indexes = None if positions is None else [first + p for p in positions]
+    types, ids, moments, deleted, resources, _, _ = map(list, zip(*chosen))
+    for item in to_resources(origin, first, (types, ids, moments, deleted, resources), indexes):
         if type(item) is BadRecord:
-            row = item.index - first if positions is None else positions.index(item.index - first)
-            item = item._replace(location=_location(pg, types[row], ids[row], ctids[row]))
+            resource_type, rid, _, _, _, ctid, _ = rows[item.index - first]
+            item = item._replace(location=_location(pg, resource_type, rid, ctid))
         yield item
-
-
-def _renumbered(item: Item, first: int, positions: list[int]) -> Item:
-    """An item of `to_resources` over some rows, with the indexes those rows have among all."""
-    if type(item) is BadRecord:
-        return item._replace(index=first + positions[item.index - first])
-    batch = item.batch if type(item) is Deletions else item
-    batch = batch.replace([r._replace(index=first + positions[r.index - first]) for r in batch.resources])
-    return Deletions(batch) if type(item) is Deletions else batch
 
 
 def _fetched(cursor) -> Iterator[list]:

@@ -123,6 +123,14 @@ class ReadSelection(NamedTuple):
         return batch.replace(kept), bad
 
 
+def read_types(selection: Optional[ReadSelection], deletions: Optional[ReadSelection]) -> Optional[frozenset[str]]:
+    """The types a read must look at: the selection's (no selection: every type) and, when deletions are
+    read, theirs; None for every type."""
+    live = selection.types if selection is not None else None
+    gone = deletions.types if deletions is not None else frozenset()
+    return None if live is None or gone is None else live | gone
+
+
 def _id(value: object) -> Optional[str]:
     return value if type(value) is str else None
 

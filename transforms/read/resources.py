@@ -23,7 +23,7 @@ from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
 from transforms.read.pg_source import ReadAt, is_postgres, parse_source
 from transforms.read.postgres import PgRange, plan_ranges, read_range
-from transforms.read.pushdown import ReadSelection
+from transforms.read.pushdown import ReadSelection, read_types
 from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
 from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
 
@@ -105,10 +105,7 @@ class _ReadChunkFn(beam.DoFn):
         self._at = at
         self._selection = selection
         self._deletions = deletions
-        # The types a columnar read keeps past their `resourceType` column: the selection's and the deletions'.
-        live = selection.types if selection is not None else None
-        gone = deletions.types if deletions is not None else frozenset()
-        self._types = None if live is None or gone is None else live | gone
+        self._types = read_types(selection, deletions)  # what a columnar read keeps past `resourceType`
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
         self._deleted = Metrics.counter("bulk_export", "deletions_selected")
