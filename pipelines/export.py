@@ -143,7 +143,7 @@ def build_pipeline(
     batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
     referenced = None
     if patients is not None and settings.referenced_types:  # from the resources before `_elements`
-        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors, None)
+        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors)
     blocks = block_patients(pipeline, request, patients, job, errors)
     batches = apply_steps(batches, shaping_steps(request, blocks), errors)
     if referenced is not None:
@@ -169,18 +169,17 @@ def build_pipeline(
             fence=sink,
             publish=publish,
         )
-    finished = [parts, None]
+    deleted_parts = ()
     if deletions is not None:
         deleted = apply_steps(read.deletions, deletion_steps(request, patients), errors, prefix="Deleted")
-        finished.append(deleted | "DeletedBundles" >> DeletionBundles() | "WriteDeleted" >> WriteParts(
-            f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink))
+        deleted_parts = (deleted | "DeletedBundles" >> DeletionBundles() | "WriteDeleted" >> WriteParts(
+            f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink),)
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     error_parts = errors | "ErrorFiles" >> WriteErrorFiles(
         f"{job.temp_dir}/errors", source_root(settings.source), read.lines, settings.max_lines_per_part,
         settings.max_bytes_per_part, fence=sink,
     )
-    finished[1] = error_parts
-    manifest = tuple(finished) | "Manifest" >> AssembleManifest(
+    manifest = (parts, error_parts, *deleted_parts) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
         _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),

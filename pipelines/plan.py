@@ -86,9 +86,14 @@ def deletion_steps(request: ExportRequest, patients: Patients) -> list[Step]:
     judged on a deletion and `_elements` shapes nothing in it: neither applies."""
     if patients is None:
         return []
+    return [("Compartment", _compartment(patients))]
+
+
+def _compartment(patients: Patients, bounds: Optional[LastUpdatedWindow] = None) -> beam.PTransform:
+    """The compartment step for the covered patients: a keyed join for a PCollection, else a side input."""
     if isinstance(patients, beam.PCollection):
-        return [("Compartment", JoinCompartment(patients))]
-    return [("Compartment", FilterCompartment(patients))]
+        return JoinCompartment(patients, bounds)
+    return FilterCompartment(patients, bounds)
 
 
 def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
@@ -98,10 +103,7 @@ def steps(request: ExportRequest, transaction_time: str, settings: ExportSetting
     chosen = type_filter_steps(request, transaction_time)
     if patients is not None:
         bounds = window(request, transaction_time, settings)
-        if isinstance(patients, beam.PCollection):
-            compartment = JoinCompartment(patients, bounds)
-        else:
-            compartment = FilterCompartment(patients, bounds)
+        compartment = _compartment(patients, bounds)
         if request.level is ExportLevel.GROUP and GROUP in request.types:
             compartment = GroupRoster(compartment, request.group_id, patients, bounds)
         chosen.append(("Compartment", compartment))
@@ -167,7 +169,6 @@ def add_referenced(
     at: ReadAt,
     settings: ExportSettings,
     errors: list,
-    patients: Patients = None,
 ) -> Optional[beam.PCollection]:
     """The resources of `settings.referenced_types` that `batches` reference, shaped (None: none asked).
 
@@ -186,7 +187,7 @@ def add_referenced(
     chosen = [
         *type_filter_steps(request, at.transaction_time),
         ("Referenced", FilterReferenced(keys, window(request, at.transaction_time, settings))),
-        *shaping_steps(request, patients),
+        *shaping_steps(request),  # organized: referenced types are in no patient's compartment
     ]
     return apply_steps(again.batches, chosen, errors, prefix="Referenced")
 
