@@ -28,26 +28,21 @@ def manifest_page(store, record: StoredJob, owner, page: int, link: Callable[[in
                   requires_access_token: bool, page_files: int = PAGE_FILES) -> Optional[Manifest]:
     """Page `page` (from 1) of a job's manifest, or None while it is not ready yet."""
     complete = record.status is ExportStatus.COMPLETE
-    files = store.published(record.job_id)
-    final = store.manifest(record.tenant, record.job_id, owner) if complete else None
-    if final is not None:
-        listed = {f.url for f in files}
-        for kind, entries in (("output", final.output), ("error", final.error), ("deleted", final.deleted)):
-            files += [Published(kind, e.type, e.url, e.count or 0) for e in entries if e.url not in listed]
+    files = _files(store, record, owner, complete)
     frozen = store.frozen_pages(record.job_id)
     if page in frozen:
         first, end, linked = frozen[page]
     else:
-        if page > 1 and page - 1 not in frozen:
+        before = frozen.get(page - 1) if page > 1 else (0, 0, True)
+        if before is None or not before[2]:  # the page before is not served yet, or was the last
             return None
-        first = frozen[page - 1][1] if page > 1 else 0
-        if page > 1 and not frozen[page - 1][2]:
-            return None  # the page before was the last
-        available = len(files) - first
-        if available <= 0 and not complete:
+        first = before[1]
+        if len(files) <= first and not complete:
             return None
-        end = first + max(0, min(available, page_files))
+        end = first + min(len(files) - first, page_files)
         first, end, linked = store.freeze_page(record.job_id, page, first, end, not complete or end < len(files))
+    if end > len(files):  # another request froze it meanwhile, having seen files published since
+        files = _files(store, record, owner, complete)
     chosen = files[first:end]
 
     def entries(kind: str) -> list[OutputFile]:
@@ -65,6 +60,18 @@ def manifest_page(store, record: StoredJob, owner, page: int, link: Callable[[in
         link=[{"relation": "next", "url": link(page + 1)}] if linked else None,
         message=request.ignored_message,
     )
+
+
+def _files(store, record: StoredJob, owner, complete: bool) -> list[Published]:
+    """The job's files in page order: those published while it ran, then (once it is complete) the rest
+    of its final manifest."""
+    files = store.published(record.job_id)
+    if complete:
+        final = store.manifest(record.tenant, record.job_id, owner)
+        listed = {f.url for f in files}
+        for kind, entries in (("output", final.output), ("error", final.error), ("deleted", final.deleted)):
+            files += [Published(kind, e.type, e.url, e.count or 0) for e in entries if e.url not in listed]
+    return files
 
 
 def requires_token(store, record: StoredJob) -> bool:

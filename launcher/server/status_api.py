@@ -40,8 +40,7 @@ def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server
     if page is not None:
         raise FhirError(400, "invalid", "page: only an export kicked off with allowPartialManifests=true has pages")
     if not record.status.is_terminal:
-        headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
-        return Response(status_code=202, headers=headers)
+        return _in_progress(app, record)
     if record.status is ExportStatus.COMPLETE:
         manifest = app.store.manifest(who.tenant, job_id, who.owner)
         if app.tokens is not None:  # its files are served only to a bearer of a token
@@ -63,13 +62,18 @@ def _page(app: Server, who: Caller, record: StoredJob, page: int) -> Response:
     if manifest is None:
         if record.status is ExportStatus.COMPLETE:
             raise FhirError(404, "not-found", f"page {page}: the manifest has fewer pages")
-        headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
-        return Response(status_code=202, headers=headers)
+        return _in_progress(app, record)
     if record.status is ExportStatus.COMPLETE:
         headers = {"Expires": _expires(record, app.config.cleanup_ttl_s)}
     else:  # a page served while the export runs says how far it is
         headers = {"X-Progress": progress_text(record)}
     return JSONResponse(manifest.to_json_dict(), headers=headers)
+
+
+def _in_progress(app: Server, record: StoredJob) -> Response:
+    """202: not there yet, with how far the export is and when to ask again."""
+    headers = {"X-Progress": progress_text(record), "Retry-After": str(app.config.retry_after_s)}
+    return Response(status_code=202, headers=headers)
 
 
 @router.delete(STATUS_PATH + "/{job_id}")
