@@ -26,7 +26,7 @@ from launcher.membership import resolve_patients
 from launcher.names import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
 from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
 from launcher.schedules import check_schedule, scheduled_request
-from launcher.source_snapshot import SourceSnapshot, open_snapshot
+from launcher.source_snapshot import SourceSnapshot, open_snapshot, release
 from launcher.store import JobStore, StoreJobSink
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
@@ -92,8 +92,7 @@ def record_export(
             max_active=control.max_active,
         )
     except BaseException:
-        if snapshot is not None:
-            snapshot.close()
+        release(snapshot)
         raise
     control.audit.record("kickoff", store.get(tenant, job.job_id))
     return RecordedJob(job, request, patients, lease, tuple(beam_args), snapshot)
@@ -105,8 +104,7 @@ def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) ->
     try:
         return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
     finally:
-        if snapshot is not None:
-            snapshot.close()
+        release(snapshot)
 
 
 def prepare_job(
@@ -141,8 +139,7 @@ def prepare_job(
         transaction_time = transaction_time or (snapshot.transaction_time if snapshot else now_instant())
         patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
     except BaseException:
-        if snapshot is not None:
-            snapshot.close()
+        release(snapshot)
         raise
     job = ExportJob(job_id, transaction_time, settings, tenant, source_snapshot=snapshot.snapshot if snapshot else "")
     record = JobRecord(
@@ -185,8 +182,7 @@ def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str
         return _run_attempt(store, control, job, record.request, tuple(spec["beam_args"]), lease, record.attempt,
                             patients)
     finally:
-        if snapshot is not None:
-            snapshot.close()
+        release(snapshot)
 
 
 def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt: int, patients) -> StoredJob:

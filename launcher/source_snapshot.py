@@ -70,6 +70,12 @@ def open_snapshot(source: str, hold: bool = True) -> Optional[SourceSnapshot]:
     return SourceSnapshot(source, hold) if is_postgres(source) else None
 
 
+def release(snapshot: Optional[SourceSnapshot]) -> None:
+    """Ends a held snapshot, if there is one."""
+    if snapshot is not None:
+        snapshot.close()
+
+
 def _instant_before(moment: dt.datetime) -> str:
     """A FHIR instant (UTC, milliseconds) strictly before `moment`."""
     moment = moment.astimezone(dt.timezone.utc).replace(microsecond=moment.microsecond // 1000 * 1000)

@@ -125,8 +125,9 @@ class _AssembleFn(beam.DoFn):
     def _finalize_parts(self, parts: list[PartFile], folder: str = "") -> list[FinalFile]:
         """Gives `parts` their final names, in `folder` of the job's, numbered from 0 per type; a part
         published while the export ran (allowPartialManifests) keeps the name it was listed under."""
-        published = [p for p in parts if not p.temp_path.startswith(self._temp_dir.rstrip("/") + "/")]
-        parts = [p for p in parts if p not in published]
+        inside = self._temp_dir.rstrip("/") + "/"
+        published = [p for p in parts if not p.temp_path.startswith(inside)]
+        parts = [p for p in parts if p.temp_path.startswith(inside)]
         kept = [FinalFile(p.type, p.temp_path, p.count) for p in sorted(published, key=lambda p: p.temp_path)]
         missing = [f.path for f in kept if not FileSystems.exists(f.path)]
         if missing:
