@@ -57,6 +57,7 @@ def test_files_appear_while_the_export_runs_and_the_pages_list_each_once(server)
         assert all(len(p["output"]) + len(p.get("error", [])) + len(p.get("deleted", [])) <= 3 for p in pages)
         assert len(pages) > 3 and all(p["transactionTime"] == pages[0]["transactionTime"] for p in pages)
         assert len(listed_while_running) > 0, "no file was listed before the export finished"
+        assert client.get(status.split("?")[0] + "?page=0").status_code == 400
         # Nothing listed was renamed or removed: the final files are exactly the pages' files.
         job_dir = server.state_dir.parent / "out"
         on_disk = {p.name for p in job_dir.rglob("*.ndjson")}

@@ -36,7 +36,7 @@ def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server
            who: Caller = Depends(caller)) -> Response:
     record = _job(app, who, job_id)
     if record.request.allow_partial_manifests and record.status in (ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE):
-        return _page(app, who, record, page or 1)
+        return _page(app, who, record, 1 if page is None else page)
     if page is not None:
         raise FhirError(400, "invalid", "page: only an export kicked off with allowPartialManifests=true has pages")
     if not record.status.is_terminal:
