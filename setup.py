@@ -43,5 +43,5 @@ setup(
         # `--runner=DaskRunner` (pipelines/dask_runner.py) on a dask.distributed cluster.
         "dask": [f"apache-beam[dask]=={BEAM_VERSION}"],
     },
-    entry_points={"console_scripts": ["bulk-export=launcher.cli:main"]},
+    entry_points={"console_scripts": ["bulk-export=launcher.cli.main:main"]},
 )

@@ -17,12 +17,12 @@ from pathlib import Path
 import orjson
 
 from benchmarks import realistic_data
-from launcher import sample_data
+from launcher.tools import sample_data
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
 BENCH_GROUP_ID, BENCH_GROUP_SIZE = "bench-group", 1000
 SAMPLE_EVERY_S = 0.1
-# --data: the generator and its resources per patient. `sample`: launcher.sample_data (about 750 bytes a
+# --data: the generator and its resources per patient. `sample`: launcher.tools.sample_data (about 750 bytes a
 # resource); `realistic`: benchmarks.realistic_data (Synthea's mix of types and sizes, about 1.3 KB).
 GENERATORS = {"sample": (sample_data.generate, sample_data.RESOURCES_PER_PATIENT),
               "realistic": (realistic_data.generate, realistic_data.RESOURCES_PER_PATIENT)}

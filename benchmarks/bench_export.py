@@ -64,7 +64,7 @@ def _parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2, help="worker processes (multi_process, dask).")
     p.add_argument("--seed", type=int, default=42, help="Sample data seed.")
     p.add_argument("--data", choices=tuple(GENERATORS), default="sample",
-                   help="sample: launcher.sample_data (~750 B a resource); realistic: benchmarks/realistic_data.py "
+                   help="sample: launcher.tools.sample_data (~750 B a resource); realistic: benchmarks/realistic_data.py "
                    "(Synthea's mix of types and sizes)")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR,
                    help="Cache root; data goes to <data-dir>/<N>-<seed>[-realistic]/ (reused if present).")
@@ -118,16 +118,16 @@ def _kickoff_url(args) -> str:
 
 def _request(args):
     """The benchmark's request, parsed as a real kickoff URL would be."""
-    from launcher.kickoff import parse_get
+    from launcher.kickoff.parser import parse_get
 
     return parse_get(_kickoff_url(args))
 
 
 def _import_untimed(args) -> None:
     """Imports what both cases use before their clocks start (no Beam at system level, for `--cli`'s baseline)."""
-    modules = ["launcher.kickoff"]
+    modules = ["launcher.kickoff.parser"]
     if args.level != "system":
-        modules += ["launcher.membership", "transforms.select.covered_patients", "transforms.records"]
+        modules += ["launcher.kickoff.patients", "transforms.select.covered_patients", "transforms.records"]
     for module in modules:
         importlib.import_module(module)
 
@@ -136,8 +136,8 @@ def _covered_patients(args, request, source: str, job=None):
     """Resolves the level's patients as the launcher does (and writes them for the pipeline); None at system level."""
     if args.level == "system":
         return None
-    from launcher.membership import SCAN_LIMIT_ENV, resolve_patients
-    from transforms.select.covered_patients import write_patients
+    from launcher.kickoff.patients import SCAN_LIMIT_ENV, resolve_patients
+    from transforms.storage.patients_file import write_patients
 
     if job is None:  # the baseline resolves them whatever the source's size, as the pipeline does over the limit
         os.environ[SCAN_LIMIT_ENV] = SCAN_EVERYTHING

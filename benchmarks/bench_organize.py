@@ -48,7 +48,7 @@ _PIPELINE = """
 import sys, uuid
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
-from launcher.kickoff import parse_get
+from launcher.kickoff.parser import parse_get
 from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.options import prepare_runner
 from transforms.fhir.instant import now_instant

@@ -4,7 +4,7 @@ Both read the same rows of one table in one run: the baseline is PostgreSQL's
 own fastest way out, the bytes of every `resource` streamed by `COPY` (psycopg
 reads and drops them); the case is the export pipeline on that table, every
 row parsed, checked and written as NDJSON parts. The table is generated data
-(`launcher.sample_data`, or `--data realistic`), loaded once per run.
+(`launcher.tools.sample_data`, or `--data realistic`), loaded once per run.
 
     .venv/bin/python benchmarks/bench_postgres.py --resources 300000
     .venv/bin/python benchmarks/bench_postgres.py --resources 300000 --runner multi_process --workers 2
@@ -79,8 +79,8 @@ def export(dsn: str, runner: str, workers: int) -> dict:
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    from launcher.kickoff import parse_get
-    from launcher.source_snapshot import open_snapshot
+    from launcher.jobs.source_snapshot import open_snapshot
+    from launcher.kickoff.parser import parse_get
     from pipelines.export import ExportJob, ExportSettings, build_pipeline
     from pipelines.options import prepare_runner
 

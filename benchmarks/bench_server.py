@@ -23,7 +23,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from launcher.sample_data import generate  # noqa: E402
+from launcher.tools.sample_data import generate  # noqa: E402
 from tests.server_process import FHIR_HEADERS, poll, serve  # noqa: E402
 
 _MIB = 1 << 20

@@ -2,7 +2,7 @@
 """Synthea-sized FHIR R4 NDJSON for benchmarks: a real export's mix of types and bytes per type.
 
 `generate(out_dir, patients, seed)` writes one `<Type>.ndjson` per type, as
-`launcher.sample_data.generate` does (deterministic in `(patients, seed)`, streamed);
+`launcher.tools.sample_data.generate` does (deterministic in `(patients, seed)`, streamed);
 each type's share of the resources and size distribution follow `SYNTHEA`. The caller
 stages the folder (`benchmarks.bench_common.ensure_data` renames it into place when
 complete). The resources themselves are built in `benchmarks/realistic_resources.py`.

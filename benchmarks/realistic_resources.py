@@ -15,9 +15,9 @@ import random
 import uuid
 from typing import NamedTuple
 
-from launcher import sample_data as sd
+from launcher.tools import sample_data as sd
 
-# launcher.sample_data's helpers and codes (private there): the two generators spell codes, dates and meta alike.
+# launcher.tools.sample_data's helpers and codes (private there): the two generators spell codes, dates and meta alike.
 _cc, _meta, _out, _ts, _name, _address, _phone = sd._cc, sd._meta, sd._out, sd._ts, sd._name, sd._address, sd._phone
 _HL7, _LOINC, _SNOMED, _UCUM, _RXNORM = sd._HL7, sd._LOINC, sd._SNOMED, sd._UCUM, sd._RXNORM
 _OBS, _CONDITIONS, _MEDS, _DOSING, _ENC_TYPES = sd._OBS, sd._CONDITIONS, sd._MEDS, sd._DOSING, sd._ENC_TYPES

@@ -2,7 +2,7 @@
 
 import sys
 
-from launcher.cli import main
+from launcher.cli.main import main
 
 # Guarded: the pipeline's child processes import this module again.
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ import logging
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.settings import DEFAULTS, LOCAL_RUNNER, SAFE_RUNNING_MODES, ExportSettings, UnsafeRunnerOptions
-from transforms.read.source_formats import SOURCE_FORMATS
+from transforms.storage.source_formats import SOURCE_FORMATS
 
 __all__ = ["DEFAULTS", "LOCAL_RUNNER", "ExportOptions", "ExportSettings", "UnsafeRunnerOptions", "prepare_runner"]
 

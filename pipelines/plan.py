@@ -26,16 +26,17 @@ from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import parse_elements
 from transforms.fhir.group import GROUP
 from transforms.fhir.window import LastUpdatedWindow
-from transforms.read.pg_source import ReadAt
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_associated import AddProvenance
 from transforms.select.add_referenced import CollectReferences, FilterReferenced
-from transforms.select.covered_patients import ReadPatients, ResolvePatients, read_header
+from transforms.select.covered_patients import ReadPatients, ResolvePatients
 from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter, compile_type_filters
+from transforms.storage.patients_file import read_header
+from transforms.storage.pg_source import ReadAt
 from transforms.write.organized import KeyBlocks
 
 Step = tuple[str, beam.PTransform]

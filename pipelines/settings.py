@@ -10,10 +10,10 @@ import dataclasses
 
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
-from transforms.read.pg_source import is_postgres, parse_source
-from transforms.read.source_formats import CHUNK_BYTES
-from transforms.write.storage import is_gcs
-from transforms.write.urls import DEFAULT_TTL_S, ManifestUrls
+from transforms.storage.files import is_gcs
+from transforms.storage.pg_source import is_postgres, parse_source
+from transforms.storage.source_formats import CHUNK_BYTES
+from transforms.storage.urls import DEFAULT_TTL_S, ManifestUrls
 
 # The embedded local runner: Beam's FnApiRunner runs in this process and never
 # downloads anything. Beam 2.77's DirectRunner first fetches a Prism binary.

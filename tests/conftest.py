@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from launcher import cli
-from launcher.membership import SCAN_LIMIT_ENV
-from launcher.sample_data import generate
+from launcher.cli import main as cli
+from launcher.kickoff.patients import SCAN_LIMIT_ENV
+from launcher.tools.sample_data import generate
 from pipelines.options import LOCAL_RUNNER
 from tests import pgserver
 

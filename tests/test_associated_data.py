@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher import kickoff
-from launcher.kickoff import KickoffRefused
+from launcher.kickoff import parser as kickoff
+from launcher.kickoff.parser import KickoffRefused
 
 BASE = "https://x/fhir"
 

@@ -23,7 +23,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import pytest
 
-from launcher.sample_data import generate
+from launcher.tools.sample_data import generate
 
 KICKOFF = "https://ehr.example.org/fhir/$export"
 REPO = Path(__file__).resolve().parents[1]

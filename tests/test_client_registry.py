@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 from jwt.algorithms import RSAAlgorithm
 
-from launcher.auth.registry import Client, ClientExists
+from launcher.auth.clients import Client, ClientExists
 from launcher.auth.scopes import ScopeRefused, grant, parse_scopes
 from launcher.stores import SqliteJobStore, open_store
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE

@@ -23,8 +23,9 @@ from transforms.fhir.record_schema import (
     instant_texts,
     load_avro_schema,
 )
-from transforms.read.chunks import Chunk, SourceError
+from transforms.read.chunks import Chunk
 from transforms.read.resources import ReadResources, read_chunk
+from transforms.storage.source_files import SourceError
 from transforms.write.error_files import locate
 
 BASE = "https://ehr.example.org/fhir"

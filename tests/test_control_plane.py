@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("apache_beam", "pyarrow", "fastavro")
 _PROBE = """
 import contextlib, io, json, sys
-from launcher import cli
+from launcher.cli import main as cli
 out = io.StringIO()
 with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
     try:

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.membership import SCAN_LIMIT_ENV
-from launcher.sample_data import generate
+from launcher.kickoff.patients import SCAN_LIMIT_ENV
 from launcher.stores import ANY_OWNER, open_store
+from launcher.tools.sample_data import generate
 from tests.server_process import ROOT
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from launcher.dataflow import ENDPOINT_ENV
+from launcher.jobs.dataflow import ENDPOINT_ENV
 from launcher.stores import SqliteJobStore
 from tests.test_store import _record
 

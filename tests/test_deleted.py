@@ -8,7 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from launcher.kickoff import parse_get
+from launcher.kickoff.parser import parse_get
 from tests.columnar_data import exported, file_of, record_row, run_export, write_rows
 
 BASE = "https://ehr.example.org/fhir"

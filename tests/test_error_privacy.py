@@ -21,7 +21,7 @@ from transforms.read.columnar import to_resources, write_records
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
-from transforms.select.resource_step import ResourceStep
+from transforms.steps.resource_step import ResourceStep
 from transforms.write.error_files import locate, operation_outcome
 
 KICKOFF = "https://ehr.example.org/fhir/$export"

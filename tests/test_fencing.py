@@ -15,15 +15,16 @@ from pathlib import Path
 import apache_beam as beam
 import pytest
 
-from launcher.store import StoreJobSink
+from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.export import _Completion
 from tests.test_finalize_retry import _render
 from tests.test_store import _record
 from transforms.records import Origin, PartFile, Resource, ResourceBatch
+from transforms.steps.fence import StaleAttempt
+from transforms.storage.layout import MANIFEST_NAME
 from transforms.write import manifest as manifest_module
-from transforms.write.layout import MANIFEST_NAME
-from transforms.write.parts import StaleAttempt, WriteParts
+from transforms.write.parts import WriteParts
 
 
 @pytest.fixture

@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from launcher.store import StoreJobSink
+from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore
 from pipelines.export import _Completion
 from pipelines.models import ExportStatus, Manifest, OutputFile
 from tests.test_store import _record
 from transforms.records import PartFile
+from transforms.storage.layout import MANIFEST_NAME
 from transforms.write import manifest as manifest_module
-from transforms.write.layout import MANIFEST_NAME
 from transforms.write.manifest import Completed
 
 TX = "2024-05-01T12:00:00.000Z"

@@ -29,9 +29,9 @@ from pipelines.export import ExportJob, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER, ExportSettings
 from tests import gcs_emulator
-from transforms.write import storage as gcs
-from transforms.write.layout import MANIFEST_NAME
-from transforms.write.urls import gcs_path_of, resign
+from transforms.storage import files as gcs
+from transforms.storage.layout import MANIFEST_NAME
+from transforms.storage.urls import gcs_path_of, resign
 
 BUCKET = gcs_emulator.BUCKET
 KICKOFF = "https://ehr.example.org/fhir/$export"

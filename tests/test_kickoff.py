@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from launcher.kickoff import KickoffRefused, parse_get, parse_post
+from launcher.kickoff.parser import KickoffRefused, parse_get, parse_post
 from pipelines.models import ExportLevel
 
 BASE = "https://ehr.example.org/fhir"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from launcher.kickoff import parse_get, parse_post
+from launcher.kickoff.parser import parse_get, parse_post
 from tests.test_kickoff import EXPORT, refusal
 from transforms.fhir.instant import now_instant
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.audit import EVENTS, AuditLog, audit_event
+from launcher.core.audit import EVENTS, AuditLog, audit_event
 from pipelines.models import ExportStatus
 from tests.test_store import _record
 

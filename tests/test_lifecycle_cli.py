@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.sample_data import generate
 from launcher.stores import Lease, SqliteJobStore, now_ms
+from launcher.tools.sample_data import generate
 from tests.test_cli_export import _console, _source_lines
 from tests.test_store import _record
 

@@ -14,8 +14,8 @@ import json
 import httpx
 import pytest
 
-import launcher.membership
-from launcher.membership import SCAN_LIMIT_ENV
+import launcher.kickoff.patients
+from launcher.kickoff.patients import SCAN_LIMIT_ENV
 from tests.server_process import FHIR_HEADERS, poll, serve
 from tests.test_patient_group_export import post_parameters
 
@@ -28,7 +28,7 @@ def unscanned(monkeypatch):
     def no_scan(*args, **kwargs):
         raise AssertionError("the launcher scanned the source")
 
-    monkeypatch.setattr(launcher.membership, "index_source", no_scan)
+    monkeypatch.setattr(launcher.kickoff.patients, "index_source", no_scan)
 
 
 def _first_id(folder, resource_type: str) -> str:

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from launcher.kickoff import KickoffRefused, parse_get
+from launcher.kickoff.parser import KickoffRefused, parse_get
 from pipelines.options import LOCAL_RUNNER
 from tests.columnar_data import file_of, run_export
 from tests.conftest import SHARED_DATA

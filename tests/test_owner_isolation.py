@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.audit import OPERATOR_ACCESS, operator_access_event
+from launcher.core.audit import OPERATOR_ACCESS, operator_access_event
 from launcher.stores import ANY_OWNER, JobNotFound, Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
 from tests.test_lifecycle_audit import _check, definition  # noqa: F401  (a fixture)

@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from launcher.sample_data import generate
+from launcher.tools.sample_data import generate
 from tests.server_process import FHIR_HEADERS, serve
 
 BASE = "https://ehr.example.org/fhir"

@@ -10,8 +10,8 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.read.resources import ReadResources
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.storage.layout import ERROR_DIR, MANIFEST_NAME
 from transforms.write.error_files import WriteErrorFiles
-from transforms.write.layout import ERROR_DIR, MANIFEST_NAME
 from transforms.write.manifest import AssembleManifest, Completed
 from transforms.write.parts import WriteParts
 

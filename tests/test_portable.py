@@ -31,7 +31,7 @@ def _files(result) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    from launcher.sample_data import generate
+    from launcher.tools.sample_data import generate
 
     out = tmp_path_factory.mktemp("portable-src")
     generate(out, patients=20, seed=9)

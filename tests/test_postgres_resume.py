@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from launcher.sample_data import generate
+from launcher.tools.sample_data import generate
 from tests.pg_resources import create_table, exported_bodies, insert, ndjson_resources, query, source_url
 from tests.test_cli_export import _console
 

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 
-from launcher.kickoff import parse_get
+from launcher.kickoff.parser import parse_get
 from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.options import LOCAL_RUNNER
 from tests.columnar_data import file_of, run_export
@@ -25,9 +25,9 @@ from tests.pg_resources import (
     source_url,
 )
 from transforms.fhir.window import LastUpdatedWindow
-from transforms.read.pg_source import ReadAt, parse_source
 from transforms.read.postgres import PgRange, range_query
 from transforms.read.pushdown import ReadSelection
+from transforms.storage.pg_source import ReadAt, parse_source
 
 BASE = "https://ehr.example.org/fhir"
 UTC = dt.timezone.utc

@@ -1,7 +1,7 @@
 """Tests for pipelines.plan.read_selection: what each export asks its read to keep."""
 import pytest
 
-from launcher.kickoff import parse_get
+from launcher.kickoff.parser import parse_get
 from pipelines.options import ExportSettings
 from pipelines.plan import read_selection, steps
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from launcher.audit import AuditLog
-from launcher.jobs import RunControl, _run_attempt
-from launcher.runner import LeaseLost, new_lease, run_and_watch
-from launcher.store import StoreJobSink
+from launcher.core.audit import AuditLog
+from launcher.jobs.process import LeaseLost, new_lease, run_and_watch
+from launcher.jobs.start import RunControl, _run_attempt
+from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore
 from pipelines.export import ExportJob
 from pipelines.models import ExportStatus, Manifest

@@ -3,7 +3,7 @@
 import pytest
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
-from launcher.cli import _parser
+from launcher.cli.arguments import build_parser as _parser
 from pipelines.options import LOCAL_RUNNER, prepare_runner
 from pipelines.runners import embedded_portable_args, environment_of, flink_args, multi_process_args, spark_args
 
@@ -66,5 +66,5 @@ def test_the_image_pins_the_beam_version_of_setup_py_and_runs_pip_check():
     assert "python311-template-launcher-base" in dockerfile
     low, high = re.search(r'python_requires=">=3\.(\d+),<3\.(\d+)"', (root / "setup.py").read_text()).groups()
     assert int(low) <= 11 < int(high)
-    assert "pip check" in dockerfile and "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/launcher/submit.py" in dockerfile
-    assert (root / "launcher" / "submit.py").is_file()
+    assert "pip check" in dockerfile and "FLEX_TEMPLATE_PYTHON_PY_FILE=/template/launcher/jobs/submit.py" in dockerfile
+    assert (root / "launcher" / "jobs" / "submit.py").is_file()

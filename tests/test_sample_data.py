@@ -1,11 +1,11 @@
-"""Tests for launcher.sample_data: determinism, file layout, references and realism knobs."""
+"""Tests for launcher.tools.sample_data: determinism, file layout, references and realism knobs."""
 import re
 from pathlib import Path
 
 import orjson
 import pytest
 
-from launcher.sample_data import RESOURCES_PER_PATIENT, generate, iter_resources
+from launcher.tools.sample_data import RESOURCES_PER_PATIENT, generate, iter_resources
 
 PATIENTS = 300
 INSTANT = re.compile(

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from launcher.sample_data import generate
-from launcher.schedules import scheduled_request
+from launcher.jobs.schedules import scheduled_request
 from launcher.stores import SqliteJobStore, open_store
+from launcher.tools.sample_data import generate
 from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest
 from transforms.fhir.instant import instant_key
 
@@ -114,8 +114,8 @@ def test_stores_advance_a_schedule_only_forward(store):
 
 
 def test_the_template_entry_point_records_submits_and_the_pipeline_completes_the_job(tmp_path, sample_dir):
-    """`launcher.submit` returns once submitted; the pipeline's last step marks the job complete in the store."""
-    from launcher.submit import submit
+    """`launcher.jobs.submit` returns once submitted; the pipeline's last step marks the job complete in the store."""
+    from launcher.jobs.submit import submit
 
     state = str(tmp_path / "state")
     argv = [f"--source={sample_dir}", f"--output={tmp_path / 'out'}", f"--job_store={state}",
@@ -132,7 +132,7 @@ def test_the_template_entry_point_records_submits_and_the_pipeline_completes_the
 
 
 def test_the_template_entry_point_refuses_unsafe_names_and_reads_the_tenants_own_source(tmp_path, sample_dir):
-    from launcher.submit import submit
+    from launcher.jobs.submit import submit
 
     shutil.copytree(sample_dir, tmp_path / "src" / "clinic-a")
     state, out = str(tmp_path / "state"), tmp_path / "out"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.kickoff import KickoffRefused, check_level, parse_get
+from launcher.kickoff.parser import KickoffRefused, check_level, parse_get
 from tests.test_kickoff import assert_refused_before_any_job
 from tests.test_patient_group_export import (
     BASE,
@@ -274,7 +274,7 @@ def test_without_type_filters_and_elements_on_types_the_level_leaves_out_are_ref
 def test_the_duplicate_branch_shuffles_and_spills_only_metadata(tmp_path):
     from transforms.records import Origin, Resource, ResourceBatch
     from transforms.select.duplicates import _duplicates, key_records
-    from transforms.write.spill import SpillRecords, read_partition
+    from transforms.steps.spill import SpillRecords, read_partition
 
     raw = [b'{"resourceType":"Patient","id":"twin","name":[{"family":"SECRET-%d"}]}' % n for n in (1, 2)]
     batches = [ResourceBatch(Origin(f"f{n}.ndjson", 0), [Resource("Patient", r, None, 0)]) for n, r in enumerate(raw)]

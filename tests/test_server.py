@@ -18,7 +18,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from launcher.sample_data import generate
+from launcher.tools.sample_data import generate
 from tests.server_process import FHIR_HEADERS, poll, serve
 
 FUTURE = "2999-01-01T00:00:00Z"

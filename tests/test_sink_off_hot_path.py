@@ -7,8 +7,8 @@ import sqlite3
 
 import pytest
 
-from launcher import store as store_module
-from launcher.store import StoreJobSink
+from launcher.jobs import store_sink as store_module
+from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore, StoreUnavailable
 from launcher.stores.base import SqlJobStore
 from pipelines.models import ExportStatus

@@ -13,9 +13,10 @@ import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.read.chunks import SourceError, list_source, match_source, plan_chunks
+from transforms.read.chunks import plan_chunks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
+from transforms.storage.source_files import SourceError, list_source, match_source
 from transforms.write.error_files import locate
 
 KICKOFF = "https://ehr.example.org/fhir/$export"

@@ -1,10 +1,10 @@
-"""Tests for transforms.select.resource_step.ResourceStep: dead-lettered batches become bad records."""
+"""Tests for transforms.steps.resource_step.ResourceStep: dead-lettered batches become bad records."""
 
 import apache_beam as beam
 from apache_beam.testing.util import assert_that, equal_to
 
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
-from transforms.select.resource_step import ResourceStep
+from transforms.steps.resource_step import ResourceStep
 
 
 def _batch(path: str, *ids: str) -> ResourceBatch:

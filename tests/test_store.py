@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from launcher.store import DB_NAME, InvalidJobState, JobNotFound, SqliteJobStore, StoreJobSink
+from launcher.jobs.store_sink import DB_NAME, InvalidJobState, JobNotFound, SqliteJobStore, StoreJobSink
 from launcher.stores import open_store
 from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest, OutputFile
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from launcher.store import StoreJobSink
+from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import (
     InvalidJobState,
     JobNotFound,

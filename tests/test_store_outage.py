@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from launcher.sample_data import generate
 from launcher.stores import ANY_OWNER, open_store
+from launcher.tools.sample_data import generate
 from tests import pgserver
 from tests.server_process import ROOT
 

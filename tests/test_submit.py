@@ -1,4 +1,4 @@
-"""The Flex Template path (`launcher.submit`): the CLI's validation, audit and lease, and no credential in options."""
+"""The Flex Template path (`launcher.jobs.submit`): the CLI's validation, audit and lease, and no credential in options."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import time
 
 import pytest
 
-from launcher import submit as submit_module
-from launcher.kickoff import KickoffRefused
-from launcher.store import StoreJobSink
+from launcher.jobs import submit as submit_module
+from launcher.jobs.store_sink import StoreJobSink
+from launcher.kickoff.parser import KickoffRefused
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportRequest, ExportStatus
 from tests.test_store import _record

@@ -25,7 +25,7 @@ def test_parameters_equal_options_one_to_one():
     assert sorted(names) == sorted(_option_actions())
 
 
-# The template's entry point (`launcher.submit`) makes these when a scheduler leaves them out.
+# The template's entry point (`launcher.jobs.submit`) makes these when a scheduler leaves them out.
 MADE_BY_SUBMIT = {"job_id", "transaction_time"}
 
 

@@ -8,10 +8,7 @@ else re-serialises it.
 
 from __future__ import annotations
 
-import pickle
 from typing import Any, NamedTuple
-
-import apache_beam as beam
 
 
 class Resource(NamedTuple):
@@ -116,30 +113,3 @@ class PartFile(NamedTuple):
     temp_path: str
     count: int
     size: int
-
-
-class ResourceBatchCoder(beam.coders.Coder):
-    """Coder for `ResourceBatch` that sizes a batch by its bytes instead of pickling it.
-
-    Batches never cross a stage boundary (read, filter and write are fused), but
-    Beam samples element sizes on every PCollection; pickling whole batches of
-    parsed resources for that cost about a sixth of the export's time.
-    """
-
-    def encode(self, batch: ResourceBatch) -> bytes:
-        return pickle.dumps(batch, protocol=pickle.HIGHEST_PROTOCOL)
-
-    def decode(self, data: bytes) -> ResourceBatch:
-        return pickle.loads(data)
-
-    def is_deterministic(self) -> bool:
-        return False
-
-    def estimate_size(self, batch: ResourceBatch) -> int:
-        return sum(len(r.raw) for r in batch.resources) + 16 * len(batch.resources)
-
-    def to_type_hint(self):
-        return ResourceBatch
-
-
-beam.coders.registry.register_coder(ResourceBatch, ResourceBatchCoder)

@@ -17,8 +17,8 @@ from typing import Callable, Optional
 import jwt
 from jwt import PyJWK
 
+from launcher.auth.clients import Client
 from launcher.auth.keys import SIGNING_ALGORITHMS, JwksCache, KeysRefused, algorithms_for
-from launcher.auth.registry import Client
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_LIFETIME_S = 300

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from typing import Optional
 
-from launcher.audit import MINOR_FAILURE, SUCCESS, AuditLog
+from launcher.auth.access_tokens import ACCESS_TOKEN_S, AccessTokens
 from launcher.auth.assertion import ASSERTION_TYPE, TokenRefused, verify_assertion
 from launcher.auth.keys import JwksCache
 from launcher.auth.scopes import ScopeRefused, grant, parse_scopes
-from launcher.auth.tokens import ACCESS_TOKEN_S, AccessTokens
+from launcher.core.audit import MINOR_FAILURE, SUCCESS, AuditLog
 
 GRANT_TYPE = "client_credentials"
 

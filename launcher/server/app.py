@@ -13,11 +13,11 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from launcher.audit import AuditLog
+from launcher.auth.access_tokens import AccessTokens
 from launcher.auth.token_service import TokenService
-from launcher.auth.tokens import AccessTokens
-from launcher.lifecycle import cleanup_expired, recover_abandoned
-from launcher.runner import RunControl
+from launcher.core.audit import AuditLog
+from launcher.jobs.lifecycle import cleanup_expired, recover_abandoned
+from launcher.jobs.process import RunControl
 from launcher.server import files_api, kickoff_api, metadata_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
@@ -64,7 +64,7 @@ def _lifespan(config: ServerConfig):
     async def lifespan(app: FastAPI):
         app.state.server = server = build_server(config)
         # The job runner imports Beam (~1.5 s holding the GIL): at start-up, not inside the first kick-off.
-        await run_in_threadpool(importlib.import_module, "launcher.jobs")
+        await run_in_threadpool(importlib.import_module, "launcher.jobs.start")
         task = asyncio.create_task(_maintain(server))
         try:
             yield

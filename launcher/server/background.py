@@ -1,6 +1,6 @@
 """Jobs the server runs: recorded in the request, run to their end in a background thread each.
 
-Each attempt runs through the launcher's own runner (`launcher.jobs`), so its
+Each attempt runs through the launcher's own runner (`launcher.jobs.start`), so its
 pipeline is a child process in its own process group under a lease this
 server renews; a kill of the server ends the pipelines with it, and the
 lapsed leases end their jobs in `error` when a server next looks.
@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Optional
 
-from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl
+from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl
 from launcher.stores import JobStore, StoredJob
 from pipelines.models import ExportRequest
 from pipelines.settings import ExportSettings
@@ -31,7 +31,7 @@ class BackgroundJobs:
     def start(self, request: ExportRequest, settings: ExportSettings, tenant: str, owner: Optional[str]) -> StoredJob:
         """Records `tenant`'s job for `owner` (refusals raise before one exists) and starts its run;
         returns it `accepted`."""
-        from launcher.jobs import record_export  # imports Beam (the server does so at start-up)
+        from launcher.jobs.start import record_export  # imports Beam (the server does so at start-up)
 
         recorded = record_export(self._store, self._control, request, settings, tenant, owner, self._beam_args)
         job_id = recorded.job.job_id
@@ -39,7 +39,7 @@ class BackgroundJobs:
         return self._store.get(tenant, job_id, owner)
 
     def _run(self, recorded) -> None:
-        from launcher.jobs import run_recorded
+        from launcher.jobs.start import run_recorded
 
         job_id = recorded.job.job_id
         try:

@@ -7,10 +7,10 @@ from typing import Optional
 
 from fastapi import Depends, Request
 
-from launcher.audit import MINOR_FAILURE, AuditLog
+from launcher.auth.access_tokens import AccessTokens, InvalidToken
 from launcher.auth.scopes import EVERYTHING, Grant
 from launcher.auth.token_service import TokenService
-from launcher.auth.tokens import AccessTokens, InvalidToken
+from launcher.core.audit import MINOR_FAILURE, AuditLog
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.outcomes import FhirError

@@ -18,14 +18,14 @@ from typing import Iterator
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
 
-from launcher.manifest_pages import listed_file
-from launcher.names import check_job_id
+from launcher.core.names import check_job_id
+from launcher.jobs.manifest_pages import listed_file
 from launcher.server.config import FILES_PATH
 from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound
 from pipelines.models import ExportStatus, OutputFile
-from transforms.write.layout import NDJSON_MIME, PARQUET_MIME
+from transforms.storage.layout import NDJSON_MIME, PARQUET_MIME
 
 router = APIRouter()
 _CHUNK = 4 << 20  # per read and send: 64 KiB chunks (Starlette's default) spent most of a download in the event loop

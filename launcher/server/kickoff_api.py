@@ -11,8 +11,8 @@ import orjson
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from launcher import kickoff
 from launcher.auth.export_scope import ExportForbidden, authorize_export
+from launcher.kickoff import parser as kickoff
 from launcher.server.deps import Caller, Server, caller, read_body, server
 from launcher.server.outcomes import FHIR_JSON, PLAIN_JSON, FhirError
 from launcher.stores import TooManyActiveExports

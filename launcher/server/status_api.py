@@ -18,9 +18,9 @@ from typing import Optional
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from launcher.lifecycle import delete_job
-from launcher.manifest_pages import manifest_page, requires_token
-from launcher.names import check_job_id
+from launcher.core.names import check_job_id
+from launcher.jobs.lifecycle import delete_job
+from launcher.jobs.manifest_pages import manifest_page, requires_token
 from launcher.server.config import STATUS_PATH
 from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError

@@ -15,8 +15,7 @@ from typing import Any, Iterator, Optional
 
 import orjson
 
-from launcher.auth.registry import ClientQueries
-from launcher.schedules import ScheduleQueries
+from launcher.stores.client_queries import ClientQueries
 from launcher.stores.contract import (
     ANY_OWNER,
     InvalidJobState,
@@ -29,8 +28,9 @@ from launcher.stores.contract import (
     TooManyActiveExports,
     now_ms,
 )
+from launcher.stores.engine_jobs import RunnerJobQueries
 from launcher.stores.published import PublishedQueries
-from launcher.stores.runner_jobs import RunnerJobQueries
+from launcher.stores.schedule_queries import ScheduleQueries
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
 from pipelines.models import ExportRequest, ExportStatus, Manifest, TypeProgress
 from transforms.fhir.instant import now_instant

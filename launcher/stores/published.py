@@ -4,7 +4,7 @@ Mixed into `SqlJobStore`. A part writer publishes each part the moment it is
 final (`transforms.write.publish`): its row is the file's manifest entry. A
 manifest page, once served, never changes (IG v3): the first request for page
 k freezes which files it lists, `[first, end)` in the order files were published
-and then the final manifest's others (`launcher.manifest_pages`).
+and then the final manifest's others (`launcher.jobs.manifest_pages`).
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
-from launcher.auth.registry import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
-from launcher.schedules import SCHEDULES_TABLE
+from launcher.stores.client_queries import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
+from launcher.stores.engine_jobs import RUNNER_JOB_COLUMN
 from launcher.stores.published import PAGES_TABLE, PUBLISHED_TABLE
-from launcher.stores.runner_jobs import RUNNER_JOB_COLUMN
+from launcher.stores.schedule_queries import SCHEDULES_TABLE
 from transforms.fhir.instant import instant_key
 
 _TERMINAL = ("complete", "error", "cancelled")
@@ -93,11 +93,11 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         _ended_ms_from_completed_at,
     ),
-    # The last completed run's transactionTime per (tenant, schedule): see `launcher.schedules`.
+    # The last completed run's transactionTime per (tenant, schedule): see `launcher.jobs.schedules`.
     Migration(3, (SCHEDULES_TABLE,)),
     # SMART Backend Services: registered clients, used assertion ids, the access-token signing key.
     Migration(4, (CLIENTS_TABLE, ASSERTIONS_TABLE, ASSERTIONS_INDEX, SERVER_KEYS_TABLE)),
-    # The engine's own id of a submitted job (Dataflow), so a cancel reaches it: `launcher.dataflow`.
+    # The engine's own id of a submitted job (Dataflow), so a cancel reaches it: `launcher.jobs.dataflow`.
     Migration(5, (RUNNER_JOB_COLUMN,)),
     # allowPartialManifests: files published while an export runs, and the manifest pages served.
     Migration(6, (PUBLISHED_TABLE, PAGES_TABLE)),

@@ -9,10 +9,7 @@ these small descriptors are shuffled; `transforms.read.resources` reads them.
 from __future__ import annotations
 
 import gzip
-import os
-import posixpath
-import stat
-from typing import IO, Iterator, NamedTuple, Optional, Union
+from typing import IO, Iterator, NamedTuple, Union
 
 import orjson
 from apache_beam.io.filesystem import CompressionTypes
@@ -21,8 +18,9 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.read.avro_blocks import block_ranges
 from transforms.read.columnar import parquet_row_groups
 from transforms.read.ndjson import BOM
-from transforms.read.pg_source import SCHEMES as PG_SCHEMES
-from transforms.read.source_formats import (
+from transforms.records import BadRecord, Origin
+from transforms.storage.source_files import SourceError, list_source
+from transforms.storage.source_formats import (
     AUTO,
     CHUNK_BYTES,
     COLUMNAR_FORMATS,
@@ -33,13 +31,8 @@ from transforms.read.source_formats import (
     PARQUET,
     columnar_kind,
 )
-from transforms.records import BadRecord, Origin
 
 DOCUMENT_ORIGIN, WHOLE_FILE = -1, -1  # a refused file is reported as a whole file
-
-
-class SourceError(IOError):
-    """The source is missing or unreadable; the whole export must fail."""
 
 
 class Chunk(NamedTuple):
@@ -52,178 +45,6 @@ class Chunk(NamedTuple):
     document: bool
     columnar: str = ""  # `avro` or `parquet`; then start and end count Parquet row groups (Avro: bytes)
     first: int = 0  # an Avro range's records before it
-
-
-class Refused(NamedTuple):
-    """A file of the source that is never opened, and why: a link leading out of the source's
-    folder, or not a regular file (a FIFO, a socket, a device)."""
-
-    path: str
-    reason: str
-
-
-LINK_OUT = "a link whose target is outside the source folder (not followed)"
-NOT_REGULAR = "not a regular file (a FIFO, socket or device; not opened)"
-
-
-def match_source(source: str) -> list[tuple[str, int]]:
-    """Lists `(path, size)` of the files `source` names, or raises `SourceError`."""
-    return list_source(source)[0]
-
-
-def list_source(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
-    """`(path, size)` of the files `source` names, and the files it names that are refused.
-
-    A folder is read recursively; hidden files and folders (a name starting with
-    `.`) are skipped. In a local folder or glob, a link whose target lies outside
-    the source's folder is refused, as is anything but a regular file: neither is
-    ever opened. Raises `SourceError` when nothing at all matches, or when the
-    source itself is not a regular file or folder (a FIFO would block its reader).
-    """
-    local = FileSystems.get_scheme(source) is None
-    if local and not source.endswith("/") and not any(c in source for c in "*?[") and os.path.lexists(source):
-        if os.path.isdir(source):
-            return _local_folder(source)
-        if not os.path.exists(source):
-            raise SourceError(f"source {source!r} is a broken link")
-        if not stat.S_ISREG(os.stat(source).st_mode):
-            raise SourceError(f"source {source!r} is not a regular file or a folder (e.g. a FIFO); it is not read")
-    if local and source.endswith("/") and os.path.isdir(source):
-        return _local_folder(source)
-    pattern = source
-    if source.endswith("/") or (not local and _is_object_folder(source)):
-        pattern = source.rstrip("/") + "/**"  # every object under the prefix, at any depth
-    try:
-        found = FileSystems.match([pattern])[0].metadata_list
-    except Exception as exc:  # Beam raises BeamIOError with the cause inside
-        raise SourceError(f"cannot list source {source!r}: {exc}") from exc
-    base = _literal_prefix(pattern)
-    files, refused = [], []
-    # In a local glob, links must stay inside its folder; a single file named as the source is the
-    # operator's own choice, link or not.
-    globbed = any(c in pattern for c in "*?[")
-    inside = os.path.realpath(base or ".") if local and globbed else None
-    for m in sorted(found, key=lambda m: m.path):
-        if _is_hidden(m.path, base) or _is_local_dir(m.path):
-            continue
-        if local:
-            problem = _local_problem(m.path, inside)
-            if problem:
-                refused.append(Refused(m.path, problem))
-                continue
-        files.append((m.path, m.size_in_bytes))
-    if not files and not refused:
-        raise SourceError(f"source {source!r} matches no files")
-    return files, refused
-
-
-def _local_problem(path: str, inside: Optional[str]) -> Optional[str]:
-    """Why a matched local file must not be read, or None (`inside`: the folder it must stay in)."""
-    if inside is not None and not _within(os.path.realpath(path), inside):
-        return LINK_OUT
-    try:
-        mode = os.stat(path).st_mode
-    except OSError:
-        return NOT_REGULAR
-    return None if stat.S_ISREG(mode) else NOT_REGULAR
-
-
-def _within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def _local_folder(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
-    """A local folder's files at any depth, without following links out of it (nor in circles)."""
-    top = source.rstrip("/") or "/"
-    inside = os.path.realpath(top)
-    files: list[tuple[str, int]] = []
-    refused: list[Refused] = []
-    seen = {inside}
-    pending = [top]
-    while pending:
-        folder = pending.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as exc:
-            raise SourceError(f"cannot list source folder {folder!r}: {exc}") from exc
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = f"{folder.rstrip('/')}/{entry.name}"
-            if entry.is_symlink():
-                target = os.path.realpath(path)
-                if not _within(target, inside):
-                    refused.append(Refused(path, LINK_OUT))
-                    continue
-                if os.path.isdir(target):
-                    if target not in seen:  # a link back up the tree is read once, at its real place
-                        seen.add(target)
-                        pending.append(path)
-                    continue
-            elif entry.is_dir(follow_symlinks=False):
-                real = os.path.realpath(path)
-                if real not in seen:
-                    seen.add(real)
-                    pending.append(path)
-                continue
-            try:
-                info = os.stat(path)
-            except OSError:
-                refused.append(Refused(path, NOT_REGULAR))
-                continue
-            if not stat.S_ISREG(info.st_mode):
-                refused.append(Refused(path, NOT_REGULAR))
-                continue
-            files.append((path, info.st_size))
-    if not files and not refused:
-        raise SourceError(f"source {source!r} matches no files")
-    return sorted(files), sorted(refused)
-
-
-def source_root(source: str) -> str:
-    """The prefix that error files strip from a source file's path: the `--source` folder
-    (with its `/`), a glob's folder before its first wildcard, or a single file's folder; "" for
-    a PostgreSQL source, whose errors name the table."""
-    if source.startswith(PG_SCHEMES):
-        return ""
-    if any(c in source for c in "*?["):
-        return _literal_prefix(source)
-    if source.endswith("/"):
-        return source
-    if FileSystems.get_scheme(source) is None:
-        if os.path.isdir(source):
-            return source + "/"
-    elif _is_object_folder(source):
-        return source + "/"
-    return source[: source.rfind("/") + 1]
-
-
-def relative_path(path: str, root: str) -> str:
-    """`path` relative to a `source_root`; a path outside it is named by its file name only."""
-    if root and path.startswith(root) and len(path) > len(root):
-        return path[len(root):]
-    return posixpath.basename(path)
-
-
-def _is_object_folder(source: str) -> bool:
-    """In an object store (gs://) a folder is a prefix: a plain name that is not an object itself."""
-    return not any(c in source for c in "*?[") and not FileSystems.exists(source)
-
-
-def _literal_prefix(pattern: str) -> str:
-    """The folder part of a pattern before its first wildcard."""
-    cut = min((i for i, c in enumerate(pattern) if c in "*?["), default=len(pattern))
-    return pattern[: pattern.rfind("/", 0, cut) + 1]
-
-
-def _is_hidden(path: str, base: str) -> bool:
-    """True when a file, or a folder the pattern reached into, is hidden (e.g. `.parts-tmp-1`)."""
-    relative = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
-    return any(segment.startswith(".") for segment in relative.split("/"))
-
-
-def _is_local_dir(path: str) -> bool:
-    return FileSystems.get_scheme(path) is None and os.path.isdir(path)
 
 
 def _open(path: str) -> IO[bytes]:

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from transforms.fhir.deletions import deleted_body
+from transforms.fhir.deleted import deleted_body
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.record_schema import (
     TIMESTAMP,
@@ -34,8 +34,8 @@ from transforms.fhir.record_schema import (
 from transforms.read.avro_blocks import range_stream
 from transforms.read.bundles import WHOLE
 from transforms.read.ndjson import json_error, parse_lines, to_resource
-from transforms.read.source_formats import PARQUET
 from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
+from transforms.storage.source_formats import PARQUET
 
 _ROW_FIELDS = ("resourceType", "id", "lastUpdated", "deleted", "resource")
 
@@ -205,7 +205,7 @@ def to_resources(origin: Origin, first: int, columns: Columns, indexes: Optional
     A record is bad when its `resource` is not an R4 resource's JSON or its
     `resourceType` or `id` column disagrees with that JSON (an empty `id` stands for
     a resource without one, as the Parquet output writes it). A record marked
-    `deleted` goes to `Deletions` (`transforms.fhir.deletions.deleted_body`);
+    `deleted` goes to `Deletions` (`transforms.fhir.deleted.deleted_body`);
     the export lists it in `deleted[]` or leaves it out, never in `output[]`.
     `indexes`: the records' numbers, when they are not `first`, `first + 1`, ...
     """

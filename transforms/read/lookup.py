@@ -1,6 +1,6 @@
 """Kickoff-time lookups in a small source: every Patient id and every Group, without a pipeline.
 
-Where the source is small enough (`launcher.membership`), a Patient- or
+Where the source is small enough (`launcher.kickoff.patients`), a Patient- or
 Group-level kickoff is refused before a job exists when its Group or `patient`
 is not in the source, so the launcher scans the source once for those two
 types, with the pipeline's own chunk reader: NDJSON lines are screened with a
@@ -19,7 +19,7 @@ from transforms.fhir.membership import IndexBuilder, SourceIndex
 from transforms.read.chunks import plan_chunks
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import read_chunk
-from transforms.read.source_formats import AUTO
+from transforms.storage.source_formats import AUTO
 
 # What a membership index reads: NDJSON lines that name neither type are skipped unparsed
 # (`ReadSelection.screen`); `ResolvePatients` reads the same in the pipeline.

@@ -13,7 +13,7 @@ read through a server-side cursor. `_type`, `_since`, `_until` and
 exported snapshot (`SET TRANSACTION SNAPSHOT`), so the export is one consistent
 view however long it runs. Rows become the same batches as an Avro or Parquet
 file's (`transforms.read.columnar.to_resources`); a bad row's error names the
-table and its key. The URL and connections are `transforms.read.pg_source`'s.
+table and its key. The URL and connections are `transforms.storage.pg_source`'s.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from psycopg.pq import Format
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
 from transforms.read.columnar import Item, to_resources
-from transforms.read.pg_source import PgSource, ReadAt, begin, connect, parse_source
 from transforms.read.pushdown import ReadSelection, read_types
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
+from transforms.storage.pg_source import PgSource, ReadAt, begin, connect, parse_source
 
 # A range's rows per `chunk_bytes` of a file source: 4 MiB chunks make ranges of 16,384 rows.
 BYTES_PER_ROW = 256

@@ -21,11 +21,12 @@ from transforms.read.bundles import document_resources
 from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_source
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
-from transforms.read.pg_source import ReadAt, is_postgres, parse_source
 from transforms.read.postgres import PgRange, plan_ranges, read_range
 from transforms.read.pushdown import ReadSelection, read_types
-from transforms.read.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
 from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
+from transforms.steps import coders  # noqa: F401  (registers the ResourceBatch coder with Beam)
+from transforms.storage.pg_source import ReadAt, is_postgres, parse_source
+from transforms.storage.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
 
 
 class ReadResources(beam.PTransform):

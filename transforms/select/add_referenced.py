@@ -19,7 +19,7 @@ from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.references import references
 from transforms.fhir.window import LAST_UPDATED, LastUpdatedWindow
 from transforms.records import Resource, ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
+from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 
 class CollectReferences(beam.PTransform):

@@ -1,9 +1,8 @@
 """The patients an export covers: handed from the launcher as a file, or resolved in the pipeline.
 
-For a source small enough to scan at kickoff (`launcher.membership`), the
-launcher resolves the Group or `patient` parameter and writes the result as
-NDJSON beside the job's temporary parts: a header line with the counts, then
-one line per patient and one per unresolved member. The pipeline reads it back
+For a source small enough to scan at kickoff (`launcher.kickoff.patients`), the
+launcher resolves the Group or `patient` parameter and writes the result as a
+patients file (`transforms.storage.patients_file`). The pipeline reads it back
 where it runs (a local path or any Beam filesystem; `ReadPatients`). For a
 larger source there is no file: `ResolvePatients` reads the source's Patients
 and Groups and resolves them in the pipeline, by the same rule, so the
@@ -12,81 +11,16 @@ launcher never scans it. Both give the same outputs.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import apache_beam as beam
-import orjson
-from apache_beam.io.filesystems import FileSystems
 
-from transforms.fhir.compartment import PatientSet
-from transforms.fhir.group import MemberIssue, Membership
 from transforms.fhir.membership import IndexBuilder, membership_of
 from transforms.read.lookup import PATIENTS_AND_GROUPS
-from transforms.read.pg_source import ReadAt
 from transforms.read.resources import ReadResources
-from transforms.records import BadRecord, Origin, ResourceBatch
-from transforms.write.parts import create_file
-
-FILE_NAME = "patients.ndjson"
-
-
-class PatientFileHeader(NamedTuple):
-    """The first line of a patients file: how many patients and issues follow."""
-
-    patients: int
-    issues: int
-
-
-def write_patients(path: str, membership: Membership) -> None:
-    """Writes `membership` to `path` (parents are created)."""
-    patients = membership.patients
-    with create_file(path) as f:
-        f.write(orjson.dumps({"patients": len(patients.ids), "issues": len(membership.issues)}) + b"\n")
-        for patient in sorted(patients.ids):
-            f.write(orjson.dumps({"id": patient, "whole": patient in patients.whole}) + b"\n")
-        for issue in membership.issues:
-            f.write(orjson.dumps({"issue": issue._asdict()}) + b"\n")
-
-
-def read_header(path: str) -> PatientFileHeader:
-    """The counts of a patients file, read without loading it."""
-    with FileSystems.open(path) as f:
-        header = orjson.loads(f.readline())
-    return PatientFileHeader(header["patients"], header["issues"])
-
-
-def _lines(path: str) -> Iterator[dict]:
-    with FileSystems.open(path) as f:
-        f.readline()
-        for line in f:
-            yield orjson.loads(line)
-
-
-def iter_patients(path: str) -> Iterator[tuple[str, bool]]:
-    """`(id, whole)` for each patient of a patients file, streamed."""
-    for line in _lines(path):
-        if "id" in line:
-            yield line["id"], line["whole"]
-
-
-def read_patient_set(path: str) -> PatientSet:
-    """Loads the patients of a patients file into memory (for small sets)."""
-    patients = list(iter_patients(path))
-    return PatientSet.of((p for p, _ in patients), (p for p, whole in patients if whole))
-
-
-def member_issues(path: str) -> Iterator[BadRecord]:
-    """The unresolved members of a patients file, as bad records for the manifest's `error[]`."""
-    for line in _lines(path):
-        if "issue" in line:
-            yield issue_record(MemberIssue(**line["issue"]))
-
-
-def issue_record(issue: MemberIssue) -> BadRecord:
-    """An unresolved Group member as a bad record for the manifest's `error[]`."""
-    where = f"Group/{issue.group_id}"
-    return BadRecord(Origin(where, -1), issue.index, f"member not resolved: {issue.reason}", "Group",
-                     code="not-found", location=f"{where}.member[{issue.index}]" if issue.index >= 0 else where)
+from transforms.records import ResourceBatch
+from transforms.storage.patients_file import issue_record, iter_patients, member_issues, read_patient_set
+from transforms.storage.pg_source import ReadAt
 
 
 class ReadPatients(beam.PTransform):

@@ -1,6 +1,6 @@
 """The `deleted[]` step: deleted resources in scope become the `deleted` file's Bundle lines.
 
-The rule and the line are Beam-free (`transforms.fhir.deletions`); this step
+The rule and the line are Beam-free (`transforms.fhir.deleted`); this step
 turns each batch of scoped deletions into a batch of `Bundle` lines, which
 `WriteParts` writes into the job's `deleted` parts like any output.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import apache_beam as beam
 
-from transforms.fhir.deletions import deletion_line
+from transforms.fhir.deleted import deletion_line
 from transforms.records import Resource, ResourceBatch
 
 BUNDLE = "Bundle"  # the manifest's `deleted[].type`

@@ -32,7 +32,7 @@ import orjson
 
 from transforms.fhir.references import ID_PATTERN
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
-from transforms.write.spill import SpillRecords, read_partition
+from transforms.steps.spill import SpillRecords, read_partition
 
 BUCKETS = 32  # a bucket's keys, about 60 bytes a resource, are what one worker holds at once
 
@@ -40,7 +40,7 @@ BUCKETS = 32  # a bucket's keys, about 60 bytes a resource, are what one worker 
 class ReportDuplicates(beam.PTransform):
     """`BadRecord`s (code `duplicate`) for every copy of a `Type/id` whose copies differ.
 
-    The keys are spilled to run files under `folder` (`transforms.write.spill`), one per hash
+    The keys are spilled to run files under `folder` (`transforms.steps.spill`), one per hash
     bucket of the id, so no worker holds more than a bucket's keys at once."""
 
     def __init__(self, folder: str, buckets: int = BUCKETS):

@@ -28,7 +28,7 @@ from transforms.fhir.group import GROUP, covered_roster, member_patient_ids
 from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.window import LastUpdatedWindow
 from transforms.records import Resource, ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
+from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 
 class GroupRoster(beam.PTransform):

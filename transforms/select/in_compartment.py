@@ -16,7 +16,7 @@ from transforms.fhir.compartment import COMPARTMENT_TYPES, CompartmentRule, Pati
 from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.window import LAST_UPDATED, LastUpdatedWindow
 from transforms.records import ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
+from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 
 class FilterCompartment(beam.PTransform):

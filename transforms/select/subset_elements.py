@@ -8,7 +8,7 @@ import apache_beam as beam
 
 from transforms.fhir.elements import ElementsSpec, InvalidMeta
 from transforms.records import Resource, ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
+from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 
 class SubsetElements(beam.PTransform):

@@ -17,7 +17,7 @@ import apache_beam as beam
 from transforms.fhir.search.common import MalformedData, TypeFilterRefused
 from transforms.fhir.search.compiler import TypeFilters, compile_type_filters
 from transforms.records import ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs, each_resource
+from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 __all__ = ["FilterTypeFilter", "TypeFilterRefused", "TypeFilters", "compile_type_filters"]
 

@@ -26,11 +26,12 @@ from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.fhir.references import FHIR_ID
-from transforms.read.chunks import relative_path
-from transforms.read.source_formats import BATCH_SIZE
 from transforms.records import BadRecord, ChunkLines, Origin, PartFile, Resource, ResourceBatch
-from transforms.write.layout import ERROR_TYPE
-from transforms.write.parts import Fence, WriteParts
+from transforms.steps.fence import Fence
+from transforms.storage.layout import ERROR_TYPE
+from transforms.storage.source_files import relative_path
+from transforms.storage.source_formats import BATCH_SIZE
+from transforms.write.parts import WriteParts
 
 
 class LineIndex:

@@ -23,9 +23,9 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
-from transforms.write.layout import DELETED_DIR, ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
-from transforms.write.parts import Fence, check_fence, create_file
-from transforms.write.storage import ObjectExists, publish_once, remove_tree
+from transforms.steps.fence import Fence, check_fence
+from transforms.storage.files import ObjectExists, create_file, publish_once, remove_tree
+from transforms.storage.layout import DELETED_DIR, ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
 
 
 class FinalFile(NamedTuple):

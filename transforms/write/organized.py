@@ -5,7 +5,7 @@ notes each resource's block patients (`transforms.fhir.organize`).
 `WriteBlocks` then groups them without holding the export in memory, on any
 runner: each bundle appends `(patient, type, bytes)` records to one run file
 per hash partition of the patient id (`PARTITIONS` of them) under the
-attempt's temporary folder (`transforms.write.spill`); only `(partition, run
+attempt's temporary folder (`transforms.steps.spill`); only `(partition, run
 file)` pairs are shuffled.
 Each partition is then read alone (a 1/`PARTITIONS` share of the export), its
 records grouped by patient, and its blocks written into the bundle's rolling
@@ -28,10 +28,11 @@ from apache_beam.utils.windowed_value import WindowedValue
 from transforms.fhir.compartment import PatientSet
 from transforms.fhir.organize import NO_BLOCK, block_lines, block_patients
 from transforms.records import BadRecord, PartFile, ResourceBatch
-from transforms.select.resource_step import ResourceStep, StepOutputs
-from transforms.write.layout import NDJSON_MIME
-from transforms.write.parts import Fence, ProgressSink, check_fence, create_file
-from transforms.write.spill import SpillRecords, read_partition
+from transforms.steps.fence import Fence, ProgressSink, check_fence
+from transforms.steps.resource_step import ResourceStep, StepOutputs
+from transforms.steps.spill import SpillRecords, read_partition
+from transforms.storage.files import create_file
+from transforms.storage.layout import NDJSON_MIME
 
 PARTITIONS = 128  # a partition, grouped in memory, is about 1/128 of the export
 BLOCKS = "by-Patient"  # the parts' name: by-Patient-<n>.ndjson

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from transforms.fhir.record_schema import RECORD_SCHEMA, record_table
 from transforms.records import Resource
-from transforms.write.layout import NDJSON_MIME, PARQUET_MIME
+from transforms.storage.layout import NDJSON_MIME, PARQUET_MIME
 
 ROW_GROUP_ROWS = 10_000
 ROW_GROUP_BYTES = 64 << 20  # of resource JSON, so a row group of large resources stays bounded too

@@ -13,51 +13,22 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import IO, Callable, Iterator, Optional, Protocol
+from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from transforms.records import PartFile, Resource, ResourceBatch
-from transforms.write.layout import NDJSON_MIME
+from transforms.steps.fence import Fence, ProgressSink, StaleAttempt, check_fence
+from transforms.storage.files import create_file, remove_abandoned
 from transforms.write.part_formats import NdjsonSink, PartSink
-from transforms.write.storage import remove_abandoned
 
 _PROGRESS_EVERY_S = 2.0
 # How often a writing bundle asks its fence whether its attempt still owns the job: a cancelled
 # or superseded attempt on a remote worker (Dask, Dataflow) stops within about this long.
 _FENCE_EVERY_S = 1.0
-
-
-class ProgressSink(Protocol):
-    """Receives running per-type counts of resources written (picklable)."""
-
-    def progress(self, counts: dict[str, int]) -> None: ...
-
-
-class Fence(Protocol):
-    """Tells a writing step whether its attempt still owns the job (picklable)."""
-
-    def owns(self) -> bool: ...
-
-
-class StaleAttempt(RuntimeError):
-    """This attempt no longer owns the job (it was cancelled, failed, or resumed as a newer attempt)."""
-
-
-def check_fence(fence: Optional[Fence], doing: str) -> None:
-    """Raises `StaleAttempt` before `doing` when `fence` says this attempt lost the job."""
-    if fence is not None and not fence.owns():
-        raise StaleAttempt(f"this attempt no longer owns the job; it stopped before {doing}")
-
-
-def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
-    """Opens `path` for writing through Beam's FileSystems (any scheme)."""
-    return FileSystems.create(path, mime, CompressionTypes.UNCOMPRESSED)
 
 
 class WriteParts(beam.PTransform):

@@ -15,8 +15,8 @@ import posixpath
 from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
-from transforms.write.parts import StaleAttempt
-from transforms.write.urls import ManifestUrls
+from transforms.steps.fence import StaleAttempt
+from transforms.storage.urls import ManifestUrls
 
 OUTPUT = "output"
 

@@ -12,12 +12,12 @@ import os
 import time
 from typing import Callable, Optional
 
-from launcher.audit import SERIOUS_FAILURE, AuditLog
-from launcher.names import job_output_dir
-from launcher.runner import new_lease
+from launcher.core.audit import SERIOUS_FAILURE, AuditLog
+from launcher.core.names import job_output_dir
+from launcher.jobs.process import new_lease
 from launcher.stores import ANY_OWNER, JobNotFound, JobStore, Lease, StoredJob, now_ms
 from launcher.stores.contract import Owner
-from transforms.write.storage import remove_tree
+from transforms.storage.files import remove_tree
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ def _cancel_on_engine(store: JobStore, job_id: str) -> Optional[str]:
     runner_job = store.runner_job(job_id)
     if runner_job is None:
         return None
-    from launcher.dataflow import cancel_runner_job
+    from launcher.jobs.dataflow import cancel_runner_job
 
     problem = cancel_runner_job(runner_job)
     if problem:
@@ -75,7 +75,7 @@ def _cancel_on_engine(store: JobStore, job_id: str) -> Optional[str]:
 
 
 def _holder_is_gone(holder: str) -> bool:
-    """Whether a lease holder (`host:pid:nonce`, `launcher.runner.new_lease`) is a process of this
+    """Whether a lease holder (`host:pid:nonce`, `launcher.jobs.process.new_lease`) is a process of this
     machine that no longer exists. A holder elsewhere, or unreadable, is presumed alive."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]

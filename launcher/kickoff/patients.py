@@ -16,14 +16,14 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from launcher.kickoff import KickoffRefused
-from launcher.names import source_bytes
+from launcher.core.names import source_bytes
+from launcher.kickoff.parser import KickoffRefused
 from pipelines.models import ExportLevel, ExportRequest
 from transforms.fhir.group import Membership
 from transforms.fhir.membership import MembershipRefused, membership_of
-from transforms.read.chunks import match_source
 from transforms.read.lookup import index_source
-from transforms.read.pg_source import is_postgres
+from transforms.storage.pg_source import is_postgres
+from transforms.storage.source_files import match_source
 
 SCAN_LIMIT_ENV = "BULK_EXPORT_KICKOFF_SCAN_BYTES"
 DEFAULT_SCAN_LIMIT = 64 << 20

@@ -12,7 +12,9 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from typing import Optional
+from typing import IO, Optional
+
+from transforms.storage.layout import NDJSON_MIME
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
 SCHEME = "gs://"
@@ -114,3 +116,24 @@ def remove_abandoned(paths: list[str], temp_dir: str) -> None:
                 os.rmdir(folder)
             except OSError:  # not empty (another bundle's parts, a live attempt's), or gone
                 return
+
+
+def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
+    """Opens `path` for writing, creating its folders; a remote path through Beam's FileSystems."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "wb")
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.create(path, mime, CompressionTypes.UNCOMPRESSED)
+
+
+def open_file(path: str) -> IO[bytes]:
+    """Opens `path` for reading, as stored (no decompression); a remote path through Beam's FileSystems."""
+    if is_local(path):
+        return open(path, "rb")
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)

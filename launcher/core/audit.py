@@ -17,7 +17,7 @@ from typing import Optional
 
 import orjson
 
-from launcher.names import check_tenant
+from launcher.core.names import check_tenant
 from pipelines.models import JobRecord
 from transforms.fhir.instant import now_instant
 

@@ -1,7 +1,7 @@
 """The job a remote engine runs for an export: recorded at submission, so a cancel can reach it.
 
 Mixed into `SqlJobStore`. A Flex Template submission records Dataflow's own
-job id (with its project and region); `launcher.dataflow.cancel_runner_job`
+job id (with its project and region); `launcher.jobs.dataflow.cancel_runner_job`
 reads it back when the export is cancelled.
 """
 

@@ -36,7 +36,7 @@ def default_auth(store_url: str) -> str:
 def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     import uvicorn
 
-    from launcher.durations import parse_duration
+    from launcher.core.durations import parse_duration
     from launcher.server.app import create_app
     from launcher.server.config import ServerConfig
     from pipelines.settings import ExportSettings

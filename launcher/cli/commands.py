@@ -19,16 +19,16 @@ import os
 import sys
 import time
 
-from launcher import kickoff
-from launcher.audit import AuditLog
-from launcher.lifecycle import cancel_job, cleanup_expired, delete_job, recover_abandoned
-from launcher.progress import ProgressDisplay
-from launcher.runner import RunControl
+from launcher.cli.progress import ProgressDisplay
+from launcher.core.audit import AuditLog
+from launcher.jobs.lifecycle import cancel_job, cleanup_expired, delete_job, recover_abandoned
+from launcher.jobs.process import RunControl
+from launcher.kickoff import parser as kickoff
 from launcher.stores import ANY_OWNER, InvalidJobState, JobStore, Lease, StoredJob, StoreUnavailable, open_store
 from launcher.stores.contract import Owner
 from pipelines.models import ExportStatus
 from pipelines.settings import ExportSettings
-from transforms.write.layout import MANIFEST_NAME
+from transforms.storage.layout import MANIFEST_NAME
 
 ALL_OWNERS_FLAG = "--all-owners"
 
@@ -65,7 +65,7 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
     _warm_pipeline_process()
-    from launcher.jobs import start_export  # runs a pipeline: the one command that imports Beam
+    from launcher.jobs.start import start_export  # runs a pipeline: the one command that imports Beam
 
     store, audit = _open(args, recover=False)
     display = ProgressDisplay()
@@ -79,18 +79,18 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
 
 
 def _warm_pipeline_process() -> None:
-    """Starts the process the pipeline will be forked from (`launcher.runner`), so that it imports
+    """Starts the process the pipeline will be forked from (`launcher.jobs.process`), so that it imports
     Beam while this process does too, on another core, instead of after it."""
     from multiprocessing import forkserver
 
-    import launcher.runner  # noqa: F401 (sets what the fork server preloads: Beam and the export)
+    import launcher.jobs.process  # noqa: F401 (sets what the fork server preloads: Beam and the export)
 
     forkserver.ensure_running()
 
 
 def resume(args: argparse.Namespace, _: list[str]) -> int:
     _warm_pipeline_process()
-    from launcher.jobs import resume_export
+    from launcher.jobs.start import resume_export
 
     store, audit = _open(args)
     display = ProgressDisplay()
@@ -159,7 +159,7 @@ def manifest(args: argparse.Namespace, _: list[str]) -> int:
         return _manifest_page(store, args, owner)
     document = store.manifest(args.tenant, args.job_id, owner)
     if args.refresh_urls:
-        from launcher.signing import refresh_urls  # signs with google-auth
+        from launcher.jobs.signing import refresh_urls  # signs with google-auth
 
         if any(e.url.startswith("file:") for e in document.output + document.error):
             # About this job, not the command line: exit 1, not 2.
@@ -172,7 +172,7 @@ def manifest(args: argparse.Namespace, _: list[str]) -> int:
 
 def _manifest_page(store, args: argparse.Namespace, owner) -> int:
     """`manifest --page N` of an allowPartialManifests export: the page, or exit 1 while it is not ready."""
-    from launcher.manifest_pages import manifest_page, requires_token
+    from launcher.jobs.manifest_pages import manifest_page, requires_token
 
     record = store.get(args.tenant, args.job_id, owner)
     if not record.request.allow_partial_manifests:
@@ -241,7 +241,7 @@ def cleanup(args: argparse.Namespace, _: list[str]) -> int:
 
 
 def sample_data(args: argparse.Namespace, _: list[str]) -> int:
-    from launcher.sample_data import generate
+    from launcher.tools.sample_data import generate
 
     counts = generate(args.out, args.patients, args.seed)
     print(f"wrote {sum(counts.values()):,} resources to {args.out}: " + ", ".join(f"{t} {n:,}" for t, n in counts.items()))

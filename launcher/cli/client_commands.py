@@ -49,8 +49,8 @@ def add_parser(commands, store_options) -> None:
 
 
 def add_client(args: argparse.Namespace, _: list[str]) -> int:
+    from launcher.auth.clients import Client, check_client_id
     from launcher.auth.keys import check_jwks_url
-    from launcher.auth.registry import Client, check_client_id
     from launcher.auth.scopes import parse_scopes
 
     scopes = " ".join(str(s) for s in parse_scopes(" ".join(args.scope or [DEFAULT_SCOPE])))

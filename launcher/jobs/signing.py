@@ -8,7 +8,7 @@ client gets working URLs without the export running again.
 from __future__ import annotations
 
 from pipelines.models import Manifest, OutputFile
-from transforms.write.urls import resign
+from transforms.storage.urls import resign
 
 
 def refresh_urls(manifest: Manifest, ttl_s: int, key_path: str = "") -> Manifest:

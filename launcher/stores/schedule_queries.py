@@ -1,14 +1,4 @@
-"""Named incremental schedules: each run exports what changed since the last successful one.
-
-A schedule (per tenant) remembers the `transactionTime` of its last run that
-completed. The next run of the same schedule uses it as `_since`. `_since` is
-exclusive and a run exports everything up to and including its
-`transactionTime`, so a resource with `meta.lastUpdated` lands in exactly one run
-(one without it is exported by every run, unless excluded: see docs/deploy.md). The
-schedule advances in the same transaction that marks the job complete (on any
-worker, through the job store), and only forward; a failed run leaves it
-where it was, so the next run covers the failed run's window too.
-"""
+"""The named schedules' SQL, mixed into the SQL job store: each schedule's last completed `transactionTime`."""
 
 from __future__ import annotations
 
@@ -16,8 +6,7 @@ from typing import Optional
 
 import orjson
 
-from launcher.names import check_segment
-from pipelines.models import ExportRequest
+from launcher.core.names import check_schedule
 from transforms.fhir.instant import instant_key
 
 SCHEDULES_TABLE = """CREATE TABLE IF NOT EXISTS schedules (
@@ -28,18 +17,6 @@ SCHEDULES_TABLE = """CREATE TABLE IF NOT EXISTS schedules (
     PRIMARY KEY (tenant, name)
 )"""
 
-
-def check_schedule(name: str) -> str:
-    return check_segment("--schedule", name)
-
-
-def scheduled_request(request: ExportRequest, last: Optional[str]) -> ExportRequest:
-    """`request` with `_since` set to the schedule's last `transactionTime` (unchanged on a first run)."""
-    if request.until is not None:
-        raise ValueError("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
-    if last is None:
-        return request
-    return ExportRequest.model_validate({**request.model_dump(), "since": last})
 
 
 class ScheduleQueries:

@@ -16,6 +16,7 @@ from typing import Callable, Iterator, NamedTuple, Optional
 import apache_beam as beam
 
 from transforms.records import BadRecord, Resource, ResourceBatch
+from transforms.steps import coders  # noqa: F401  (registers the ResourceBatch coder with Beam)
 
 _LOG = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """A PostgreSQL source's URL and connections: `postgresql://user@host:port/db?table=NAME[&history=true]`.
 
 Beam-free and light, so the control plane can check a `--source` and the
-launcher can hold the source's snapshot (`launcher.source_snapshot`) without
+launcher can hold the source's snapshot (`launcher.jobs.source_snapshot`) without
 importing the readers (`transforms.read.postgres`). A password never appears
 in the URL: libpq reads it from `PGPASSWORD` or a password file (`PGPASSFILE`,
 `~/.pgpass`), so it never reaches options, manifests or logs.

@@ -1,6 +1,6 @@
 """The Flex Template's entry point: validate, record the job, submit the pipeline, return without waiting.
 
-Dataflow runs `python -m launcher.submit <template parameters> <Dataflow options>`
+Dataflow runs `python -m launcher.jobs.submit <template parameters> <Dataflow options>`
 in the launcher container. The request is validated by the same kickoff
 parser as the CLI's, the job goes into the shared job store
 (`--job_store postgresql://...`) as `in-progress` under a lease, and a
@@ -23,18 +23,18 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from launcher import kickoff
-from launcher.audit import SERIOUS_FAILURE, AuditLog, audit_event
-from launcher.dataflow import runner_job
-from launcher.jobs import prepare_job
-from launcher.lifecycle import recover_abandoned
-from launcher.runner import describe, new_lease
-from launcher.store import StoreJobSink, check_no_password, open_store
+from launcher.core.audit import SERIOUS_FAILURE, AuditLog, audit_event
+from launcher.jobs.dataflow import runner_job
+from launcher.jobs.lifecycle import recover_abandoned
+from launcher.jobs.process import describe, new_lease
+from launcher.jobs.start import prepare_job
+from launcher.jobs.store_sink import StoreJobSink, check_no_password, open_store
+from launcher.kickoff import parser as kickoff
 from launcher.stores import SCHEMES
 from pipelines.export import run
 from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
-from transforms.select.covered_patients import write_patients
+from transforms.storage.patients_file import write_patients
 
 
 def submit(argv: Sequence[str]) -> str:

@@ -21,7 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.write.parts import Fence, check_fence, create_file
+from transforms.steps.fence import Fence, check_fence
+from transforms.storage.files import create_file
 
 Records = Callable[[object], dict[int, list]]  # an element's records, by partition
 WRITE_EVERY = 2000  # records a partition gathers before they are written, as one marshalled list

@@ -21,7 +21,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Optional
 
-from transforms.read.pg_source import APPLICATION_NAME, ReadAt, begin, connect, is_postgres, parse_source
+from transforms.storage.pg_source import APPLICATION_NAME, ReadAt, begin, connect, is_postgres, parse_source
 
 # Other open transactions, except exports' own (read-only: they write nothing).
 _OLDEST_OPEN = """

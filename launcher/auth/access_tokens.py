@@ -16,7 +16,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from launcher.auth.registry import Client
+from launcher.auth.clients import Client
 from launcher.auth.scopes import Grant, ScopeRefused
 from transforms.fhir.instant import now_instant
 

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from launcher.audit import AuditLog
+from launcher.core.audit import AuditLog
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 
@@ -31,7 +31,7 @@ STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's wor
 _LOG = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("forkserver")
 # `launcher` first: its package installs the log filter before Beam is imported.
-_CTX.set_forkserver_preload(["launcher.runner", "pipelines.export"])
+_CTX.set_forkserver_preload(["launcher.jobs.process", "pipelines.export"])
 
 
 DEFAULT_MAX_ACTIVE = 4

@@ -18,7 +18,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import orjson
 
-from transforms.write import storage
+from transforms.storage import files as storage
 
 MAX_TTL_S = 7 * 24 * 3600
 DEFAULT_TTL_S = 3600

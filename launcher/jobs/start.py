@@ -19,25 +19,32 @@ from typing import NamedTuple, Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from launcher.audit import SERIOUS_FAILURE
-from launcher.kickoff import check_level
-from launcher.lifecycle import recover_abandoned
-from launcher.membership import resolve_patients
-from launcher.names import check_job_id, check_tenant, job_output_dir, source_bytes, tenant_settings
-from launcher.runner import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
-from launcher.schedules import check_schedule, scheduled_request
-from launcher.source_snapshot import SourceSnapshot, open_snapshot, release
-from launcher.store import JobStore, StoreJobSink
+from launcher.core.audit import SERIOUS_FAILURE
+from launcher.core.names import (
+    check_job_id,
+    check_schedule,
+    check_tenant,
+    job_output_dir,
+    source_bytes,
+    tenant_settings,
+)
+from launcher.jobs.lifecycle import recover_abandoned
+from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
+from launcher.jobs.schedules import scheduled_request
+from launcher.jobs.source_snapshot import SourceSnapshot, open_snapshot, release
+from launcher.jobs.store_sink import JobStore, StoreJobSink
+from launcher.kickoff.parser import check_level
+from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
 from pipelines.options import ExportSettings, prepare_runner
 from transforms.fhir.group import Membership
 from transforms.fhir.instant import now_instant
-from transforms.read.chunks import match_source
-from transforms.read.pg_source import is_postgres
-from transforms.select.covered_patients import write_patients
-from transforms.write.storage import is_local, remove_tree
+from transforms.storage.files import is_local, remove_tree
+from transforms.storage.patients_file import write_patients
+from transforms.storage.pg_source import is_postgres
+from transforms.storage.source_files import match_source
 
 
 def start_export(

@@ -14,7 +14,7 @@ import struct
 from typing import Iterable
 
 from pipelines.settings import ExportSettings
-from transforms.write.storage import is_local
+from transforms.storage.files import is_local
 
 TENANT_PLACEHOLDER = "{tenant}"
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -26,6 +26,10 @@ def check_segment(name: str, value: str) -> str:
         raise ValueError(f"{name} {value!r} must be 1-64 letters, digits, '.', '_' or '-' (no '..'), "
                          "starting with a letter or digit")
     return value
+
+
+def check_schedule(name: str) -> str:
+    return check_segment("--schedule", name)
 
 
 def check_tenant(tenant: str) -> str:
