@@ -65,13 +65,13 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
     _warm_pipeline_process()
-    from launcher.jobs.start import start_export  # runs a pipeline: the one command that imports Beam
+    from launcher.jobs.start import JobStart, start_export  # runs a pipeline: the one command that imports Beam
 
     store, audit = _open(args, recover=False)
     display = ProgressDisplay()
     try:
-        record = start_export(store, _control(args, audit, display), request, settings, args.tenant, args.owner,
-                              tuple(beam_args), args.schedule)
+        start = JobStart(store, request, settings, args.tenant, args.owner, tuple(beam_args), args.schedule)
+        record = start_export(start, _control(args, audit, display))
     finally:
         display.close()
     _print_complete(record)

@@ -52,7 +52,7 @@ class RunControl:
     """How this launcher runs jobs: the cap, its lease, where it audits and reports."""
 
     audit: AuditLog
-    max_active: int = DEFAULT_MAX_ACTIVE
+    max_active: Optional[int] = DEFAULT_MAX_ACTIVE  # None: no cap (a Flex Template launcher)
     lease_s: float = DEFAULT_LEASE_S
     on_progress: Optional[ProgressCallback] = None
     # Added to the pipeline processes' niceness: a server runs them at +10, so it keeps answering.

@@ -2,7 +2,8 @@
 
 The walk is: the kickoff has been validated -> runner options are checked ->
 the job is recorded `accepted` with `transactionTime` frozen (refused if the
-tenant already has `max_active` jobs) -> `in-progress` -> the pipeline runs in
+tenant already has `max_active` jobs; `job_start.record_job`, the sequence the
+Flex Template shares) -> `in-progress` -> the pipeline runs in
 a child process while this launcher renews the job's lease -> its last step
 claims `complete`. Any failure marks the job `error` with a clear message and
 removes its partial output, so a failed job never leaves a manifest behind. A
@@ -12,97 +13,39 @@ again whose launcher died, from an empty folder, as its next attempt.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import uuid
-from typing import NamedTuple, Optional
+from typing import Optional
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.core.audit import SERIOUS_FAILURE
-from launcher.core.names import (
-    check_job_id,
-    check_schedule,
-    check_tenant,
-    job_output_dir,
-    source_bytes,
-    tenant_settings,
-)
-from launcher.jobs.lifecycle import recover_abandoned
+from launcher.core.names import job_output_dir, source_bytes
+from launcher.jobs.job_start import JobStart, RecordedJob, pipeline_inputs, record_job
 from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
-from launcher.jobs.schedules import scheduled_request
-from launcher.jobs.source_snapshot import SourceSnapshot, open_snapshot, release
-from launcher.jobs.store_sink import JobStore, StoreJobSink
-from launcher.kickoff.parser import check_level
+from launcher.jobs.source_snapshot import open_snapshot, release
+from launcher.jobs.store_sink import JobStore
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
-from pipelines.models import ExportRequest, ExportStatus, JobRecord
+from pipelines.models import ExportStatus
 from pipelines.options import ExportSettings, prepare_runner
-from transforms.fhir.group import Membership
-from transforms.fhir.instant import now_instant
 from transforms.storage.files import is_local, remove_tree
-from transforms.storage.patients_file import write_patients
 from transforms.storage.pg_source import is_postgres
 from transforms.storage.source_files import match_source
 
 
-def start_export(
-    store: JobStore,
-    control: RunControl,
-    request: ExportRequest,
-    settings: ExportSettings,
-    tenant: str = "default",
-    owner: Optional[str] = None,
-    beam_args: tuple[str, ...] = (),
-    schedule: Optional[str] = None,
-) -> StoredJob:
-    """Records a job for `request`, runs it to the end on this machine, and returns it.
+def start_export(start: JobStart, control: RunControl) -> StoredJob:
+    """Records a job for `start`, runs it to the end on this machine, and returns it.
 
     With a `schedule`, `_since` is that schedule's last completed `transactionTime`.
     """
-    recorded = record_export(store, control, request, settings, tenant, owner, beam_args, schedule)
-    return run_recorded(store, control, recorded)
+    return run_recorded(start.store, control, record_export(start, control))
 
 
-class RecordedJob(NamedTuple):
-    """A job recorded `accepted` under this launcher's lease, ready to run."""
-
-    job: ExportJob
-    request: ExportRequest
-    patients: Optional[Membership]
-    lease: Lease
-    beam_args: tuple[str, ...]
-    snapshot: Optional[SourceSnapshot] = None  # a PostgreSQL source's, held until the run ends
-
-
-def record_export(
-    store: JobStore,
-    control: RunControl,
-    request: ExportRequest,
-    settings: ExportSettings,
-    tenant: str = "default",
-    owner: Optional[str] = None,
-    beam_args: tuple[str, ...] = (),
-    schedule: Optional[str] = None,
-) -> RecordedJob:
+def record_export(start: JobStart, control: RunControl) -> RecordedJob:
     """Validates and records a job (refused at the tenant's cap), audits its kickoff; runs nothing."""
-    prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before a job exists
-    job, request, patients, record, snapshot = prepare_job(store, request, settings, tenant, owner, schedule)
-    try:
-        recover_abandoned(store, control.audit)  # a dead launcher's job must not hold a place under the cap
-        lease = new_lease(control.lease_s)
-        store.create(
-            record,
-            run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": list(beam_args), "schedule": schedule},
-            lease=lease,
-            max_active=control.max_active,
-        )
-    except BaseException:
-        release(snapshot)
-        raise
-    control.audit.record("kickoff", store.get(tenant, job.job_id))
-    return RecordedJob(job, request, patients, lease, tuple(beam_args), snapshot)
+    prepare_runner(PipelineOptions(list(start.beam_args)))  # refuses unsafe options before a job exists
+    return record_job(start, control)
 
 
 def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) -> StoredJob:
@@ -112,56 +55,6 @@ def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) ->
         return _run_attempt(store, control, job, request, beam_args, lease, 1, lambda: patients)
     finally:
         release(snapshot)
-
-
-def prepare_job(
-    store: JobStore,
-    request: ExportRequest,
-    settings: ExportSettings,
-    tenant: str,
-    owner: Optional[str] = None,
-    schedule: Optional[str] = None,
-    job_id: Optional[str] = None,
-    transaction_time: Optional[str] = None,
-    hold_snapshot: bool = True,
-) -> tuple[ExportJob, ExportRequest, Optional[Membership], JobRecord, Optional[SourceSnapshot]]:
-    """Everything a new job needs before it is recorded, for every entry point.
-
-    Checks the names, applies the schedule's `_since`, refuses types the level
-    cannot export given `--include-referenced` (`kickoff.check_level`), fills in
-    the tenant's paths and resolves the covered patients, so a missing Group or
-    unknown patient is refused before any job exists. For a PostgreSQL source it
-    opens the source's snapshot, which gives `transactionTime` (`hold_snapshot=False`:
-    only `transactionTime`); the caller closes it when the run ends. Returns the job,
-    the (scheduled) request, its patients, the record to create and the snapshot.
-    """
-    check_tenant(tenant)
-    job_id = check_job_id(job_id or str(uuid.uuid4()))
-    if schedule:
-        request = scheduled_request(request, store.last_transaction_time(tenant, check_schedule(schedule)))
-    check_level(request, settings.referenced_types)
-    settings = tenant_settings(settings, tenant)
-    snapshot = open_snapshot(settings.source, hold_snapshot)
-    try:
-        transaction_time = transaction_time or (snapshot.transaction_time if snapshot else now_instant())
-        patients = resolve_patients(request, settings.source, settings.source_format, transaction_time)
-    except BaseException:
-        release(snapshot)
-        raise
-    job = ExportJob(job_id, transaction_time, settings, tenant, source_snapshot=snapshot.snapshot if snapshot else "")
-    record = JobRecord(
-        job_id=job.job_id,
-        tenant=tenant,
-        owner=owner,
-        level=request.level,
-        request=request,
-        request_url=request.request_url,
-        transaction_time=transaction_time,
-        status=ExportStatus.ACCEPTED,
-        created_at=transaction_time,
-        output_dir=job.job_dir,
-    )
-    return job, request, patients, record, snapshot
 
 
 def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str,
@@ -200,11 +93,7 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         if not is_postgres(job.settings.source):  # a table's size is not the bytes read: no total
             store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
         _check_writable(job.job_dir)
-        members = patients()
-        if members is not None:
-            write_patients(job.patients_path, members)
-        argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
-        sink = StoreJobSink(store.url, job.job_id, attempt)
+        argv, sink = pipeline_inputs(store, job, request, patients(), beam_args, attempt)
         run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
                       nice=control.nice)
         record = store.get(job.tenant, job.job_id)

@@ -15,7 +15,6 @@ otherwise. The store URL never carries a password (PGPASSWORD or PGPASSFILE).
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from typing import Optional, Sequence
 from urllib.parse import urlsplit, urlunsplit
@@ -25,16 +24,14 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.core.audit import SERIOUS_FAILURE, AuditLog, audit_event
 from launcher.jobs.dataflow import runner_job
-from launcher.jobs.lifecycle import recover_abandoned
-from launcher.jobs.process import describe, new_lease
-from launcher.jobs.start import prepare_job
-from launcher.jobs.store_sink import StoreJobSink, check_no_password, open_store
+from launcher.jobs.job_start import JobStart, pipeline_inputs, record_job
+from launcher.jobs.process import RunControl, describe
+from launcher.jobs.store_sink import check_no_password, open_store
 from launcher.kickoff import parser as kickoff
 from launcher.stores import SCHEMES
 from pipelines.export import run
 from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
-from transforms.storage.patients_file import write_patients
 
 
 def submit(argv: Sequence[str]) -> str:
@@ -49,40 +46,30 @@ def submit(argv: Sequence[str]) -> str:
         raise ValueError(f"--lease_s must be positive, not {options.lease_s}")
     request = validated(ExportRequest.model_validate_json(options.request))
     store = open_store(options.job_store)
-    audit = audit_log(options.audit_dir, options.job_store)
-    job, request, members, record, _ = prepare_job(
+    # No cap; the lease is renewed by the pipeline's reports once this launcher has ended.
+    control = RunControl(audit_log(options.audit_dir, options.job_store), max_active=None, lease_s=options.lease_s)
+    start = JobStart(
         store,
         request,
         ExportSettings.from_namespace(options),
         options.tenant,
-        schedule=options.schedule,
+        schedule=options.schedule or None,
         job_id=options.job_id,
         transaction_time=options.transaction_time,
         hold_snapshot=False,  # this launcher ends before the workers start: no snapshot could be joined
     )
-    recover_abandoned(store, audit)  # a lapsed job must not hold a place under the cap
-    lease = new_lease(options.lease_s)
-    store.create(
-        record,
-        run_spec={"settings": dataclasses.asdict(job.settings), "beam_args": [], "schedule": options.schedule or None},
-        lease=lease,
-    )
-    store.mark_in_progress(job.job_id)
-    audit.record("kickoff", store.get(job.tenant, job.job_id))
+    # `start.beam_args` stays empty, so the run spec records no runner options; the template's own go to its pipeline.
+    job, request, members, lease, _, _ = record_job(start, control, in_progress=True)
     try:
-        if members is not None:
-            write_patients(job.patients_path, members)
-        job_flags = {arg.split("=", 1)[0] for arg in job.to_argv()}
-        passed = [a for a in argv if a.split("=", 1)[0] not in job_flags | {"--request"}]
-        result = run([*passed, *job.to_argv(), f"--request={request.model_dump_json()}"],
-                     sink=StoreJobSink(options.job_store, job.job_id, 1, lease=lease, lease_s=options.lease_s))
-        engine_job = runner_job(result, PipelineOptions(passed))
+        job_argv, sink = pipeline_inputs(store, job, request, members, argv, 1, lease, options.lease_s)
+        result = run(job_argv, sink=sink)
+        engine_job = runner_job(result, PipelineOptions(job_argv))
         if engine_job is not None:  # so that a cancel reaches Dataflow's job too
             store.set_runner_job(job.job_id, engine_job)
     except Exception as exc:
         message = f"submission failed: {describe(exc)}"
         store.fail(job.job_id, message)
-        audit.record("error", store.get(job.tenant, job.job_id), SERIOUS_FAILURE, message)
+        control.audit.record("error", store.get(job.tenant, job.job_id), SERIOUS_FAILURE, message)
         raise
     return job.job_id
 

@@ -31,9 +31,10 @@ class BackgroundJobs:
     def start(self, request: ExportRequest, settings: ExportSettings, tenant: str, owner: Optional[str]) -> StoredJob:
         """Records `tenant`'s job for `owner` (refusals raise before one exists) and starts its run;
         returns it `accepted`."""
-        from launcher.jobs.start import record_export  # imports Beam (the server does so at start-up)
+        from launcher.jobs.start import JobStart, record_export  # imports Beam (the server does so at start-up)
 
-        recorded = record_export(self._store, self._control, request, settings, tenant, owner, self._beam_args)
+        start = JobStart(self._store, request, settings, tenant, owner, self._beam_args)
+        recorded = record_export(start, self._control)
         job_id = recorded.job.job_id
         threading.Thread(target=self._run, args=(recorded,), name=f"export-{job_id}", daemon=True).start()
         return self._store.get(tenant, job_id, owner)
