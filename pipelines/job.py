@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING
 
 from apache_beam.io.filesystems import FileSystems
 
-from pipelines.options import ExportOptions, ExportSettings
+from pipelines.declarations import MISSING, declared, option, option_text
+from pipelines.settings import ExportSettings
 from transforms.storage.layout import TEMP_DIR_NAME
 from transforms.storage.patients_file import FILE_NAME as PATIENTS_FILE
 from transforms.storage.pg_source import ReadAt
 
+if TYPE_CHECKING:
+    from pipelines.options import ExportOptions
+
+_UUID = "^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_INSTANT = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\\.[0-9]+)?(Z|[+-][0-9]{2}:[0-9]{2})$"
+_NAME = "[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+
 
 @dataclasses.dataclass(frozen=True)
 class ExportJob:
-    """Everything a run needs besides the request: which job, when, for whom, and settings."""
+    """Everything a run needs besides the request: which job, when, for whom, and settings.
 
-    job_id: str
-    transaction_time: str
+    Each field but `settings` is declared once as a pipeline option, which `to_argv` and `from_options` carry.
+    """
+
+    # A template run without them gets them from its entry point (`launcher.jobs.submit`).
+    job_id: str = option(help="the job's id (a UUID)", label="Job id", regex=_UUID, template_optional=True)
+    transaction_time: str = option(help="the kickoff instant, frozen", label="Transaction time", regex=_INSTANT,
+                                   template_optional=True)
     settings: ExportSettings
-    tenant: str = "default"
-    attempt: int = 1  # a resumed job runs again as attempt 2, 3, ...
-    source_snapshot: str = ""  # a PostgreSQL source's snapshot, exported by the launcher that holds it
+    tenant: str = option("default", help="the job's tenant", label="Tenant", regex=f"^{_NAME}$")
+    attempt: int = option(1, help="the job's attempt: 1, or more once resumed", label="Attempt", positive=True)
+    source_snapshot: str = option(
+        "", help="a PostgreSQL source's exported snapshot, which every reader joins (set by the launcher)",
+        label="Source snapshot", regex="^[0-9A-Fa-f-]*$")
 
     @property
     def read_at(self) -> ReadAt:
@@ -43,33 +59,30 @@ class ExportJob:
         return FileSystems.join(self.temp_dir, PATIENTS_FILE)
 
     @classmethod
-    def from_options(cls, options: ExportOptions) -> "ExportJob":
-        missing = [n for n in ("source", "output", "job_id", "transaction_time") if not getattr(options, n)]
+    def from_options(cls, options: "ExportOptions") -> "ExportJob":
+        missing = [o.name for o in (*declared(ExportSettings), *declared(cls))
+                   if o.default is MISSING and not getattr(options, o.name)]
         if missing:
             raise ValueError(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
-        return cls(
-            options.job_id,
-            options.transaction_time,
-            ExportSettings.from_namespace(options),
-            options.tenant,
-            options.attempt,
-            options.source_snapshot or "",
-        )
+        job = {o.name: getattr(options, o.name) for o in declared(cls)}
+        return cls(settings=ExportSettings.from_namespace(options), **job)
 
     def to_argv(self) -> list[str]:
         """The same job as `ExportOptions` flags."""
-        values = {
-            "job_id": self.job_id,
-            "transaction_time": self.transaction_time,
-            "tenant": self.tenant,
-            "attempt": self.attempt,
-            "source_snapshot": self.source_snapshot,
-        }
-        values.update(dataclasses.asdict(self.settings))
-        return [f"--{name}={_flag(value)}" for name, value in values.items()]
+        values = {o.name: getattr(self, o.name) for o in declared(type(self))} | dataclasses.asdict(self.settings)
+        return [f"--{name}={option_text(value)}" for name, value in values.items()]
 
 
-def _flag(value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
+@dataclasses.dataclass(frozen=True)
+class Submission:
+    """The pipeline options only the template's entry point (`launcher.jobs.submit`) reads, beside the job's."""
+
+    request: str = option(help="the validated ExportRequest as JSON", label="Export request (JSON)")
+    schedule: str = option("", help="a named incremental schedule: _since is the last successful run's "
+                           "transactionTime", label="Schedule name", regex=f"^({_NAME})?$")
+    lease_s: float = option(900.0, help="a submitted job's lease in seconds: the pipeline renews it as it reports; "
+                            "once it lapses the job ends in error", label="Lease seconds", regex="^[0-9]+(\\.[0-9]+)?$")
+    audit_dir: str = option("", help="folder of the AuditEvent log; default the SQLite job store's folder, else one "
+                            "JSON line each on stderr", label="Audit folder")
+    job_store: str = option("", help="job store the final step marks the job complete in (postgresql://...); "
+                            "needed off this machine", label="Job store", regex="^(postgres(ql)?://.+)?$")

@@ -1,57 +1,45 @@
-"""The Flex Template's metadata.json maps one to one to the pipeline's options."""
+"""The Flex Template's metadata.json is made from the declared pipeline options, and the options round-trip."""
 
 import argparse
-import json
 import re
-from pathlib import Path
 
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.declarations import MISSING, option_text
 from pipelines.export import ExportJob, ExportSettings
-from pipelines.options import ExportOptions
-
-METADATA = json.loads((Path(__file__).parents[1] / "templates" / "metadata.json").read_text())
-
-
-def _option_actions() -> dict[str, argparse.Action]:
-    parser = argparse.ArgumentParser()
-    ExportOptions._add_argparse_args(parser)
-    return {a.dest: a for a in parser._actions if a.dest != "help"}
+from pipelines.options import PIPELINE_OPTIONS, ExportOptions
+from scripts import template_metadata
 
 
-def test_parameters_equal_options_one_to_one():
-    names = [p["name"] for p in METADATA["parameters"]]
-    assert len(names) == len(set(names))
-    assert sorted(names) == sorted(_option_actions())
+def test_the_committed_metadata_is_what_the_script_writes():
+    assert template_metadata.PATH.read_text() == template_metadata.text(), (
+        "templates/metadata.json is stale; run `python scripts/template_metadata.py`")
 
 
-# The template's entry point (`launcher.jobs.submit`) makes these when a scheduler leaves them out.
-MADE_BY_SUBMIT = {"job_id", "transaction_time"}
-
-
-@pytest.mark.parametrize("parameter", METADATA["parameters"], ids=lambda p: p["name"])
-def test_parameter_is_documented_and_consistent(parameter):
-    action = _option_actions()[parameter["name"]]
-    assert parameter["label"] and parameter["helpText"] == action.help
+@pytest.mark.parametrize("spec", PIPELINE_OPTIONS, ids=lambda s: s.name)
+def test_the_template_accepts_each_default_and_choice(spec):
+    parameter = spec.template_parameter()
+    assert parameter["label"] and parameter["helpText"]
+    values = [*spec.choices, *([] if spec.default is MISSING else [spec.default])]
     for regex in parameter.get("regexes", []):
-        if action.default is not None:
-            assert re.fullmatch(regex, str(action.default)), (regex, action.default)
-        for choice in action.choices or ():
-            assert re.fullmatch(regex, choice)
-    if action.default is None and parameter["name"] not in MADE_BY_SUBMIT:
-        assert parameter["isOptional"] is False
-
-
-def test_job_flags_are_options():
-    """The launcher hands a job to the pipeline as these flags; each must be an option."""
-    job = ExportJob("j", "2020-01-01T00:00:00Z", ExportSettings(source="s", output="o"))
-    flags = {arg.split("=", 1)[0][2:] for arg in job.to_argv()}
-    assert flags <= set(_option_actions())
+        for value in values:
+            assert re.fullmatch(regex, option_text(value)), (regex, value)
 
 
 def test_job_round_trips_through_the_options():
-    from apache_beam.options.pipeline_options import PipelineOptions
-
     settings = ExportSettings("in/*.ndjson", "out", "bundle", 5, 1000, 64, include_missing_last_updated=False)
     job = ExportJob("job-1", "2020-01-01T00:00:00Z", settings, tenant="acme")
     assert ExportJob.from_options(PipelineOptions(job.to_argv()).view_as(ExportOptions)) == job
+
+
+def test_boolean_options_are_booleans():
+    options = PipelineOptions(["--signed_urls=true", "--include_missing_last_updated=false"]).view_as(ExportOptions)
+    assert options.signed_urls is True and options.include_missing_last_updated is False
+    assert PipelineOptions([]).view_as(ExportOptions).include_missing_last_updated is True
+    # Beam hands a true boolean option on to its workers as the bare flag.
+    assert PipelineOptions(["--signed_urls"]).view_as(ExportOptions).signed_urls is True
+    parser = argparse.ArgumentParser()
+    ExportOptions._add_argparse_args(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--signed_urls=yes"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, Iterable, NoReturn, Optional
 
 from launcher.cli import client_commands as clients_cli
 from launcher.cli import commands
@@ -12,8 +12,8 @@ from launcher.jobs.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.jobs.process import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE
 from launcher.kickoff import parser as kickoff
 from launcher.server import serve as server_main
-from pipelines.settings import DEFAULTS
-from transforms.storage.source_formats import SOURCE_FORMATS
+from pipelines.declarations import MISSING, Option, declared
+from pipelines.settings import ExportSettings
 
 DEFAULT_STATE_DIR = ".bulk-export"
 
@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Beam pipeline options, e.g. --direct_running_mode=multi_processing --direct_num_workers=2.",
     )
     _job_options(export)
-    _settings_options(export)
+    add_settings_arguments(export)
     export.add_argument("--kickoff", help="the $export URL, GET form, e.g. 'https://x/fhir/$export?_type=Patient'")
     export.add_argument("--parameters", help="a FHIR Parameters JSON file: the POST form")
     export.add_argument("--base-url", default=kickoff.DEFAULT_BASE_URL, help="base of the request URL when --kickoff is absent")
@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
         "are every kick-off's defaults; options not listed here are Beam pipeline options. See docs/server.md.",
     )
     _job_options(serve)
-    _settings_options(serve)
+    add_settings_arguments(serve)
     _run_options(serve)
     server_main.add_arguments(serve)
     serve.set_defaults(handler=server_main.serve)
@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     manifest.add_argument("--refresh-urls", action="store_true", help="re-sign the manifest's GCS URLs from now")
     manifest.add_argument("--page", type=_positive, metavar="N",
                           help="page N of an allowPartialManifests export's manifest (ready while it runs)")
-    _url_options(manifest)
+    add_settings_arguments(manifest, ("url_ttl", "signing_key"))
     manifest.set_defaults(handler=commands.manifest)
 
     listing = commands_.add_parser("list", allow_abbrev=False, help="list active jobs (--all: every job)")
@@ -132,36 +132,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings_options(parser: argparse.ArgumentParser) -> None:
-    """Where an export reads and writes, and its limits: `ExportSettings`, for `export` and `serve`."""
-    parser.add_argument("--source", required=True, help="NDJSON, Bundle, Avro or Parquet files (a file, glob or"
-                        " folder), or a PostgreSQL table: postgresql://user@host:port/db?table=NAME[&history=true]")
-    parser.add_argument("--output", default="exports", help="root output folder (default ./exports)")
-    parser.add_argument(
-        "--source-format", default=DEFAULTS["source_format"], choices=SOURCE_FORMATS,
-        help="auto: by file name, then by content (default)",
-    )
-    parser.add_argument("--max-lines-per-part", type=_positive, default=DEFAULTS["max_lines_per_part"], help="default %(default)s")
-    parser.add_argument("--max-bytes-per-part", type=_positive, default=DEFAULTS["max_bytes_per_part"], help="default %(default)s")
-    parser.add_argument("--chunk-bytes", type=_positive, default=DEFAULTS["chunk_bytes"], help="NDJSON bytes per work item (default %(default)s)")
-    parser.add_argument(
-        "--max-side-input-patients", type=_positive, default=DEFAULTS["max_side_input_patients"],
-        help="Patient/Group exports: most patients kept in memory; more are joined by key (default %(default)s)",
-    )
-    parser.add_argument(
-        "--include-referenced", default=DEFAULTS["include_referenced"], metavar="TYPES",
-        help="Patient/Group exports: add these types outside the compartment (e.g. Organization,Practitioner), "
-        "only the resources that exported ones reference",
-    )
-    parser.add_argument(
-        "--exclude-missing-last-updated",
-        dest="include_missing_last_updated",
-        action="store_false",
-        help="with _since/_until, drop resources that have no meta.lastUpdated (default: export them)",
-    )
-    parser.add_argument("--signed-urls", action="store_true",
-                        help="gs:// output: V4 signed URLs in the manifest (requiresAccessToken false)")
-    _url_options(parser)
+def add_settings_arguments(parser: argparse.ArgumentParser, names: Optional[Iterable[str]] = None) -> None:
+    """The `ExportSettings` flags (those named, else all the CLI has), made from their declarations."""
+    chosen = set(names) if names is not None else None
+    for spec in declared(ExportSettings):
+        if spec.cli and (chosen is None or spec.name in chosen):
+            parser.add_argument(spec.cli_flag, dest=spec.name, help=spec.cli_help_text, **_cli_kwargs(spec))
+
+
+def _cli_kwargs(spec: Option) -> dict[str, Any]:
+    if spec.type is bool:
+        return {"action": "store_false" if spec.default else "store_true"}
+    default = spec.on_cli_default
+    kwargs: dict[str, Any] = {"required": True} if default is MISSING else {"default": default}
+    kwargs["metavar"] = spec.metavar
+    if spec.choices:
+        kwargs["choices"] = spec.choices
+    if spec.duration:
+        kwargs["type"] = _seconds(spec.cli_flag)
+    elif spec.positive:
+        kwargs["type"] = _positive
+    return kwargs
 
 
 def _store_options(parser: argparse.ArgumentParser) -> None:
@@ -184,13 +175,6 @@ def _job_options(parser: argparse.ArgumentParser, all_owners: bool = False, all_
         owners.add_argument("--all-owners", action="store_true",
                             help="operator: every owner's jobs; audited (an operator-access event, or for cleanup"
                             " the sweep named in each job's cleanup event)")
-
-
-def _url_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url-ttl", type=_seconds("--url-ttl"), default=f"{DEFAULTS['url_ttl']}s",
-                        help="how long signed URLs stay valid, e.g. 1h, at most 7d (default %(default)s)")
-    parser.add_argument("--signing-key", default=DEFAULTS["signing_key"], metavar="KEY_JSON",
-                        help="service-account JSON key that signs URLs (default $GOOGLE_APPLICATION_CREDENTIALS)")
 
 
 def _seconds(name: str):
