@@ -22,6 +22,7 @@ class ExportJob:
     tenant: str = "default"
     attempt: int = 1  # a resumed job runs again as attempt 2, 3, ...
     source_snapshot: str = ""  # a PostgreSQL source's snapshot, exported by the launcher that holds it
+    patients_file: int = -1  # how many patients the launcher wrote to `patients_path`; -1: it wrote none
 
     @property
     def read_at(self) -> ReadAt:
@@ -54,6 +55,7 @@ class ExportJob:
             options.tenant,
             options.attempt,
             options.source_snapshot or "",
+            options.patients_file,
         )
 
     def to_argv(self) -> list[str]:
@@ -64,6 +66,7 @@ class ExportJob:
             "tenant": self.tenant,
             "attempt": self.attempt,
             "source_snapshot": self.source_snapshot,
+            "patients_file": self.patients_file,
         }
         values.update(dataclasses.asdict(self.settings))
         return [f"--{name}={_flag(value)}" for name, value in values.items()]

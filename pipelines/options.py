@@ -41,6 +41,9 @@ class ExportOptions(PipelineOptions):
             "--source_snapshot", default="",
             help="A PostgreSQL source's exported snapshot, which every reader joins (set by the launcher).")
         parser.add_argument(
+            "--patients_file", type=int, default=-1,
+            help="How many patients the launcher wrote to the job's patients file; -1: none (set by the launcher).")
+        parser.add_argument(
             "--max_lines_per_part", type=int, default=DEFAULTS["max_lines_per_part"], help="Most lines in one part."
         )
         parser.add_argument(

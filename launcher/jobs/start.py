@@ -33,7 +33,7 @@ from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunCont
 from launcher.jobs.schedules import scheduled_request
 from launcher.jobs.source_snapshot import SourceSnapshot, open_snapshot, release
 from launcher.jobs.store_sink import JobStore, StoreJobSink
-from launcher.kickoff.parser import check_level
+from launcher.kickoff.level_types import check_level
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
@@ -201,8 +201,8 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
             store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
         _check_writable(job.job_dir)
         members = patients()
-        if members is not None:
-            write_patients(job.patients_path, members)
+        if members is not None:  # the pipeline reads them instead of resolving them
+            job = dataclasses.replace(job, patients_file=write_patients(job.patients_path, members))
         argv = [*beam_args, *job.to_argv(), f"--request={request.model_dump_json()}"]
         sink = StoreJobSink(store.url, job.job_id, attempt)
         run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
