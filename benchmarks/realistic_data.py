@@ -26,7 +26,7 @@ import orjson
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # runnable as a plain script
 
 from benchmarks import realistic_resources as build  # noqa: E402
-from launcher import sample_data as sd  # noqa: E402
+from launcher.tools import sample_data as sd  # noqa: E402
 
 # Measured on the shared Synthea export (../shared/data/synthea-100: 100 patients, 38,483 resources, 1,280 bytes
 # a line on average; none has meta, which the generated resources add) by
