@@ -2,8 +2,8 @@
 import pytest
 
 from launcher.kickoff.parser import parse_get
-from pipelines.options import ExportSettings
 from pipelines.job import ExportJob
+from pipelines.options import ExportSettings
 from pipelines.plan import build_plan, read_selection
 from pipelines.plan_steps import steps
 

@@ -7,7 +7,6 @@ from urllib.parse import unquote
 
 from transforms.fhir.search.common import TypeFilterRefused, split_escaped
 
-
 _SHAPE = "expected Type?query, e.g. Observation?code=1234-5"
 
 
