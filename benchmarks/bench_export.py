@@ -15,6 +15,7 @@ spawn to exit, imports included. See README.md.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import shutil
@@ -133,18 +134,25 @@ def _import_untimed(args) -> None:
 
 
 def _covered_patients(args, request, source: str, job=None):
-    """Resolves the level's patients as the launcher does (and writes them for the pipeline); None at system level."""
+    """Resolves the level's patients as the launcher does; None at system level."""
     if args.level == "system":
         return None
     from launcher.kickoff.patients import SCAN_LIMIT_ENV, resolve_patients
-    from transforms.storage.patients_file import write_patients
 
     if job is None:  # the baseline resolves them whatever the source's size, as the pipeline does over the limit
         os.environ[SCAN_LIMIT_ENV] = SCAN_EVERYTHING
-    membership = resolve_patients(request, source, "auto", args._tx)
-    if membership is not None and job is not None:
-        write_patients(job.patients_path, membership)
-    return membership
+    return resolve_patients(request, source, "auto", args._tx)
+
+
+def _written_patients(args, request, job):
+    """`job` once the launcher's resolution wrote its patients file for the pipeline, if it did (the kickoff's
+    scan is part of the cost)."""
+    from transforms.storage.patients_file import write_patients
+
+    membership = _covered_patients(args, request, args._source, job)
+    if membership is None:
+        return job
+    return dataclasses.replace(job, patients_file=write_patients(job.patients_path, membership))
 
 
 # ---------------------------------------------------------------- the two cases (children)
@@ -193,18 +201,17 @@ def _baseline_rule(args):
     the window's test, as the fastest single-process loop would be; the other
     requests use the library's rule functions as plain calls.
     """
+    from pipelines.plan import compile_filters
     from transforms.fhir.compartment import COMPARTMENT_TYPES, CompartmentRule
     from transforms.fhir.elements import parse_elements
     from transforms.fhir.group import GROUP
-    from transforms.fhir.search.compiler import compile_type_filters
     from transforms.fhir.window import LastUpdatedWindow
 
     request = _request(args)
     # Without _type, Patient/Group level exports the compartment's types but Group (pipelines.plan).
     types = set(request.types) or (None if args.level == "system" else COMPARTMENT_TYPES - {GROUP})
     window = LastUpdatedWindow(args._tx, request.since)
-    queries = [f"{f.resource_type}?{f.query}" for f in request.type_filters]
-    filters = compile_type_filters(queries, request.types, now=args._tx) if queries else None
+    filters = compile_filters(request.type_filters, request.types, now=args._tx) if request.type_filters else None
     elements = parse_elements(request.elements, request.types) if request.elements else None
     membership = _covered_patients(args, request, args._source)
     rule = CompartmentRule(membership.patients, window) if membership is not None else None
@@ -266,7 +273,7 @@ def run_pipeline(args) -> dict:
     settings = ExportSettings(source=args._source, output=args._out, max_lines_per_part=MAX_LINES_PER_PART,
                               source_format=args.source_format)
     job = ExportJob(str(uuid.uuid4()), args._tx, settings)
-    _covered_patients(args, request, args._source, job)  # the kickoff's scan is part of the cost
+    job = _written_patients(args, request, job)
     with beam.Pipeline(options=options) as pipeline:
         build_pipeline(pipeline, request, job)
     seconds = time.perf_counter() - started

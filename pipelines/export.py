@@ -1,10 +1,11 @@
 """The export pipeline: `build_pipeline()` assembles it, `run()` launches it.
 
-The walk is one way: read chunks -> the request's steps (`pipelines/plan.py`:
-`_type`, `_typeFilter`, the `_since`/`_until`/`transactionTime` window or, at
-Patient and Group level, the compartment of the covered patients, then
-`_elements`) -> write rolling parts where the resources are, and shuffle only
-the parts' metadata into the manifest assembly, which runs last.
+The walk is one way, along the export's plan (`pipelines/plan.py` decides,
+`pipelines/plan_steps.py` makes the steps): read chunks -> the steps (`_type`,
+`_typeFilter`, the `_since`/`_until`/`transactionTime` window or, at Patient
+and Group level, the compartment of the covered patients, then `_elements`)
+-> write rolling parts where the resources are, and shuffle only the parts'
+metadata into the manifest assembly, which runs last.
 """
 
 from __future__ import annotations
@@ -17,16 +18,15 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.job import ExportJob
 from pipelines.job_sink import JobSink, ReportRead
-from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, Manifest, OutputFile
+from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportRequest, Manifest, OutputFile
 from pipelines.options import ExportOptions, ExportSettings, prepare_runner
-from pipelines.plan import (
+from pipelines.plan import OutputLayout, build_plan
+from pipelines.plan_steps import (
     add_associated,
     add_referenced,
     apply_steps,
-    covered_patients,
     deletion_steps,
-    deletions_selection,
-    read_selection,
+    read_patients,
     shaping_steps,
     steps,
 )
@@ -63,38 +63,30 @@ def build_pipeline(
     """Adds the export of `request` to `pipeline` and returns its main PCollections."""
     settings = job.settings
     part_format = part_sink(request.output_format)
-    selection = read_selection(request, job.transaction_time, settings, part_format.needs_bodies)
-    deletions = deletions_selection(request, job.transaction_time, settings)
+    plan = build_plan(request, job, part_format.needs_bodies)
     read = pipeline | "Read" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes, selection=selection, deletions=deletions,
-        at=job.read_at,
+        settings.source, settings.source_format, settings.chunk_bytes, selection=plan.selection,
+        deletions=plan.deletions, at=job.read_at,
     )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
         batches = batches | "ReportRead" >> ReportRead(sink)
     patients = None
-    if request.level is not ExportLevel.SYSTEM:
-        patients = covered_patients(pipeline, request, job.patients_path, job.read_at, settings, errors)
-    batches = apply_steps(batches, steps(request, job.transaction_time, settings, patients), errors)
-    referenced = None
-    if patients is not None and settings.referenced_types:  # from the resources before `_elements`
-        referenced = add_referenced(pipeline, batches, request, job.read_at, settings, errors)
-    blocks = block_patients(pipeline, request, patients, job, errors)
-    batches = apply_steps(batches, shaping_steps(request, blocks), errors)
+    if plan.patients is not None:
+        patients = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
+    batches = apply_steps(batches, steps(plan, patients), errors)
+    referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors)  # before `_elements`
+    batches = apply_steps(batches, shaping_steps(plan, patients), errors)
     if referenced is not None:
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, request, job.read_at, settings, errors, blocks)
+    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates"))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
     if request.allow_partial_manifests and sink is not None:
-        publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=not request.organize_output_by)
-    if request.organize_output_by:  # the one shuffle of resource bodies, spilled to disk
-        parts = batches | "WriteBlocks" >> WriteBlocks(
-            job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,
-            publish=publish)
-    else:
+        publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=plan.layout.typed)
+    if plan.layout.typed:
         parts = batches | "WriteParts" >> WriteParts(
             job.temp_dir,
             settings.max_lines_per_part,
@@ -104,9 +96,13 @@ def build_pipeline(
             fence=sink,
             publish=publish,
         )
+    else:  # the one shuffle of resource bodies, spilled to disk
+        parts = batches | "WriteBlocks" >> WriteBlocks(
+            job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,
+            publish=publish)
     deleted_parts = ()
-    if deletions is not None:
-        deleted = apply_steps(read.deletions, deletion_steps(request, patients), errors, prefix="Deleted")
+    if plan.deletions is not None:
+        deleted = apply_steps(read.deletions, deletion_steps(plan, patients), errors, prefix="Deleted")
         deleted_parts = (deleted | "DeletedBundles" >> DeletionBundles() | "WriteDeleted" >> WriteParts(
             f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink),)
     errors = tuple(errors) | "Errors" >> beam.Flatten()
@@ -117,7 +113,7 @@ def build_pipeline(
     manifest = (parts, error_parts, *deleted_parts) | "Manifest" >> AssembleManifest(
         job.job_dir,
         job.temp_dir,
-        _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls),
+        _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls, plan.layout),
         on_complete=_Completion(sink) if sink is not None else None,
         fence=sink,
     )
@@ -130,15 +126,6 @@ def _cannot_repeat(request: ExportRequest, settings: ExportSettings) -> bool:
     if not is_postgres(settings.source) or settings.referenced_types or request.include_associated_data:
         return False
     return unique_resources(settings.source)
-
-
-def block_patients(pipeline: beam.Pipeline, request: ExportRequest, patients, job: ExportJob, errors: list):
-    """The patients that may have blocks in an organized export: the covered ones; at system level every
-    Patient of the source (a `urn:uuid:` reference alone cannot tell a patient from a practitioner)."""
-    if not request.organize_output_by or patients is not None:
-        return patients
-    every = request.model_copy(update={"level": ExportLevel.PATIENT, "patients": ()})
-    return covered_patients(pipeline, every, job.patients_path, job.read_at, job.settings, errors)
 
 
 def part_sink(output_format: str) -> PartSink:
@@ -166,8 +153,10 @@ def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> bea
 class _ManifestRenderer:
     """Renders the spec's manifest JSON for a finished export."""
 
-    def __init__(self, request: ExportRequest, transaction_time: str, output_root: str, urls: ManifestUrls):
+    def __init__(self, request: ExportRequest, transaction_time: str, output_root: str, urls: ManifestUrls,
+                 layout: OutputLayout):
         self._request = request
+        self._layout = layout
         self._transaction_time = transaction_time
         self._output_root = output_root
         self._urls = urls
@@ -178,8 +167,8 @@ class _ManifestRenderer:
             transaction_time=self._transaction_time,
             request=self._request.request_url,
             requires_access_token=self._urls.requires_access_token(self._output_root),
-            output_organized_by=self._request.organize_output_by,
-            output=_entries(completed.output, url, typed=not self._request.organize_output_by),
+            output_organized_by=self._layout.organized_by,
+            output=_entries(completed.output, url, typed=self._layout.typed),
             error=_entries(completed.error, url),
             deleted=_entries(completed.deleted, url),
             message=self._request.ignored_message,

@@ -38,6 +38,9 @@ class ExportJob:
     source_snapshot: str = option(
         "", help="a PostgreSQL source's exported snapshot, which every reader joins (set by the launcher)",
         label="Source snapshot", regex="^[0-9A-Fa-f-]*$")
+    patients_file: int = option(
+        -1, help="how many patients the launcher wrote to the job's patients file; -1: it wrote none (set by the "
+        "launcher)", label="Patients in the patients file", regex="^-?[0-9]+$")
 
     @property
     def read_at(self) -> ReadAt:

@@ -53,7 +53,8 @@ class TypeFilter(BaseModel):
 
 
 class ExportRequest(BaseModel):
-    """A validated kickoff, in the spec's terms. Built only by the kickoff parser."""
+    """A validated kickoff, in the spec's terms. Built and changed only by the kickoff parser
+    (`launcher/kickoff/parser.py`); elsewhere only read back from its JSON."""
 
     model_config = ConfigDict(frozen=True)
 

@@ -1,4 +1,4 @@
-"""Which steps an export request needs, in order, between reading and writing parts.
+"""One export's plan: every decision about it, made once from its request, its job and the job's settings.
 
 Selection comes first: the read keeps only `_type`'s types and, at system
 level, the time window (`read_selection`); then `_typeFilter`, and at Patient
@@ -10,40 +10,112 @@ At Patient and Group level, Group resources are left out unless `_type` names
 Group (a Group's roster names patients outside the export); at Group level
 they then go to `GroupRoster` instead of the compartment, which exports only
 the kicked-off Group with its roster cut to the covered patients.
+
+Beam-free data: `pipelines/plan_steps.py` turns it into steps, `pipelines/export.py`
+walks it, and the launcher reads its output layout (`output_layout`).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Union
+import dataclasses
+from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence
 
-import apache_beam as beam
-from apache_beam.io.filesystems import FileSystems
-
-from pipelines.models import ExportLevel, ExportRequest
+from pipelines.models import ExportLevel, ExportRequest, TypeFilter
 from pipelines.settings import ExportSettings
 from transforms.fhir.associated import PROVENANCE, RELEVANT
 from transforms.fhir.compartment import COMPARTMENT_TYPES
-from transforms.fhir.elements import parse_elements
+from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
+from transforms.fhir.search.compiler import TypeFilters, compile_parsed
+from transforms.fhir.search.query import parse_query
 from transforms.fhir.window import LastUpdatedWindow
 from transforms.read.pushdown import ReadSelection
-from transforms.read.resources import ReadResources
-from transforms.select.add_associated import AddProvenance
-from transforms.select.add_referenced import CollectReferences, FilterReferenced
-from transforms.select.covered_patients import ReadPatients, ResolvePatients
-from transforms.select.group_roster import GroupRoster
-from transforms.select.in_compartment import FilterCompartment, JoinCompartment
-from transforms.select.subset_elements import SubsetElements
-from transforms.select.type_filter import FilterTypeFilter, compile_type_filters
-from transforms.storage.patients_file import read_header
-from transforms.storage.pg_source import ReadAt
-from transforms.write.organized import KeyBlocks
 
-Step = tuple[str, beam.PTransform]
-Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
+if TYPE_CHECKING:
+    from pipelines.job import ExportJob
+
 # What a Patient- or Group-level read keeps when `_type` is not given: the compartment, but no
 # Group, whose roster would name patients outside the export.
 DEFAULT_COMPARTMENT_TYPES = tuple(sorted(COMPARTMENT_TYPES - {GROUP}))
+
+
+class OutputLayout(NamedTuple):
+    """How the output is laid out: parts of one type each, or (organizeOutputBy) blocks of the
+    instances of `organized_by`, whose parts and manifest entries name no type."""
+
+    organized_by: Optional[str] = None
+
+    @property
+    def typed(self) -> bool:
+        """Each part holds one type, which its manifest entry (published early or not) names."""
+        return self.organized_by is None
+
+
+class CoveredPatients(NamedTuple):
+    """Where the covered patients come from, and how the steps take them."""
+
+    file: Optional[str]  # the patients file the launcher wrote; None: resolved from the source in the pipeline
+    scope: tuple  # what the pipeline resolves: (level, group id, patient ids, _since)
+    joined: bool  # a PCollection to join with by key, else a side input
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportPlan:
+    """Every decision about one export, made once by `build_plan`."""
+
+    request: ExportRequest
+    transaction_time: str
+    window: LastUpdatedWindow
+    selection: ReadSelection  # what the read keeps
+    deletions: Optional[ReadSelection]  # what it keeps of deleted resources; None: none
+    type_filters: Optional[TypeFilters]  # `_typeFilter`, compiled
+    elements: Optional[ElementsSpec]  # `_elements`, parsed
+    patients: Optional[CoveredPatients]  # None: no step needs patients
+    compartment: bool  # the covered patients' compartment chooses (Patient and Group level)
+    group_roster: bool  # Group level with Group in `_type`: the kicked-off Group, its roster cut
+    referenced_types: tuple[str, ...]  # read again where the selected resources reference them
+    provenance: Optional[ReadSelection]  # includeAssociatedData: the Provenances read again
+    latest_provenance_only: bool
+    layout: OutputLayout
+
+
+def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool = False) -> ExportPlan:
+    """The plan of `request` run as `job`; `part_needs_bodies`: the part format reads parsed bodies."""
+    settings, now = job.settings, job.transaction_time
+    layout = output_layout(request)
+    bounds = window(request, now, settings)
+    compartment = request.level is not ExportLevel.SYSTEM
+    return ExportPlan(
+        request=request,
+        transaction_time=now,
+        window=bounds,
+        selection=read_selection(request, now, settings, part_needs_bodies),
+        deletions=deletions_selection(request, now, settings),
+        type_filters=compile_filters(request.type_filters, request.types, now) if request.type_filters else None,
+        elements=parse_elements(request.elements, request.types) if request.elements else None,
+        patients=covered_patients(request, job, layout),
+        compartment=compartment,
+        group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
+        referenced_types=tuple(t for t in settings.referenced_types if not request.types or t in request.types)
+        if compartment else (),
+        provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data
+        else None,
+        latest_provenance_only=RELEVANT not in request.include_associated_data,
+        layout=layout,
+    )
+
+
+def output_layout(request: ExportRequest) -> OutputLayout:
+    """The output layout `request` asks for (organizeOutputBy)."""
+    return OutputLayout(request.organize_output_by)
+
+
+def compile_filters(filters: Iterable[TypeFilter], types: Sequence[str] = (), now: Optional[str] = None
+                    ) -> TypeFilters:
+    """`_typeFilter` compiled, in order, with `now` as the `ap` prefix's "now"; raises `TypeFilterRefused`.
+
+    The kickoff parser validates filters with it, and the plan compiles them with it."""
+    return compile_parsed((parse_query(f.resource_type, f.query) for f in filters), types, now)
 
 
 def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:
@@ -60,7 +132,8 @@ def read_selection(
     bodies are kept only when a later step or the part format reads them.
     """
     system = request.level is ExportLevel.SYSTEM
-    later_steps = not system or bool(request.type_filters or request.elements or request.organize_output_by)
+    organized = not output_layout(request).typed
+    later_steps = not system or bool(request.type_filters or request.elements or organized)
     bounds = window(request, transaction_time, settings) if system else None
     types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
     return ReadSelection.of(types, bounds, keep_bodies=later_steps or part_needs_bodies)
@@ -69,7 +142,11 @@ def read_selection(
 def deletions_selection(request: ExportRequest, transaction_time: str, settings: ExportSettings
                         ) -> Optional[ReadSelection]:
     """What the read keeps of the resources the source marks deleted: None (nothing) without
-    `_since`; else the request's types, deleted inside the window, with the deleted bodies."""
+    `_since`; else the request's types, deleted inside the window, with the deleted bodies.
+
+    `_typeFilter` cannot be judged on a deletion and `_elements` shapes nothing in it: neither
+    applies; at Patient and Group level the compartment does (by the deleted version's body, or
+    its type and id alone)."""
     if not request.since:
         return None
     system = request.level is ExportLevel.SYSTEM
@@ -81,141 +158,25 @@ def deletions_selection(request: ExportRequest, transaction_time: str, settings:
     return ReadSelection.of(types, window(request, transaction_time, settings))
 
 
-def deletion_steps(request: ExportRequest, patients: Patients) -> list[Step]:
-    """The steps a deletion passes before `deleted[]`: at Patient and Group level, the compartment
-    (judged by the deleted version's body, or its type and id alone). `_typeFilter` cannot be
-    judged on a deletion and `_elements` shapes nothing in it: neither applies."""
-    if patients is None:
-        return []
-    return [("Compartment", _compartment(patients))]
+def covered_patients(request: ExportRequest, job: ExportJob, layout: OutputLayout) -> Optional[CoveredPatients]:
+    """The patients the steps need: at Patient and Group level the covered ones; at system level, for
+    organized output only, every Patient of the source (a `urn:uuid:` reference alone cannot tell a
+    patient from a practitioner); else none.
 
-
-def _compartment(patients: Patients, bounds: Optional[LastUpdatedWindow] = None) -> beam.PTransform:
-    """The compartment step for the covered patients: a keyed join for a PCollection, else a side input."""
-    if isinstance(patients, beam.PCollection):
-        return JoinCompartment(patients, bounds)
-    return FilterCompartment(patients, bounds)
-
-
-def steps(request: ExportRequest, transaction_time: str, settings: ExportSettings, patients: Patients) -> list[Step]:
-    """The request's selecting steps after `read_selection` (shaping comes later, once the
-    referenced resources are known); `patients` is the covered-patients side input or
-    PCollection (None at system level)."""
-    chosen = type_filter_steps(request, transaction_time)
-    if patients is not None:
-        bounds = window(request, transaction_time, settings)
-        compartment = _compartment(patients, bounds)
-        if request.level is ExportLevel.GROUP and GROUP in request.types:
-            compartment = GroupRoster(compartment, request.group_id, patients, bounds)
-        chosen.append(("Compartment", compartment))
-    return chosen
-
-
-def type_filter_steps(request: ExportRequest, transaction_time: str) -> list[Step]:
-    """The `_typeFilter` step, compiled with `transactionTime` as the `ap` prefix's "now"."""
-    if not request.type_filters:
-        return []
-    queries = [f"{f.resource_type}?{f.query}" for f in request.type_filters]
-    return [("TypeFilter", FilterTypeFilter(compile_type_filters(queries, request.types, now=transaction_time)))]
-
-
-def shaping_steps(request: ExportRequest, patients: Patients = None) -> list[Step]:
-    """Steps that change, rather than choose, exported resources: with organizeOutputBy, first their
-    blocks are noted (before `_elements`, which may drop a reference; `patients`: the covered ones)."""
-    chosen: list[Step] = []
-    if request.organize_output_by:
-        chosen.append(("Blocks", KeyBlocks(patients if isinstance(patients, beam.pvalue.AsSideInput) else None)))
-    if request.elements:
-        chosen.append(("Elements", SubsetElements(parse_elements(request.elements, request.types))))
-    return chosen
-
-
-def covered_patients(pipeline: beam.Pipeline, request: ExportRequest, path: str, at: ReadAt,
-                     settings: ExportSettings, errors: list) -> Patients:
-    """The covered patients, as a side input or a PCollection to join with; their unresolved Group
-    members join `errors`.
-
-    From the patients file the launcher wrote, if it did: a join above `max_side_input_patients`.
-    Otherwise (a source too large for the launcher to scan) resolved here from the source: a join for
-    a Patient-level export without `patient` (every patient of the source), else a side input.
+    From the patients file, if the launcher wrote one: a join above `max_side_input_patients`.
+    Otherwise (a source too large for the launcher to scan) resolved in the pipeline from the source:
+    a join for every patient of the source at Patient level, else a side input. Organized output
+    limits blocks to the covered patients, which needs them as a side input.
     """
-    # Organized output limits blocks to the covered patients, which needs them as a side input.
-    organize = bool(request.organize_output_by)
-    if FileSystems.exists(path):
-        joined = read_header(path).patients > settings.max_side_input_patients and not organize
-        covered = pipeline | "Patients" >> ReadPatients(path, as_set=not joined)
+    organized = not layout.typed
+    if request.level is ExportLevel.SYSTEM:
+        if not organized:
+            return None
+        level, group_id, patients = ExportLevel.PATIENT, None, ()
     else:
-        joined = request.level is ExportLevel.PATIENT and not request.patients and not organize
-        scope = (request.level.value, request.group_id, request.patients, request.since)
-        covered = pipeline | "Patients" >> ResolvePatients(
-            scope, at.transaction_time, settings.source, settings.source_format, settings.chunk_bytes,
-            as_set=not joined, snapshot=at.snapshot)
-    errors.append(covered.issues)
-    return covered.patients if joined else beam.pvalue.AsSingleton(covered.patients)
-
-
-def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
-    """Applies `chosen` in order, adding each step's bad records to `errors`."""
-    for label, step in chosen:
-        out = batches | prefix + label >> step
-        batches = out.batches
-        errors.append(out.errors)
-    return batches
-
-
-def add_referenced(
-    pipeline: beam.Pipeline,
-    batches: beam.PCollection,
-    request: ExportRequest,
-    at: ReadAt,
-    settings: ExportSettings,
-    errors: list,
-) -> Optional[beam.PCollection]:
-    """The resources of `settings.referenced_types` that `batches` reference, shaped (None: none asked).
-
-    `batches` are the selected resources before `_elements`, so a reference an
-    element left out still counts. The source is read a second time for them;
-    that read's bad lines are already reported by the first read, so only its
-    steps' errors are kept.
-    """
-    types = [t for t in settings.referenced_types if not request.types or t in request.types]
-    if not types:
-        return None
-    keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
-    again = pipeline | "ReadReferenced" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types), at=at
-    )
-    chosen = [
-        *type_filter_steps(request, at.transaction_time),
-        ("Referenced", FilterReferenced(keys, window(request, at.transaction_time, settings))),
-        *shaping_steps(request),  # organized: referenced types are in no patient's compartment
-    ]
-    return apply_steps(again.batches, chosen, errors, prefix="Referenced")
-
-
-def add_associated(
-    pipeline: beam.Pipeline,
-    batches: beam.PCollection,
-    request: ExportRequest,
-    at: ReadAt,
-    settings: ExportSettings,
-    errors: list,
-    patients: Patients = None,
-) -> beam.PCollection:
-    """`batches` plus the Provenance resources `includeAssociatedData` asks for.
-
-    The source is read again for its Provenances, within `_until` and
-    `transactionTime` but whatever `_since` says (an old Provenance of a new
-    resource is still its Provenance); `_elements` shapes them like the rest.
-    """
-    if not request.include_associated_data:
-        return batches
-    latest_only = RELEVANT not in request.include_associated_data
-    bounds = window(request, at.transaction_time, settings).without_since()
-    again = pipeline | "ReadProvenance" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes,
-        selection=ReadSelection.of((PROVENANCE,), bounds), at=at,
-    )
-    added = batches | "Associated" >> AddProvenance(again.batches, latest_only)
-    added = apply_steps(added, shaping_steps(request, patients), errors, prefix="Associated")
-    return (batches, added) | "WithAssociated" >> beam.Flatten()
+        level, group_id, patients = request.level, request.group_id, request.patients
+    if job.patients_file >= 0:
+        joined = job.patients_file > job.settings.max_side_input_patients and not organized
+        return CoveredPatients(job.patients_path, (), joined)
+    joined = level is ExportLevel.PATIENT and not patients and not organized
+    return CoveredPatients(None, (level.value, group_id, patients, request.since), joined)

@@ -2,8 +2,10 @@
 import pytest
 
 from launcher.kickoff.parser import parse_get
+from pipelines.job import ExportJob
 from pipelines.options import ExportSettings
-from pipelines.plan import read_selection, steps
+from pipelines.plan import build_plan, read_selection
+from pipelines.plan_steps import steps
 
 BASE = "https://fhir.example.org/fhir"
 TX = "2024-01-01T00:00:00Z"
@@ -22,7 +24,7 @@ def test_a_system_export_selects_type_and_time_at_read_and_drops_bodies():
     assert not selection.window.admits({"meta": {"lastUpdated": "2019-01-01T00:00:00Z"}})
     assert not selection.window.admits({"meta": {"lastUpdated": "2024-01-01T00:00:00.001Z"}})  # after tx
     assert selection.keep_bodies is False
-    assert steps(request, TX, SETTINGS, None) == []  # nothing is left for a later step
+    assert steps(build_plan(request, ExportJob("j", TX, SETTINGS)), None) == []  # nothing is left for a later step
 
 
 @pytest.mark.parametrize("query", [

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from launcher.kickoff.parser import KickoffRefused, check_level, parse_get
+from launcher.kickoff.level_types import check_level
+from launcher.kickoff.parser import KickoffRefused, parse_get
 from tests.test_kickoff import assert_refused_before_any_job
 from tests.test_patient_group_export import (
     BASE,

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from launcher.auth.scopes import Grant, uncovered
+from launcher.kickoff.parser import with_types
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
 from transforms.fhir.associated import PROVENANCE
@@ -40,6 +41,6 @@ def authorize_export(request: ExportRequest, settings: ExportSettings,
         types = tuple(sorted(grant.covered(available)))
         if not types:
             raise ExportForbidden(f"the access token's scopes cover no type a {request.level.value}-level export holds")
-        request = request.model_copy(update={"types": types})
+        request = with_types(request, types)
     referenced = ",".join(grant.covered(settings.referenced_types))
     return request, dataclasses.replace(settings, include_referenced=referenced)

@@ -20,7 +20,7 @@ from launcher.jobs.process import RunControl, new_lease
 from launcher.jobs.schedules import scheduled_request
 from launcher.jobs.source_snapshot import SourceSnapshot, open_snapshot, release
 from launcher.jobs.store_sink import JobStore, StoreJobSink
-from launcher.kickoff.parser import check_level
+from launcher.kickoff.level_types import check_level
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import Lease
 from pipelines.job import ExportJob
@@ -149,9 +149,8 @@ def pipeline_inputs(
     With a `lease`, the sink renews it for `lease_s` at each report (a job no
     launcher watches); without, the launcher running the pipeline renews it.
     """
-    # The patients file: the covered patients, written before the pipeline reads them.
-    if members is not None:
-        write_patients(job.patients_path, members)
+    if members is not None:  # the pipeline reads them instead of resolving them
+        job = dataclasses.replace(job, patients_file=write_patients(job.patients_path, members))
     return pipeline_argv(job, request, beam_args), StoreJobSink(store.url, job.job_id, attempt, lease, lease_s)
 
 

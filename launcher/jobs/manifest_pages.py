@@ -20,6 +20,7 @@ from typing import Callable, Optional
 from launcher.stores import StoredJob
 from launcher.stores.published import Published
 from pipelines.models import ExportStatus, Manifest, OutputFile
+from pipelines.plan import output_layout
 
 PAGE_FILES = 1000
 
@@ -53,7 +54,7 @@ def manifest_page(store, record: StoredJob, owner, page: int, link: Callable[[in
         transaction_time=record.transaction_time,
         request=record.request_url,
         requires_access_token=requires_access_token,
-        output_organized_by=request.organize_output_by,
+        output_organized_by=output_layout(request).organized_by,
         output=entries("output"),
         error=entries("error"),
         deleted=entries("deleted"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from launcher.kickoff.parser import with_since
 from pipelines.models import ExportRequest
 
 
@@ -23,4 +24,4 @@ def scheduled_request(request: ExportRequest, last: Optional[str]) -> ExportRequ
         raise ValueError("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
     if last is None:
         return request
-    return ExportRequest.model_validate({**request.model_dump(), "since": last})
+    return with_since(request, last)

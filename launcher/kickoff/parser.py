@@ -9,28 +9,32 @@ naming them; under lenient handling they are ignored and named in the
 manifest's `message`.
 
 Checks that need the job's settings or the source (types outside the Patient
-compartment against `--include-referenced`, Group membership) are made by the
-launcher before the job is recorded, and raise the same `KickoffRefused`.
+compartment against `--include-referenced`: `level_types.py`; Group membership:
+`patients.py`) are made by the launcher before the job is recorded, and raise
+the same `KickoffRefused`. A request given whole (the Flex Template's) passes
+the same checks (`check_request`), and a request is changed only here
+(`with_since`, `with_types`).
 """
 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional, Sequence, Union
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
+from pipelines.plan import compile_filters
 from transforms.fhir.associated import ASSOCIATED_DATA
-from transforms.fhir.compartment import COMPARTMENT_TYPES, patient_reference_id
+from transforms.fhir.compartment import patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
 from transforms.fhir.organize import ORGANIZE_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
 from transforms.fhir.search.common import TypeFilterRefused
-from transforms.fhir.search.compiler import compile_type_filters
+from transforms.fhir.search.query import split_type_filter
 
 DEFAULT_BASE_URL = "http://localhost/fhir"
 # Parameters the IG defines; each maps to how its values combine when repeated.
@@ -175,12 +179,12 @@ def _build(
 ) -> ExportRequest:
     # Repeated parameters are equivalent to one comma-joined value (IG v3).
     joined = {name: ",".join(values) for name, values in params.items()}
-    ignored = []
+    ignored: list[str] = []
     for name, value in joined.items():
         if name in _NOT_YET:
             raise KickoffRefused(name, _NOT_YET[name])
-        if name == "patient" and level is ExportLevel.SYSTEM:
-            raise KickoffRefused("patient", "is allowed only in Patient- and Group-level exports")
+        if name == "patient":
+            _check_patient_level(level)
         if name in _IGNORABLE or name not in _KNOWN:
             reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
             shown = _printable(name)
@@ -189,28 +193,82 @@ def _build(
                     shown, f"{reason} (refused under strict handling, the default; lenient handling ignores it)"
                 )
             ignored.append(f"{shown}={_printable(value)} ({reason})")
-    output_format = ",".join(dict.fromkeys(params.get("_outputFormat", [NDJSON_FORMATS[0]])))
+    return _request(
+        level, group_id, url, strict, ignored, output_formats=params.get("_outputFormat", [NDJSON_FORMATS[0]]),
+        since=joined.get("_since"), until=joined.get("_until"), types=params.get("_type", []),
+        associated=params.get("includeAssociatedData", []), organize=joined.get("organizeOutputBy"),
+        partial=joined.get("allowPartialManifests", "false"), elements=joined.get("_elements"),
+        type_filters=_split_type_filters(params.get("_typeFilter", [])), patients=params.get("patient", []),
+    )
+
+
+def check_request(request: ExportRequest) -> ExportRequest:
+    """A request given whole instead of by a kickoff (the Flex Template's `--request`), held field by field
+    to the checks a strict POST kickoff to its URL passes: the CLI's refusals, exactly.
+
+    Returns it as that kickoff gives it, keeping its URL; like the Parameters body this replaced, it
+    carries no `allowPartialManifests`.
+    """
+    parts = urlsplit(request.request_url)
+    endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+    level, group_id = _level(_absolute(endpoint).path)
+    if request.patients:
+        _check_patient_level(level)
+    checked = _request(
+        level, group_id, request.request_url, True, [], output_formats=[request.output_format],
+        since=request.since, until=request.until, types=list(request.types),
+        associated=list(request.include_associated_data), organize=request.organize_output_by, partial="false",
+        elements=request.elements or None, type_filters=request.type_filters,
+        patients=[f"Patient/{p}" for p in request.patients],  # the references a Parameters body would hold
+    )
+    if (level, group_id) != (request.level, request.group_id):
+        raise KickoffRefused("request", f"level {request.level.value} does not match {endpoint}")
+    return checked
+
+
+def with_since(request: ExportRequest, since: str) -> ExportRequest:
+    """`request` with `_since` set (a schedule's next run: its last completed `transactionTime`)."""
+    return ExportRequest.model_validate({**request.model_dump(), "since": since})
+
+
+def with_types(request: ExportRequest, types: tuple[str, ...]) -> ExportRequest:
+    """`request` with `_type` set (the types an access token covers, for a kickoff without `_type`)."""
+    return request.model_copy(update={"types": types})
+
+
+def _check_patient_level(level: ExportLevel) -> None:
+    if level is ExportLevel.SYSTEM:
+        raise KickoffRefused("patient", "is allowed only in Patient- and Group-level exports")
+
+
+def _request(
+    level: ExportLevel, group_id: Optional[str], url: str, strict: bool, ignored: list[str], *,
+    output_formats: list[str], since: Optional[str], until: Optional[str], types: list[str], associated: list[str],
+    organize: Optional[str], partial: str, elements: Union[str, Sequence[str], None],
+    type_filters: Iterable[TypeFilter], patients: list[str],
+) -> ExportRequest:
+    """The request the checked parameters make; every check of a value is made here, in one order."""
+    output_format = ",".join(dict.fromkeys(output_formats))
     if output_format not in NDJSON_FORMATS + PARQUET_FORMATS:
         accepted = ", ".join(NDJSON_FORMATS + PARQUET_FORMATS)
         hint = ""
         if " " in output_format and output_format.replace(" ", "+") in NDJSON_FORMATS + PARQUET_FORMATS:
             hint = " (a '+' in a URL query must be encoded as %2B: application/fhir%2Bndjson)"
         raise KickoffRefused("_outputFormat", f"{output_format!r} is not one of {accepted}{hint}")
-    since, until = _instant(joined, "_since"), _instant(joined, "_until")
+    since, until = _instant(since, "_since"), _instant(until, "_until")
     if since and until and instant_key(since) >= instant_key(until):
         raise KickoffRefused("_since", f"{since} is not earlier than _until {until}")
     if since and instant_key(since) > instant_key(now_instant()):
         raise KickoffRefused("_since", f"{since} is in the future: nothing can have changed after it yet")
-    types = _types(joined.get("_type"))
-    associated = _associated(params.get("includeAssociatedData", []), strict, ignored)
+    types = _types(types)
+    associated = _associated(associated, strict, ignored)
     if level is ExportLevel.PATIENT and "Group" in types:
         raise KickoffRefused(
             "_type",
             "Group is not exported at Patient level: a Group's member list names patients of other "
             "compartments (a Group-level export, Group/[id]/$export, can export that Group)",
         )
-    organize = _organize(joined.get("organizeOutputBy"), output_format)
-    partial = joined.get("allowPartialManifests", "false")
+    organize = _organize(organize, output_format)
     if partial not in ("true", "false"):
         raise KickoffRefused("allowPartialManifests", "must be true or false")
     return ExportRequest(
@@ -220,11 +278,11 @@ def _build(
         allow_partial_manifests=partial == "true",
         request_url=url,
         types=types,
-        elements=_elements(joined.get("_elements"), types),
-        type_filters=_type_filters(params.get("_typeFilter", []), types),
+        elements=_elements(elements, types),
+        type_filters=_type_filters(type_filters, types),
         since=since,
         until=until,
-        patients=_patients(params.get("patient", [])),
+        patients=_patients(patients),
         output_format=output_format,
         include_associated_data=associated,
         ignored=tuple(ignored),
@@ -260,64 +318,12 @@ def _associated(values: list[str], strict: bool, ignored: list[str]) -> tuple[st
     return tuple(dict.fromkeys(chosen))
 
 
-def check_level(request: ExportRequest, referenced_types: Iterable[str] = ()) -> None:
-    """Refuses types this level cannot export, once `--include-referenced` is known.
-
-    At Patient and Group level only the Patient compartment's types (plus the
-    referenced types the user added) are exported, so `_type` naming another
-    type would silently give nothing; without `_type`, a `_typeFilter` or a
-    `Type.element` of `_elements` naming such a type would apply to nothing.
-    `--include-referenced` means nothing at system level, which exports every type.
-    """
-    referenced = tuple(referenced_types)
-    if request.level is ExportLevel.SYSTEM:
-        if referenced:
-            raise KickoffRefused(
-                "--include-referenced",
-                "applies only to Patient- and Group-level exports (a system-level export has every type already)",
-            )
-        return
-    exportable = COMPARTMENT_TYPES | frozenset(referenced)
-    if request.level is ExportLevel.PATIENT:
-        exportable = exportable - {"Group"}
-    level = f"a {request.level.value.capitalize()}-level export"
-    hint = "; --include-referenced adds such types where exported resources reference them"
-    outside = [t for t in request.types if t not in exportable]
-    if outside:
-        listed = ", ".join(outside)
-        raise KickoffRefused(
-            "_type", f"{listed} {'is' if len(outside) == 1 else 'are'} outside the Patient compartment, "
-                     f"so {level} has none{hint}",
-        )
-    if request.types:
-        return  # `_typeFilter` and `_elements` were already held to `_type`
-    exportable = exportable - {"Group"}  # left out unless `_type` names it
-
-    def why(resource_type: str) -> str:
-        if resource_type == "Group" and request.level is ExportLevel.GROUP:
-            return "; name Group in _type to export the kicked-off Group"
-        return "" if resource_type == "Group" else hint
-
-    for type_filter in request.type_filters:
-        if type_filter.resource_type not in exportable:
-            raise KickoffRefused(
-                "_typeFilter",
-                f"{type_filter.resource_type} is not exported by {level}, so its filter applies to nothing"
-                f"{why(type_filter.resource_type)}",
-            )
-    for entry in request.elements:
-        head, dot, _ = entry.partition(".")
-        if dot and head not in exportable:
-            raise KickoffRefused("_elements", f"{entry!r}: {head} is not exported by {level}{why(head)}")
-
-
 def _printable(text: str) -> str:
     """Unknown names and values may hold anything; keep messages on one line."""
     return text if text.isprintable() else repr(text)
 
 
-def _instant(params: dict[str, str], name: str) -> Optional[str]:
-    value = params.get(name)
+def _instant(value: Optional[str], name: str) -> Optional[str]:
     if value is None:
         return None
     if "," in value:
@@ -343,7 +349,8 @@ def _patients(references: list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(ids))
 
 
-def _elements(value: Optional[str], types: tuple[str, ...]) -> tuple[str, ...]:
+def _elements(value: Union[str, Sequence[str], None], types: tuple[str, ...]) -> tuple[str, ...]:
+    """`_elements` (one comma-separated string, or its entries) parsed as the plan parses it, held to `_type`."""
     if value is None:
         return ()
     try:
@@ -361,24 +368,37 @@ def _elements(value: Optional[str], types: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(spec.entries)
 
 
-def _type_filters(values: list[str], types: tuple[str, ...]) -> tuple[TypeFilter, ...]:
-    """Every `_typeFilter` query, compiled once here so that a filter is never stored unapplied."""
-    queries = [query for value in values for query in _NEXT_QUERY.split(value)]
+def _split_type_filters(values: list[str]) -> Iterator[TypeFilter]:
+    """The `_typeFilter` queries of the values, each split into its type and query as it is reached."""
+    for query in (query for value in values for query in _NEXT_QUERY.split(value)):
+        resource_type, rest = split_type_filter(query)
+        yield TypeFilter(resource_type=resource_type, query=rest)
+
+
+def _type_filters(filters: Iterable[TypeFilter], types: tuple[str, ...]) -> tuple[TypeFilter, ...]:
+    """Every `_typeFilter`, compiled here as the plan compiles it, so that a filter is never stored unapplied."""
+    checked: list[TypeFilter] = []
     try:
-        compile_type_filters(queries, types)
+        for type_filter in filters:
+            compile_filters((type_filter,), types)
+            checked.append(type_filter)
     except TypeFilterRefused as exc:
         raise KickoffRefused("_typeFilter", str(exc).removeprefix("_typeFilter ")) from None
-    return tuple(TypeFilter(resource_type=q.split("?", 1)[0], query=q.split("?", 1)[1]) for q in queries)
+    return tuple(checked)
 
 
-def _types(value: Optional[str]) -> tuple[str, ...]:
-    if value is None:
+def _types(values: list[str]) -> tuple[str, ...]:
+    """`_type`'s names (each value comma-separated), each an R4 resource type."""
+    if not values:
         return ()
-    names = [n.strip() for n in value.split(",")]
+    names = [n.strip() for value in values for n in value.split(",")]
     for name in names:
         if name not in RESOURCE_TYPES:
             raise KickoffRefused("_type", f"{name!r} is not an R4 resource type")
     return tuple(dict.fromkeys(names))
 
 
-__all__: Iterable[str] = ("KickoffRefused", "check_level", "parse_get", "parse_post", "load_parameters", "system_url")
+__all__: Iterable[str] = (
+    "KickoffRefused", "check_request", "parse_get", "parse_post", "load_parameters", "system_url",
+    "with_since", "with_types",
+)

@@ -8,7 +8,7 @@ where it runs. Beam-free for local paths.
 
 from __future__ import annotations
 
-from typing import Iterator, NamedTuple
+from typing import Iterator
 
 import orjson
 
@@ -20,15 +20,8 @@ from transforms.storage.files import create_file, open_file
 FILE_NAME = "patients.ndjson"
 
 
-class PatientFileHeader(NamedTuple):
-    """The first line of a patients file: how many patients and issues follow."""
-
-    patients: int
-    issues: int
-
-
-def write_patients(path: str, membership: Membership) -> None:
-    """Writes `membership` to `path` (parents are created)."""
+def write_patients(path: str, membership: Membership) -> int:
+    """Writes `membership` to `path` (parents are created); returns how many patients it holds."""
     patients = membership.patients
     with create_file(path) as f:
         f.write(orjson.dumps({"patients": len(patients.ids), "issues": len(membership.issues)}) + b"\n")
@@ -36,13 +29,7 @@ def write_patients(path: str, membership: Membership) -> None:
             f.write(orjson.dumps({"id": patient, "whole": patient in patients.whole}) + b"\n")
         for issue in membership.issues:
             f.write(orjson.dumps({"issue": issue._asdict()}) + b"\n")
-
-
-def read_header(path: str) -> PatientFileHeader:
-    """The counts of a patients file, read without loading it."""
-    with open_file(path) as f:
-        header = orjson.loads(f.readline())
-    return PatientFileHeader(header["patients"], header["issues"])
+    return len(patients.ids)
 
 
 def _lines(path: str) -> Iterator[dict]:

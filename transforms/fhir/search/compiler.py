@@ -118,9 +118,15 @@ def compile_type_filters(
     `types` is the kickoff's `_type` (a filter on another type is refused when
     it is not empty); `now` is the instant `ap` dates are relative to.
     """
+    return compile_parsed((parse_type_filter(text) for text in values), types, now)
+
+
+def compile_parsed(
+    filters: Iterable[ParsedFilter], types: Sequence[str] = (), now: Optional[str] = None
+) -> TypeFilters:
+    """Compiles parsed filters, in order (see `compile_type_filters`)."""
     by_type: dict[str, list] = {}
-    for text in values:
-        parsed = parse_type_filter(text)
+    for parsed in filters:
         if not is_resource_type(parsed.type):
             raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type")
         if types and parsed.type not in types:

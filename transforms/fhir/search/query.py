@@ -7,6 +7,8 @@ from urllib.parse import unquote
 
 from transforms.fhir.search.common import TypeFilterRefused, split_escaped
 
+_SHAPE = "expected Type?query, e.g. Observation?code=1234-5"
+
 
 class QueryParameter(NamedTuple):
     """One `name[:modifier]=v1,v2` of a filter; the values are ORed and keep their `\\` escapes."""
@@ -34,10 +36,22 @@ def parse_type_filter(text: str) -> ParsedFilter:
 
     A value keeps its backslash escapes: what they escape depends on the parameter's type.
     """
+    return parse_query(*split_type_filter(text))
+
+
+def split_type_filter(text: str) -> tuple[str, str]:
+    """`Type?query` as its type and its query, refused unless it has both a type and a `?`."""
     resource_type, question, query = text.partition("?")
-    shell = ParsedFilter(text, resource_type, ())
-    if not question or not resource_type:
-        raise shell.refuse("expected Type?query, e.g. Observation?code=1234-5")
+    if not question:
+        raise ParsedFilter(text, resource_type, ()).refuse(_SHAPE)
+    return resource_type, query
+
+
+def parse_query(resource_type: str, query: str) -> ParsedFilter:
+    """One filter given as its type and its query: its ANDed parameters."""
+    shell = ParsedFilter(f"{resource_type}?{query}", resource_type, ())  # the text refusals name
+    if not resource_type:
+        raise shell.refuse(_SHAPE)
     parameters = []
     for part in query.split("&"):
         if not part:

@@ -1,0 +1,142 @@
+"""An export plan's steps as Beam transforms, in order, between reading and writing parts."""
+
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import apache_beam as beam
+
+from pipelines.plan import CoveredPatients, ExportPlan
+from pipelines.settings import ExportSettings
+from transforms.read.pushdown import ReadSelection
+from transforms.read.resources import ReadResources
+from transforms.select.add_associated import AddProvenance
+from transforms.select.add_referenced import CollectReferences, FilterReferenced
+from transforms.select.covered_patients import ReadPatients, ResolvePatients
+from transforms.select.group_roster import GroupRoster
+from transforms.select.in_compartment import FilterCompartment, JoinCompartment
+from transforms.select.subset_elements import SubsetElements
+from transforms.select.type_filter import FilterTypeFilter
+from transforms.storage.pg_source import ReadAt
+from transforms.write.organized import KeyBlocks
+
+Step = tuple[str, beam.PTransform]
+Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
+
+
+def read_patients(pipeline: beam.Pipeline, covered: CoveredPatients, at: ReadAt, settings: ExportSettings,
+                  errors: list) -> Patients:
+    """The covered patients, as the plan says: a side input or a PCollection to join with; their
+    unresolved Group members join `errors`."""
+    if covered.file is not None:
+        read = pipeline | "Patients" >> ReadPatients(covered.file, as_set=not covered.joined)
+    else:
+        read = pipeline | "Patients" >> ResolvePatients(
+            covered.scope, at.transaction_time, settings.source, settings.source_format, settings.chunk_bytes,
+            as_set=not covered.joined, snapshot=at.snapshot)
+    errors.append(read.issues)
+    return read.patients if covered.joined else beam.pvalue.AsSingleton(read.patients)
+
+
+def steps(plan: ExportPlan, patients: Patients) -> list[Step]:
+    """The plan's selecting steps after its read selection (shaping comes later, once the
+    referenced resources are known); `patients`: what `read_patients` gave (None: none)."""
+    chosen = type_filter_steps(plan)
+    if plan.compartment:
+        compartment = _compartment(patients, plan.window)
+        if plan.group_roster:
+            compartment = GroupRoster(compartment, plan.request.group_id, patients, plan.window)
+        chosen.append(("Compartment", compartment))
+    return chosen
+
+
+def deletion_steps(plan: ExportPlan, patients: Patients) -> list[Step]:
+    """The steps a deletion passes before `deleted[]`: at Patient and Group level, the compartment."""
+    return [("Compartment", _compartment(patients))] if plan.compartment else []
+
+
+def _compartment(patients: Patients, bounds=None) -> beam.PTransform:
+    """The compartment step for the covered patients: a keyed join for a PCollection, else a side input."""
+    if isinstance(patients, beam.PCollection):
+        return JoinCompartment(patients, bounds)
+    return FilterCompartment(patients, bounds)
+
+
+def type_filter_steps(plan: ExportPlan) -> list[Step]:
+    """The `_typeFilter` step, with the plan's compiled filters."""
+    return [("TypeFilter", FilterTypeFilter(plan.type_filters))] if plan.type_filters is not None else []
+
+
+def shaping_steps(plan: ExportPlan, patients: Patients = None) -> list[Step]:
+    """Steps that change, rather than choose, exported resources: for organized output, first their
+    blocks are noted (before `_elements`, which may drop a reference; `patients`: those that may have blocks)."""
+    chosen: list[Step] = []
+    if not plan.layout.typed:
+        chosen.append(("Blocks", KeyBlocks(patients if isinstance(patients, beam.pvalue.AsSideInput) else None)))
+    if plan.elements is not None:
+        chosen.append(("Elements", SubsetElements(plan.elements)))
+    return chosen
+
+
+def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
+    """Applies `chosen` in order, adding each step's bad records to `errors`."""
+    for label, step in chosen:
+        out = batches | prefix + label >> step
+        batches = out.batches
+        errors.append(out.errors)
+    return batches
+
+
+def add_referenced(
+    pipeline: beam.Pipeline,
+    batches: beam.PCollection,
+    plan: ExportPlan,
+    at: ReadAt,
+    settings: ExportSettings,
+    errors: list,
+) -> Optional[beam.PCollection]:
+    """The resources of the plan's referenced types that `batches` reference, shaped (None: none asked).
+
+    `batches` are the selected resources before `_elements`, so a reference an
+    element left out still counts. The source is read a second time for them;
+    that read's bad lines are already reported by the first read, so only its
+    steps' errors are kept.
+    """
+    types = plan.referenced_types
+    if not types:
+        return None
+    keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
+    again = pipeline | "ReadReferenced" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types), at=at
+    )
+    chosen = [
+        *type_filter_steps(plan),
+        ("Referenced", FilterReferenced(keys, plan.window)),
+        *shaping_steps(plan),  # organized: referenced types are in no patient's compartment
+    ]
+    return apply_steps(again.batches, chosen, errors, prefix="Referenced")
+
+
+def add_associated(
+    pipeline: beam.Pipeline,
+    batches: beam.PCollection,
+    plan: ExportPlan,
+    at: ReadAt,
+    settings: ExportSettings,
+    errors: list,
+    patients: Patients = None,
+) -> beam.PCollection:
+    """`batches` plus the Provenance resources `includeAssociatedData` asks for.
+
+    The source is read again for its Provenances, within `_until` and
+    `transactionTime` but whatever `_since` says (an old Provenance of a new
+    resource is still its Provenance); `_elements` shapes them like the rest.
+    """
+    if plan.provenance is None:
+        return batches
+    again = pipeline | "ReadProvenance" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes, selection=plan.provenance, at=at,
+    )
+    added = batches | "Associated" >> AddProvenance(again.batches, plan.latest_provenance_only)
+    added = apply_steps(added, shaping_steps(plan, patients), errors, prefix="Associated")
+    return (batches, added) | "WithAssociated" >> beam.Flatten()
