@@ -7,6 +7,7 @@ import dataclasses
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.options import ExportOptions, ExportSettings
+from transforms.errors import Refused
 from transforms.storage.layout import TEMP_DIR_NAME
 from transforms.storage.patients_file import FILE_NAME as PATIENTS_FILE
 from transforms.storage.pg_source import ReadAt
@@ -46,7 +47,7 @@ class ExportJob:
     def from_options(cls, options: ExportOptions) -> "ExportJob":
         missing = [n for n in ("source", "output", "job_id", "transaction_time") if not getattr(options, n)]
         if missing:
-            raise ValueError(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
+            raise Refused(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
         return cls(
             options.job_id,
             options.transaction_time,

@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import Optional
 
 from pipelines.models import ExportRequest
+from transforms.errors import Refused
 
 
 def scheduled_request(request: ExportRequest, last: Optional[str]) -> ExportRequest:
     """`request` with `_since` set to the schedule's last `transactionTime` (unchanged on a first run)."""
     if request.until is not None:
-        raise ValueError("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
+        raise Refused("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
     if last is None:
         return request
     return ExportRequest.model_validate({**request.model_dump(), "since": last})

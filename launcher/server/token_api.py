@@ -39,7 +39,7 @@ async def token(request: Request, app: Server = Depends(server)) -> JSONResponse
             raise
         answer = await run_in_threadpool(app.token_service.exchange, form)
     except TokenRefused as exc:
-        return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.status,
+        return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.http_status,
                             headers=_NO_STORE)
     return JSONResponse(answer, headers=_NO_STORE)
 
