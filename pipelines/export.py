@@ -30,6 +30,7 @@ from pipelines.plan_steps import (
     shaping_steps,
     steps,
 )
+from transforms.errors import Refused
 from transforms.read.postgres import unique_resources
 from transforms.read.resources import ReadResources
 from transforms.select.deletions import DeletionBundles
@@ -134,7 +135,7 @@ def part_sink(output_format: str) -> PartSink:
         return NdjsonSink()
     if output_format in PARQUET_FORMATS:
         return ParquetSink()
-    raise ValueError(f"_outputFormat {output_format!r} is not supported; use one of {NDJSON_FORMATS + PARQUET_FORMATS}")
+    raise Refused(f"_outputFormat {output_format!r} is not supported; use one of {NDJSON_FORMATS + PARQUET_FORMATS}")
 
 
 def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> beam.runners.runner.PipelineResult:
@@ -143,7 +144,7 @@ def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> bea
     prepare_runner(options)
     export = options.view_as(ExportOptions)
     if not export.request:
-        raise ValueError("missing pipeline option: --request")
+        raise Refused("missing pipeline option: --request")
     request = ExportRequest.model_validate_json(export.request)
     pipeline = beam.Pipeline(options=options)
     build_pipeline(pipeline, request, ExportJob.from_options(export), sink)

@@ -9,6 +9,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipelines.declarations import MISSING, declared, option, option_text
 from pipelines.settings import ExportSettings
+from transforms.errors import Refused
 from transforms.storage.layout import TEMP_DIR_NAME
 from transforms.storage.patients_file import FILE_NAME as PATIENTS_FILE
 from transforms.storage.pg_source import ReadAt
@@ -66,7 +67,7 @@ class ExportJob:
         missing = [o.name for o in (*declared(ExportSettings), *declared(cls))
                    if o.default is MISSING and not getattr(options, o.name)]
         if missing:
-            raise ValueError(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
+            raise Refused(f"missing pipeline options: {', '.join('--' + m for m in missing)}")
         job = {o.name: getattr(options, o.name) for o in declared(cls)}
         return cls(settings=ExportSettings.from_namespace(options), **job)
 

@@ -13,6 +13,8 @@ from typing import Optional
 
 from apache_beam.options.pipeline_options import PortableOptions
 
+from transforms.errors import Refused
+
 ENVIRONMENTS = ("DOCKER", "LOOPBACK", "PROCESS", "EXTERNAL")
 _HOST_PORT = re.compile(r"[A-Za-z0-9.-]+:\d{1,5}\Z")
 _SPARK_MASTER = re.compile(r"(spark://[A-Za-z0-9.-]+:\d{1,5}|local(\[(\d+|\*)\])?)\Z")
@@ -20,11 +22,11 @@ _SPARK_MASTER = re.compile(r"(spark://[A-Za-z0-9.-]+:\d{1,5}|local(\[(\d+|\*)\])
 
 def _environment(environment: str, sdk_image: Optional[str]) -> list[str]:
     if environment not in ENVIRONMENTS:
-        raise ValueError(f"--environment_type must be one of {ENVIRONMENTS}, not {environment!r}")
+        raise Refused(f"--environment_type must be one of {ENVIRONMENTS}, not {environment!r}")
     args = [f"--environment_type={environment}"]
     if environment == "DOCKER":
         if not sdk_image:
-            raise ValueError("--sdk_container_image: a DOCKER environment needs the worker image (templates/Dockerfile)")
+            raise Refused("--sdk_container_image: a DOCKER environment needs the worker image (templates/Dockerfile)")
         args.append(f"--sdk_container_image={sdk_image}")
     return args
 
@@ -33,7 +35,7 @@ def _parallelism(parallelism: Optional[int]) -> list[str]:
     if parallelism is None:
         return []
     if parallelism < 1:
-        raise ValueError(f"--parallelism must be positive, not {parallelism}")
+        raise Refused(f"--parallelism must be positive, not {parallelism}")
     return [f"--parallelism={parallelism}"]
 
 
@@ -41,7 +43,7 @@ def flink_args(flink_master: str, *, environment: str = "DOCKER", sdk_image: Opt
                parallelism: Optional[int] = None) -> list[str]:
     """Options for Beam's FlinkRunner against a Flink cluster's REST endpoint `host:port`."""
     if not _HOST_PORT.match(flink_master):
-        raise ValueError(f"--flink_master must be host:port (the JobManager's REST endpoint), not {flink_master!r}")
+        raise Refused(f"--flink_master must be host:port (the JobManager's REST endpoint), not {flink_master!r}")
     return ["--runner=FlinkRunner", f"--flink_master={flink_master}", *_parallelism(parallelism),
             *_environment(environment, sdk_image)]
 
@@ -49,7 +51,7 @@ def flink_args(flink_master: str, *, environment: str = "DOCKER", sdk_image: Opt
 def spark_args(spark_master: str, *, environment: str = "DOCKER", sdk_image: Optional[str] = None) -> list[str]:
     """Options for Beam's SparkRunner against `spark://host:port` (or `local[N]`)."""
     if not _SPARK_MASTER.match(spark_master):
-        raise ValueError(f"--spark_master_url must be spark://host:port or local[N], not {spark_master!r}")
+        raise Refused(f"--spark_master_url must be spark://host:port or local[N], not {spark_master!r}")
     return ["--runner=SparkRunner", f"--spark_master_url={spark_master}", *_environment(environment, sdk_image)]
 
 
@@ -61,7 +63,7 @@ def embedded_portable_args() -> list[str]:
 def multi_process_args(workers: int = 2) -> list[str]:
     """The local runner with `workers` worker processes."""
     if workers < 1:
-        raise ValueError(f"--direct_num_workers must be positive, not {workers}")
+        raise Refused(f"--direct_num_workers must be positive, not {workers}")
     return ["--direct_running_mode=multi_processing", f"--direct_num_workers={workers}"]
 
 

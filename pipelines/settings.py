@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 
 from pipelines.declarations import option
+from transforms.errors import Refused
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.storage.files import is_gcs
@@ -74,12 +75,12 @@ class ExportSettings:
         if is_postgres(self.source):
             parse_source(self.source)  # a table named, no password in the URL
         if self.signed_urls and not is_gcs(self.output):
-            raise ValueError(f"--signed-urls needs a gs:// --output, not {self.output!r}")
+            raise Refused(f"--signed-urls needs a gs:// --output, not {self.output!r}")
         for name in self.referenced_types:
             if name not in RESOURCE_TYPES:
-                raise ValueError(f"--include-referenced: {name!r} is not an R4 resource type")
+                raise Refused(f"--include-referenced: {name!r} is not an R4 resource type")
             if name in COMPARTMENT_TYPES:
-                raise ValueError(
+                raise Refused(
                     f"--include-referenced: {name} is in the Patient compartment, so it is exported already"
                 )
 
@@ -101,5 +102,5 @@ class ExportSettings:
         return cls(**values)
 
 
-class UnsafeRunnerOptions(ValueError):
+class UnsafeRunnerOptions(Refused):
     """Beam options that are known to lose data; the export refuses them."""

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from launcher.auth.clients import Client
 from launcher.auth.scopes import Grant, ScopeRefused
+from transforms.errors import Unauthorized
 from transforms.fhir.instant import now_instant
 
 ACCESS_TOKEN_S = 300
@@ -26,7 +27,7 @@ KEY_NAME = "access-token-es256"
 _REQUIRED = ["iss", "aud", "sub", "exp", "iat", "scope", "tenant"]
 
 
-class InvalidToken(Exception):
+class InvalidToken(Unauthorized):
     """A bearer token that is malformed, forged, expired or for another server; the message says which."""
 
 

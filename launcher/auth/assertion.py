@@ -19,6 +19,7 @@ from jwt import PyJWK
 
 from launcher.auth.clients import Client
 from launcher.auth.keys import SIGNING_ALGORITHMS, JwksCache, KeysRefused, algorithms_for
+from transforms.errors import Refused
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 MAX_LIFETIME_S = 300
@@ -26,12 +27,12 @@ LEEWAY_S = 5  # clock skew allowed on exp
 _REQUIRED = ["iss", "sub", "aud", "exp", "jti"]
 
 
-class TokenRefused(Exception):
+class TokenRefused(Refused):
     """A refused token request: the RFC 6749 `error` code, its description and HTTP status."""
 
     def __init__(self, error: str, description: str, status: int = 400, client: Optional[Client] = None):
         super().__init__(description)
-        self.error, self.description, self.status, self.client = error, description, status, client
+        self.error, self.description, self.http_status, self.client = error, description, status, client
 
 
 def _invalid_client(description: str, client: Optional[Client] = None) -> TokenRefused:

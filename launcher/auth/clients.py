@@ -17,17 +17,18 @@ from typing import Optional
 import orjson
 
 from launcher.core.names import check_tenant
+from transforms.errors import Refused
 
 _CLIENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._~:@/+-]{0,127}")
 
 
-class ClientExists(ValueError):
+class ClientExists(Refused):
     """A client id that is registered already."""
 
 
 def check_client_id(client_id: str) -> str:
     if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
-        raise ValueError("--client-id must be 1-128 letters, digits or ._~:@/+- , starting with a letter or digit")
+        raise Refused("--client-id must be 1-128 letters, digits or ._~:@/+- , starting with a letter or digit")
     return client_id
 
 
@@ -46,9 +47,9 @@ class Client:
         check_client_id(self.client_id)
         check_tenant(self.tenant)
         if (self.jwks_url is None) == (self.jwks is None):
-            raise ValueError("a client has either a JWKS or a jwks_url")
+            raise Refused("a client has either a JWKS or a jwks_url")
         if self.jwks is not None and not self.jwks.get("keys"):
-            raise ValueError("a client's JWKS needs at least one key")
+            raise Refused("a client's JWKS needs at least one key")
 
     def to_json_dict(self) -> dict:
         """What `clients list --json` prints: public keys and URLs only."""

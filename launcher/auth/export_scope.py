@@ -16,12 +16,13 @@ from launcher.auth.scopes import Grant, uncovered
 from launcher.kickoff.parser import with_types
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
+from transforms.errors import Forbidden
 from transforms.fhir.associated import PROVENANCE
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
 
 
-class ExportForbidden(PermissionError):
+class ExportForbidden(Forbidden, PermissionError):
     """A kick-off asking for types the access token does not cover (HTTP 403)."""
 
 

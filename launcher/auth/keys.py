@@ -21,6 +21,8 @@ import orjson
 from jwt import PyJWK
 from jwt.exceptions import PyJWKError
 
+from transforms.errors import Refused
+
 # Algorithms per key: RSA keys sign RS256/384/512, an EC key the one its curve defines.
 RSA_ALGORITHMS = ("RS384", "RS256", "RS512")
 EC_ALGORITHMS = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
@@ -33,7 +35,7 @@ CACHE_S = 300.0
 REFRESH_MIN_S = 10.0
 
 
-class KeysRefused(ValueError):
+class KeysRefused(Refused):
     """A key set that cannot be registered or used; the message says why (never the key itself)."""
 
 

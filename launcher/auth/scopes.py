@@ -15,6 +15,7 @@ import dataclasses
 import re
 from typing import Iterable, Optional
 
+from transforms.errors import Refused
 from transforms.fhir.r4 import RESOURCE_TYPES
 
 ANY_TYPE = "*"
@@ -23,7 +24,7 @@ _V2_PERMISSIONS = re.compile(r"c?r?u?d?s?")
 _SHOWN = 80  # how much of a refused scope an error repeats
 
 
-class ScopeRefused(ValueError):
+class ScopeRefused(Refused):
     """A scope that is malformed, not a system read scope, or not registered (`invalid_scope`)."""
 
 

@@ -1,7 +1,8 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
 cleanup, resume, serve, clients, sample-data. The job commands' handlers are in `launcher.cli.commands`.
 
-Exit codes (the same table is in README.md):
+Exit codes (the same table is in README.md). The codes of the engine's errors are decided in
+one place, `transforms/errors.py` (each error class carries its own); 130 and 141 here:
 
     0    success; `status` of a job that is accepted, in progress or complete
     1    about a job named or run: it failed (`error`) or was cancelled (`export`,
@@ -32,12 +33,9 @@ from typing import Optional, Sequence
 
 from launcher.cli.arguments import UsageError, build_parser
 from launcher.core.names import check_job_id, check_tenant
-from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost
-from launcher.kickoff import parser as kickoff
-from launcher.stores import InvalidJobState, JobNotFound, StoreUnavailable, TooManyActiveExports
-from pipelines.settings import UnsafeRunnerOptions
+from transforms.errors import ExportError, Refused, Unavailable
 
-EXIT_OK, EXIT_JOB, EXIT_REFUSED, EXIT_TOO_MANY, EXIT_STORE = 0, 1, 2, 3, 4
+EXIT_REFUSED, EXIT_STORE = Refused.exit_code, Unavailable.exit_code  # a usage error; an OSError
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
@@ -88,18 +86,8 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         code = args.handler(args, extra)
         sys.stdout.flush()  # here, so a closed pipe is caught now, not at exit
         return code
-    except (kickoff.KickoffRefused, UnsafeRunnerOptions, ValueError) as exc:
-        return _fail(args, EXIT_REFUSED, f"refused: {exc}")
-    except ExportFailed as exc:
-        # The job exists (status `error`); name it so `status JOB` can be asked.
-        hint = "" if args.verbose else " (-v shows Beam's log)"
-        return _fail(args, EXIT_JOB, f"job {exc.job_id} failed: {exc}{hint}")
-    except TooManyActiveExports as exc:
-        return _fail(args, EXIT_TOO_MANY, f"refused: {exc}")
-    except (JobNotFound, InvalidJobState, JobCancelled, LeaseLost) as exc:
-        return _fail(args, EXIT_JOB, str(exc))
-    except StoreUnavailable as exc:
-        return _fail(args, EXIT_STORE, str(exc))
+    except ExportError as exc:  # its class decides the exit code (transforms/errors.py)
+        return _fail(args, exc.exit_code, exc.cli_message(args.verbose))
     except BrokenPipeError:
         raise
     except OSError as exc:  # a state folder, audit log or output the command cannot read or write

@@ -14,6 +14,7 @@ import struct
 from typing import Iterable
 
 from pipelines.settings import ExportSettings
+from transforms.errors import Refused
 from transforms.storage.files import is_local
 
 TENANT_PLACEHOLDER = "{tenant}"
@@ -23,8 +24,8 @@ _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
 def check_segment(name: str, value: str) -> str:
     """Returns `value` if it is a safe single path segment, else raises naming `name`."""
     if not isinstance(value, str) or not _SEGMENT.match(value) or ".." in value:
-        raise ValueError(f"{name} {value!r} must be 1-64 letters, digits, '.', '_' or '-' (no '..'), "
-                         "starting with a letter or digit")
+        raise Refused(f"{name} {value!r} must be 1-64 letters, digits, '.', '_' or '-' (no '..'), "
+                      "starting with a letter or digit")
     return value
 
 
@@ -64,7 +65,7 @@ def job_output_dir(output_dir: str, tenant: str, job_id: str) -> str:
     """A recorded output folder, checked to be `<root>/<tenant>/<job_id>` before anything removes it."""
     parts = output_dir.rstrip("/").split("/")
     if parts[-2:] != [check_tenant(tenant), check_job_id(job_id)] or ".." in parts:
-        raise ValueError(f"recorded output folder {output_dir!r} is not <output>/{tenant}/{job_id}")
+        raise Refused(f"recorded output folder {output_dir!r} is not <output>/{tenant}/{job_id}")
     return output_dir
 
 

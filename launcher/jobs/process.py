@@ -25,6 +25,7 @@ from typing import Callable, Optional
 from launcher.core.audit import AuditLog
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
+from transforms.errors import JobFailed
 
 POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
@@ -39,12 +40,16 @@ DEFAULT_LEASE_S = 30.0
 ProgressCallback = Callable[[StoredJob], None]
 
 
-class ExportFailed(RuntimeError):
+class ExportFailed(JobFailed, RuntimeError):
     """The job was recorded and then failed; the store holds the same message."""
 
     def __init__(self, job_id: str, message: str):
         super().__init__(message)
         self.job_id = job_id
+
+    def cli_message(self, verbose: bool = False) -> str:
+        # The job exists (status `error`); name it so `status JOB` can be asked.
+        return f"job {self.job_id} failed: {self}" + ("" if verbose else " (-v shows Beam's log)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,7 +64,7 @@ class RunControl:
     nice: int = 0
 
 
-class JobCancelled(RuntimeError):
+class JobCancelled(JobFailed, RuntimeError):
     """The job was cancelled while this launcher ran it."""
 
     def __init__(self, job_id: str):
@@ -67,7 +72,7 @@ class JobCancelled(RuntimeError):
         self.job_id = job_id
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(JobFailed, RuntimeError):
     """Another store client decided this launcher was gone and took the job over."""
 
 

@@ -16,12 +16,13 @@ from typing import Optional
 
 from launcher.kickoff.parser import with_since
 from pipelines.models import ExportRequest
+from transforms.errors import Refused
 
 
 def scheduled_request(request: ExportRequest, last: Optional[str]) -> ExportRequest:
     """`request` with `_since` set to the schedule's last `transactionTime` (unchanged on a first run)."""
     if request.until is not None:
-        raise ValueError("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
+        raise Refused("--schedule: a scheduled export cannot have _until; each run ends at its transactionTime")
     if last is None:
         return request
     return with_since(request, last)

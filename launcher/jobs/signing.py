@@ -8,6 +8,7 @@ client gets working URLs without the export running again.
 from __future__ import annotations
 
 from pipelines.models import Manifest, OutputFile
+from transforms.errors import Refused
 from transforms.storage.urls import resign
 
 
@@ -17,7 +18,7 @@ def refresh_urls(manifest: Manifest, ttl_s: int, key_path: str = "") -> Manifest
     if not entries:
         return manifest
     if any(e.url.startswith("file:") for e in entries):
-        raise ValueError("--refresh-urls: this job's files are local (file://); only gs:// output is signed")
+        raise Refused("--refresh-urls: this job's files are local (file://); only gs:// output is signed")
     urls = resign([e.url for e in entries], ttl_s, key_path)
     fresh = [OutputFile(type=e.type, url=url, count=e.count) for e, url in zip(entries, urls)]
     n = len(manifest.output)

@@ -32,18 +32,19 @@ from launcher.stores import SCHEMES
 from pipelines.export import run
 from pipelines.models import ExportRequest
 from pipelines.options import ExportOptions, ExportSettings
+from transforms.errors import Refused
 
 
 def submit(argv: Sequence[str]) -> str:
     """Validates, records and submits one export from pipeline options; returns its job id once submitted."""
     options = PipelineOptions(list(argv)).view_as(ExportOptions)
     if not options.job_store:
-        raise ValueError("--job_store: a submitted job needs a store its workers reach (postgresql://...)")
+        raise Refused("--job_store: a submitted job needs a store its workers reach (postgresql://...)")
     check_no_password(options.job_store)
     if not options.request:
-        raise ValueError("missing pipeline option: --request")
+        raise Refused("missing pipeline option: --request")
     if not options.lease_s > 0:
-        raise ValueError(f"--lease_s must be positive, not {options.lease_s}")
+        raise Refused(f"--lease_s must be positive, not {options.lease_s}")
     request = validated(ExportRequest.model_validate_json(options.request))
     store = open_store(options.job_store)
     # No cap; the lease is renewed by the pipeline's reports once this launcher has ended.

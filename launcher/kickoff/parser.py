@@ -26,6 +26,7 @@ import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
 from pipelines.plan import compile_filters
+from transforms.errors import Refused
 from transforms.fhir.associated import ASSOCIATED_DATA
 from transforms.fhir.compartment import patient_reference_id
 from transforms.fhir.elements import ElementsRefused, parse_elements
@@ -56,13 +57,15 @@ _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 _IGNORABLE: dict[str, str] = {}
 
 
-class KickoffRefused(ValueError):
+class KickoffRefused(Refused):
     """A kickoff the engine will not run; `str()` names the parameter and the reason."""
 
     def __init__(self, parameter: str, reason: str):
         super().__init__(f"{parameter}: {reason}")
         self.parameter = parameter
         self.reason = reason
+        if parameter == "kickoff":  # the endpoint itself, not a parameter's value
+            self.issue_code = "not-supported"
 
 
 def parse_get(url: str, strict: bool = True) -> ExportRequest:

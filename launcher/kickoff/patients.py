@@ -19,6 +19,7 @@ from typing import Optional
 from launcher.core.names import source_bytes
 from launcher.kickoff.parser import KickoffRefused
 from pipelines.models import ExportLevel, ExportRequest
+from transforms.errors import Refused
 from transforms.fhir.group import Membership
 from transforms.fhir.membership import MembershipRefused, membership_of
 from transforms.read.lookup import index_source
@@ -35,7 +36,7 @@ def scan_limit() -> int:
     if not text:
         return DEFAULT_SCAN_LIMIT
     if not text.isdigit():
-        raise ValueError(f"{SCAN_LIMIT_ENV} must be a number of bytes, not {text!r}")
+        raise Refused(f"{SCAN_LIMIT_ENV} must be a number of bytes, not {text!r}")
     return int(text)
 
 

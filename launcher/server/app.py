@@ -21,9 +21,10 @@ from launcher.jobs.process import RunControl
 from launcher.server import files_api, kickoff_api, metadata_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
-from launcher.server.deps import Server
+from launcher.server.deps import Server, audit_refusal
 from launcher.server.outcomes import FhirError, outcome_response
 from launcher.stores import open_store
+from transforms.errors import ExportError, Forbidden, Unauthorized
 
 _LOG = logging.getLogger(__name__)
 # Pipelines run at a lower CPU priority than the server, so status polls stay fast while exports run.
@@ -38,7 +39,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                   openapi_url=None)
     for module in (kickoff_api, status_api, files_api, metadata_api, token_api):
         app.include_router(module.router)
-    app.add_exception_handler(FhirError, outcome_response)
+    app.add_exception_handler(ExportError, _export_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
@@ -106,6 +107,21 @@ class _DeclaredBodyLimit:
                 await outcome_response(request, error)(scope, receive, send)
                 return
         await self._app(scope, receive, send)
+
+
+async def _export_error(request: Request, exc: ExportError):
+    """Every error of the engine, answered as its OperationOutcome. A refused access is audited; a 429 says
+    when to ask again; a failure on the server's side (5xx, unless a `FhirError` chose it) tells nothing of
+    itself."""
+    if exc.http_status >= 500 and not isinstance(exc, FhirError):
+        return await _unexpected(request, exc)
+    server: Server = request.app.state.server
+    if isinstance(exc, (Unauthorized, Forbidden)):
+        await run_in_threadpool(audit_refusal, server, request, exc)
+    response = outcome_response(request, exc)
+    if exc.http_status == 429:
+        response.headers["Retry-After"] = str(server.config.retry_after_s * 5)
+    return response
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -6,6 +6,7 @@ import dataclasses
 from typing import Optional
 
 from pipelines.settings import ExportSettings
+from transforms.errors import Refused
 
 AUTH_MODES = ("none", "smart")
 TOKEN_PATH = "/auth/token"
@@ -37,12 +38,12 @@ class ServerConfig:
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
-            raise ValueError(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
+            raise Refused(f"--auth must be one of {', '.join(AUTH_MODES)}, not {self.auth!r}")
         if not self.base_url.startswith(("http://", "https://")):
-            raise ValueError(f"--base-url must be an http(s) URL, not {self.base_url!r}")
+            raise Refused(f"--base-url must be an http(s) URL, not {self.base_url!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if self.manifest_page_files < 1:
-            raise ValueError("--manifest-page-files must be at least 1")
+            raise Refused("--manifest-page-files must be at least 1")
 
     @property
     def store_url(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Union
 
 from fastapi import Depends, Request
 
@@ -13,9 +13,9 @@ from launcher.auth.token_service import TokenService
 from launcher.core.audit import MINOR_FAILURE, AuditLog
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
-from launcher.server.outcomes import FhirError
 from launcher.stores import JobStore
 from pipelines.settings import ExportSettings
+from transforms.errors import Forbidden, Unauthorized
 
 
 @dataclasses.dataclass
@@ -40,10 +40,6 @@ class Caller:
     grant: Grant = EVERYTHING
     client_id: Optional[str] = None
 
-    def refuse(self, app: Server, request: Request, status: int, diagnostics: str) -> FhirError:
-        """The error for a request this caller may not make, audited."""
-        return _refused(app, request, self.tenant, self.client_id, FhirError(status, "forbidden", diagnostics))
-
 
 async def server(request: Request) -> Server:  # async: no thread hop per request
     return request.app.state.server
@@ -61,33 +57,38 @@ async def read_body(request: Request, limit: int) -> Optional[bytes]:
 
 def caller(request: Request, app: Server = Depends(server)) -> Caller:
     """The caller: with `--auth smart`, the client a valid bearer token names (else 401); without,
-    the server's own tenant and owner."""
+    the server's own tenant and owner. It is kept in `request.state.caller` (whose refusal is audited)."""
+    request.state.caller = who = _caller(request, app)
+    return who
+
+
+def _caller(request: Request, app: Server) -> Caller:
     if app.tokens is None:
         return Caller(app.config.tenant, app.config.owner)
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise _unauthorized(app, request, "an access token is required: Authorization: Bearer <token>", None)
+        raise _unauthorized(app, "an access token is required: Authorization: Bearer <token>", None)
     try:
         principal = app.tokens.verify(token.strip())
     except InvalidToken as exc:
-        raise _unauthorized(app, request, str(exc), "invalid_token") from None
+        raise _unauthorized(app, str(exc), "invalid_token") from None
     client = app.store.client(principal.client_id)
     if client is None or client.tenant != principal.tenant:
-        raise _unauthorized(app, request, "the access token's client is no longer registered", "invalid_token")
+        raise _unauthorized(app, "the access token's client is no longer registered", "invalid_token")
     return Caller(principal.tenant, principal.client_id, principal.grant, principal.client_id)
 
 
-def _unauthorized(app: Server, request: Request, diagnostics: str, error: Optional[str]) -> FhirError:
-    """401 with the RFC 6750 challenge; audited against the server's tenant (the caller is unknown)."""
+def _unauthorized(app: Server, diagnostics: str, error: Optional[str]) -> Unauthorized:
+    """401 with the RFC 6750 challenge."""
     challenge = f'Bearer realm="{app.config.fhir_base}"'
     if error:
         challenge += f', error="{error}", error_description="{diagnostics}"'
-    return _refused(app, request, app.config.tenant, None,
-                    FhirError(401, "login", diagnostics, {"WWW-Authenticate": challenge}))
+    return Unauthorized(diagnostics, challenge)
 
 
-def _refused(app: Server, request: Request, tenant: str, client_id: Optional[str], error: FhirError) -> FhirError:
-    """`error`, once its refusal of `request` is audited in `tenant`'s log."""
-    app.audit.access("access-refused", tenant, client_id, MINOR_FAILURE, f"{error.status}: {error.diagnostics}",
+def audit_refusal(app: Server, request: Request, error: Union[Unauthorized, Forbidden]) -> None:
+    """Audits a refused access in its caller's tenant log (the server's tenant when the caller is unknown)."""
+    who: Optional[Caller] = getattr(request.state, "caller", None)
+    tenant, client_id = (who.tenant, who.client_id) if who is not None else (app.config.tenant, None)
+    app.audit.access("access-refused", tenant, client_id, MINOR_FAILURE, f"{error.http_status}: {error}",
                      f"{request.method} {request.url.path}")
-    return error

@@ -22,9 +22,9 @@ from launcher.core.names import check_job_id
 from launcher.jobs.manifest_pages import listed_file
 from launcher.server.config import FILES_PATH
 from launcher.server.deps import Caller, Server, caller, server
-from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound
 from pipelines.models import ExportStatus, OutputFile
+from transforms.errors import Forbidden, NotFound, Refused
 from transforms.storage.layout import NDJSON_MIME, PARQUET_MIME
 
 router = APIRouter()
@@ -52,12 +52,12 @@ class _File(FileResponse):
 def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id: str, path: str) -> str:
     """The local path of a file the caller's job lists in its manifest; 404 for anything else, and 403
     for an output file of a type the caller's token does not cover."""
-    missing = FhirError(404, "not-found", "no such file")
+    missing = NotFound("no such file")
     if tenant != who.tenant:
         raise missing
     try:
         record = app.store.get(tenant, check_job_id(job_id), who.owner)
-    except (JobNotFound, ValueError):
+    except (JobNotFound, Refused):  # a bad job id looks the same
         raise missing from None
     url = f"{app.config.files_base}/{tenant}/{job_id}/{path}"
     if record.status is ExportStatus.IN_PROGRESS and record.request.allow_partial_manifests:
@@ -73,13 +73,13 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
         if output is None and url not in {entry.url for entry in manifest.error + manifest.deleted}:
             raise missing
     if output is not None and output.type is not None and not who.grant.covers(output.type):
-        raise who.refuse(app, request, 403, f"the access token's scopes do not cover {output.type}")
+        raise Forbidden(f"the access token's scopes do not cover {output.type}")
     if output is not None and output.type is None and not _covers_job(who, record.request.types):
         # A file of patient blocks holds every type the job exported.
-        raise who.refuse(app, request, 403, "the access token's scopes do not cover every type of this export")
+        raise Forbidden("the access token's scopes do not cover every type of this export")
     local = os.path.join(record.output_dir, path)
     if not os.path.isfile(local):
-        raise FhirError(404, "not-found", "the file is gone (the job was removed)")
+        raise NotFound("the file is gone (the job was removed)")
     return local
 
 

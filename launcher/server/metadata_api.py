@@ -12,7 +12,8 @@ from fastapi.responses import JSONResponse
 from launcher.auth.keys import SIGNING_ALGORITHMS
 from launcher.server.config import SMART_CONFIGURATION_PATH
 from launcher.server.deps import Server, server
-from launcher.server.outcomes import FHIR_JSON, FhirError
+from launcher.server.outcomes import FHIR_JSON
+from transforms.errors import NotFound
 from transforms.fhir.instant import now_instant
 from transforms.fhir.r4 import RESOURCE_TYPES
 
@@ -38,7 +39,7 @@ def metadata(app: Server = Depends(server)) -> JSONResponse:
 @router.get(SMART_CONFIGURATION_PATH)
 def smart_configuration(app: Server = Depends(server)) -> JSONResponse:
     if app.tokens is None:
-        raise FhirError(404, "not-found", "this server needs no access token (--auth none)")
+        raise NotFound("this server needs no access token (--auth none)")
     return JSONResponse({
         "issuer": app.tokens.issuer,
         "token_endpoint": app.config.token_url,

@@ -11,19 +11,21 @@ from typing import Optional
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
+from transforms.errors import ExportError
+
 FHIR_JSON = "application/fhir+json"
 PLAIN_JSON = "application/json"
 
 
-class FhirError(Exception):
-    """An error answered as an OperationOutcome with `status`; `code` is the FHIR issue type."""
+class FhirError(ExportError):
+    """A purely HTTP condition (a bad `Accept`, an oversized body, a failed job's status) answered with
+    `status`; `code` is the FHIR issue type. The engine's own errors are `transforms.errors` classes."""
 
-    def __init__(self, status: int, code: str, diagnostics: str, headers: Optional[dict[str, str]] = None,
-                 severity: str = "error"):
+    def __init__(self, status: int, code: str, diagnostics: str, headers: Optional[dict[str, str]] = None):
         super().__init__(diagnostics)
-        self.status, self.code, self.diagnostics = status, code, diagnostics
-        self.headers = headers or {}
-        self.severity = severity
+        self.http_status, self.issue_code = status, code
+        if headers:
+            self.headers = headers
 
 
 def operation_outcome(code: str, diagnostics: str, severity: str = "error") -> dict:
@@ -37,6 +39,7 @@ def json_media_type(request: Request) -> str:
     return PLAIN_JSON if PLAIN_JSON in accept and FHIR_JSON not in accept else FHIR_JSON
 
 
-def outcome_response(request: Request, error: FhirError) -> JSONResponse:
-    return JSONResponse(operation_outcome(error.code, error.diagnostics, error.severity), status_code=error.status,
-                        headers=error.headers, media_type=json_media_type(request))
+def outcome_response(request: Request, error: ExportError) -> JSONResponse:
+    """`error` as an OperationOutcome: its status, issue type, message and headers."""
+    return JSONResponse(operation_outcome(error.issue_code, str(error)), status_code=error.http_status,
+                        headers=dict(error.headers), media_type=json_media_type(request))

@@ -26,6 +26,7 @@ from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
 from launcher.stores import JobNotFound, StoredJob
 from pipelines.models import ExportStatus
+from transforms.errors import NotFound, Refused
 from transforms.fhir.instant import instant_key
 
 router = APIRouter()
@@ -38,7 +39,7 @@ def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server
     if record.request.allow_partial_manifests and record.status in (ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE):
         return _page(app, who, record, 1 if page is None else page)
     if page is not None:
-        raise FhirError(400, "invalid", "page: only an export kicked off with allowPartialManifests=true has pages")
+        raise Refused("page: only an export kicked off with allowPartialManifests=true has pages")
     if not record.status.is_terminal:
         return _in_progress(app, record)
     if record.status is ExportStatus.COMPLETE:
@@ -47,21 +48,21 @@ def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server
             manifest = manifest.model_copy(update={"requires_access_token": True})
         return JSONResponse(manifest.to_json_dict(), headers={"Expires": _expires(record, app.config.cleanup_ttl_s)})
     if record.status is ExportStatus.CANCELLED:
-        raise FhirError(404, "not-found", f"job {job_id} was cancelled")
+        raise NotFound(f"job {job_id} was cancelled")
     raise FhirError(500, "exception", f"job {job_id} failed: {record.error_message or 'unknown error'}")
 
 
 def _page(app: Server, who: Caller, record: StoredJob, page: int) -> Response:
     """A page of an allowPartialManifests export's manifest (200), or 202 while it is not ready."""
     if page < 1:
-        raise FhirError(400, "invalid", "page: must be 1 or more")
+        raise Refused("page: must be 1 or more")
     requires = app.tokens is not None or requires_token(app.store, record)
     base = app.config.status_url(record.job_id)
     manifest = manifest_page(app.store, record, who.owner, page, lambda n: f"{base}?page={n}", requires,
                              app.config.manifest_page_files)
     if manifest is None:
         if record.status is ExportStatus.COMPLETE:
-            raise FhirError(404, "not-found", f"page {page}: the manifest has fewer pages")
+            raise NotFound(f"page {page}: the manifest has fewer pages")
         return _in_progress(app, record)
     if record.status is ExportStatus.COMPLETE:
         headers = {"Expires": _expires(record, app.config.cleanup_ttl_s)}
@@ -89,8 +90,8 @@ def delete(job_id: str, app: Server = Depends(server), who: Caller = Depends(cal
 def _job(app: Server, who: Caller, job_id: str) -> StoredJob:
     try:
         return app.store.get(who.tenant, check_job_id(job_id), who.owner)
-    except (JobNotFound, ValueError):
-        raise FhirError(404, "not-found", f"no export job {job_id!r}") from None
+    except (JobNotFound, Refused):  # a bad job id looks the same
+        raise NotFound(f"no export job {job_id!r}") from None
 
 
 def progress_text(record: StoredJob) -> str:

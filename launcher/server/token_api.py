@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from launcher.auth.assertion import TokenRefused
 from launcher.server.config import TOKEN_PATH
 from launcher.server.deps import Server, read_body, server
-from launcher.server.outcomes import FhirError
+from transforms.errors import NotFound
 
 router = APIRouter()
 FORM = "application/x-www-form-urlencoded"
@@ -30,7 +30,7 @@ _MAX_FIELDS = 16
 @router.post(TOKEN_PATH)
 async def token(request: Request, app: Server = Depends(server)) -> JSONResponse:
     if app.token_service is None:
-        raise FhirError(404, "not-found", "this server does not issue tokens (--auth none)")
+        raise NotFound("this server does not issue tokens (--auth none)")
     try:
         try:
             form = await _form(request)
@@ -39,7 +39,7 @@ async def token(request: Request, app: Server = Depends(server)) -> JSONResponse
             raise
         answer = await run_in_threadpool(app.token_service.exchange, form)
     except TokenRefused as exc:
-        return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.status,
+        return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.http_status,
                             headers=_NO_STORE)
     return JSONResponse(answer, headers=_NO_STORE)
 

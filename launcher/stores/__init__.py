@@ -21,6 +21,7 @@ from launcher.stores.base import (
 )
 from launcher.stores.postgresql import SCHEMES, PostgresJobStore
 from launcher.stores.sqlite import DB_NAME, SqliteJobStore
+from transforms.errors import Refused
 
 
 def check_no_password(store_url: str) -> str:
@@ -31,8 +32,8 @@ def check_no_password(store_url: str) -> str:
     """
     parts = urlsplit(store_url)
     if "://" in store_url and (parts.password or any(k == "password" for k, _ in parse_qsl(parts.query))):
-        raise ValueError("--job-store: the URL carries a password, which would reach pipeline options and "
-                         "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
+        raise Refused("--job-store: the URL carries a password, which would reach pipeline options and "
+                      "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
     return store_url
 
 
@@ -50,7 +51,7 @@ def open_store(url: str, read_only: bool = False, migrated: bool = False) -> Job
         store._ready = migrated
         return store
     if "://" in url:
-        raise ValueError(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
+        raise Refused(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
     store = SqliteJobStore(url)
     store._ready = migrated
     if read_only and not store.writable():

@@ -8,21 +8,22 @@ from typing import NamedTuple, Optional, Protocol, Union
 from pydantic import computed_field
 
 from pipelines.models import ExportStatus, JobRecord, Manifest
+from transforms.errors import JobStateError, NotFound, TooManyActive, Unavailable
 
 
-class JobNotFound(LookupError):
+class JobNotFound(NotFound, LookupError):
     """No such job for this tenant and owner (another tenant's jobs look the same)."""
 
 
-class InvalidJobState(RuntimeError):
+class InvalidJobState(JobStateError, RuntimeError):
     """The job is not in a state that allows the requested transition."""
 
 
-class TooManyActiveExports(RuntimeError):
+class TooManyActiveExports(TooManyActive, RuntimeError):
     """The tenant already has its maximum of accepted or running jobs (HTTP 429)."""
 
 
-class StoreUnavailable(RuntimeError):
+class StoreUnavailable(Unavailable, RuntimeError):
     """The job store cannot be opened, read or written (a read-only or missing state folder, a
     database that cannot be reached, a schema newer than this code)."""
 

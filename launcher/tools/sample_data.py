@@ -16,6 +16,8 @@ from contextlib import ExitStack
 
 import orjson
 
+from transforms.errors import Refused
+
 __all__ = ["RESOURCES_PER_PATIENT", "RESOURCE_TYPES", "generate", "iter_resources"]
 
 # Average resources emitted per patient: 1 Patient + 9.5 Observation + 3 Encounter
@@ -184,7 +186,7 @@ def iter_resources(patients: int, seed: int = 42) -> Iterator[dict]:
     a resource before mutating it in place.
     """
     if patients < 0:
-        raise ValueError("patients must be >= 0")
+        raise Refused("patients must be >= 0")
     rng = random.Random(seed)
     rand, choice, randrange, randint = rng.random, rng.choice, rng.randrange, rng.randint
     n_org, n_prac = max(2, round(patients / 20)), max(2, round(patients / 10))

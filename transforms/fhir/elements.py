@@ -26,6 +26,7 @@ from typing import Any, Optional
 import orjson
 from pydantic import BaseModel, ConfigDict
 
+from transforms.errors import Refused
 from transforms.fhir.r4 import load_definition
 
 SUBSETTED_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
@@ -34,7 +35,7 @@ ALWAYS_KEPT = frozenset({"resourceType", "id", "meta"})
 _CHOICE = "[x]"
 
 
-class ElementsRefused(ValueError):
+class ElementsRefused(Refused):
     """An `_elements` value the engine will not apply; `reason` names the bad entry."""
 
     def __init__(self, reason: str):

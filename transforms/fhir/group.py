@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Iterable, NamedTuple, Optional
 
+from transforms.errors import Refused
 from transforms.fhir.compartment import PATIENT, PatientSet
 from transforms.fhir.elements import _tagged  # the one SUBSETTED tagging rule, shared with `_elements`
 from transforms.fhir.instant import InvalidInstant, datetime_bounds, instant_key
@@ -28,7 +29,7 @@ from transforms.fhir.references import split_reference
 GROUP = "Group"
 
 
-class GroupRefused(ValueError):
+class GroupRefused(Refused):
     """The Group cannot be exported as asked; `str()` says why."""
 
 

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 from typing import Iterable, NamedTuple, Optional
 
+from transforms.errors import Refused
 from transforms.fhir.compartment import PATIENT, PatientSet
 from transforms.fhir.group import GROUP, GroupRefused, Membership, resolve_group
 
 
-class MembershipRefused(ValueError):
+class MembershipRefused(Refused):
     """The covered patients cannot be resolved as asked; `parameter` names the kick-off parameter."""
 
     def __init__(self, parameter: str, reason: str):

@@ -14,6 +14,7 @@ import re
 import shutil
 from typing import IO, Optional
 
+from transforms.errors import Refused
 from transforms.storage.layout import NDJSON_MIME
 
 EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
@@ -37,10 +38,10 @@ def is_local(path: str) -> bool:
 def split(path: str) -> tuple[str, str]:
     """`gs://bucket/name` -> `("bucket", "name")`; refuses anything else."""
     if not is_gcs(path) or "/" not in path[len(SCHEME):]:
-        raise ValueError(f"{path!r} is not a gs://bucket/object path")
+        raise Refused(f"{path!r} is not a gs://bucket/object path")
     bucket, name = path[len(SCHEME):].split("/", 1)
     if not bucket or not name:
-        raise ValueError(f"{path!r} is not a gs://bucket/object path")
+        raise Refused(f"{path!r} is not a gs://bucket/object path")
     return bucket, name
 
 

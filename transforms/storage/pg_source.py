@@ -13,6 +13,8 @@ import re
 from typing import NamedTuple
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from transforms.errors import Refused
+
 SCHEMES = ("postgresql://", "postgres://")
 APPLICATION_NAME = "bulk-export"  # every connection of an export; read-only
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?\Z")
@@ -46,18 +48,18 @@ def parse_source(source: str) -> PgSource:
     """Parses a PostgreSQL source URL; `ValueError` names what is wrong, never the password."""
     parts = urlsplit(source)
     if parts.password is not None:
-        raise ValueError("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
-                         " file (PGPASSFILE, ~/.pgpass), which libpq reads")
+        raise Refused("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
+                      " file (PGPASSFILE, ~/.pgpass), which libpq reads")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
     if "password" in params:
-        raise ValueError("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
-                         " file (PGPASSFILE, ~/.pgpass), which libpq reads")
+        raise Refused("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
+                      " file (PGPASSFILE, ~/.pgpass), which libpq reads")
     table = params.pop("table", "")
     history = params.pop("history", "false")
     if not _NAME.match(table):
-        raise ValueError("--source: a PostgreSQL source needs ?table=NAME (a table or view, optionally schema.name)")
+        raise Refused("--source: a PostgreSQL source needs ?table=NAME (a table or view, optionally schema.name)")
     if history not in ("true", "false"):
-        raise ValueError("--source: history must be true or false")
+        raise Refused("--source: history must be true or false")
     conninfo = urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(params), ""))
     host = parts.hostname or "localhost"
     display = f"postgresql://{host}{f':{parts.port}' if parts.port else ''}{parts.path}?table={table}"

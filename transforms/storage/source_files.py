@@ -12,11 +12,12 @@ import posixpath
 import stat
 from typing import NamedTuple, Optional
 
+from transforms.errors import Unavailable
 from transforms.storage.files import is_local
 from transforms.storage.pg_source import SCHEMES as PG_SCHEMES
 
 
-class SourceError(IOError):
+class SourceError(Unavailable, IOError):
     """The source is missing or unreadable; the whole export must fail."""
 
 

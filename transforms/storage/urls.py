@@ -18,6 +18,7 @@ from urllib.parse import quote, unquote, urlparse
 
 import orjson
 
+from transforms.errors import Refused
 from transforms.storage import files as storage
 
 MAX_TTL_S = 7 * 24 * 3600
@@ -28,7 +29,7 @@ GCS_ENDPOINT = "https://storage.googleapis.com"
 
 def check_ttl(ttl_s: int) -> int:
     if not isinstance(ttl_s, int) or not 1 <= ttl_s <= MAX_TTL_S:
-        raise ValueError(f"--url-ttl must be between 1 second and 7 days (V4 signed URLs), not {ttl_s!r} s")
+        raise Refused(f"--url-ttl must be between 1 second and 7 days (V4 signed URLs), not {ttl_s!r} s")
     return ttl_s
 
 
@@ -39,13 +40,13 @@ def load_key(path: str = "") -> object:
 
     path = path or os.environ.get(KEY_ENV, "")
     if not path:
-        raise ValueError(f"--signing-key: signed URLs need a service-account JSON key (or ${KEY_ENV})")
+        raise Refused(f"--signing-key: signed URLs need a service-account JSON key (or ${KEY_ENV})")
     try:
         with FileSystems.open(path, compression_type="uncompressed") as f:
             info = orjson.loads(f.read())
         return service_account.Credentials.from_service_account_info(info)
     except (OSError, ValueError, KeyError) as exc:
-        raise ValueError(f"--signing-key {path}: not a readable service-account JSON key ({exc})") from None
+        raise Refused(f"--signing-key {path}: not a readable service-account JSON key ({exc})") from None
 
 
 def sign(path: str, ttl_s: int, credentials: object) -> str:
@@ -70,7 +71,7 @@ def gcs_path_of(url: str) -> str:
     parsed = urlparse(url)
     bucket, _, name = unquote(parsed.path).lstrip("/").partition("/")
     if parsed.scheme not in ("http", "https") or not bucket or not name:
-        raise ValueError(f"{url!r} names no GCS object")
+        raise Refused(f"{url!r} names no GCS object")
     return f"gs://{bucket}/{name}"
 
 
@@ -94,7 +95,7 @@ class ManifestUrls:
         """A function from a written file's path to its manifest URL (loads the key once)."""
         if self.signed:
             if not storage.is_gcs(output_root):
-                raise ValueError(f"--signed-urls needs a gs:// --output, not {output_root!r}")
+                raise Refused(f"--signed-urls needs a gs:// --output, not {output_root!r}")
             credentials = load_key(self.key_path)
             return lambda path: sign(path, self.ttl_s, credentials)
         if self.base_url and storage.is_local(output_root):
@@ -113,7 +114,7 @@ def served_url(path: str, output_root: str, base_url: str) -> str:
     """The URL under which a server publishes a local file: `base_url` + its path below `output_root`."""
     relative = os.path.relpath(os.path.abspath(path), os.path.abspath(output_root))
     if relative.startswith(".."):
-        raise ValueError(f"{path!r} is not under the output folder {output_root!r}")
+        raise Refused(f"{path!r} is not under the output folder {output_root!r}")
     return f"{base_url.rstrip('/')}/{quote(relative.replace(os.sep, '/'))}"
 
 

@@ -20,6 +20,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
+from transforms.errors import Refused
 from transforms.records import PartFile, Resource, ResourceBatch
 from transforms.steps.fence import Fence, ProgressSink, StaleAttempt, check_fence
 from transforms.storage.files import create_file, remove_abandoned
@@ -48,7 +49,7 @@ class WriteParts(beam.PTransform):
         and lists it the moment it is closed."""
         super().__init__()
         if max_lines < 1 or max_bytes < 1:
-            raise ValueError("part limits must be positive")
+            raise Refused("part limits must be positive")
         self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence, publish)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:

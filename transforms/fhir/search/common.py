@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+from transforms.errors import Refused
 
-class TypeFilterRefused(ValueError):
+
+class TypeFilterRefused(Refused):
     """A `_typeFilter` value this server cannot apply exactly; the message names it."""
 
 
