@@ -37,7 +37,7 @@ from launcher.kickoff import parser as kickoff
 from launcher.stores import InvalidJobState, JobNotFound, StoreUnavailable, TooManyActiveExports
 from pipelines.settings import UnsafeRunnerOptions
 
-EXIT_OK, EXIT_JOB, EXIT_REFUSED, EXIT_TOO_MANY, EXIT_STORE = 0, 1, 2, 3, 4
+EXIT_JOB, EXIT_REFUSED, EXIT_TOO_MANY, EXIT_STORE = 1, 2, 3, 4
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 

@@ -46,10 +46,8 @@ _KNOWN = (
     "organizeOutputBy",
     "allowPartialManifests",
 )
-_NOT_YET: dict[str, str] = {}
 # IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
 _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
-_IGNORABLE: dict[str, str] = {}
 
 
 class KickoffRefused(ValueError):
@@ -177,12 +175,10 @@ def _build(
     joined = {name: ",".join(values) for name, values in params.items()}
     ignored = []
     for name, value in joined.items():
-        if name in _NOT_YET:
-            raise KickoffRefused(name, _NOT_YET[name])
         if name == "patient" and level is ExportLevel.SYSTEM:
             raise KickoffRefused("patient", "is allowed only in Patient- and Group-level exports")
-        if name in _IGNORABLE or name not in _KNOWN:
-            reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
+        if name not in _KNOWN:
+            reason = "is not a Bulk Data kickoff parameter"
             shown = _printable(name)
             if strict:
                 raise KickoffRefused(
