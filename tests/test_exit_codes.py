@@ -24,8 +24,7 @@ import pytest
 
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
-from tests.test_cli_export import _console
-from tests.test_store import _manifest, _record
+from tests.helpers import _console, _manifest, _record
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = "https://ehr.example.org/fhir/$export"

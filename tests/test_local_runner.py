@@ -12,7 +12,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.local_runner import _CLIENT, FOLDER_PREFIX, LocalRunner, WarmWorkers
-from pipelines.runners import multi_process_args
+from tests.runner_options import multi_process_args
 
 
 class _WhoRuns(beam.DoFn):
@@ -117,7 +117,7 @@ _MANY_RUNS = """
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.local_runner import LocalRunner
-from pipelines.runners import embedded_portable_args, multi_process_args
+from tests.runner_options import embedded_portable_args, multi_process_args
 
 def run(options, runner=None):
     with beam.Pipeline(runner=runner, options=PipelineOptions(options)) as p:

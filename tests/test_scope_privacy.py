@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 from launcher.kickoff.parser import KickoffRefused, check_level, parse_get
-from tests.test_kickoff import assert_refused_before_any_job
-from tests.test_patient_group_export import (
+from tests.helpers import (
     BASE,
     JOIN_PATHS,
     SYNTHEA,
+    assert_refused_before_any_job,
     exported,
     needs_shared,
     post_parameters,
