@@ -10,4 +10,9 @@ class _DropApitoolsNotice(logging.Filter):
         return not record.getMessage().startswith("apitools not found")
 
 
-logging.getLogger().addFilter(_DropApitoolsNotice())
+def drop_apitools_notice() -> None:
+    """Keeps Beam's import-time apitools notice off the root logger (once per process); each entry
+    point calls it before Beam is imported."""
+    root = logging.getLogger()
+    if not any(isinstance(f, _DropApitoolsNotice) for f in root.filters):
+        root.addFilter(_DropApitoolsNotice())
