@@ -30,8 +30,8 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from launcher import drop_apitools_notice
 from launcher.cli.arguments import UsageError, build_parser
+from launcher.core.beam_notice import drop_apitools_notice
 from launcher.core.names import check_job_id, check_tenant
 from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost
 from launcher.kickoff import parser as kickoff

@@ -4,6 +4,6 @@ The fork server imports the modules it is told to preload and nothing else, so
 this module is its entry point: importing it is its whole purpose.
 """
 
-from launcher import drop_apitools_notice
+from launcher.core.beam_notice import drop_apitools_notice
 
 drop_apitools_notice()

@@ -20,6 +20,7 @@ import re
 import signal
 import threading
 import time
+from multiprocessing import forkserver
 from typing import Callable, Optional
 
 from launcher.core.audit import AuditLog
@@ -92,8 +93,6 @@ def new_lease(seconds: float) -> Lease:
 def start_fork_server() -> None:
     """Starts the process pipeline runs are forked from, which imports Beam and the export first; an
     entry point may call it early, so that the import happens there on another core. Idempotent."""
-    from multiprocessing import forkserver
-
     _CTX.set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
 

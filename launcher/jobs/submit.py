@@ -23,8 +23,8 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from launcher import drop_apitools_notice
 from launcher.core.audit import SERIOUS_FAILURE, AuditLog, audit_event
+from launcher.core.beam_notice import drop_apitools_notice
 from launcher.jobs.dataflow import runner_job
 from launcher.jobs.lifecycle import recover_abandoned
 from launcher.jobs.process import describe, new_lease
