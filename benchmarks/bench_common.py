@@ -72,7 +72,7 @@ def ensure_columnar(ndjson: Path, kind: str) -> Path:
     """Converts (or reuses) the NDJSON data as one Avro or Parquet file per NDJSON file, beside it."""
     folder = ndjson.parent / kind
     if not folder.exists():
-        from transforms.read.columnar import convert_ndjson
+        from tests.columnar_data import convert_ndjson
 
         print(f"converting {ndjson} to {kind} ...", flush=True)
         staging = ndjson.parent / f".{kind}.{os.getpid()}"  # renamed into place when complete

@@ -18,13 +18,19 @@ fixes those five:
 Batch only, global windows only (what an export uses). Each task runs on
 some worker, maybe twice (Dask reruns the tasks of a lost worker): the
 export's writers are fenced and its finalize is retry-safe for that reason.
+
+Every Beam internal (private module or attribute) this relies on is listed in
+`BEAM_INTERNALS`. If one is missing from the installed Beam,
+`--runner=DaskRunner` is refused before any job exists, naming what is missing
+(`pipelines.options.prepare_runner`).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import logging
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import apache_beam as beam
 import dask
@@ -32,18 +38,76 @@ import dask.bag as db
 import dask.distributed as ddist
 from apache_beam import pvalue
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor, PTransformOverride
-from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
-from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
-from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
-from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKeyOnly, _Reshuffle, dask_overrides
 from apache_beam.runners.runner import PipelineState
-from apache_beam.transforms.sideinputs import SideInputMap
 from apache_beam.transforms.window import GlobalWindow
-from apache_beam.utils.windowed_value import WindowedValue
+
+try:  # Beam internals, each in `BEAM_INTERNALS`: a Beam that lacks one is refused before any run
+    from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
+    from apache_beam.runners.dask.dask_runner import DaskOptions, DaskRunnerResult
+    from apache_beam.runners.dask.dask_runner import DaskRunner as BeamDaskRunner
+    from apache_beam.runners.dask.overrides import _Create, _Flatten, _GroupByKeyOnly, _Reshuffle, dask_overrides
+    from apache_beam.transforms.sideinputs import SideInputMap
+    from apache_beam.utils.windowed_value import WindowedValue
+except ImportError:  # the module still imports, so that `missing_internals()` can name what is gone
+    DoFnContext = DoFnInvoker = DoFnSignature = _OutputHandler = DaskOptions = SideInputMap = WindowedValue = None
+    _Create = _Flatten = _GroupByKeyOnly = _Reshuffle = dask_overrides = None
+    Receiver = DaskRunnerResult = BeamDaskRunner = object
 
 _LOG = logging.getLogger(__name__)
 DEFAULT_PARTITIONS = 32  # what a Reshuffle spreads its input over, without --dask_npartitions
 _GLOBAL = (GlobalWindow(),)
+
+
+def _attribute(spec: str) -> object:
+    """The object `module:attribute.path` names; ImportError or AttributeError when Beam lacks it."""
+    module, _, path = spec.partition(":")
+    value: object = importlib.import_module(module)
+    for name in path.split("."):
+        value = getattr(value, name)
+    return value
+
+
+def _beam_group_by_key_override() -> object:
+    overrides = _attribute("apache_beam.runners.dask.overrides:dask_overrides")()
+    if "GroupByKeyOverride" not in {type(o).__name__ for o in overrides}:
+        raise AttributeError("dask_overrides() no longer has a GroupByKeyOverride")
+    return overrides
+
+
+_ATTRIBUTES = (
+    "apache_beam.runners.common:DoFnContext",
+    "apache_beam.runners.common:DoFnInvoker.create_invoker",
+    "apache_beam.runners.common:DoFnSignature",
+    "apache_beam.runners.common:Receiver",
+    "apache_beam.runners.common:_OutputHandler",
+    "apache_beam.runners.dask.dask_runner:DaskOptions._extract_bag_kwargs",
+    "apache_beam.runners.dask.dask_runner:DaskRunner",
+    "apache_beam.runners.dask.dask_runner:DaskRunnerResult",
+    "apache_beam.runners.dask.overrides:_Create",
+    "apache_beam.runners.dask.overrides:_Flatten",
+    "apache_beam.runners.dask.overrides:_GroupByKeyOnly",
+    "apache_beam.runners.dask.overrides:_Reshuffle",
+    "apache_beam.transforms.sideinputs:SideInputMap",
+    "apache_beam.utils.windowed_value:WindowedValue",
+    "apache_beam.pvalue:AsSideInput._view_options",
+)
+# Every Beam internal the Dask runner relies on, with how it is looked up.
+BEAM_INTERNALS: dict[str, Callable[[], object]] = {
+    **{spec.replace(":", "."): functools.partial(_attribute, spec) for spec in _ATTRIBUTES},
+    "apache_beam.runners.dask.overrides.dask_overrides() GroupByKeyOverride": _beam_group_by_key_override,
+    "apache_beam.transforms.ptransform.PTransformWithSideInputs.raw_side_inputs": lambda: beam.Map(len).raw_side_inputs,
+}
+
+
+def missing_internals() -> list[str]:
+    """The names in `BEAM_INTERNALS` that the installed Beam lacks."""
+    missing = []
+    for name, look_up in BEAM_INTERNALS.items():
+        try:
+            look_up()
+        except (AttributeError, ImportError, TypeError):
+            missing.append(name)
+    return missing
 
 
 def _windowed(value: Any) -> WindowedValue:

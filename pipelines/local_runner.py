@@ -184,10 +184,6 @@ class WarmWorkers:
         self.command = f"{shlex.quote(sys.executable)} -S -I {shlex.quote(str(_CLIENT))} {shlex.quote(address)} {fallback}"
         return self
 
-    @property
-    def pids(self) -> list[int]:
-        return list(self._pids)
-
     def __exit__(self, *exc) -> None:
         os.close(self._lifeline)  # waiting workers exit; serving ones end with their clients
         deadline = time.monotonic() + _EXIT_WITHIN_S

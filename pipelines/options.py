@@ -55,6 +55,11 @@ def prepare_runner(options: PipelineOptions) -> None:
         if importlib.util.find_spec("distributed") is None:
             raise UnsafeRunnerOptions("--runner=DaskRunner needs dask.distributed: "
                                       "pip install 'fhir-bulk-export-beam[dask]'")
+        from pipelines.dask_runner import missing_internals  # only when asked for: it imports dask
+
+        missing = missing_internals()
+        if missing:
+            raise UnsafeRunnerOptions(f"--runner=DaskRunner cannot run on this Beam, which lacks {', '.join(missing)}")
         standard.runner = DASK_RUNNER
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode not in SAFE_RUNNING_MODES:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import fastavro
 import orjson
@@ -14,10 +15,34 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER
-from transforms.fhir.record_schema import RECORD_SCHEMA, load_avro_schema
-from transforms.read.columnar import convert_ndjson
+from transforms.fhir.record_schema import RECORD_SCHEMA, load_avro_schema, record_columns, record_table
+from transforms.read.ndjson import parse_lines
+from transforms.records import Origin, Resource, ResourceBatch
+from transforms.storage.source_formats import PARQUET
 
 TX = "2030-01-01T00:00:00Z"
+
+
+def write_records(path: str, kind: str, resources: Sequence[Resource], rows_per_group: int = 10_000) -> None:
+    """Writes resources as an Avro or Parquet file of resource records."""
+    if kind == PARQUET:
+        pq.write_table(record_table(resources), path, row_group_size=rows_per_group)
+        return
+    columns = record_columns(resources)
+    columns["resource"] = [raw.decode() for raw in columns["resource"]]
+    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
+    with open(path, "wb") as f:
+        fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), records)
+
+
+def convert_ndjson(source: str, dest: str, kind: str, rows_per_group: int = 10_000) -> int:
+    """Writes the resources of a local NDJSON file as an Avro or Parquet file; returns how many.
+    Lines that are not resources are left out."""
+    with open(source, "rb") as f:
+        items = parse_lines(iter([f.read().split(b"\n")]), Origin(source, 0), batch_size=1 << 62)
+        resources = [r for item in items if type(item) is ResourceBatch for r in item.resources]
+    write_records(dest, kind, resources, rows_per_group)
+    return len(resources)
 
 
 def columnar_copy(ndjson_dir: Path, out: Path, kind: str, rows_per_group: int = 64) -> Path:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 from typing import Iterator, Optional
 
 import httpx
@@ -15,7 +18,11 @@ import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from jwt.algorithms import ECAlgorithm, RSAAlgorithm
 
+from tests.server_process import ROOT
+
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+TENANT = "acme"
+
 _CURVES = {"ES256": ec.SECP256R1, "ES384": ec.SECP384R1, "ES512": ec.SECP521R1}
 
 
@@ -94,3 +101,21 @@ class JwksServer:
                 pass
 
         return Handler
+
+
+def register(state: Path, client_id: str, *args: str) -> None:
+    done = subprocess.run([sys.executable, "-m", "launcher", "clients", "add", "--state-dir", str(state),
+                           "--client-id", client_id, *args], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def write_jwks(folder: Path, *keys: ClientKey) -> str:
+    path = folder / f"jwks-{keys[0].kid}.json"
+    path.write_text(json.dumps({"keys": [k.jwk for k in keys]}))
+    return str(path)
+
+
+def audit_events(state: Path, tenant: str = TENANT) -> list[dict]:
+    path = state / "audit" / f"{tenant}.ndjson"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+

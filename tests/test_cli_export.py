@@ -15,7 +15,6 @@ import shutil
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -24,6 +23,7 @@ from urllib.parse import quote, unquote, urlparse
 import pytest
 
 from launcher.tools.sample_data import generate
+from tests.helpers import _console, _source_lines
 
 KICKOFF = "https://ehr.example.org/fhir/$export"
 REPO = Path(__file__).resolve().parents[1]
@@ -48,16 +48,6 @@ def source(tmp_path_factory) -> Path:
                       for n, stamp in enumerate(NEAR_EDGE)]
         path.write_text("\n".join(lines) + "\n")
     return out
-
-
-def _source_lines(folder: Path) -> dict[str, list[bytes]]:
-    lines = defaultdict(list)
-    for path in sorted(folder.iterdir()):
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            for line in f.read().splitlines():
-                lines[json.loads(line)["resourceType"]].append(line)
-    return dict(lines)
 
 
 def _exported(manifest: dict) -> dict[str, list[bytes]]:
@@ -312,11 +302,6 @@ def test_multi_processing_runner_gives_the_same_export(run_cli, source, tmp_path
         run_cli, source, tmp_path / "two", "--direct_running_mode=multi_processing", "--direct_num_workers=2"
     ).manifest())
     assert _ids(multi) == _ids(default) == _ids(_source_lines(source))
-
-
-def _console() -> list[str]:
-    script = Path(sys.executable).with_name("bulk-export")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "launcher"]
 
 
 def test_installed_console_script_exports_the_bundled_sample(tmp_path):

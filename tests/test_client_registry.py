@@ -20,8 +20,8 @@ from launcher.auth.clients import Client, ClientExists
 from launcher.auth.scopes import ScopeRefused, grant, parse_scopes
 from launcher.stores import SqliteJobStore, open_store
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE
+from tests.helpers import _run
 from tests.smart_client import ClientKey
-from tests.test_control_plane import _run
 
 TX = "2024-05-01T12:00:00.000Z"
 LOOPBACK_URL = "http://127.0.0.1:9/jwks.json"

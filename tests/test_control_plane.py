@@ -6,38 +6,11 @@ SQLite store, and reports which of those heavy packages its run imported.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from launcher.stores import SqliteJobStore
 from pipelines.models import ExportStatus
-from tests.test_store import _manifest, _record
-
-ROOT = Path(__file__).resolve().parents[1]
-HEAVY = ("apache_beam", "pyarrow", "fastavro")
-_PROBE = """
-import contextlib, io, json, sys
-from launcher.cli import main as cli
-out = io.StringIO()
-with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
-    try:
-        code = cli.main(json.loads(sys.argv[1]))
-    except SystemExit as exc:
-        code = exc.code
-heavy = sorted({m.split(".")[0] for m in sys.modules} & set(json.loads(sys.argv[2])))
-print(json.dumps({"code": code, "heavy": heavy}))
-"""
-
-
-def _run(argv: list[str]) -> dict:
-    done = subprocess.run([sys.executable, "-c", _PROBE, json.dumps(argv), json.dumps(HEAVY)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return json.loads(done.stdout.strip().splitlines()[-1])
+from tests.helpers import _manifest, _record, _run
 
 
 @pytest.fixture

@@ -20,6 +20,7 @@ import pytest
 from launcher.kickoff.patients import SCAN_LIMIT_ENV
 from launcher.stores import ANY_OWNER, open_store
 from launcher.tools.sample_data import generate
+from tests.helpers import _first_id, assert_refused_before_any_job
 from tests.server_process import ROOT
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
@@ -33,11 +34,6 @@ def cluster():
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
                                   host="127.0.0.1") as running:
         yield running.scheduler_address
-
-
-def _first_id(folder: Path, resource_type: str) -> str:
-    with open(folder / f"{resource_type}.ndjson", "rb") as f:
-        return json.loads(f.readline())["id"]
 
 
 def _contents(manifest: dict) -> dict:
@@ -189,3 +185,19 @@ def test_cancel_cancels_the_dask_futures(cluster, run_cli, tmp_path):
     finally:
         if export.poll() is None:
             export.kill()
+
+
+def test_a_beam_without_one_of_the_runners_internals_is_refused_in_one_line(run_cli, sample_dir, tmp_path,
+                                                                            monkeypatch):
+    from pipelines import dask_runner  # after the importorskip above: it imports dask
+
+    assert dask_runner.missing_internals() == []  # the installed Beam has them all
+
+    def gone():
+        raise AttributeError("not in this Beam")
+
+    monkeypatch.setitem(dask_runner.BEAM_INTERNALS, "apache_beam.runners.common._OutputHandler", gone)
+    result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+                     "--runner=DaskRunner", "--dask_client_address=tcp://127.0.0.1:1")
+    assert_refused_before_any_job(run_cli, tmp_path, result, "--runner=DaskRunner cannot run on this Beam, "
+                                  "which lacks apache_beam.runners.common._OutputHandler")

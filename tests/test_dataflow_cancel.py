@@ -16,7 +16,7 @@ import pytest
 
 from launcher.jobs.dataflow import ENDPOINT_ENV
 from launcher.stores import SqliteJobStore
-from tests.test_store import _record
+from tests.helpers import _record
 
 RUNNER_JOB = {"runner": "dataflow", "project": "acme-health", "region": "europe-west4",
               "job_id": "2026-11-28_05_01_02-123456789"}

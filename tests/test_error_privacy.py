@@ -16,8 +16,9 @@ import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
+from tests.columnar_data import write_records
 from transforms.fhir.instant import InvalidInstant, instant_key
-from transforms.read.columnar import to_resources, write_records
+from transforms.read.columnar import to_resources
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch

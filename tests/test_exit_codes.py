@@ -24,8 +24,7 @@ import pytest
 
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
-from tests.test_cli_export import _console
-from tests.test_store import _manifest, _record
+from tests.helpers import _console, _manifest, _record
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = "https://ehr.example.org/fhir/$export"
@@ -164,6 +163,8 @@ def test_unsupported_kickoff_parameters_are_refused_unless_lenient(run_cli, samp
 
 _AS_NOBODY = """
 import json, os, sys
+from launcher.core.beam_notice import drop_apitools_notice
+drop_apitools_notice()  # this script is the entry point: before any Beam import
 for name in json.loads(sys.argv[2]):
     __import__(name)
 from launcher.cli import main as cli
@@ -324,6 +325,8 @@ def test_cancel_does_not_wait_for_a_launcher_of_this_machine_that_is_gone(tmp_pa
 
 _REMOVE = """
 import logging, os, sys
+from launcher.core.beam_notice import drop_apitools_notice
+drop_apitools_notice()  # this script is the entry point: before any Beam import
 from launcher.jobs.start import _remove_output
 logging.basicConfig(level=logging.WARNING, format="%%(levelname)s %%(message)s", force=True)
 if os.geteuid() == 0:

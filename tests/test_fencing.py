@@ -18,8 +18,7 @@ import pytest
 from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.export import _Completion
-from tests.test_finalize_retry import _render
-from tests.test_store import _record
+from tests.helpers import _record, _render
 from transforms.records import Origin, PartFile, Resource, ResourceBatch
 from transforms.steps.fence import StaleAttempt
 from transforms.storage.layout import MANIFEST_NAME

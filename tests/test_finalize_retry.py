@@ -15,27 +15,15 @@ import pytest
 from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore
 from pipelines.export import _Completion
-from pipelines.models import ExportStatus, Manifest, OutputFile
-from tests.test_store import _record
+from pipelines.models import ExportStatus
+from tests.helpers import _record, _render
 from transforms.records import PartFile
 from transforms.storage.layout import MANIFEST_NAME
 from transforms.write import manifest as manifest_module
-from transforms.write.manifest import Completed
-
-TX = "2024-05-01T12:00:00.000Z"
 
 
 class _Boom(RuntimeError):
     """The first try dies here."""
-
-
-def _render(completed: Completed) -> bytes:
-    manifest = Manifest(
-        transaction_time=TX, request="https://x/fhir/$export", requires_access_token=False,
-        output=[OutputFile(type=f.type, url=f.path, count=f.count) for f in completed.output],
-        error=[OutputFile(type=f.type, url=f.path, count=f.count) for f in completed.error],
-    )
-    return manifest.model_dump_json(by_alias=True, exclude_none=True).encode()
 
 
 @pytest.fixture

@@ -10,17 +10,9 @@ import json
 
 import pytest
 
-from launcher.kickoff.parser import KickoffRefused, parse_get, parse_post
+from launcher.kickoff.parser import parse_get, parse_post
 from pipelines.models import ExportLevel
-
-BASE = "https://ehr.example.org/fhir"
-EXPORT = f"{BASE}/$export"
-
-
-def refusal(parse, *args, **kwargs) -> KickoffRefused:
-    with pytest.raises(KickoffRefused) as info:
-        parse(*args, **kwargs)
-    return info.value
+from tests.helpers import BASE, EXPORT, assert_refused_before_any_job, refusal
 
 
 def params(*entries: tuple[str, str, object]) -> dict:
@@ -233,16 +225,6 @@ def test_post_refusals(body, url, parameter, says):
 
 
 # ---- through the CLI: refused before any job or file exists ---------------------------------
-
-
-def assert_refused_before_any_job(run_cli, tmp_path, result, *expected):
-    assert result.code == 2, result.err
-    lines = result.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("bulk-export: refused: "), result.err
-    assert all(text in lines[0] for text in expected), (expected, lines[0])
-    assert result.out == ""
-    assert not (tmp_path / "out").exists()
-    assert not (tmp_path / "state").exists()  # not even an empty job store
 
 
 CLI_KICKOFF_REFUSALS = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from launcher.kickoff.parser import parse_get, parse_post
-from tests.test_kickoff import EXPORT, refusal
+from tests.helpers import EXPORT, refusal
 from transforms.fhir.instant import now_instant
 
 # ---- item 6: strict is the default ----------------------------------------------------------

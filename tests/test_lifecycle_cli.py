@@ -15,8 +15,7 @@ import pytest
 
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from launcher.tools.sample_data import generate
-from tests.test_cli_export import _console, _source_lines
-from tests.test_store import _record
+from tests.helpers import _console, _record, _source_lines
 
 
 @pytest.fixture(scope="module")

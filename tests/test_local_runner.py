@@ -12,7 +12,7 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines.local_runner import _CLIENT, FOLDER_PREFIX, LocalRunner, WarmWorkers
-from pipelines.runners import multi_process_args
+from tests.runner_options import multi_process_args
 
 
 class _WhoRuns(beam.DoFn):
@@ -53,7 +53,7 @@ def test_multi_process_workers_are_forked_from_the_driver_and_none_is_left_behin
 
 def test_waiting_workers_exit_with_the_pool():
     with WarmWorkers(3) as workers:
-        pids = workers.pids
+        pids = list(workers._pids)
         assert len(pids) == 3 and not any(_gone(pid) for pid in pids)
     assert all(_gone(pid) for pid in pids)
 
@@ -70,7 +70,7 @@ def test_the_client_becomes_beams_own_worker_when_no_warm_worker_answers(tmp_pat
 
 def test_killing_the_client_ends_its_worker():
     with WarmWorkers(1) as workers:
-        [pid] = workers.pids
+        [pid] = workers._pids
         # A control address nobody serves: the worker waits to connect until its client goes away.
         client = _client(workers.address, "false", CONTROL_API_SERVICE_DESCRIPTOR="url: 'localhost:1'",
                          PIPELINE_OPTIONS="{}", WORKER_ID="w1")
@@ -117,7 +117,7 @@ _MANY_RUNS = """
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from pipelines.local_runner import LocalRunner
-from pipelines.runners import embedded_portable_args, multi_process_args
+from tests.runner_options import embedded_portable_args, multi_process_args
 
 def run(options, runner=None):
     with beam.Pipeline(runner=runner, options=PipelineOptions(options)) as p:

@@ -16,8 +16,8 @@ import pytest
 
 import launcher.kickoff.patients
 from launcher.kickoff.patients import SCAN_LIMIT_ENV
+from tests.helpers import post_parameters
 from tests.server_process import FHIR_HEADERS, poll, serve
-from tests.test_patient_group_export import post_parameters
 
 
 @pytest.fixture

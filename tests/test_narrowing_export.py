@@ -7,7 +7,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.test_patient_group_export import BASE, SYNTHEA, exported, keys, needs_shared, read_ndjson
+from tests.helpers import BASE, SYNTHEA, exported, keys, needs_shared, read_ndjson
 from transforms.fhir.elements import SUBSETTED_TAG
 
 LOINC_HEIGHT = "http://loinc.org|8302-2"

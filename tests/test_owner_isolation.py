@@ -16,8 +16,7 @@ import pytest
 from launcher.core.audit import OPERATOR_ACCESS, operator_access_event
 from launcher.stores import ANY_OWNER, JobNotFound, Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
-from tests.test_lifecycle_audit import _check, definition  # noqa: F401  (a fixture)
-from tests.test_store import _manifest, _record, store  # noqa: F401  (a fixture)
+from tests.helpers import _check, _manifest, _record, definition, list_expired, store  # noqa: F401  (fixtures)
 
 FAR = now_ms() + 3_600_000
 
@@ -178,13 +177,13 @@ def test_store_expired_jobs_by_tenant_and_owner(store):  # noqa: F811
         store.complete(job_id, _manifest([("Patient", 1)]), 0)
     cutoff = now_ms() + 1
     ids = lambda jobs: sorted(r.job_id for r in jobs)  # noqa: E731
-    assert ids(store.list_expired(cutoff, 10)) == ["a-alice", "a-bob", "a-none", "b-alice"]
-    assert ids(store.list_expired(cutoff, 10, tenant="a")) == ["a-alice", "a-bob", "a-none"]
-    assert ids(store.list_expired(cutoff, 10, tenant="a", owner=None)) == ["a-none"]
-    assert ids(store.list_expired(cutoff, 10, tenant="a", owner="bob")) == ["a-bob"]
-    assert ids(store.list_expired(cutoff, 10, owner="alice")) == ["a-alice", "b-alice"]
+    assert ids(list_expired(store, cutoff, 10)) == ["a-alice", "a-bob", "a-none", "b-alice"]
+    assert ids(list_expired(store, cutoff, 10, tenant="a")) == ["a-alice", "a-bob", "a-none"]
+    assert ids(list_expired(store, cutoff, 10, tenant="a", owner=None)) == ["a-none"]
+    assert ids(list_expired(store, cutoff, 10, tenant="a", owner="bob")) == ["a-bob"]
+    assert ids(list_expired(store, cutoff, 10, owner="alice")) == ["a-alice", "b-alice"]
     assert ids(store.claim_expired(cutoff, 10, Lease("c", FAR), tenant="b", owner=ANY_OWNER)) == ["b-alice"]
-    assert ids(store.list_expired(cutoff, 10)) == ["a-alice", "a-bob", "a-none"]
+    assert ids(list_expired(store, cutoff, 10)) == ["a-alice", "a-bob", "a-none"]
 
 
 # ---- cleanup keeps to --tenant and --owner --------------------------------------------------

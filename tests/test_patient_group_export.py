@@ -2,43 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import tarfile
 from pathlib import Path
 
-import pytest
-
 from tests.conftest import SHARED_DATA
+from tests.helpers import (
+    BASE,
+    JOIN_PATHS,
+    SYNTHEA,
+    exported,
+    keys,
+    needs_shared,
+    post_parameters,
+    read_ndjson,
+    referenced_patients,
+)
 
-BASE = "https://ehr.example.org/fhir"
-SYNTHEA = SHARED_DATA / "synthea-100"
 REFERENCE_GROUP = SHARED_DATA / "reference-group-export"
-needs_shared = pytest.mark.skipif(not SYNTHEA.is_dir(), reason="../shared/data is not present")
-
-
-def read_ndjson(folder: Path) -> list[dict]:
-    resources = []
-    for path in sorted(folder.iterdir()):
-        opener = gzip.open if path.suffix == ".gz" else open
-        if ".ndjson" in path.name:
-            with opener(path, "rt") as f:
-                resources += [json.loads(line) for line in f if line.strip()]
-    return resources
-
-
-def exported(manifest: dict) -> list[dict]:
-    resources = []
-    for entry in manifest["output"]:
-        with open(entry["url"].removeprefix("file://")) as f:
-            lines = [json.loads(line) for line in f]
-        assert len(lines) == entry["count"]
-        resources += lines
-    return resources
-
-
-def keys(resources: list[dict]) -> list[tuple[str, str]]:
-    return sorted((r["resourceType"], r["id"]) for r in resources)
 
 
 def official_compartment_types() -> set[str]:
@@ -48,24 +29,6 @@ def official_compartment_types() -> set[str]:
     with tarfile.open(find_package_tgz()) as tar:
         definition = json.load(tar.extractfile("package/CompartmentDefinition-patient.json"))
     return {entry["code"] for entry in definition["resource"] if entry.get("param")} | {"Patient"}
-
-
-def referenced_patients(node) -> set[str]:
-    """Every patient id any reference in `node` names, by a generic walk of the JSON."""
-    found = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str):
-                if "Patient/" in value:
-                    found.add(value.split("Patient/")[1].split("/")[0])
-                elif value.startswith("urn:uuid:"):
-                    found.add(value.removeprefix("urn:uuid:"))
-            else:
-                found |= referenced_patients(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= referenced_patients(item)
-    return found
 
 
 def compartment_oracle(source: list[dict], patients: set[str]) -> list[tuple[str, str]]:
@@ -78,17 +41,6 @@ def compartment_oracle(source: list[dict], patients: set[str]) -> list[tuple[str
         if r["resourceType"] in types and (referenced_patients(r) | own) & patients:
             chosen.append(r)
     return keys(chosen)
-
-
-# The ways a patient set reaches the pipeline: see `membership_args` in conftest.py.
-JOIN_PATHS = pytest.mark.usefixtures("membership_args")
-
-
-def post_parameters(tmp_path: Path, *patients: str) -> Path:
-    path = tmp_path / "parameters.json"
-    parameters = [{"name": "patient", "valueReference": {"reference": f"Patient/{p}"}} for p in patients]
-    path.write_text(json.dumps({"resourceType": "Parameters", "parameter": parameters}))
-    return path
 
 
 # ---- generated data ---------------------------------------------------------------------

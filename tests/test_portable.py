@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.runners import embedded_portable_args, multi_process_args
+from tests.runner_options import embedded_portable_args, multi_process_args
 
 KICKOFF = "https://ehr.example.org/fhir/$export?_type=Patient,Observation,Encounter&_since=2018-01-01T00:00:00Z"
 

@@ -8,8 +8,8 @@ import subprocess
 import time
 
 from launcher.tools.sample_data import generate
+from tests.helpers import _console
 from tests.pg_resources import create_table, exported_bodies, insert, ndjson_resources, query, source_url
-from tests.test_cli_export import _console
 
 
 def _status(state, job_id: str) -> dict:

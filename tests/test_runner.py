@@ -16,7 +16,7 @@ from launcher.stores import SqliteJobStore
 from pipelines.export import ExportJob
 from pipelines.models import ExportStatus, Manifest
 from pipelines.options import ExportSettings
-from tests.test_store import TX, _record
+from tests.helpers import TX, _record
 
 
 def test_a_job_completed_before_its_process_exits_is_not_taken_for_a_lost_lease(sample_dir, tmp_path):

@@ -5,7 +5,7 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 
 from launcher.cli.arguments import build_parser as _parser
 from pipelines.options import LOCAL_RUNNER, prepare_runner
-from pipelines.runners import embedded_portable_args, environment_of, flink_args, multi_process_args, spark_args
+from tests.runner_options import embedded_portable_args, environment_of, flink_args, multi_process_args, spark_args
 
 
 def test_flink_options_are_what_beams_flink_runner_reads():

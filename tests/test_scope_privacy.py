@@ -16,11 +16,11 @@ import pytest
 
 from launcher.kickoff.level_types import check_level
 from launcher.kickoff.parser import KickoffRefused, parse_get
-from tests.test_kickoff import assert_refused_before_any_job
-from tests.test_patient_group_export import (
+from tests.helpers import (
     BASE,
     JOIN_PATHS,
     SYNTHEA,
+    assert_refused_before_any_job,
     exported,
     needs_shared,
     post_parameters,

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from launcher.tools.sample_data import generate
+from tests.helpers import _levels
 from tests.server_process import FHIR_HEADERS, poll, serve
 
 FUTURE = "2999-01-01T00:00:00Z"
@@ -39,11 +40,6 @@ def big_source(tmp_path_factory) -> Path:
     return out
 
 
-def _first_id(folder: Path, resource_type: str) -> str:
-    with open(folder / f"{resource_type}.ndjson", "rb") as f:
-        return json.loads(f.readline())["id"]
-
-
 def _outcome(response: httpx.Response, status: int) -> str:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/fhir+json")
@@ -59,18 +55,6 @@ def _kick_off(client: httpx.Client, method: str, url: str, body: dict | None = N
         response = client.post(url, headers={**FHIR_HEADERS, "Content-Type": "application/fhir+json"}, json=body)
     assert response.status_code == 202, response.text
     return response.headers["Content-Location"]
-
-
-def _levels(sample_dir: Path) -> list[tuple[str, str, dict | None]]:
-    patient = _first_id(sample_dir, "Patient")
-    group = _first_id(sample_dir, "Group")
-    parameters = {"resourceType": "Parameters", "parameter": [
-        {"name": "_type", "valueString": "Patient,Observation"},
-        {"name": "patient", "valueReference": {"reference": f"Patient/{patient}"}},
-    ]}
-    return [("GET", "/$export?_type=Patient,Organization", None),
-            ("POST", "/Patient/$export", parameters),
-            ("GET", f"/Group/{group}/$export?_type=Patient,Condition", None)]
 
 
 @pytest.mark.parametrize("level", [0, 1, 2], ids=["system", "patient", "group"])

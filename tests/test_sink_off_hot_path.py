@@ -12,7 +12,7 @@ from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore, StoreUnavailable
 from launcher.stores.base import SqlJobStore
 from pipelines.models import ExportStatus
-from tests.test_store import _manifest, _record
+from tests.helpers import _manifest, _record
 
 UNREACHABLE = "postgresql://bulk@127.0.0.1:1/nowhere"
 

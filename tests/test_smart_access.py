@@ -21,10 +21,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.helpers import _levels
 from tests.server_process import FHIR_HEADERS, ROOT, poll, serve
-from tests.smart_client import ClientKey, assertion, get_token, token_form
-from tests.test_server import _levels
-from tests.test_smart_auth import audit_events, register, write_jwks
+from tests.smart_client import ClientKey, assertion, audit_events, get_token, register, token_form, write_jwks
 
 CLIENTS = {"a1": "acme", "a2": "acme", "g1": "globex"}
 

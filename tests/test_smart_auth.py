@@ -12,8 +12,6 @@ import base64
 import hashlib
 import hmac
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,27 +20,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from tests.server_process import ROOT, serve
-from tests.smart_client import ClientKey, assertion, jwks_server, token_form
-
-TENANT = "acme"
-
-
-def register(state: Path, client_id: str, *args: str) -> None:
-    done = subprocess.run([sys.executable, "-m", "launcher", "clients", "add", "--state-dir", str(state),
-                           "--client-id", client_id, *args], cwd=ROOT, capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-
-
-def write_jwks(folder: Path, *keys: ClientKey) -> str:
-    path = folder / f"jwks-{keys[0].kid}.json"
-    path.write_text(json.dumps({"keys": [k.jwk for k in keys]}))
-    return str(path)
-
-
-def audit_events(state: Path, tenant: str = TENANT) -> list[dict]:
-    path = state / "audit" / f"{tenant}.ndjson"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+from tests.server_process import serve
+from tests.smart_client import TENANT, ClientKey, assertion, audit_events, jwks_server, register, token_form, write_jwks
 
 
 def last_token_event(state: Path, tenant: str = TENANT) -> dict:

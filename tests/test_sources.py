@@ -8,7 +8,7 @@ import apache_beam as beam
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
-from transforms.read.ndjson import span_lines
+from tests.helpers import span_lines
 from transforms.read.resources import ReadResources
 from transforms.storage.source_files import SourceError, match_source
 from transforms.write.error_files import locate

@@ -11,45 +11,8 @@ import pytest
 
 from launcher.jobs.store_sink import DB_NAME, InvalidJobState, JobNotFound, SqliteJobStore, StoreJobSink
 from launcher.stores import open_store
-from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest, OutputFile
-
-TX = "2024-05-01T12:00:00.000Z"
-
-
-def _record(job_id: str, tenant: str = "acme", owner: str | None = None, created: str = TX) -> JobRecord:
-    return JobRecord(
-        job_id=job_id,
-        tenant=tenant,
-        owner=owner,
-        level="system",
-        request=ExportRequest(request_url="http://x/fhir/$export?_type=Patient", types=("Patient",)),
-        request_url="http://x/fhir/$export?_type=Patient",
-        transaction_time=TX,
-        status=ExportStatus.ACCEPTED,
-        created_at=created,
-        output_dir=f"/out/{tenant}/{job_id}",
-    )
-
-
-def _manifest(counts: list[tuple[str, int]]) -> Manifest:
-    return Manifest(
-        transaction_time=TX,
-        request="http://x/fhir/$export?_type=Patient",
-        requires_access_token=False,
-        output=[OutputFile(type=t, url=f"file:///out/{t}-{i}.ndjson", count=n) for i, (t, n) in enumerate(counts)],
-    )
-
-
-def _progress(record: JobRecord) -> dict[str, int]:
-    return {p.type: p.exported for p in record.progress}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    """Each conformance test runs against both stores."""
-    if request.param == "sqlite":
-        return SqliteJobStore(str(tmp_path / "state"))
-    return open_store(request.getfixturevalue("postgres_dsn"))
+from pipelines.models import ExportStatus
+from tests.helpers import TX, _manifest, _progress, _record, store  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

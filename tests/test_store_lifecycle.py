@@ -22,16 +22,10 @@ from launcher.stores import (
 )
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION
 from pipelines.models import ExportStatus
-from tests.test_store import TX, _manifest, _progress, _record
+from tests.helpers import store  # noqa: F401  (a fixture)
+from tests.helpers import TX, _manifest, _progress, _record, count_active, list_expired
 
 FAR = now_ms() + 3_600_000
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request, tmp_path):
-    if request.param == "sqlite":
-        return SqliteJobStore(str(tmp_path / "state"))
-    return open_store(request.getfixturevalue("postgres_dsn"))
 
 
 def _running(store, job_id, tenant="acme", lease=None):
@@ -105,7 +99,7 @@ def test_count_active_is_per_tenant(store):
     _running(store, "b1", tenant="b")
     store.cancel("b", "b1")
     store.create(_record("b2", tenant="b"))
-    assert (store.count_active("a"), store.count_active("b"), store.count_active("c")) == (2, 1, 0)
+    assert (count_active(store, "a"), count_active(store, "b"), count_active(store, "c")) == (2, 1, 0)
 
 
 def test_the_cap_refuses_the_fifth_kickoff_and_records_nothing(store):
@@ -140,7 +134,7 @@ def test_concurrent_kickoffs_never_overrun_the_cap(store):
     for thread in threads:
         thread.join(60)
     assert (len(accepted), len(refused)) == (3, 5)
-    assert store.count_active("acme") == 3
+    assert count_active(store, "acme") == 3
 
 
 def test_list_expired_spans_tenants_and_comes_in_batches(store):
@@ -154,14 +148,14 @@ def test_list_expired_spans_tenants_and_comes_in_batches(store):
     store.complete("b1", _manifest([("Patient", 1)]), 0)
     ended = {"a0", "a1", "b0", "b1"}
     cutoff = now_ms() + 1
-    assert {r.job_id for r in store.list_expired(cutoff, 10)} == ended
-    assert store.list_expired(now_ms() - 600_000, 10) == []  # nothing ended ten minutes ago
+    assert {r.job_id for r in list_expired(store, cutoff, 10)} == ended
+    assert list_expired(store, now_ms() - 600_000, 10) == []  # nothing ended ten minutes ago
     first = store.claim_expired(cutoff, 3, Lease("cleaner-1", FAR))
     second = store.claim_expired(cutoff, 3, Lease("cleaner-2", FAR))
     assert len(first) == 3 and len(second) == 1
     assert {r.job_id for r in first + second} == ended
     assert {r.tenant for r in first + second} == {"a", "b"}
-    assert store.list_expired(cutoff, 10) == []  # claimed jobs are not listed again
+    assert list_expired(store, cutoff, 10) == []  # claimed jobs are not listed again
 
 
 def test_delete_removes_a_finished_job_only(store):
@@ -234,7 +228,7 @@ def test_a_version_1_sqlite_store_is_migrated_in_place(tmp_path):
         )
     store = SqliteJobStore(str(tmp_path / "state"))
     assert store.get("acme", "old").status is ExportStatus.COMPLETE
-    assert [r.job_id for r in store.list_expired(now_ms(), 10)] == ["old"]  # ended_ms backfilled
+    assert [r.job_id for r in list_expired(store, now_ms(), 10)] == ["old"]  # ended_ms backfilled
     with sqlite3.connect(tmp_path / "state" / "jobs.sqlite3") as db:
         assert db.execute("SELECT version FROM schema_version").fetchall() == [(SCHEMA_VERSION,)]
 

@@ -12,7 +12,7 @@ from launcher.jobs.store_sink import StoreJobSink
 from launcher.kickoff.parser import KickoffRefused
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportRequest, ExportStatus
-from tests.test_store import _record
+from tests.helpers import _record
 
 KICKOFF = "https://x/fhir/$export"
 

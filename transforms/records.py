@@ -40,10 +40,6 @@ class Origin(NamedTuple):
     offset: int
 
     @property
-    def is_document(self) -> bool:
-        return self.offset == DOCUMENT
-
-    @property
     def is_records(self) -> bool:
         return self.offset == RECORDS
 

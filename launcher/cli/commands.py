@@ -81,11 +81,9 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _warm_pipeline_process() -> None:
     """Starts the process the pipeline will be forked from (`launcher.jobs.process`), so that it imports
     Beam while this process does too, on another core, instead of after it."""
-    from multiprocessing import forkserver
+    from launcher.jobs.process import start_fork_server
 
-    import launcher.jobs.process  # noqa: F401 (sets what the fork server preloads: Beam and the export)
-
-    forkserver.ensure_running()
+    start_fork_server()
 
 
 def resume(args: argparse.Namespace, _: list[str]) -> int:

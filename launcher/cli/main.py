@@ -32,6 +32,7 @@ import sys
 from typing import Optional, Sequence
 
 from launcher.cli.arguments import UsageError, build_parser
+from launcher.core.beam_notice import drop_apitools_notice
 from launcher.core.names import check_job_id, check_tenant
 from transforms.errors import ExportError, Refused, Unavailable
 
@@ -40,6 +41,7 @@ EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    drop_apitools_notice()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, extra = _parse(argv)

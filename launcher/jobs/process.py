@@ -20,6 +20,7 @@ import re
 import signal
 import threading
 import time
+from multiprocessing import forkserver
 from typing import Callable, Optional
 
 from launcher.core.audit import AuditLog
@@ -31,8 +32,8 @@ POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
 _LOG = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("forkserver")
-# `launcher` first: its package installs the log filter before Beam is imported.
-_CTX.set_forkserver_preload(["launcher.jobs.process", "pipelines.export"])
+# What the fork server imports before it forks a run: the log filter first, then Beam and the export.
+_PRELOAD = ["launcher.jobs.fork_preload", "launcher.jobs.process", "pipelines.export"]
 
 
 DEFAULT_MAX_ACTIVE = 4
@@ -94,10 +95,18 @@ def new_lease(seconds: float) -> Lease:
     return Lease(holder, now_ms() + int(seconds * 1000))
 
 
+def start_fork_server() -> None:
+    """Starts the process pipeline runs are forked from, which imports Beam and the export first; an
+    entry point may call it early, so that the import happens there on another core. Idempotent."""
+    _CTX.set_forkserver_preload(_PRELOAD)
+    forkserver.ensure_running()
+
+
 class PipelineProcess:
     """One pipeline run in a child process; `wait` polls it, `stop` ends it and its workers."""
 
     def __init__(self, argv: list[str], sink: object, nice: int = 0):
+        start_fork_server()
         lifeline, self._lifeline = _CTX.Pipe(duplex=False)
         self._results, results = _CTX.Pipe(duplex=False)
         level = logging.getLogger("apache_beam").getEffectiveLevel()

@@ -51,10 +51,8 @@ _KNOWN = (
     "organizeOutputBy",
     "allowPartialManifests",
 )
-_NOT_YET: dict[str, str] = {}
 # IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
 _NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
-_IGNORABLE: dict[str, str] = {}
 
 
 class KickoffRefused(Refused):
@@ -184,12 +182,10 @@ def _build(
     joined = {name: ",".join(values) for name, values in params.items()}
     ignored: list[str] = []
     for name, value in joined.items():
-        if name in _NOT_YET:
-            raise KickoffRefused(name, _NOT_YET[name])
         if name == "patient":
             _check_patient_level(level)
-        if name in _IGNORABLE or name not in _KNOWN:
-            reason = _IGNORABLE.get(name, "is not a Bulk Data kickoff parameter")
+        if name not in _KNOWN:
+            reason = "is not a Bulk Data kickoff parameter"
             shown = _printable(name)
             if strict:
                 raise KickoffRefused(

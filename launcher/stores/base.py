@@ -245,10 +245,6 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             raise InvalidJobState(f"job {job_id} was recorded without its run settings; it cannot be resumed")
         return orjson.loads(text)
 
-    def count_active(self, tenant) -> int:
-        with self._tx(write=False) as db:
-            return self._count_active(db, tenant)
-
     @staticmethod
     def _count_active(db, tenant: str) -> int:
         row = db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND {_ACTIVE_SQL}", (tenant,)).fetchone()
@@ -263,16 +259,10 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
         query += _owner_sql(owner, args)
         return query + " ORDER BY ended_ms, job_id LIMIT ?", [*args, limit]
 
-    def list_expired(self, cutoff_ms, limit, tenant=None, owner: Owner = ANY_OWNER) -> list[StoredJob]:
-        """Terminal jobs that ended before `cutoff_ms`, oldest first: of `tenant` (None: every
-        tenant) and `owner` (ANY_OWNER: every owner; None: jobs without an owner)."""
-        query, args = self._expired(cutoff_ms, limit, tenant, owner)
-        with self._tx(write=False) as db:
-            rows = db.execute(query, args).fetchall()
-            return [self._record(db, row) for row in rows]
-
     def claim_expired(self, cutoff_ms, limit, lease, tenant=None, owner: Owner = ANY_OWNER) -> list[StoredJob]:
-        """Like `list_expired`, and leases them, so concurrent cleaners never share a job."""
+        """Terminal jobs that ended before `cutoff_ms`, oldest first: of `tenant` (None: every
+        tenant) and `owner` (ANY_OWNER: every owner; None: jobs without an owner). Leases them,
+        so concurrent cleaners never share a job."""
         query, args = self._expired(cutoff_ms, limit, tenant, owner)
         with self._tx() as db:
             rows = db.execute(query + self.claim_suffix, args).fetchall()

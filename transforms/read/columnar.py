@@ -25,15 +25,12 @@ from transforms.fhir.record_schema import (
     TIMESTAMP,
     arrow_schema_of_avro,
     instant_texts,
-    load_avro_schema,
-    record_columns,
     record_id,
-    record_table,
     schema_problem,
 )
 from transforms.read.avro_blocks import range_stream
 from transforms.read.bundles import WHOLE
-from transforms.read.ndjson import json_error, parse_lines, to_resource
+from transforms.read.ndjson import json_error, to_resource
 from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
 from transforms.storage.source_formats import PARQUET
 
@@ -67,28 +64,6 @@ def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batc
     if end >= 0:
         f = range_stream(f, start, end)
     return _read_avro(path, f, batch_size, types, first)
-
-
-def write_records(path: str, kind: str, resources: Sequence[Resource], rows_per_group: int = 10_000) -> None:
-    """Writes resources as an Avro or Parquet file of resource records (tests, benchmarks, conversions)."""
-    if kind == PARQUET:
-        pq.write_table(record_table(resources), path, row_group_size=rows_per_group)
-        return
-    columns = record_columns(resources)
-    columns["resource"] = [raw.decode() for raw in columns["resource"]]
-    records = [dict(zip(columns, values)) for values in zip(*columns.values())]
-    with open(path, "wb") as f:
-        fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), records)
-
-
-def convert_ndjson(source: str, dest: str, kind: str, rows_per_group: int = 10_000) -> int:
-    """Writes the resources of a local NDJSON file as an Avro or Parquet file; returns how many.
-    Lines that are not resources are left out."""
-    with open(source, "rb") as f:
-        items = parse_lines(iter([f.read().split(b"\n")]), Origin(source, 0), batch_size=1 << 62)
-        resources = [r for item in items if type(item) is ResourceBatch for r in item.resources]
-    write_records(dest, kind, resources, rows_per_group)
-    return len(resources)
 
 
 def _parquet_file(f: IO[bytes]) -> pq.ParquetFile:

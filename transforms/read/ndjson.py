@@ -71,14 +71,6 @@ def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
         return
 
 
-def span_lines(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
-    """`span_blocks`, one line at a time (after the first line's offset)."""
-    blocks = span_blocks(f, start, end)
-    yield next(blocks)
-    for lines in blocks:
-        yield from lines
-
-
 def parse_lines(
     blocks: Iterator[list[bytes]], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
 ) -> Iterator[Union[ResourceBatch, BadRecord]]:

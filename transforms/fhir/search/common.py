@@ -19,7 +19,6 @@ class MalformedData(ValueError):
     """A resource value the matcher cannot read (e.g. a date that is not a date)."""
 
 
-PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _PREFIXED = re.compile(r"(eq|ne|gt|lt|ge|le|sa|eb|ap)?(.*)\Z", re.S)
 
 

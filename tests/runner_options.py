@@ -1,4 +1,5 @@
-"""Beam options that launch an export on a portable runner: Flink, Spark, or the embedded job server.
+"""Beam options, for tests, that run an export on a portable runner (Flink, Spark, the embedded
+job server) or on the local runner's worker processes.
 
 `bulk-export export ... <these options>` runs the same pipeline there; the
 job's state travels only through pipeline options and the job store, so no
