@@ -244,7 +244,7 @@ def test_read_only_commands_work_on_a_read_only_store(shared_tmp):
 def test_writing_commands_on_a_read_only_store_fail_in_one_line(shared_tmp, command):
     state = _read_only_store(shared_tmp)
     before = _digest(state)
-    preimport = ("launcher.jobs.start",) if command[0] == "resume" else ()  # it imports Beam, from root's home
+    preimport = ("launcher.jobs.attempts",) if command[0] == "resume" else ()  # it imports Beam, from root's home
     done = _cli_without_write_access([command[0], *command[1:], "--state-dir", str(state)], state / "probe",
                                      preimport)
     assert done.returncode == 4, done.stderr
@@ -261,7 +261,7 @@ def test_export_into_a_read_only_state_dir_fails_in_one_line(shared_tmp, sample_
     out.chmod(0o777)
     done = _cli_without_write_access(
         ["export", "--source", str(source), "--output", str(out), "--state-dir", str(state),
-         "--kickoff", f"{EXPORT}?_type=Patient"], state / "probe", preimport=("launcher.jobs.start",))
+         "--kickoff", f"{EXPORT}?_type=Patient"], state / "probe", preimport=("launcher.jobs.attempts",))
     assert done.returncode == 4, done.stderr
     assert done.stderr == f"bulk-export: cannot use the job store {state}/jobs.sqlite3: it is read-only here\n"
     assert list(out.iterdir()) == []
@@ -327,7 +327,7 @@ _REMOVE = """
 import logging, os, sys
 from launcher.core.beam_notice import drop_apitools_notice
 drop_apitools_notice()  # this script is the entry point: before any Beam import
-from launcher.jobs.start import _remove_output
+from launcher.jobs.attempts import _remove_output
 logging.basicConfig(level=logging.WARNING, format="%%(levelname)s %%(message)s", force=True)
 if os.geteuid() == 0:
     os.setgroups([]); os.setgid(%(id)d); os.setuid(%(id)d)

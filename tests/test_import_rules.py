@@ -268,7 +268,7 @@ def _fake(source: str, target: str, module_level: bool = True) -> Import:
     ("transforms.select.duplicates", "transforms.write.manifest", "select and transforms/write never"),
     ("transforms.write.manifest", "transforms.select.duplicates", "select and transforms/write never"),
     ("transforms.steps", "transforms.read.ndjson", "transforms/steps imports none"),
-    ("launcher.jobs.start", "transforms.read.chunks", "the launcher imports of transforms only"),
+    ("launcher.jobs.attempts", "transforms.read.chunks", "the launcher imports of transforms only"),
 ])
 def test_a_forbidden_import_is_reported_in_one_line(source, target, says):
     [line] = layer_violations([_fake(source, target)])
@@ -278,7 +278,7 @@ def test_a_forbidden_import_is_reported_in_one_line(source, target, says):
 @pytest.mark.parametrize("target", ["transforms.fhir.r4", "transforms.storage.layout", "transforms.records",
                                     "transforms.read.lookup"])
 def test_the_launcher_may_import_the_beam_free_rooms_and_the_scan(target):
-    assert layer_violations([_fake("launcher.jobs.start", target)]) == []
+    assert layer_violations([_fake("launcher.jobs.attempts", target)]) == []
 
 
 def test_beam_at_module_level_in_a_beam_free_module_is_reported_and_inside_a_function_is_not():

@@ -10,7 +10,7 @@ import pytest
 
 from launcher.core.audit import AuditLog
 from launcher.jobs.process import LeaseLost, new_lease, run_and_watch
-from launcher.jobs.start import RunControl, _run_attempt
+from launcher.jobs.attempts import RunControl, _run_attempt
 from launcher.jobs.store_sink import StoreJobSink
 from launcher.stores import SqliteJobStore
 from pipelines.export import ExportJob

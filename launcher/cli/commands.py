@@ -65,7 +65,7 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
     _warm_pipeline_process()
-    from launcher.jobs.start import JobStart, start_export  # runs a pipeline: the one command that imports Beam
+    from launcher.jobs.attempts import JobStart, start_export  # runs a pipeline: the one command that imports Beam
 
     store, audit = _open(args, recover=False)
     display = ProgressDisplay()
@@ -88,7 +88,7 @@ def _warm_pipeline_process() -> None:
 
 def resume(args: argparse.Namespace, _: list[str]) -> int:
     _warm_pipeline_process()
-    from launcher.jobs.start import resume_export
+    from launcher.jobs.attempts import resume_export
 
     store, audit = _open(args)
     display = ProgressDisplay()

@@ -25,7 +25,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from launcher.core.audit import SERIOUS_FAILURE, AuditLog, audit_event
 from launcher.core.beam_notice import drop_apitools_notice
 from launcher.jobs.dataflow import runner_job
-from launcher.jobs.job_start import JobStart, pipeline_inputs, record_job
+from launcher.jobs.start import JobStart, pipeline_inputs, record_job
 from launcher.jobs.process import RunControl, describe
 from launcher.jobs.store_sink import check_no_password, open_store
 from launcher.kickoff import parser as kickoff

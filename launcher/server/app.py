@@ -65,7 +65,7 @@ def _lifespan(config: ServerConfig):
     async def lifespan(app: FastAPI):
         app.state.server = server = build_server(config)
         # The job runner imports Beam (~1.5 s holding the GIL): at start-up, not inside the first kick-off.
-        await run_in_threadpool(importlib.import_module, "launcher.jobs.start")
+        await run_in_threadpool(importlib.import_module, "launcher.jobs.attempts")
         task = asyncio.create_task(_maintain(server))
         try:
             yield

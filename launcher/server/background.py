@@ -1,6 +1,6 @@
 """Jobs the server runs: recorded in the request, run to their end in a background thread each.
 
-Each attempt runs through the launcher's own runner (`launcher.jobs.start`), so its
+Each attempt runs through the launcher's own runner (`launcher.jobs.attempts`), so its
 pipeline is a child process in its own process group under a lease this
 server renews; a kill of the server ends the pipelines with it, and the
 lapsed leases end their jobs in `error` when a server next looks.
@@ -31,7 +31,7 @@ class BackgroundJobs:
     def start(self, request: ExportRequest, settings: ExportSettings, tenant: str, owner: Optional[str]) -> StoredJob:
         """Records `tenant`'s job for `owner` (refusals raise before one exists) and starts its run;
         returns it `accepted`."""
-        from launcher.jobs.start import JobStart, record_export  # imports Beam (the server does so at start-up)
+        from launcher.jobs.attempts import JobStart, record_export  # imports Beam (the server does so at start-up)
 
         start = JobStart(self._store, request, settings, tenant, owner, self._beam_args)
         recorded = record_export(start, self._control)
@@ -40,7 +40,7 @@ class BackgroundJobs:
         return self._store.get(tenant, job_id, owner)
 
     def _run(self, recorded) -> None:
-        from launcher.jobs.start import run_recorded
+        from launcher.jobs.attempts import run_recorded
 
         job_id = recorded.job.job_id
         try:
