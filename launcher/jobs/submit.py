@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import sys
 from typing import Optional, Sequence
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -77,23 +76,8 @@ def submit(argv: Sequence[str]) -> str:
 
 
 def validated(request: ExportRequest) -> ExportRequest:
-    """`request` run through the kickoff parser, as a POST Parameters body: the CLI's refusals, exactly."""
-    parameters = [{"name": "_type", "valueString": t} for t in request.types]
-    parameters += [{"name": name, "valueInstant": value}
-                   for name, value in (("_since", request.since), ("_until", request.until)) if value]
-    parameters += [{"name": "_typeFilter", "valueString": f"{f.resource_type}?{f.query}"} for f in request.type_filters]
-    parameters += [{"name": "_elements", "valueString": e} for e in request.elements]
-    parameters += [{"name": "patient", "valueReference": {"reference": f"Patient/{p}"}} for p in request.patients]
-    parameters += [{"name": "includeAssociatedData", "valueString": v} for v in request.include_associated_data]
-    parameters.append({"name": "_outputFormat", "valueString": request.output_format})
-    if request.organize_output_by:
-        parameters.append({"name": "organizeOutputBy", "valueString": request.organize_output_by})
-    parts = urlsplit(request.request_url)
-    endpoint = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-    parsed = kickoff.parse_post({"resourceType": "Parameters", "parameter": parameters}, endpoint, strict=True)
-    if (parsed.level, parsed.group_id) != (request.level, request.group_id):
-        raise kickoff.KickoffRefused("request", f"level {request.level.value} does not match {endpoint}")
-    return parsed.model_copy(update={"request_url": request.request_url})
+    """`request` held field by field to the kickoff parser's own checks: the CLI's refusals, exactly."""
+    return kickoff.check_request(request)
 
 
 class _StderrAuditLog:
