@@ -202,22 +202,76 @@ def _member_patient(member: object) -> Optional[str]:
 
 
 def covered_roster(group: dict, covered: Iterable[str]) -> Optional[dict]:
-    """`group` with `member` cut to the entries naming a `covered` patient, tagged SUBSETTED.
+    """`group` cut to what names no patient but its `covered` members, tagged SUBSETTED.
 
-    Members naming anyone else, and nested Groups (whose own members may reach
-    beyond the export), are dropped, so the Group names no patient outside the
-    export. Returns None when nothing was cut (the Group is exported as it was
-    read). Raises `transforms.fhir.elements.InvalidMeta` when `meta` cannot be tagged.
+    `member` keeps the entries naming a `covered` patient; members naming anyone
+    else, and nested Groups (whose own members may reach beyond the export), are
+    dropped. If anything is cut, the Group loses `text` (its narrative may list
+    the removed members), `contained`, `quantity` (it counts the whole roster) and
+    every Reference that cannot be shown to name a kept member or another type's
+    resource (`_kept_reference`), with the smallest list entry holding it (an
+    extension, a characteristic; an element outside any list). Returns None when
+    nothing is cut (the Group is exported as it was read). Raises
+    `transforms.fhir.elements.InvalidMeta` when `meta` cannot be tagged.
     """
     covered = frozenset(covered)
     members = group.get("member")
-    if members is None:
+    if members is not None:
+        kept = [m for m in members if _member_patient(m) in covered] if type(members) is list else []
+        cut = type(members) is not list or len(kept) != len(members)
+        body = {k: v for k, v in group.items() if k != "member"}
+        if kept:
+            body = {k: (kept if k == "member" else v) for k, v in group.items()}
+    else:
+        body, cut = group, False
+    scrubbed = {}
+    for key, value in body.items():
+        value = _scrub(value, covered, key)
+        if value is not _DROP:
+            scrubbed[key] = value
+    if not cut and scrubbed == group:
         return None
-    kept = [m for m in members if _member_patient(m) in covered] if type(members) is list else []
-    if type(members) is list and len(kept) == len(members):
-        return None
-    # `quantity` counts the whole roster, which the cut Group no longer lists.
-    body = {k: v for k, v in group.items() if k not in ("member", "quantity", "_quantity")}
-    if kept:
-        body = {k: (kept if k == "member" else v) for k, v in group.items() if k not in ("quantity", "_quantity")}
-    return _tagged(body)
+    return _tagged({k: v for k, v in scrubbed.items() if k not in _LEFT_OUT_WHEN_CUT})
+
+
+_LEFT_OUT_WHEN_CUT = frozenset({"text", "contained", "quantity", "_quantity"})
+# Reference elements a Group may hold whose name does not end in `Reference` (a display-only one has no
+# `reference` key to tell it by): Group.managingEntity, Group.member.entity, Identifier.assigner.
+_REFERENCE_ELEMENTS = frozenset({"managingEntity", "entity", "assigner"})
+_DROP = object()
+
+
+def _scrub(node: object, covered: frozenset[str], key: str) -> object:
+    """`node` without the References `_kept_reference` refuses; `_DROP` when `node` must go whole."""
+    if type(node) is dict:
+        if ("reference" in node or key.endswith("Reference") or key in _REFERENCE_ELEMENTS) and not _kept_reference(
+                node, covered):
+            return _DROP
+        out = {}
+        for child_key, child in node.items():
+            child = _scrub(child, covered, child_key)
+            if child is _DROP:
+                return _DROP
+            out[child_key] = child
+        return out
+    if type(node) is list:
+        out = [item for item in (_scrub(item, covered, key) for item in node) if item is not _DROP]
+        return _DROP if node and not out else out  # a list emptied so goes with what holds it
+    return node
+
+
+def _kept_reference(reference: dict, covered: frozenset[str]) -> bool:
+    """True when `reference` names a covered patient, or a resource of another type than Patient.
+
+    A display- or identifier-only Reference, a contained (`#x`) one and an untyped
+    one (`urn:uuid:X`, bare `X`) naming no covered patient cannot be shown to name
+    no removed member: they are not kept."""
+    text = reference.get("reference")
+    if type(text) is not str or text.startswith("#"):
+        return False
+    target = split_reference(text)
+    if not target.id:
+        return False
+    if target.type is None or target.type == PATIENT:
+        return target.id in covered
+    return True
