@@ -3,8 +3,8 @@
 The walk is one way, along the export's plan (`pipelines/plan.py` decides,
 `pipelines/plan_steps.py` makes the steps): read chunks -> the steps (`_type`,
 `_typeFilter`, the `_since`/`_until`/`transactionTime` window or, at Patient
-and Group level, the compartment of the covered patients, then `_elements`)
--> write rolling parts where the resources are, and shuffle only the parts'
+and Group level, the compartment of the covered patients, then `_elements`;
+at Patient and Group level, last, the patient guard) -> write rolling parts where the resources are, and shuffle only the parts'
 metadata into the manifest assembly, which runs last.
 """
 
@@ -26,6 +26,7 @@ from pipelines.plan_steps import (
     add_referenced,
     apply_steps,
     deletion_steps,
+    guard_steps,
     read_patients,
     shaping_steps,
     steps,
@@ -81,6 +82,7 @@ def build_pipeline(
     if referenced is not None:
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
     batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients)
+    batches = apply_steps(batches, guard_steps(plan, patients), errors)  # last: what every step above let through
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates"))

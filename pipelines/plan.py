@@ -11,6 +11,12 @@ Group (a Group's roster names patients outside the export); at Group level
 they then go to `GroupRoster` instead of the compartment, which exports only
 the kicked-off Group with its roster cut to the covered patients.
 
+At Patient and Group level, the last step before the write is the patient
+guard (`transforms.select.patient_guard`): after `_elements` and the referenced
+and associated resources, it withholds any resource naming a patient the export
+does not cover where the compartment definition does not make it part of a
+covered patient's record.
+
 Beam-free data: `pipelines/plan_steps.py` turns it into steps, `pipelines/export.py`
 walks it, and the launcher reads its output layout (`output_layout`).
 """
@@ -73,6 +79,7 @@ class ExportPlan:
     patients: Optional[CoveredPatients]  # None: no step needs patients
     compartment: bool  # the covered patients' compartment chooses (Patient and Group level)
     group_roster: bool  # Group level with Group in `_type`: the kicked-off Group, its roster cut
+    patient_guard: bool  # Patient and Group level: the last step withholds what names an uncovered patient
     referenced_types: tuple[str, ...]  # read again where the selected resources reference them
     provenance: Optional[ReadSelection]  # includeAssociatedData: the Provenances read again
     latest_provenance_only: bool
@@ -96,6 +103,7 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
         patients=covered_patients(request, job, layout),
         compartment=compartment,
         group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
+        patient_guard=compartment,
         referenced_types=tuple(t for t in settings.referenced_types if not request.types or t in request.types)
         if compartment else (),
         provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data

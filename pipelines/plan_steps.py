@@ -15,6 +15,7 @@ from transforms.select.add_referenced import CollectReferences, FilterReferenced
 from transforms.select.covered_patients import ReadPatients, ResolvePatients
 from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
+from transforms.select.patient_guard import GuardPatients
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter
 from transforms.storage.pg_source import ReadAt
@@ -76,6 +77,12 @@ def shaping_steps(plan: ExportPlan, patients: Patients = None) -> list[Step]:
     if plan.elements is not None:
         chosen.append(("Elements", SubsetElements(plan.elements)))
     return chosen
+
+
+def guard_steps(plan: ExportPlan, patients: Patients) -> list[Step]:
+    """The last step before the write, when the plan asks for it: the patient guard, with the covered
+    patients as the compartment has them (a side input, or a PCollection to join with)."""
+    return [("PatientGuard", GuardPatients(patients))] if plan.patient_guard else []
 
 
 def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
