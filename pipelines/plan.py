@@ -12,7 +12,7 @@ they then go to `GroupRoster` instead of the compartment, which exports only
 the kicked-off Group with its roster cut to the covered patients.
 
 At Patient and Group level, the last step before the write is the patient
-guard (`transforms.select.patient_guard`): after `_elements` and the referenced
+guard (`transforms.select.last_guard`): after `_elements` and the referenced
 and associated resources, it withholds any resource naming a patient the export
 does not cover where the compartment definition does not make it part of a
 covered patient's record.

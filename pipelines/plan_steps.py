@@ -15,7 +15,7 @@ from transforms.select.add_referenced import CollectReferences, FilterReferenced
 from transforms.select.covered_patients import ReadPatients, ResolvePatients
 from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
-from transforms.select.patient_guard import GuardPatients
+from transforms.select.last_guard import GuardPatients
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter
 from transforms.storage.pg_source import ReadAt
