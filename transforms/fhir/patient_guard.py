@@ -19,7 +19,7 @@ See `docs/conformance.md`.
 from __future__ import annotations
 
 import re
-from typing import Container, Iterator, NamedTuple, Optional
+from typing import Container, NamedTuple, Optional
 
 from transforms.fhir.compartment import COMPARTMENT_PATHS, PATIENT, patient_reference_id
 
@@ -43,7 +43,7 @@ def patient_names(resource_type: str, body: dict) -> PatientNames:
     record: set[str] = set()
     typed_record: list[tuple[str, str]] = []
     elsewhere: list[tuple[str, str]] = []
-    for trail, text in _references(body, ()):
+    for trail, text in _references(body):
         patient = patient_reference_id(text)
         if patient is None:
             continue
@@ -72,19 +72,30 @@ def breach(names: PatientNames, covered: Container[str]) -> Optional[str]:
     return None
 
 
-def _references(node: object, trail: tuple) -> Iterator[tuple[tuple, str]]:
-    """(trail of keys and list indices from the root, reference text) of each reference in `node`."""
-    if type(node) is dict:
-        text = node.get("reference")
-        if type(text) is str:
-            yield trail, text
-        for key, value in node.items():
-            if type(value) in (dict, list):
-                yield from _references(value, trail + (key,))
-    elif type(node) is list:
-        for n, item in enumerate(node):
-            if type(item) in (dict, list):
-                yield from _references(item, trail + (n,))
+def _references(body: dict) -> list[tuple[tuple, str]]:
+    """(trail of keys and list indices from the root, reference text) of each reference in `body`."""
+    found: list[tuple[tuple, str]] = []
+    trail: list = []  # one stack for the walk, copied only at a reference
+
+    def walk(node: object) -> None:
+        if type(node) is dict:
+            text = node.get("reference")
+            if type(text) is str:
+                found.append((tuple(trail), text))
+            for key, value in node.items():
+                if type(value) is dict or type(value) is list:
+                    trail.append(key)
+                    walk(value)
+                    trail.pop()
+        else:
+            for n, item in enumerate(node):
+                if type(item) is dict or type(item) is list:
+                    trail.append(n)
+                    walk(item)
+                    trail.pop()
+
+    walk(body)
+    return found
 
 
 def _keys(trail: tuple) -> tuple[str, ...]:
