@@ -44,9 +44,9 @@ SWAPPED = "not the file that was listed (replaced, or made a link, during the ex
 
 
 class LocalFile(NamedTuple):
-    """What a listed local file's reader must find (`open_listed`): its
-    device and inode, the path to open (its real path when the listed name is a link; "" for the
-    name itself) and the real folder it must lie in ("" for a source named as a single file)."""
+    """What a listed local file's reader must find (`open_listed`): its device and inode, the path
+    to open (its real path when the listed name is a link; "" for the name itself) and the real
+    folder it must lie in ("" for a source named as a single file)."""
 
     device: int
     inode: int
