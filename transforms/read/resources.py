@@ -18,7 +18,7 @@ from apache_beam.metrics import Metrics
 
 from transforms.read import gc_pause
 from transforms.read.bundles import document_resources
-from transforms.read.chunks import Chunk, SourceError, open_chunk, plan_source
+from transforms.read.chunks import Chunk, NotListed, SourceError, open_chunk, plan_source, swapped
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
 from transforms.read.postgres import PgRange, plan_ranges, read_range
@@ -33,7 +33,8 @@ class ReadResources(beam.PTransform):
     """Reads `source` into `ResourceBatch`es (tag `batches`) and `BadRecord`s (tag `errors`).
 
     A `selection` keeps only the resources it admits (see `transforms.read.pushdown`).
-    Files the plan refuses (links out of the source's folder, FIFOs) are `errors` too.
+    Files the plan refuses (links out of the source's folder, FIFOs), links to files read at
+    another name (`information` notices) and files found swapped since they were listed are `errors` too.
     Tag `lines` has one `ChunkLines` per NDJSON chunk: how many lines start in it, from
     which the line numbers of its bad records are found without reading the file again.
     Tag `deletions` has the `ResourceBatch`es of resources the source marks deleted that
@@ -127,7 +128,13 @@ class _ReadChunkFn(beam.DoFn):
                     read_range(chunk, self._selection, self._deletions, self._at, self._batch_size), windowed=True))
             return
         try:
-            with gc_pause.collector_paused(), open_chunk(chunk) as f:
+            f = open_chunk(chunk)
+        except NotListed:  # swapped since it was listed: reported by each chunk that finds it, never read
+            self._bad.inc()
+            yield beam.pvalue.TaggedOutput("errors", swapped(chunk.path))
+            return
+        try:
+            with gc_pause.collector_paused(), f:
                 if chunk.columnar:
                     items = read_columnar(chunk.columnar, chunk.path, f, chunk.start, chunk.end, self._batch_size,
                                           self._types, chunk.first)

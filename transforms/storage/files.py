@@ -120,10 +120,20 @@ def remove_abandoned(paths: list[str], temp_dir: str) -> None:
 
 
 def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
-    """Opens `path` for writing, creating its folders; a remote path through Beam's FileSystems."""
+    """Opens `path` for writing, creating its folders; a remote path through Beam's FileSystems.
+
+    A local file is never written through a link put in place of it or of its folder: both are
+    opened with `O_NOFOLLOW`, so the open fails instead (every file created here lies in a job folder,
+    which the launcher creates anew)."""
     if is_local(path):
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        return open(path, "wb")
+        folder, name = os.path.split(path)
+        os.makedirs(folder or ".", exist_ok=True)
+        parent = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666, dir_fd=parent)
+        finally:
+            os.close(parent)
+        return os.fdopen(fd, "wb")
     from apache_beam.io.filesystem import CompressionTypes
     from apache_beam.io.filesystems import FileSystems
 

@@ -7,10 +7,11 @@ FileSystems, imported only then.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import stat
-from typing import NamedTuple, Optional
+from typing import IO, NamedTuple, Optional, Union
 
 from transforms.errors import Unavailable
 from transforms.storage.files import is_local
@@ -37,6 +38,37 @@ class Refused(NamedTuple):
 
 LINK_OUT = "a link whose target is outside the source folder (not followed)"
 NOT_REGULAR = "not a regular file (a FIFO, socket or device; not opened)"
+# An `information` notice: the file behind the link is read once, at its own name.
+LINK_IN = "a link to a file the source holds under another name (read once, at that name)"
+SWAPPED = "not the file that was listed (replaced, or made a link, during the export; not read)"
+
+
+class LocalFile(NamedTuple):
+    """What a listed local file's reader must find (`open_listed`): its device and inode, the path
+    to open (its real path when the listed name is a link; "" for the name itself) and the real
+    folder it must lie in ("" for a source named as a single file)."""
+
+    device: int
+    inode: int
+    target: str = ""
+    inside: str = ""
+
+
+class SourceFile(NamedTuple):
+    """A file of the source as listed; `local` is None for a remote (`gs://`) object."""
+
+    path: str
+    size: int
+    local: Optional[LocalFile] = None
+
+
+class Listing(NamedTuple):
+    """The files of a source to read (each file once), those refused, and the links left out because
+    the file they lead to is read at another name (`LINK_IN` notices)."""
+
+    files: list[SourceFile]
+    refused: list[Refused]
+    linked: list[str]
 
 
 def match_source(source: str) -> list[tuple[str, int]]:
@@ -45,12 +77,20 @@ def match_source(source: str) -> list[tuple[str, int]]:
 
 
 def list_source(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
-    """`(path, size)` of the files `source` names, and the files it names that are refused.
+    """`(path, size)` of the files `source_files` lists, and the files it refuses."""
+    listing = source_files(source)
+    return [(f.path, f.size) for f in listing.files], listing.refused
+
+
+def source_files(source: str) -> Listing:
+    """The files `source` names, each read once, and the files it names that are refused.
 
     A folder is read recursively; hidden files and folders (a name starting with
     `.`) are skipped. In a local folder or glob, a link whose target lies outside
     the source's folder is refused, as is anything but a regular file: neither is
-    ever opened. Raises `SourceError` when nothing at all matches, or when the
+    ever opened. A local file reached by several names (a link to a file of the
+    source) is read once, at the first name that is not a link; the others are
+    listed in `linked`. Raises `SourceError` when nothing at all matches, or when the
     source itself is not a regular file or folder (a FIFO would block its reader).
     """
     local = is_local(source)
@@ -79,37 +119,97 @@ def list_source(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
     for m in sorted(found, key=lambda m: m.path):
         if _is_hidden(m.path, base) or _is_local_dir(m.path):
             continue
-        if local:
-            problem = _local_problem(m.path, inside)
-            if problem:
-                refused.append(Refused(m.path, problem))
-                continue
-        files.append((m.path, m.size_in_bytes))
+        if not local:
+            files.append(SourceFile(m.path, m.size_in_bytes))
+            continue
+        listed = _local_file(m.path, inside)
+        if type(listed) is str:
+            refused.append(Refused(m.path, listed))
+        else:
+            files.append(SourceFile(m.path, m.size_in_bytes, listed))
     if not files and not refused:
         raise SourceError(f"source {source!r} matches no files")
-    return files, refused
+    return _once(files, refused)
 
 
-def _local_problem(path: str, inside: Optional[str]) -> Optional[str]:
-    """Why a matched local file must not be read, or None (`inside`: the folder it must stay in)."""
-    if inside is not None and not _within(os.path.realpath(path), inside):
+def _local_file(path: str, inside: Optional[str]) -> Union[LocalFile, str]:
+    """A matched local file as its reader must find it, or why it must not be read (`inside`: the
+    folder it must stay in)."""
+    real = os.path.realpath(path)
+    if inside is not None and not _within(real, inside):
         return LINK_OUT
     try:
-        mode = os.stat(path).st_mode
+        info = os.stat(path)
     except OSError:
         return NOT_REGULAR
-    return None if stat.S_ISREG(mode) else NOT_REGULAR
+    if not stat.S_ISREG(info.st_mode):
+        return NOT_REGULAR
+    return LocalFile(info.st_dev, info.st_ino, "" if real == os.path.abspath(path) else real, inside or "")
+
+
+def _once(files: list[SourceFile], refused: list[Refused]) -> Listing:
+    """Each local file once (by device and inode): at its first name that is not a link, else its
+    first name; its other names go to `linked`."""
+    kept: dict[tuple[int, int], SourceFile] = {}
+    linked: list[str] = []
+    for f in sorted(files, key=lambda f: (f.local is None or bool(f.local.target), f.path)):
+        if f.local is None:
+            kept[(-1, len(kept))] = f
+            continue
+        key = (f.local.device, f.local.inode)
+        if key in kept:
+            linked.append(f.path)
+        else:
+            kept[key] = f
+    return Listing(sorted(kept.values()), sorted(refused), sorted(linked))
+
+
+class NotListed(SourceError):
+    """The file found at a listed name is not the one listed (`SWAPPED`); it is reported, not read."""
+
+
+def open_listed(path: str, file: LocalFile) -> IO[bytes]:
+    """Opens a listed local file without following a link at its name, and checks on the open
+    descriptor that it is the regular file listed (device and inode), inside the source's folder.
+
+    Raises `NotListed` before anything is read when it is not; `SourceError` when it cannot be opened.
+    """
+    try:
+        # O_NONBLOCK: a FIFO put in the file's place must not block the open.
+        fd = os.open(file.target or path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a link now stands at the name
+            raise NotListed(f"source file {path!r}: {SWAPPED}") from None
+        raise SourceError(f"cannot read source file {path!r}: {exc}") from exc
+    try:
+        info = os.fstat(fd)
+        if (not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != (file.device, file.inode)
+                or (file.inside and not _within(_opened_path(fd, file.inside), file.inside))):
+            raise NotListed(f"source file {path!r}: {SWAPPED}")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _opened_path(fd: int, inside: str) -> str:
+    """Where the open file `fd` lies, as the kernel resolved it; `inside` where that cannot be told."""
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # no /proc (macOS): the device and inode check stands alone
+        return inside
 
 
 def _within(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def _local_folder(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
+def _local_folder(source: str) -> Listing:
     """A local folder's files at any depth, without following links out of it (nor in circles)."""
     top = source.rstrip("/") or "/"
     inside = os.path.realpath(top)
-    files: list[tuple[str, int]] = []
+    files: list[SourceFile] = []
     refused: list[Refused] = []
     seen = {inside}
     pending = [top]
@@ -123,6 +223,7 @@ def _local_folder(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
             if entry.name.startswith("."):
                 continue
             path = f"{folder.rstrip('/')}/{entry.name}"
+            target = ""
             if entry.is_symlink():
                 target = os.path.realpath(path)
                 if not _within(target, inside):
@@ -147,10 +248,10 @@ def _local_folder(source: str) -> tuple[list[tuple[str, int]], list[Refused]]:
             if not stat.S_ISREG(info.st_mode):
                 refused.append(Refused(path, NOT_REGULAR))
                 continue
-            files.append((path, info.st_size))
+            files.append(SourceFile(path, info.st_size, LocalFile(info.st_dev, info.st_ino, target, inside)))
     if not files and not refused:
         raise SourceError(f"source {source!r} matches no files")
-    return sorted(files), sorted(refused)
+    return _once(files, refused)
 
 
 def source_root(source: str) -> str:
