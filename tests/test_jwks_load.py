@@ -141,7 +141,8 @@ def test_a_hanging_jwks_url_does_not_starve_status_polls(tmp_path, sample_dir):
                     if attack.is_alive():
                         attack.kill()
     p99 = _p99(latencies)
-    assert p99 < P99_LIMIT_S + quiet, f"status p99 {p99:.3f} s under attack ({quiet:.3f} s without), max {max(latencies):.3f} s"
+    assert p99 < P99_LIMIT_S + quiet, \
+        f"status p99 {p99:.3f} s under attack ({quiet:.3f} s without), max {max(latencies):.3f} s"
     assert len(latencies) > 50
     assert len(answers) >= ATTACKERS and set(answers) == {401}
     assert len(hanging.held) <= 2  # one fetch at a time, and its failure remembered
