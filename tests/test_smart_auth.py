@@ -141,6 +141,15 @@ def test_a_bad_assertion_is_refused_as_invalid_client_and_audited(setup, case):
         assert setup.jwks.requests <= requests_before + 1
 
 
+def test_an_aud_list_naming_another_server_is_refused(setup):
+    """`aud` is the token URL alone: a list with any other member is refused; the one-element list, RFC 7519's
+    general form of a single audience, is the same as the string."""
+    other = "https://other.example.org/auth/token"
+    for aud in ([setup.token_url, other], [other, setup.token_url], [setup.token_url, setup.token_url + "/"]):
+        assert "aud" in refused(setup.post(token_form(setup.sign("es", aud=aud))), 401, "invalid_client")
+    assert setup.post(token_form(setup.sign("es", aud=[setup.token_url]))).status_code == 200
+
+
 def test_an_assertion_is_used_once(setup):
     signed = setup.sign("ec256")
     assert setup.post(token_form(signed)).status_code == 200

@@ -91,9 +91,15 @@ def _key(client: Client, header: dict, kid: str, jwks: JwksCache) -> dict:
 
 
 def _verified(assertion: str, key: dict, alg: str, token_url: str, client: Client) -> dict:
+    """The verified claims. `aud` must name the token URL and nothing else: the string, or a list of it alone
+    (RFC 7519 4.1.3 makes the string the one-audience case of the list); PyJWT alone would take any list
+    holding it, so an assertion made for several servers would be accepted here."""
     try:
-        return jwt.decode(assertion, PyJWK.from_dict(key, algorithm=alg), algorithms=[alg], audience=token_url,
-                          issuer=client.client_id, leeway=LEEWAY_S, options={"require": _REQUIRED})
+        claims = jwt.decode(assertion, PyJWK.from_dict(key, algorithm=alg), algorithms=[alg], audience=token_url,
+                            issuer=client.client_id, leeway=LEEWAY_S, options={"require": _REQUIRED})
+        if claims["aud"] not in (token_url, [token_url]):
+            raise jwt.InvalidAudienceError("aud names another audience too")
+        return claims
     except jwt.ExpiredSignatureError:
         raise _invalid_client("the assertion has expired", client) from None
     except jwt.InvalidAudienceError:

@@ -2,14 +2,19 @@
 
 A registered JWKS holds only public RSA (2048 bits or more) or EC (P-256,
 P-384, P-521) keys, each with a `kid`. A key set at a `jwks_url` is fetched
-only from that registered URL, with a timeout, a size limit and no
-redirects; it is cached, and fetched again when an assertion names a `kid`
-the cached set lacks (at most once per `REFRESH_MIN_S`, so unknown kids
-cannot make the server hammer the client's host).
+only from that registered URL, within `FETCH_TIMEOUT_S` in all, a size
+limit and no redirects; it is cached, and fetched again when an assertion
+names a `kid` the cached set lacks (at most once per `REFRESH_MIN_S`, so
+unknown kids cannot make the server hammer the client's host). A slow or
+failing URL cannot tie the server up: no lock is held while fetching, one
+fetch per URL is in flight at a time (a request that would need another is
+refused at once), and a failure is remembered for `FAILURE_CACHE_S`, whose
+requests are refused with it without a fetch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import threading
 import time
@@ -33,6 +38,7 @@ MAX_JWKS_BYTES = 64 << 10
 FETCH_TIMEOUT_S = 5.0
 CACHE_S = 300.0
 REFRESH_MIN_S = 10.0
+FAILURE_CACHE_S = 10.0
 
 
 class KeysRefused(Refused):
@@ -103,6 +109,7 @@ def _is_loopback(host: str) -> bool:
 
 def fetch_jwks(url: str) -> dict:
     """The key set at `url`: one GET, no redirects, within the timeout and size limit."""
+    deadline = time.monotonic() + FETCH_TIMEOUT_S  # in all: a body trickled byte by byte is cut short too
     try:
         with httpx.stream("GET", check_jwks_url(url), timeout=FETCH_TIMEOUT_S, follow_redirects=False,
                           headers={"Accept": "application/json"}) as response:
@@ -113,6 +120,8 @@ def fetch_jwks(url: str) -> dict:
                 body += chunk
                 if len(body) > MAX_JWKS_BYTES:
                     raise KeysRefused(f"the client's jwks_url answered more than {MAX_JWKS_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise KeysRefused(f"the client's jwks_url took more than {FETCH_TIMEOUT_S:g} s to answer")
     except httpx.HTTPError as exc:
         raise KeysRefused(f"the client's jwks_url could not be fetched: {type(exc).__name__}") from None
     try:
@@ -122,25 +131,51 @@ def fetch_jwks(url: str) -> dict:
     return check_jwks(data, "the client's jwks_url")
 
 
+@dataclasses.dataclass
+class _KeySet:
+    """What is known of one `jwks_url`: the last set fetched, the last failure, and whether a fetch runs."""
+
+    keys: Optional[dict] = None
+    fetched_at: float = 0.0
+    failure: Optional[str] = None
+    failed_at: float = 0.0
+    fetching: bool = False
+
+
 class JwksCache:
     """Key sets fetched from registered `jwks_url`s, shared by the server's threads."""
 
     def __init__(self, fetch: Callable[[str], dict] = fetch_jwks, clock: Callable[[], float] = time.monotonic):
         self._fetch, self._clock = fetch, clock
-        self._sets: dict[str, tuple[float, dict]] = {}
-        self._lock = threading.Lock()
+        self._sets: dict[str, _KeySet] = {}
+        self._lock = threading.Lock()  # guards `_sets`; never held across a fetch
 
     def key(self, url: str, kid: str) -> Optional[dict]:
         """The key `kid` of the set at `url`, fetching it when absent, stale, or lacking `kid`."""
         with self._lock:
-            fetched = self._sets.get(url)
+            known = self._sets.setdefault(url, _KeySet())
             now = self._clock()
-            found = _by_kid(fetched[1], kid) if fetched else None
-            if fetched and now - fetched[0] < CACHE_S and (found or now - fetched[0] < REFRESH_MIN_S):
+            found = _by_kid(known.keys, kid) if known.keys else None
+            age = now - known.fetched_at
+            if known.keys and age < CACHE_S and (found or age < REFRESH_MIN_S):
                 return found
+            if known.failure is not None and now - known.failed_at < FAILURE_CACHE_S:
+                raise KeysRefused(known.failure)
+            if known.fetching:
+                raise KeysRefused("the client's jwks_url is being fetched already; try again shortly")
+            known.fetching = True
+        try:
             keys = self._fetch(url)
-            self._sets[url] = (now, keys)
-            return _by_kid(keys, kid)
+        except KeysRefused as exc:
+            with self._lock:
+                known.failure, known.failed_at = str(exc), self._clock()
+            raise
+        finally:
+            with self._lock:
+                known.fetching = False
+        with self._lock:
+            known.keys, known.fetched_at, known.failure = keys, now, None
+        return _by_kid(keys, kid)
 
 
 def _by_kid(jwks: dict, kid: str) -> Optional[dict]:

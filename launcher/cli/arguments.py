@@ -7,6 +7,7 @@ from typing import Any, Iterable, NoReturn, Optional
 
 from launcher.cli import client_commands as clients_cli
 from launcher.cli import commands
+from launcher.cli import key_commands as keys_cli
 from launcher.core.durations import parse_duration
 from launcher.jobs.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.jobs.process import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE
@@ -123,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     resume.set_defaults(handler=commands.resume)
 
     clients_cli.add_parser(commands_, _store_options)
+    keys_cli.add_parser(commands_, _store_options, _duration)
 
     sample = commands_.add_parser("sample-data", allow_abbrev=False, help="write deterministic sample R4 NDJSON")
     sample.add_argument("--patients", type=_positive, default=100)

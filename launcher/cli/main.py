@@ -1,5 +1,5 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
-cleanup, resume, serve, clients, sample-data. The job commands' handlers are in `launcher.cli.commands`.
+cleanup, resume, serve, clients, keys, sample-data. The job commands' handlers are in `launcher.cli.commands`.
 
 Exit codes (the same table is in README.md). The codes of the engine's errors are decided in
 one place, `transforms/errors.py` (each error class carries its own); 130 and 141 here:

@@ -5,14 +5,19 @@ It takes `application/x-www-form-urlencoded` only. A token is answered as
 RFC 6749 5.1 says (`no-store`); a refusal as 5.2, `{error, error_description}`
 with 400, or 401 for `invalid_client`. Without `--auth smart` there is no
 token endpoint (404).
+
+Token requests run in at most `TOKEN_THREADS` threads of their own, not in
+the thread pool that kick-off, status and download requests share: a flood
+of assertions (say, naming a client whose `jwks_url` hangs) waits for these
+threads and never delays the other endpoints.
 """
 
 from __future__ import annotations
 
 from urllib.parse import parse_qsl
 
+import anyio
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
 from launcher.auth.assertion import TokenRefused
@@ -25,6 +30,8 @@ FORM = "application/x-www-form-urlencoded"
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _MAX_FORM_BYTES = 64 << 10
 _MAX_FIELDS = 16
+TOKEN_THREADS = 2
+_TOKEN_LIMITER = anyio.CapacityLimiter(TOKEN_THREADS)
 
 
 @router.post(TOKEN_PATH)
@@ -37,7 +44,7 @@ async def token(request: Request, app: Server = Depends(server)) -> JSONResponse
         except TokenRefused as exc:
             app.token_service.audit_refusal(exc)
             raise
-        answer = await run_in_threadpool(app.token_service.exchange, form)
+        answer = await anyio.to_thread.run_sync(app.token_service.exchange, form, limiter=_TOKEN_LIMITER)
     except TokenRefused as exc:
         return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.http_status,
                             headers=_NO_STORE)

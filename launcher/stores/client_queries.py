@@ -1,4 +1,9 @@
-"""The client registry's SQL, mixed into the SQL job store: clients, used assertion ids, server keys."""
+"""The client registry's SQL, mixed into the SQL job store: clients, used assertion ids, server keys.
+
+`server_keys` holds the access-token signing keys, one row per key, named by
+its `kid`: `retires_ms` NULL is an active key; a time is a retiring key that
+verifies tokens until then and signs none. A deleted row is a revoked key.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +34,10 @@ SERVER_KEYS_TABLE = """CREATE TABLE IF NOT EXISTS server_keys (
     private_pem TEXT NOT NULL,
     created_at TEXT NOT NULL
 )"""
+SERVER_KEYS_RETIREMENT = "ALTER TABLE server_keys ADD COLUMN retires_ms BIGINT"
+_KEYS_IN_FORCE = ("SELECT name, private_pem, created_at, retires_ms FROM server_keys"
+                  " WHERE retires_ms IS NULL OR retires_ms > ? ORDER BY created_at DESC, name DESC")
+
 
 class ClientQueries:
     """The registry's part of a SQL job store (mixed into `SqlJobStore`)."""
@@ -79,3 +88,35 @@ class ClientQueries:
             db.execute("INSERT INTO server_keys (name, private_pem, created_at) VALUES (?, ?, ?)"
                        " ON CONFLICT (name) DO NOTHING", (name, make(), created_at))
             return db.execute("SELECT private_pem FROM server_keys WHERE name = ?", (name,)).fetchone()["private_pem"]
+
+    def signing_keys(self, now_ms: int) -> list[dict]:
+        """The access-token keys in force at `now_ms` (rows: name, private_pem, created_at, retires_ms), newest
+        first; `retires_ms` None marks an active key."""
+        with self._tx(write=False) as db:
+            return [dict(row) for row in db.execute(_KEYS_IN_FORCE, (now_ms,)).fetchall()]
+
+    def add_first_signing_key(self, name: str, private_pem: str, created_at: str) -> bool:
+        """Stores an active key unless one exists; False if one did (it is then used instead)."""
+        with self._tx() as db:
+            if db.execute("SELECT name FROM server_keys WHERE retires_ms IS NULL").fetchone():
+                return False
+            db.execute("INSERT INTO server_keys (name, private_pem, created_at) VALUES (?, ?, ?)",
+                       (name, private_pem, created_at))
+            return True
+
+    def rotate_signing_key(self, name: str, private_pem: str, created_at: str, now_ms: int,
+                           retire_ms: Optional[int]) -> list[str]:
+        """Stores the new active key `name`. Every other key retires by `retire_ms` at the latest, or is deleted
+        at once when it is None (revoked); keys retired already are deleted. The names of the deleted keys."""
+        with self._tx() as db:
+            if retire_ms is None:
+                dropped = db.execute("SELECT name FROM server_keys").fetchall()
+                db.execute("DELETE FROM server_keys")
+            else:
+                dropped = db.execute("SELECT name FROM server_keys WHERE retires_ms <= ?", (now_ms,)).fetchall()
+                db.execute("DELETE FROM server_keys WHERE retires_ms <= ?", (now_ms,))
+                db.execute("UPDATE server_keys SET retires_ms = ? WHERE retires_ms IS NULL OR retires_ms > ?",
+                           (retire_ms, retire_ms))
+            db.execute("INSERT INTO server_keys (name, private_pem, created_at) VALUES (?, ?, ?)",
+                       (name, private_pem, created_at))
+        return [row["name"] for row in dropped]

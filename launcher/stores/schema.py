@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from typing import Callable, NamedTuple, Optional
 
-from launcher.stores.client_queries import ASSERTIONS_INDEX, ASSERTIONS_TABLE, CLIENTS_TABLE, SERVER_KEYS_TABLE
+from launcher.stores.client_queries import (
+    ASSERTIONS_INDEX,
+    ASSERTIONS_TABLE,
+    CLIENTS_TABLE,
+    SERVER_KEYS_RETIREMENT,
+    SERVER_KEYS_TABLE,
+)
 from launcher.stores.engine_jobs import RUNNER_JOB_COLUMN
 from launcher.stores.published import PAGES_TABLE, PUBLISHED_TABLE
 from launcher.stores.schedule_queries import SCHEDULES_TABLE
@@ -101,6 +107,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(5, (RUNNER_JOB_COLUMN,)),
     # allowPartialManifests: files published while an export runs, and the manifest pages served.
     Migration(6, (PUBLISHED_TABLE, PAGES_TABLE)),
+    # Key rotation: several access-token keys, each active or retiring until `retires_ms`.
+    Migration(7, (SERVER_KEYS_RETIREMENT,)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
