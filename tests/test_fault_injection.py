@@ -20,6 +20,9 @@ not files: how records split into parts (and so the part names) depends on bundl
 differs between two uninterrupted runs too; every line is one whole resource, so equal sorted lines
 are equal output. And no stray file: the job's folder holds exactly the listed files and the
 manifest (no temporary folder, no hidden manifest), and the output root nothing but the job's folder.
+
+The server's test kills `bulk-export serve` while a client polls, then while it downloads, restarts it
+on the same port and state each time, and the client finishes with the uninterrupted export's output.
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from launcher.stores import ANY_OWNER, open_store
 from launcher.tools.sample_data import generate
-from tests.server_process import ROOT
+from tests.gcs_emulator import free_port
+from tests.server_process import FHIR_HEADERS, ROOT, serve
 from transforms.storage.layout import MANIFEST_NAME, TEMP_DIR_NAME
 
 TRIALS = int(os.environ.get("BULK_EXPORT_FAULT_TRIALS", "20"))
@@ -169,3 +175,99 @@ def test_a_launcher_killed_at_random_moments_resumes_to_the_same_output(referenc
             failures.append((trial, delay, phase, f"{differ} differ; stray files: {got['stray']}"))
     print(f"fault injection: {TRIALS} trials, {len(failures)} failures, phases hit: {dict(sorted(phases.items()))}")
     assert failures == [], failures
+
+
+class _Client(threading.Thread):
+    """A Bulk Data client that rides out a server's death: it retries what fails to connect, kicks off
+    again a job that failed with its server, and resumes a cut download with `Range`. After the first
+    chunk of its first download it signals `downloading` and waits for `go_on`, so that the server can be
+    killed while the file is half read."""
+
+    def __init__(self, base: str, kickoff: str):
+        super().__init__(daemon=True)
+        self.base, self.kickoff = base, kickoff
+        self.polling, self.downloading, self.go_on = threading.Event(), threading.Event(), threading.Event()
+        self.kickoffs = self.download_retries = 0
+        self.failed_jobs: list[str] = []  # the diagnostics of each job that failed, so was kicked off again
+        self.result: dict | BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            with httpx.Client(timeout=30) as http:
+                self.result = self._export(http)
+        except BaseException as exc:  # reported by the test
+            self.result = exc
+
+    def _retry(self, call):
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                return call()
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "the server never came back"
+                time.sleep(0.2)
+
+    def _export(self, http: httpx.Client) -> dict:
+        while True:
+            kicked = self._retry(lambda: http.get(self.base + self.kickoff, headers=FHIR_HEADERS))
+            assert kicked.status_code == 202, kicked.text
+            self.kickoffs += 1
+            status_url = kicked.headers["Content-Location"]
+            while (answer := self._retry(lambda: http.get(status_url))).status_code == 202:
+                self.polling.set()
+                time.sleep(0.2)
+            if answer.status_code == 200:
+                break
+            assert answer.status_code == 500 and "failed" in answer.text, answer.text  # died with its server
+            self.failed_jobs.append(answer.json()["issue"][0]["diagnostics"])
+        lines: dict = collections.defaultdict(list)
+        for entry in sorted(answer.json()["output"], key=lambda e: -e["count"]):  # the largest first
+            lines["output", entry["type"]].extend(self._download(http, entry["url"]).splitlines())
+        return {key: sorted(value) for key, value in lines.items()}
+
+    def _download(self, http: httpx.Client, url: str) -> bytes:
+        data = b""
+        while True:
+            headers = {"Range": f"bytes={len(data)}-", "Accept-Encoding": "identity"} if data else {}
+            try:
+                with http.stream("GET", url, headers=headers) as response:
+                    assert response.status_code == (206 if data else 200), response.status_code
+                    for chunk in response.iter_bytes(65536):
+                        data += chunk
+                        if not self.downloading.is_set():
+                            self.downloading.set()
+                            self.go_on.wait(120)
+                return data
+            except httpx.TransportError:
+                self.download_retries += 1
+                time.sleep(0.2)
+
+
+def test_a_server_killed_while_a_client_polls_and_downloads_is_restarted_and_the_client_finishes(run_cli, tmp_path):
+    """Killed once while the client polls a running job (the job fails with its server; the client kicks
+    off again) and once while it downloads (it resumes with `Range`); it ends with the output of an
+    uninterrupted export."""
+    source, output, state = tmp_path / "source", tmp_path / "out", tmp_path / "state"
+    generate(source, patients=800, seed=4)
+    local = run_cli("export", "--source", str(source), "--output", str(tmp_path / "local"),
+                    "--kickoff", "http://x/fhir/$export?_type=Observation,Patient", state_dir=tmp_path / "local-state")
+    assert local.code == 0, local.err
+    expected = _snapshot(local.manifest_path.parent)
+    args = ("--chunk-bytes", "65536", "--lease", "6s", "--maintenance-interval", "1s")
+    port = free_port()
+    with serve(source, output, state, *args, port=port) as first:
+        client = _Client(first.fhir, "/$export?_type=Observation,Patient")
+        client.start()
+        assert client.polling.wait(120), client.result
+        first.kill()
+    with serve(source, output, state, *args, port=port) as second:
+        assert client.downloading.wait(240), client.result
+        second.kill()
+    client.go_on.set()
+    with serve(source, output, state, *args, port=port):
+        client.join(240)
+    assert not client.is_alive() and isinstance(client.result, dict), client.result
+    assert client.result == expected["lines"]
+    print(f"server faults: {client.kickoffs} kick-offs, {client.download_retries} download retries,"
+          f" failed jobs: {client.failed_jobs}")
+    assert client.kickoffs >= 2 and client.download_retries >= 1  # the first job died with its server
