@@ -30,7 +30,9 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
+import socket
 from typing import Any, Callable, Optional
+from urllib.parse import urlsplit
 
 import apache_beam as beam
 import dask
@@ -40,6 +42,8 @@ from apache_beam import pvalue
 from apache_beam.pipeline import AppliedPTransform, PipelineVisitor, PTransformOverride
 from apache_beam.runners.runner import PipelineState
 from apache_beam.transforms.window import GlobalWindow
+
+from transforms.errors import EngineLost
 
 try:  # Beam internals, each in `BEAM_INTERNALS`: a Beam that lacks one is refused before any run
     from apache_beam.runners.common import DoFnContext, DoFnInvoker, DoFnSignature, Receiver, _OutputHandler
@@ -259,20 +263,63 @@ def _overrides() -> list[PTransformOverride]:
 
 
 class _Result(DaskRunnerResult):
-    """Beam's Dask result, whose client is closed once the job has ended."""
+    """Beam's Dask result, whose client is closed once the job has ended, and which fails (`EngineLost`)
+    when the scheduler is lost: Beam's own counts a future cancelled by the lost connection as done."""
+
+    _cancelled = False
 
     def wait_until_finish(self, duration=None):
         try:
-            return super().wait_until_finish(duration)
+            timeout = None if duration is None else duration / 1000  # Beam's duration is in milliseconds
+            for future, outcome in ddist.as_completed(self.futures, timeout=timeout, with_results=True):
+                if future.cancelled() and not self._cancelled:
+                    raise EngineLost(_lost(self.client.scheduler.address, getattr(outcome, "reason", "")))
+            self._state = PipelineState.DONE
+        except BaseException:
+            self._state = PipelineState.FAILED
+            raise
         finally:
-            if self.state in (PipelineState.DONE, PipelineState.FAILED):
-                self.client.close()
+            if self._state in (PipelineState.DONE, PipelineState.FAILED):
+                self.client.close(timeout=_CLOSE_TIMEOUT_S)
+        return self._state
 
     def cancel(self):
+        self._cancelled = True
         try:
             return super().cancel()
         finally:
-            self.client.close()
+            self.client.close(timeout=_CLOSE_TIMEOUT_S)
+
+
+_CLOSE_TIMEOUT_S = 5
+_PROBE_TIMEOUT_S = 2.0
+_CONNECTION_LOST = "scheduler-connection-lost"  # distributed's reason for the futures of a lost scheduler
+
+
+def _lost(address: str, reason: str) -> str:
+    """One line naming why the job's futures were cancelled: the scheduler stopped answering (and what
+    a new connection to it meets now), or the scheduler cancelled them itself."""
+    if reason and reason != _CONNECTION_LOST:
+        return f"the Dask scheduler at {address} cancelled the job's tasks ({reason})"
+    return f"the Dask scheduler at {address} stopped answering ({_probe(address)})"
+
+
+def _probe(address: str) -> str:
+    """What connecting to `address` (`tcp://host:port`) meets now, in a few words."""
+    parts = urlsplit(address)
+    try:
+        host, port = parts.hostname, parts.port
+    except ValueError:
+        host = port = None
+    if not host or not port:
+        return "connection lost"
+    try:
+        with socket.create_connection((host, port), timeout=_PROBE_TIMEOUT_S):
+            return "connection lost; it accepts connections again"
+    except socket.timeout:
+        return f"no answer within {_PROBE_TIMEOUT_S:g} s"
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
 
 
 class DaskRunner(BeamDaskRunner):
@@ -281,7 +328,15 @@ class DaskRunner(BeamDaskRunner):
     def run_pipeline(self, pipeline, options):
         dask_options = options.view_as(DaskOptions).get_all_options(drop_default=True, current_only=True)
         npartitions = DaskOptions._extract_bag_kwargs(dask_options).get("npartitions")
-        client = ddist.Client(**dask_options)
+        # A lost scheduler is reported in one line (`EngineLost`): the client's own logs (its reconnect
+        # tracebacks) follow Beam's level, so they show only where Beam's do (`-v`).
+        for name in ("distributed", "distributed.client"):
+            logging.getLogger(name).setLevel(logging.getLogger("apache_beam").getEffectiveLevel())
+        try:
+            client = ddist.Client(**dask_options)
+        except OSError as exc:  # e.g. "Timed out trying to connect to tcp://...": the engine is out of reach
+            address = dask_options.get("address", "")
+            raise EngineLost(f"the Dask scheduler at {address} cannot be reached ({_probe(address)})") from exc
         pipeline.replace_all(_overrides())
         translate = _Translate(npartitions)
         pipeline.visit(translate)

@@ -37,9 +37,11 @@ class Server:
 
 
 @contextlib.contextmanager
-def serve(source: Path, output: Path, state_dir: Path, *extra: str, ready_s: float = 60) -> Iterator[Server]:
-    """Starts the server and waits until it answers `GET [base]/metadata`; stops it afterwards."""
-    port = free_port()
+def serve(source: Path, output: Path, state_dir: Path, *extra: str, ready_s: float = 60,
+          port: int | None = None) -> Iterator[Server]:
+    """Starts the server (on `port`, or a free one) and waits until it answers `GET [base]/metadata`;
+    stops it afterwards."""
+    port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     log = state_dir.parent / f"server-{port}.log"
     state_dir.mkdir(parents=True, exist_ok=True)

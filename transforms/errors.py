@@ -78,3 +78,8 @@ class Unavailable(ExportError):
     """The job store, the state folder or the source cannot be used (unreachable, read-only, missing)."""
 
     exit_code = 4
+
+
+class EngineLost(JobFailed, RuntimeError):
+    """The engine running a job's pipeline (a Dask scheduler) was lost or could not be reached: the job
+    ends `error` and may be resumed, on that engine once it is back or on another."""

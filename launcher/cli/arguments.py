@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="jobs claimed per batch (default %(default)s)")
     cleanup.set_defaults(handler=commands.cleanup)
 
-    resume = commands_.add_parser("resume", allow_abbrev=False, help="run again a job whose launcher died")
+    resume = commands_.add_parser("resume", allow_abbrev=False,
+                                  help="run again a job whose launcher died or whose engine was lost")
     _job_options(resume)
     resume.add_argument("job_id")
     _run_options(resume)

@@ -86,14 +86,16 @@ def _warm_pipeline_process() -> None:
     start_fork_server()
 
 
-def resume(args: argparse.Namespace, _: list[str]) -> int:
+def resume(args: argparse.Namespace, beam_args: list[str]) -> int:
+    """Runs a job again; runner options given here replace the recorded ones for this attempt."""
     _warm_pipeline_process()
     from launcher.jobs.attempts import resume_export
 
     store, audit = _open(args)
     display = ProgressDisplay()
     try:
-        record = resume_export(store, _control(args, audit, display), args.tenant, args.job_id, args.owner)
+        record = resume_export(store, _control(args, audit, display), args.tenant, args.job_id, args.owner,
+                               tuple(beam_args))
     finally:
         display.close()
     _print_complete(record)

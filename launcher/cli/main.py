@@ -55,7 +55,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command not in ("export", "serve"):
+        if extra and args.command not in ("export", "serve", "resume"):  # the commands taking runner options
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args, extra
     except UsageError as exc:

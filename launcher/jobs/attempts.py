@@ -8,7 +8,8 @@ a child process while this launcher renews the job's lease -> its last step
 claims `complete`. Any failure marks the job `error` with a clear message and
 removes its partial output, so a failed job never leaves a manifest behind. A
 cancel stops the child and removes the output. `resume_export` runs a job
-again whose launcher died, from an empty folder, as its next attempt.
+again whose launcher died or whose engine was lost (`EngineLost`: such a job is
+recorded resumable), from an empty folder, as its next attempt.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from launcher.stores import InvalidJobState, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportStatus
 from pipelines.options import ExportSettings, prepare_runner
+from transforms.errors import EngineLost
 from transforms.storage.files import is_local, remove_tree
 from transforms.storage.pg_source import is_postgres
 from transforms.storage.source_files import match_source
@@ -58,13 +60,17 @@ def run_recorded(store: JobStore, control: RunControl, recorded: RecordedJob) ->
 
 
 def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str,
-                  owner: Optional[str] = None) -> StoredJob:
-    """Runs again, as its next attempt, a job whose launcher stopped; returns it complete.
+                  owner: Optional[str] = None, beam_args: tuple[str, ...] = ()) -> StoredJob:
+    """Runs again, as its next attempt, a job whose launcher stopped or whose engine was lost; returns it
+    complete.
 
     The job keeps its request and `transactionTime`; its folder is emptied
     first, and the attempt writes its parts to a temporary folder of its own,
-    so parts of two attempts never mix.
+    so parts of two attempts never mix. `beam_args`, if any, replace the
+    recorded runner options for this attempt (e.g. another Dask scheduler).
     """
+    if beam_args:
+        prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before the job is touched
     lease = new_lease(control.lease_s)
     record = store.claim_resume(tenant, job_id, owner, lease, control.max_active)
     spec = store.run_spec(job_id)
@@ -79,8 +85,8 @@ def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str
         def patients():
             return resolve_patients(record.request, settings.source, settings.source_format, record.transaction_time)
 
-        return _run_attempt(store, control, job, record.request, tuple(spec["beam_args"]), lease, record.attempt,
-                            patients)
+        return _run_attempt(store, control, job, record.request, beam_args or tuple(spec["beam_args"]), lease,
+                            record.attempt, patients)
     finally:
         release(snapshot)
 
@@ -113,8 +119,11 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         # Ctrl-C (KeyboardInterrupt) or SystemExit must not leave the job `in-progress` forever.
         interrupted = not isinstance(exc, Exception)
         message = f"interrupted ({type(exc).__name__})" if interrupted else describe(exc)
+        resumable = isinstance(exc, EngineLost)  # the job itself did nothing wrong: it may run again
+        if resumable:
+            message += f"; `bulk-export resume {job.job_id}` runs it again"
         try:
-            store.fail(job.job_id, message, attempt=attempt)
+            store.fail(job.job_id, message, resumable=resumable, attempt=attempt)
         except InvalidJobState:
             current = store.get(job.tenant, job.job_id)
             if current.attempt != attempt or current.status is ExportStatus.ERROR:

@@ -26,7 +26,7 @@ from typing import Callable, Optional
 from launcher.core.audit import AuditLog
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
-from transforms.errors import JobFailed
+from transforms.errors import EngineLost, JobFailed
 
 POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
@@ -116,13 +116,14 @@ class PipelineProcess:
         lifeline.close()
         results.close()
         self.failure: Optional[str] = None
+        self.engine_lost = False  # whether the run failed because its engine was lost (`EngineLost`)
 
     def wait(self, timeout: float) -> bool:
         """True once the run has ended; then `failure` is None or its one-line message."""
         if not self._results.poll(timeout):
             return False
         try:
-            self.failure = self._results.recv()
+            self.failure, self.engine_lost = self._results.recv() or (None, False)
         except EOFError:
             self._process.join(5)
             self.failure = f"the pipeline process died (exit code {self._process.exitcode})"
@@ -157,7 +158,7 @@ def _child_main(argv, sink, lifeline, results, log_level, nice=0) -> None:
         _RUN["result"] = run(argv, sink=sink)
         _RUN["result"].wait_until_finish()
     except BaseException as exc:  # reported to the launcher, which records it
-        results.send(describe(exc))
+        results.send((describe(exc), isinstance(exc, EngineLost)))
         return
     results.send(None)
 
@@ -198,7 +199,8 @@ def run_and_watch(
     """Runs the pipeline to its end, renewing the job's lease and reporting progress.
 
     Stops the run at once when the job is cancelled (`JobCancelled`) or the
-    lease was taken over (`LeaseLost`); a failed run raises `RuntimeError`.
+    lease was taken over (`LeaseLost`); a failed run raises `RuntimeError`, or `EngineLost` when
+    its engine was lost.
     """
     process = PipelineProcess(argv, sink, nice)
     try:
@@ -232,6 +234,6 @@ def run_and_watch(
                 elif now - unreachable_since > lease_s:
                     raise
         if process.failure is not None:
-            raise RuntimeError(process.failure)
+            raise (EngineLost if process.engine_lost else RuntimeError)(process.failure)
     finally:
         process.stop()

@@ -318,7 +318,8 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
         with self._tx() as db:
             row = self._visible(db, tenant, job_id, owner)
             if not row["resumable"]:
-                raise InvalidJobState(f"job {job_id} is {row['status']}; only a job whose launcher stopped can be resumed")
+                raise InvalidJobState(f"job {job_id} is {row['status']}; only a job whose launcher stopped"
+                                      " or whose engine was lost can be resumed")
             if max_active is not None:
                 self._lock_tenant(db, tenant)
                 self._check_cap(db, tenant, max_active)
