@@ -228,3 +228,20 @@ def test_include_associated_data_is_taken_over_http(server):
         manifest = poll(client, _kick_off(client, "GET", url)).json()
         assert {e["type"] for e in manifest["output"]} == {"Organization"} and "message" not in manifest
 
+
+
+def test_a_post_kick_off_with_a_url_query_is_refused_as_the_cli_refuses_it(server):
+    """The IG takes a POST kick-off's parameters from its body: a query beside it is refused (400, naming
+    the query), not ignored, with the text the CLI's parser gives."""
+    from launcher.kickoff.parser import KickoffRefused, parse_post
+
+    query = "_typeFilter=" + quote("Observation?status=final", safe="")
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation"}]}
+    with httpx.Client(timeout=30) as client:
+        response = client.post(server.fhir + "/$export?" + query, json=body,
+                               headers={**FHIR_HEADERS, "Content-Type": "application/fhir+json"})
+        diagnostics = _outcome(response, 400)
+    assert "_typeFilter" in diagnostics and "status=final" not in diagnostics
+    with pytest.raises(KickoffRefused) as cli:
+        parse_post(body, server.fhir + "/$export?" + query)
+    assert diagnostics == str(cli.value)
