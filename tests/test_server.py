@@ -245,3 +245,22 @@ def test_a_post_kick_off_with_a_url_query_is_refused_as_the_cli_refuses_it(serve
     with pytest.raises(KickoffRefused) as cli:
         parse_post(body, server.fhir + "/$export?" + query)
     assert diagnostics == str(cli.value)
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "complete"])
+def test_concurrent_deletes_of_one_job_answer_202_or_404_never_500(big_source, tmp_path, running):
+    """DELETE answers 202 in every state; one that finds the job already gone answers 404 as any later
+    request does. Nothing fails with a traceback in the log, and the job and its files are gone."""
+    slow = ("--chunk-bytes", "256") if running else ()
+    with serve(big_source, tmp_path / "out", tmp_path / "state", *slow) as server, httpx.Client(timeout=60) as client:
+        status_url = _kick_off(client, "GET", server.fhir + "/$export")
+        if not running:
+            assert poll(client, status_url).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: client.delete(status_url).status_code, range(16)))
+        assert 202 in codes and set(codes) <= {202, 404}, codes
+        _outcome(client.get(status_url), 404)
+        job_id = status_url.rsplit("/", 1)[1]
+        assert not list((tmp_path / "out").rglob(f"*{job_id}*")), (list((tmp_path / "out").rglob("*")), server.log.read_text())
+    log = server.log.read_text()
+    assert "Traceback" not in log and "unexpected" not in log, log
