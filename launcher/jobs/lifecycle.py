@@ -17,6 +17,7 @@ from launcher.core.names import job_output_dir
 from launcher.jobs.process import new_lease
 from launcher.stores import ANY_OWNER, InvalidJobState, JobNotFound, JobStore, Lease, StoredJob, now_ms
 from launcher.stores.contract import Owner
+from pipelines.models import ExportStatus
 from transforms.storage.files import remove_tree
 
 _LOG = logging.getLogger(__name__)
@@ -99,13 +100,16 @@ def _holder_is_gone(holder: str) -> bool:
 
 def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Owner,
                on_wait: Optional[OnWait] = None) -> StoredJob:
-    """Removes a job's output files and its records (cancelling it first if it is still running)."""
+    """Removes a job's output files and its records (cancelling it first if it is still running, and
+    waiting, as `cancel_job` does, for the launcher of a cancelled job to stop)."""
     record = store.get(tenant, job_id, owner)
     if not record.status.is_terminal:
         try:
             cancel_job(store, audit, tenant, job_id, owner, on_wait=on_wait)
-        except InvalidJobState:  # it ended meanwhile (e.g. a concurrent delete cancelled it): wait as that one does
-            _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
+        except InvalidJobState:  # it ended meanwhile, maybe cancelled by a concurrent request
+            record = store.get(tenant, job_id, owner)
+    if record.status is ExportStatus.CANCELLED:  # its launcher may still be stopping and removing its files
+        _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)
     audit.record("delete", record, description="output files and job records deleted")
