@@ -268,3 +268,25 @@ def test_classify_tells_late_resources_apart_in_every_spelling():
     assert verdict("2019-06-01T00:00:00Z") is False               # before _since: left out silently
     assert verdict("2022-06-01T00:00:00Z") is True
     assert window.classify({}) is True
+
+
+def test_a_failed_jobs_http_status_names_the_source_file_relative_to_the_source(tmp_path):
+    """A truncated gzip source fails the export; the status a client polls names the file relative to
+    the source, never the server's folder (the store keeps the whole path, for the operator)."""
+    import gzip
+
+    import httpx
+
+    from tests.server_process import FHIR_HEADERS, poll, serve
+
+    source = tmp_path / "srv-secret-folder" / "data"
+    source.mkdir(parents=True)
+    whole = gzip.compress(b"".join(_line(_res("Patient", f"p{n}")).encode() + b"\n" for n in range(200)))
+    (source / "trunc.ndjson.gz").write_bytes(whole[: len(whole) // 2])
+    with serve(source, tmp_path / "out", tmp_path / "state") as server, httpx.Client(timeout=30) as client:
+        kicked = client.get(server.fhir + "/$export", headers=FHIR_HEADERS)
+        assert kicked.status_code == 202, kicked.text
+        failed = poll(client, kicked.headers["Content-Location"])
+    assert failed.status_code == 500, failed.text
+    diagnostics = failed.json()["issue"][0]["diagnostics"]
+    assert "'trunc.ndjson.gz'" in diagnostics and "srv-secret-folder" not in diagnostics, diagnostics

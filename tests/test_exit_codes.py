@@ -74,6 +74,16 @@ def test_refresh_urls_of_local_output_is_about_the_job_not_a_refusal(run_cli, tm
     assert result.out == ""
 
 
+def test_the_docs_give_refresh_urls_of_local_output_the_exit_code_it_has(run_cli, tmp_path):
+    """docs/deploy.md and the README's table of exit codes say what the CLI does."""
+    _job(SqliteJobStore(str(tmp_path / "state")), tmp_path, "done", ExportStatus.COMPLETE)
+    code = run_cli("manifest", "done", "--refresh-urls").code
+    deploy = " ".join((ROOT / "docs" / "deploy.md").read_text().split())
+    assert f"On a job with local output `--refresh-urls` exits {code} " in deploy
+    readme_rows = [row for row in (ROOT / "README.md").read_text().splitlines() if "`manifest --refresh-urls`" in row]
+    assert [row.split("|")[1].strip() for row in readme_rows] == [str(code)]
+
+
 def test_refusals_before_any_job_still_exit_2(run_cli, tmp_path):
     assert run_cli("status", "../x").code == 2
     assert run_cli("list", "--job-store", "mysql://h/db").code == 2

@@ -102,3 +102,23 @@ def test_a_bundle_that_loses_the_job_while_writing_removes_its_parts_and_stops(t
     with pytest.raises(StaleAttempt, match="no longer owns the job"):
         list(fn.process(batch))
     assert not temp.exists() and not temp.parent.exists()
+
+
+def test_a_bundle_that_loses_the_job_after_closing_a_part_removes_it_too(tmp_path):
+    """A part the bundle already closed (its line limit reached) is removed with the open ones when the
+    attempt finds it lost the job: the cleanup neither crashes nor leaves the closed part on disk."""
+    store = SqliteJobStore(str(tmp_path / "state"))
+    store.create(_record("job-1"), lease=Lease("launcher-1", now_ms() - 1))
+    store.mark_in_progress("job-1")
+    temp = tmp_path / "out" / "acme" / "job-1" / ".attempt-1"
+    fn = WriteParts(str(temp), max_lines=1, fence=_sink(tmp_path, 1))._fn
+    patients = [Resource("Patient", b'{"resourceType":"Patient","id":"p%d"}' % n, None, n) for n in range(2)]
+    fn.start_bundle()
+    list(fn.process(ResourceBatch(Origin("mem", 0), patients)))
+    assert len(fn._closed) == 1 and len(list(temp.iterdir())) == 2  # one part closed, one open
+    store.reap_expired()
+    store.claim_resume("acme", "job-1", None, Lease("launcher-2", now_ms() + 60_000))
+    time.sleep(1.1)
+    with pytest.raises(StaleAttempt, match="no longer owns the job"):
+        list(fn.process(ResourceBatch(Origin("mem", 1), patients[:1])))
+    assert not temp.exists() and not temp.parent.exists()

@@ -228,3 +228,39 @@ def test_include_associated_data_is_taken_over_http(server):
         manifest = poll(client, _kick_off(client, "GET", url)).json()
         assert {e["type"] for e in manifest["output"]} == {"Organization"} and "message" not in manifest
 
+
+
+def test_a_post_kick_off_with_a_url_query_is_refused_as_the_cli_refuses_it(server):
+    """The IG takes a POST kick-off's parameters from its body: a query beside it is refused (400, naming
+    the query), not ignored, with the text the CLI's parser gives."""
+    from launcher.kickoff.parser import KickoffRefused, parse_post
+
+    query = "_typeFilter=" + quote("Observation?status=final", safe="")
+    body = {"resourceType": "Parameters", "parameter": [{"name": "_type", "valueString": "Observation"}]}
+    with httpx.Client(timeout=30) as client:
+        response = client.post(server.fhir + "/$export?" + query, json=body,
+                               headers={**FHIR_HEADERS, "Content-Type": "application/fhir+json"})
+        diagnostics = _outcome(response, 400)
+    assert "_typeFilter" in diagnostics and "status=final" not in diagnostics
+    with pytest.raises(KickoffRefused) as cli:
+        parse_post(body, server.fhir + "/$export?" + query)
+    assert diagnostics == str(cli.value)
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running", "complete"])
+def test_concurrent_deletes_of_one_job_answer_202_or_404_never_500(big_source, tmp_path, running):
+    """DELETE answers 202 in every state; one that finds the job already gone answers 404 as any later
+    request does. Nothing fails with a traceback in the log, and the job and its files are gone."""
+    slow = ("--chunk-bytes", "256") if running else ()
+    with serve(big_source, tmp_path / "out", tmp_path / "state", *slow) as server, httpx.Client(timeout=60) as client:
+        status_url = _kick_off(client, "GET", server.fhir + "/$export")
+        if not running:
+            assert poll(client, status_url).status_code == 200
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(lambda _: client.delete(status_url).status_code, range(16)))
+        assert 202 in codes and set(codes) <= {202, 404}, codes
+        _outcome(client.get(status_url), 404)
+        job_id = status_url.rsplit("/", 1)[1]
+        assert not list((tmp_path / "out").rglob(f"*{job_id}*")), (list((tmp_path / "out").rglob("*")), server.log.read_text())
+    log = server.log.read_text()
+    assert "Traceback" not in log and "unexpected" not in log, log

@@ -9,6 +9,7 @@ store accept each other's tokens and refuse each other's replays.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import sqlite3
 import subprocess
@@ -209,3 +210,27 @@ def test_two_instances_share_tokens_and_refuse_each_others_replays(tmp_path, sam
         assert kicked.status_code == 202, kicked.text
         job = kicked.headers["Content-Location"].rsplit("/", 1)[1]
         assert httpx.get(f"{one.fhir}/bulk-status/{job}", headers=bearer, timeout=30).status_code in (200, 202)
+
+
+def test_a_clients_job_expires_as_its_expires_header_says(tmp_path, sample_dir):
+    """The maintenance loop removes every client's finished jobs once `Expires` has passed, not only the
+    server's own tenant's, and audits each removal."""
+    key = ClientKey("ES256")
+    state = tmp_path / "state"
+    register(state, "exp", "--jwks", write_jwks(tmp_path, key), "--tenant", "acme")
+    with serve(sample_dir, tmp_path / "out", state, "--cleanup-ttl", "2s", "--maintenance-interval", "1s") as server:
+        with httpx.Client(timeout=30) as plain:
+            token = get_token(plain, server.base_url + "/auth/token", key, "exp")
+        with httpx.Client(timeout=30, headers={"Authorization": f"Bearer {token}"}) as client:
+            manifest = _export(client, server.fhir + "/$export?_type=Patient")
+            expires = email.utils.parsedate_to_datetime(client.get(manifest["status_url"]).headers["Expires"])
+            file_url = manifest["output"][0]["url"]
+            assert client.get(file_url).status_code == 200
+            deadline = expires.timestamp() + 6  # past Expires, with a few maintenance rounds
+            while time.time() < deadline and client.get(manifest["status_url"]).status_code == 200:
+                time.sleep(0.5)
+            _outcome(client.get(manifest["status_url"]), 404)
+            _outcome(client.get(file_url), 404)
+    job_id = manifest["status_url"].rsplit("/", 1)[1]
+    cleaned = [e for e in audit_events(state) if e["agent"][0]["who"].get("display") == "bulk-export cleanup"]
+    assert [job_id in json.dumps(event) for event in cleaned] == [True], audit_events(state)

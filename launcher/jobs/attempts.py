@@ -26,7 +26,7 @@ from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunCont
 from launcher.jobs.source_snapshot import open_snapshot, release
 from launcher.jobs.store_sink import JobStore
 from launcher.kickoff.patients import resolve_patients
-from launcher.stores import InvalidJobState, Lease, StoredJob
+from launcher.stores import InvalidJobState, JobNotFound, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportStatus
 from pipelines.options import ExportSettings, prepare_runner
@@ -115,6 +115,9 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         raise
     except LeaseLost:
         raise  # the job's status and folder now belong to whoever took it over: touch neither
+    except JobNotFound as exc:  # deleted while it ran (a DELETE that raced with its end): as a cancel
+        _remove_output(job.job_dir)
+        raise JobCancelled(job.job_id) from exc
     except BaseException as exc:
         # Ctrl-C (KeyboardInterrupt) or SystemExit must not leave the job `in-progress` forever.
         interrupted = not isinstance(exc, Exception)

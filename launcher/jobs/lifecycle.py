@@ -15,8 +15,9 @@ from typing import Callable, Optional
 from launcher.core.audit import SERIOUS_FAILURE, AuditLog
 from launcher.core.names import job_output_dir
 from launcher.jobs.process import new_lease
-from launcher.stores import ANY_OWNER, JobNotFound, JobStore, Lease, StoredJob, now_ms
+from launcher.stores import ANY_OWNER, InvalidJobState, JobNotFound, JobStore, Lease, StoredJob, now_ms
 from launcher.stores.contract import Owner
+from pipelines.models import ExportStatus
 from transforms.storage.files import remove_tree
 
 _LOG = logging.getLogger(__name__)
@@ -45,20 +46,27 @@ def cancel_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
     """
     record = store.cancel(tenant, job_id, owner)
     engine_note = _cancel_on_engine(store, job_id)
-    lease = store.lease(job_id)
-    if lease is not None and lease.expires_ms >= now_ms():
-        if _holder_is_gone(lease.holder):
-            store.release_lease(job_id, lease.holder)
-        else:
-            deadline = time.monotonic() + wait_s
-            if on_wait is not None:
-                on_wait(record, lease, now_ms() + int(wait_s * 1000))
-            while store.is_leased(job_id) and time.monotonic() < deadline:
-                time.sleep(0.1)
+    _await_launcher(store, record, wait_s, on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     description = "cancelled by request; partial output removed"
     audit.record("cancel", record, description=f"{description}; {engine_note}" if engine_note else description)
     return record
+
+
+def _await_launcher(store: JobStore, record: StoredJob, wait_s: float, on_wait: Optional[OnWait]) -> None:
+    """Waits (at most `wait_s`) for the launcher of a cancelled job to release its lease; see `cancel_job`."""
+    job_id = record.job_id
+    lease = store.lease(job_id)
+    if lease is None or lease.expires_ms < now_ms():
+        return
+    if _holder_is_gone(lease.holder):
+        store.release_lease(job_id, lease.holder)
+        return
+    deadline = time.monotonic() + wait_s
+    if on_wait is not None:
+        on_wait(record, lease, now_ms() + int(wait_s * 1000))
+    while store.is_leased(job_id) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _cancel_on_engine(store: JobStore, job_id: str) -> Optional[str]:
@@ -92,10 +100,16 @@ def _holder_is_gone(holder: str) -> bool:
 
 def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Owner,
                on_wait: Optional[OnWait] = None) -> StoredJob:
-    """Removes a job's output files and its records (cancelling it first if it is still running)."""
+    """Removes a job's output files and its records (cancelling it first if it is still running, and
+    waiting, as `cancel_job` does, for the launcher of a cancelled job to stop)."""
     record = store.get(tenant, job_id, owner)
     if not record.status.is_terminal:
-        cancel_job(store, audit, tenant, job_id, owner, on_wait=on_wait)
+        try:
+            cancel_job(store, audit, tenant, job_id, owner, on_wait=on_wait)
+        except InvalidJobState:  # it ended meanwhile, maybe cancelled by a concurrent request
+            record = store.get(tenant, job_id, owner)
+    if record.status is ExportStatus.CANCELLED:  # its launcher may still be stopping and removing its files
+        _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)
     audit.record("delete", record, description="output files and job records deleted")

@@ -89,7 +89,9 @@ def parse_post(parameters: dict, url: str, strict: bool = True) -> ExportRequest
     """Parses the POST form: a FHIR `Parameters` resource sent to `url` (strict by default)."""
     parts = _absolute(url)
     if parts.query:
-        raise KickoffRefused("kickoff", "a POST kickoff takes its parameters from the body, not the URL")
+        names = ", ".join(dict.fromkeys(_printable(name) for name, _ in parse_qsl(parts.query, keep_blank_values=True)))
+        raise KickoffRefused("kickoff", "a POST kickoff takes its parameters from the body, not the URL"
+                             f" (its query: {_printable(names or parts.query)[:200]})")
     if type(parameters) is not dict or parameters.get("resourceType") != "Parameters":
         raise KickoffRefused("parameters", "the body must be a FHIR Parameters resource")
     level, group_id = _level(parts.path)

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import importlib
 import logging
+from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -87,8 +88,17 @@ async def _maintain(server: Server) -> None:
 
 def _maintain_once(server: Server) -> None:
     recover_abandoned(server.store, server.audit)
-    cleanup_expired(server.store, server.audit, server.config.cleanup_ttl_s, tenant=server.config.tenant,
-                    owner=server.config.owner)
+    for tenant, owner in _job_owners(server):
+        cleanup_expired(server.store, server.audit, server.config.cleanup_ttl_s, tenant=tenant, owner=owner)
+
+
+def _job_owners(server: Server) -> list[tuple[str, Optional[str]]]:
+    """Whose jobs this server serves, so expires: its own tenant and owner's, and with `--auth smart`
+    every registered client's (its tenant, owned by its id)."""
+    owners = [(server.config.tenant, server.config.owner)]
+    if server.tokens is not None:
+        owners += [(client.tenant, client.client_id) for client in server.store.clients()]
+    return owners
 
 
 class _DeclaredBodyLimit:

@@ -31,12 +31,13 @@ async def kick_off(request: Request, app: Server = Depends(server), who: Caller 
     endpoint = app.config.base_url + request.url.path
     # A refusal (e.g. an unknown Group), a type the token does not cover, the tenant's cap: answered by
     # the server's one error handler.
-    if request.method == "POST":
+    query = request.url.query
+    url = endpoint + (f"?{query}" if query else "")
+    if request.method == "POST":  # with a query, refused as the CLI refuses it
         body = await _parameters(request, app.config.max_body_bytes)
-        export = kickoff.parse_post(body, endpoint, strict=not lenient)
+        export = kickoff.parse_post(body, url, strict=not lenient)
     else:
-        query = request.url.query
-        export = kickoff.parse_get(endpoint + (f"?{query}" if query else ""), strict=not lenient)
+        export = kickoff.parse_get(url, strict=not lenient)
     export, settings = authorize_export(export, app.settings, who.grant)
     job = await run_in_threadpool(app.jobs.start, export, settings, who.tenant, who.owner)
     return Response(status_code=202, headers={"Content-Location": app.config.status_url(job.job_id)})

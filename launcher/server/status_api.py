@@ -18,16 +18,17 @@ from typing import Optional
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import JSONResponse
 
-from launcher.core.names import check_job_id
+from launcher.core.names import check_job_id, tenant_settings
 from launcher.jobs.lifecycle import delete_job
 from launcher.jobs.manifest_pages import manifest_page, requires_token
 from launcher.server.config import STATUS_PATH
 from launcher.server.deps import Caller, Server, caller, server
 from launcher.server.outcomes import FhirError
-from launcher.stores import JobNotFound, StoredJob
+from launcher.stores import InvalidJobState, JobNotFound, StoredJob
 from pipelines.models import ExportStatus
 from transforms.errors import NotFound, Refused
 from transforms.fhir.instant import instant_key
+from transforms.storage.source_files import relative_paths, source_root
 
 router = APIRouter()
 
@@ -49,7 +50,17 @@ def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server
         return JSONResponse(manifest.to_json_dict(), headers={"Expires": _expires(record, app.config.cleanup_ttl_s)})
     if record.status is ExportStatus.CANCELLED:
         raise NotFound(f"job {job_id} was cancelled")
-    raise FhirError(500, "exception", f"job {job_id} failed: {record.error_message or 'unknown error'}")
+    raise FhirError(500, "exception", f"job {job_id} failed: {_failure(app, record)}")
+
+
+def _failure(app: Server, record: StoredJob) -> str:
+    """Why the job failed, as a client may read it: its source's files named relative to the source,
+    never by the server's paths (the store, for the operator, keeps them whole)."""
+    try:
+        source = app.store.run_spec(record.job_id)["settings"]["source"]
+    except (InvalidJobState, KeyError, TypeError):  # recorded without its run settings: this server's source
+        source = tenant_settings(app.settings, record.tenant).source
+    return relative_paths(record.error_message or "unknown error", source_root(source))
 
 
 def _page(app: Server, who: Caller, record: StoredJob, page: int) -> Response:

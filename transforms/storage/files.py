@@ -9,6 +9,7 @@ remote path needs it, so the control plane can remove local output without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -85,10 +86,13 @@ def publish_once(temp: str, final: str) -> None:
 def remove_tree(path: str) -> None:
     """Removes a file or a folder tree if present; on GCS, every object under `path/`."""
     if is_local(path):
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        elif os.path.lexists(path):
-            os.remove(path)
+        # Another remover (a concurrent delete, cleanup or cancel) may take files from under this one.
+        while os.path.isdir(path) and not os.path.islink(path):
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(path)
+        if os.path.lexists(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
         return
     from apache_beam.io.filesystems import FileSystems
 

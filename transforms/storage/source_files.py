@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import re
 import stat
 from typing import IO, NamedTuple, Optional, Union
 
@@ -277,6 +278,15 @@ def relative_path(path: str, root: str) -> str:
     if root and path.startswith(root) and len(path) > len(root):
         return path[len(root):]
     return posixpath.basename(path)
+
+
+def relative_paths(text: str, root: str) -> str:
+    """`text` (a failure message) with every path under a `source_root` named relative to it, and the
+    root itself as `<source>`: a client is told where in the source, never the server's folders."""
+    if not root:
+        return text
+    text = re.sub(re.escape(root) + r"(?=[^\s'\"])", "", text)
+    return text.replace(root.rstrip("/"), "<source>") if root.rstrip("/") else text
 
 
 def _is_object_folder(source: str) -> bool:

@@ -157,12 +157,15 @@ class _WritePartsFn(beam.DoFn):
         return self._publish(closed) if self._publish is not None else closed
 
     def _check_fence(self, doing: str) -> None:
-        """Checks the fence; an attempt that lost the job removes every part of this bundle, then stops."""
+        """Checks the fence; an attempt that lost the job removes every unpublished part of this bundle,
+        then stops."""
         self._fenced_at = time.monotonic()
         try:
             check_fence(self._fence, doing)
         except StaleAttempt:
-            paths = [part.path for part in self._closed] + [part.abandon() for part in self._open.values()]
+            # A published part is final and listed already (`transforms.write.publish`): it stays.
+            closed = [] if self._publish is not None else [part.temp_path for part in self._closed]
+            paths = closed + [part.abandon() for part in self._open.values()]
             self._open.clear()
             self._closed.clear()
             remove_abandoned(paths, self._temp_dir)
