@@ -185,3 +185,29 @@ def test_the_engine_job_of_a_submitted_export_is_kept(store):
     engine = {"runner": "dataflow", "project": "p", "region": "r", "job_id": "2026-11-28_1"}
     store.set_runner_job("job-e", engine)
     assert store.runner_job("job-e") == engine
+
+
+@pytest.mark.parametrize("damage", [
+    "DROP TABLE type_progress",
+    "UPDATE schema_version SET version = 0",
+    "UPDATE jobs SET request_json = '{\"not\": SECRET'",
+    "UPDATE jobs SET manifest_json = '[SECRET'",
+])
+def test_a_damaged_sqlite_store_is_one_line_and_exit_4(run_cli, tmp_path, damage):
+    """A dropped table, a reset schema version or a row whose JSON cannot be read: `status`, `list` and
+    `manifest` end with one line, exit 4, no traceback and no stored value."""
+    state = tmp_path / "state"
+    store = SqliteJobStore(str(state))
+    store.create(_record("job-1", tenant="default"))
+    store.mark_in_progress("job-1")
+    store.complete("job-1", _manifest([("Patient", 1)]), bad_records=0)
+    with sqlite3.connect(state / DB_NAME) as db:
+        db.execute(damage)
+    codes = []
+    for command in (["status", "job-1"], ["list", "--all"], ["manifest", "job-1"]):
+        done = run_cli(*command, state_dir=state)
+        codes.append(done.code)
+        assert done.code in (0, 4) and "SECRET" not in done.err + done.out, (command, done.err)
+        if done.code == 4:  # else the damage is not on its way
+            assert "damaged" in done.err and len(done.err.strip().splitlines()) == 1, done.err
+    assert codes == ([0, 0, 4] if "manifest_json" in damage else [4, 4, codes[2]]), codes

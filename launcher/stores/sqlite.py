@@ -14,7 +14,7 @@ import sqlite3
 from typing import Iterator
 
 from launcher.stores.base import SqlJobStore
-from launcher.stores.contract import StoreUnavailable
+from launcher.stores.contract import StoreDamaged, StoreUnavailable
 from launcher.stores.schema import SCHEMA_VERSION
 
 DB_NAME = "jobs.sqlite3"
@@ -22,6 +22,8 @@ DB_NAME = "jobs.sqlite3"
 # constraint error): they become one `StoreUnavailable` line instead of a traceback.
 _UNUSABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
              "SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_AUTH")
+# SQLite's texts for a schema that is not the one the migrations made (a table dropped, a version reset).
+_DAMAGE = ("no such table", "no such column", "duplicate column name", "table jobs has no column")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -149,6 +151,8 @@ class SqliteJobStore(SqlJobStore):
     def _unusable(self, exc: sqlite3.Error):
         name = getattr(exc, "sqlite_errorname", "") or ""
         text = str(exc)
+        if text.startswith(_DAMAGE):  # the schema is not what the migrations made
+            return StoreDamaged(f"the job store {self.path} is damaged ({text}); restore it from a backup")
         if not name.startswith(_UNUSABLE) and "unable to open database file" not in text:
             return None
         if "readonly" in name.lower() or "readonly" in text:
