@@ -67,16 +67,20 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
                 raise StoreUnavailable(f"job store {self.url} is read-only here; this command needs to write to it")
         elif not self._ready:
             with _SCHEMA_CHECK:
-                if not self._ready:
+                if not self._ready and not self._schema_current():
                     with self._open(write=True) as db:
                         self._migrate(db)
-                    self._ready = True
+                self._ready = True
         with self._open(write) as db:
             yield db
 
     def _open(self, write: bool) -> contextlib.AbstractContextManager:
         """A transaction on a new connection."""
         raise NotImplementedError
+
+    def _schema_current(self) -> bool:
+        """Whether the schema is this code's, by a read (no migration, so no write lock, needed)."""
+        return False
 
     def _lock_tenant(self, db: Any, tenant: str) -> None:
         """Serialises kickoffs of one tenant, so the concurrency cap cannot be overrun."""

@@ -30,6 +30,10 @@ class StoreUnavailable(Unavailable, RuntimeError):
     database that cannot be reached, a schema newer than this code)."""
 
 
+class StoreBusy(StoreUnavailable):
+    """Another process holds the job store locked longer than this command waits."""
+
+
 class StoreDamaged(StoreUnavailable):
     """The job store's content is not what this code wrote: a table or column gone, a schema version
     reset, a row whose JSON cannot be read. One line (exit 4), never the content."""
