@@ -15,7 +15,9 @@ import time
 
 import orjson
 import psycopg
+import pytest
 
+from launcher.jobs import source_snapshot
 from tests.pg_resources import create_table, deleted_keys, exported_bodies, insert, ndjson_resources, source_url
 from transforms.fhir.instant import instant_key
 
@@ -122,3 +124,38 @@ def test_two_chained_runs_carry_every_concurrent_change_exactly_once(postgres_ds
     assert sorted(rid for _, rid in deleted_keys(second)) == sorted(rid for rid, (_, gone) in changed_between.items()
                                                                     if gone)
     assert first["error"] == second["error"] == []
+
+
+@pytest.mark.parametrize("hook", ["begin", "_start"])
+def test_a_writer_committing_as_the_snapshot_is_taken_lands_in_exactly_one_run(postgres_dsn, monkeypatch, hook):
+    """A writer's transaction, open when the launcher starts, commits just before the snapshot is taken
+    (`begin`) or just after it (`_start`): its change is seen by the snapshot and at or before
+    `transactionTime` (run 1 has it), or unseen and after it (run 2 has it); never neither, never both."""
+    create_table(postgres_dsn)
+    insert(postgres_dsn, [{"resourceType": "Observation", "id": "o1", "status": "final", "code": {"text": "x"}}])
+    writer = psycopg.connect(postgres_dsn)
+    (changed,) = writer.execute("UPDATE resources SET version_id = '2', last_updated = now() WHERE id = 'o1'"
+                                " RETURNING last_updated").fetchone()
+    original = getattr(source_snapshot, hook, lambda *args: None)  # `_start`: unknown before the fix
+
+    def commit_around(*args):
+        if hook == "begin" and not writer.closed:
+            writer.commit()
+            writer.close()
+        result = original(*args)
+        if hook == "_start" and not writer.closed:
+            writer.commit()
+            writer.close()
+        return result
+
+    monkeypatch.setattr(source_snapshot, hook, commit_around, raising=False)
+    try:
+        with source_snapshot.open_snapshot(source_url(postgres_dsn)) as snapshot:
+            with psycopg.connect(postgres_dsn, autocommit=True) as reader:
+                reader.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                reader.execute(f"SET TRANSACTION SNAPSHOT '{snapshot.snapshot}'")
+                (seen,) = reader.execute("SELECT version_id FROM resources WHERE id = 'o1'").fetchone()
+    finally:
+        writer.close()
+    at_or_before = instant_key(changed.isoformat()) <= instant_key(snapshot.transaction_time)
+    assert (seen, at_or_before) in (("2", True), ("1", False)), (seen, changed, snapshot.transaction_time)

@@ -235,3 +235,46 @@ def test_synthea_from_a_table_equals_synthea_from_files(postgres_dsn, tmp_path):
         from_files = run_export(folder, tmp_path / "files" / str(len(kickoff)), request)
         assert exported_bodies(from_table) == exported_bodies(from_files) != {}, kickoff
         assert len(from_table["error"]) == len(from_files["error"]), kickoff
+
+
+def test_rows_written_after_transaction_time_are_reported_by_table_and_key(postgres_dsn, tmp_path):
+    """A row whose `last_updated` (or, without one, `meta.lastUpdated`) is after `transactionTime` is not
+    exported but reported, as the file sources do: an `information` notice located by the table's key."""
+    create_table(postgres_dsn, key=False)
+    future = '{"resourceType": "Patient", "id": "%s", "meta": {"lastUpdated": "2099-01-01T00:00:00Z"}}'
+    rows = [("Patient", "now", '{"resourceType": "Patient", "id": "now"}', "2024-01-01"),
+            ("Patient", "later", '{"resourceType": "Patient", "id": "later"}', "2099-01-01"),
+            ("Patient", "later-body", future % "later-body", None)]
+    with psycopg.connect(postgres_dsn, autocommit=True) as conn:
+        conn.cursor().executemany("INSERT INTO resources VALUES (%s, %s, '1', %s, false, %s)",
+                                  [(t, i, when, text) for t, i, text, when in rows])
+    manifest = run_export(source_url(postgres_dsn), tmp_path / "out", parse_get(f"{BASE}/$export"))
+    assert sorted(exported_bodies(manifest)) == [("Patient", "now")]
+    issues = [orjson.loads(line)["issue"][0] for entry in manifest["error"]
+              for line in file_of(entry["url"]).read_text().splitlines()]
+    host = parse_source(source_url(postgres_dsn)).display
+    assert sorted((i["severity"], i["diagnostics"]) for i in issues) == [
+        ("information", f"{host} row resource_type=Patient id=later-body: meta.lastUpdated: updated after"
+                        " transactionTime; not exported"),
+        ("information", f"{host} row resource_type=Patient id=later: last_updated column: updated after"
+                        " transactionTime; not exported")], issues
+
+
+def test_source_and_store_credentials_are_refused_and_a_failed_connection_is_one_line(postgres_dsn, run_cli,
+                                                                                       tmp_path):
+    """`sslpassword=` is a credential like a password: refused in a source or job-store URL before a job
+    exists (exit 2). A source that cannot be reached, or that refuses the login, ends `export` in one
+    line with exit 4, without a traceback or the user's name."""
+    create_table(postgres_dsn)
+    for option, url in (("--source", source_url(postgres_dsn) + "&sslpassword=k3y-s3cret"),
+                        ("--job-store", postgres_dsn + ("&" if "?" in postgres_dsn else "?") + "sslpassword=k3y-s3cret")):
+        args = [option, url] + (["--source", str(tmp_path)] if option == "--job-store" else [])
+        done = run_cli("export", *args, "--output", str(tmp_path / "out"))
+        assert done.code == 2 and "sslpassword" in done.err and "k3y-s3cret" not in done.err + done.out, done.err
+        assert len(done.err.strip().splitlines()) == 1 and not (tmp_path / "out").exists(), done.err
+    host_db = postgres_dsn.split("@", 1)[1].split("?")[0]
+    for url in (f"postgresql://nobody-4711@{host_db}?table=resources",  # the login is refused: no such role
+                "postgresql://nobody-4711@127.0.0.1:1/db?table=resources"):  # nothing listens
+        done = run_cli("export", "--source", url, "--output", str(tmp_path / "out"))
+        assert done.code == 4 and "cannot connect to the PostgreSQL source" in done.err, done.err
+        assert len(done.err.strip().splitlines()) == 1 and "nobody-4711" not in done.err + done.out, done.err

@@ -185,3 +185,63 @@ def test_the_engine_job_of_a_submitted_export_is_kept(store):
     engine = {"runner": "dataflow", "project": "p", "region": "r", "job_id": "2026-11-28_1"}
     store.set_runner_job("job-e", engine)
     assert store.runner_job("job-e") == engine
+
+
+@pytest.mark.parametrize("damage", [
+    "DROP TABLE type_progress",
+    "UPDATE schema_version SET version = 0",
+    "UPDATE jobs SET request_json = '{\"not\": SECRET'",
+    "UPDATE jobs SET manifest_json = '[SECRET'",
+])
+def test_a_damaged_sqlite_store_is_one_line_and_exit_4(run_cli, tmp_path, damage):
+    """A dropped table, a reset schema version or a row whose JSON cannot be read: `status`, `list` and
+    `manifest` end with one line, exit 4, no traceback and no stored value."""
+    state = tmp_path / "state"
+    store = SqliteJobStore(str(state))
+    store.create(_record("job-1", tenant="default"))
+    store.mark_in_progress("job-1")
+    store.complete("job-1", _manifest([("Patient", 1)]), bad_records=0)
+    with sqlite3.connect(state / DB_NAME) as db:
+        db.execute(damage)
+    codes = []
+    for command in (["status", "job-1"], ["list", "--all"], ["manifest", "job-1"]):
+        done = run_cli(*command, state_dir=state)
+        codes.append(done.code)
+        assert done.code in (0, 4) and "SECRET" not in done.err + done.out, (command, done.err)
+        if done.code == 4:  # else the damage is not on its way
+            assert "damaged" in done.err and len(done.err.strip().splitlines()) == 1, done.err
+    assert codes == ([0, 0, 4] if "manifest_json" in damage else [4, 4, codes[2]]), codes
+
+
+def test_a_locked_sqlite_store_answers_reads_or_says_it_is_busy_within_seconds(run_cli, tmp_path):
+    """Another process holding the write lock (a launcher frozen in a transaction) does not block
+    `status`, `list` and `manifest` (WAL: they read the last commit); one holding the file exclusively
+    makes them say in one line that the store is busy (exit 4), within seconds, not after 30 s."""
+    import subprocess
+    import sys
+    import time
+
+    state = tmp_path / "state"
+    store = SqliteJobStore(str(state))
+    store.create(_record("job-1", tenant="default"))
+    store.mark_in_progress("job-1")
+    store.complete("job-1", _manifest([("Patient", 1)]), bad_records=0)
+    commands = (["status", "job-1"], ["list", "--all"], ["manifest", "job-1"])
+    for how, expected in (("BEGIN IMMEDIATE", 0), ("PRAGMA locking_mode=EXCLUSIVE; BEGIN EXCLUSIVE", 4)):
+        holder = subprocess.Popen(
+            [sys.executable, "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1], isolation_level=None);"
+             " [db.execute(s) for s in sys.argv[2].split('; ')]; db.execute(\"UPDATE jobs SET bad_records = 7\");"
+             " print('held', flush=True); sys.stdin.read()", str(state / DB_NAME), how],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            assert holder.stdout.readline().strip() == "held"
+            for command in commands:
+                started = time.monotonic()
+                done = run_cli(*command, state_dir=state)
+                assert time.monotonic() - started < 6, (how, command)
+                assert done.code == expected, (how, command, done.err)
+                if expected == 4:
+                    assert "busy" in done.err and len(done.err.strip().splitlines()) == 1, done.err
+        finally:
+            holder.stdin.close()
+            holder.wait(10)

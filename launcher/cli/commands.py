@@ -25,7 +25,7 @@ from launcher.jobs.lifecycle import cancel_job, cleanup_expired, delete_job, rec
 from launcher.jobs.process import RunControl
 from launcher.kickoff import parser as kickoff
 from launcher.stores import ANY_OWNER, InvalidJobState, JobStore, Lease, StoredJob, StoreUnavailable, open_store
-from launcher.stores.contract import Owner
+from launcher.stores.contract import Owner, StoreBusy
 from pipelines.models import ExportStatus
 from pipelines.settings import ExportSettings
 from transforms.storage.layout import MANIFEST_NAME
@@ -41,7 +41,11 @@ def _open(args: argparse.Namespace, recover: bool = True, read_only: bool = Fals
         print(f"bulk-export: note: the job store in {store.url} cannot be written here; it is shown as stored"
               " (jobs whose launcher died are not marked failed)", file=sys.stderr)
     elif recover:  # export recovers after validating the kickoff: a refusal touches no file
-        recover_abandoned(store, audit)
+        try:
+            recover_abandoned(store, audit)
+        except StoreBusy:  # another process writes: a read answers from the last commit, and recovers next time
+            if not read_only:
+                raise
     return store, audit
 
 

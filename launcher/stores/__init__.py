@@ -6,8 +6,6 @@ holding the SQLite file.
 
 from __future__ import annotations
 
-from urllib.parse import parse_qsl, urlsplit
-
 from launcher.stores.base import (
     ANY_OWNER,
     InvalidJobState,
@@ -20,20 +18,24 @@ from launcher.stores.base import (
     now_ms,
 )
 from launcher.stores.postgresql import SCHEMES, PostgresJobStore
-from launcher.stores.sqlite import DB_NAME, SqliteJobStore
+from launcher.stores.sqlite import DB_NAME, READ_WAIT_S, SqliteJobStore
 from transforms.errors import Refused
+from transforms.storage.pg_source import url_secret
 
 
 def check_no_password(store_url: str) -> str:
-    """Refuses a job-store URL that carries a password: it would travel in options and pickled sinks.
+    """Refuses a job-store URL that carries a password (`url_secret`): it would travel in options and pickled sinks.
 
     PostgreSQL takes it from the environment instead (`PGPASSWORD`, or a
     `PGPASSFILE` secret file), on the launcher and on every worker.
     """
-    parts = urlsplit(store_url)
-    if "://" in store_url and (parts.password or any(k == "password" for k, _ in parse_qsl(parts.query))):
+    secret = url_secret(store_url) if "://" in store_url else None
+    if secret == "password":
         raise Refused("--job-store: the URL carries a password, which would reach pipeline options and "
                       "workers; give it in PGPASSWORD or a PGPASSFILE secret file instead")
+    if secret is not None:
+        raise Refused(f"--job-store: the URL carries {secret}=, which would reach pipeline options and workers;"
+                      " use a client key file without a passphrase (sslkey=) instead")
     return store_url
 
 
@@ -54,6 +56,8 @@ def open_store(url: str, read_only: bool = False, migrated: bool = False) -> Job
         raise Refused(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
     store = SqliteJobStore(url)
     store._ready = migrated
+    if read_only:  # the caller reads: it says at once that the store is busy, instead of waiting out a writer
+        store.write_wait_s = READ_WAIT_S
     if read_only and not store.writable():
         store.read_only = True
     return store

@@ -27,6 +27,7 @@ from launcher.stores.contract import (
     StoreUnavailable,
     TooManyActiveExports,
     now_ms,
+    read_stored,
 )
 from launcher.stores.engine_jobs import RunnerJobQueries
 from launcher.stores.published import PublishedQueries
@@ -66,16 +67,20 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
                 raise StoreUnavailable(f"job store {self.url} is read-only here; this command needs to write to it")
         elif not self._ready:
             with _SCHEMA_CHECK:
-                if not self._ready:
+                if not self._ready and not self._schema_current():
                     with self._open(write=True) as db:
                         self._migrate(db)
-                    self._ready = True
+                self._ready = True
         with self._open(write) as db:
             yield db
 
     def _open(self, write: bool) -> contextlib.AbstractContextManager:
         """A transaction on a new connection."""
         raise NotImplementedError
+
+    def _schema_current(self) -> bool:
+        """Whether the schema is this code's, by a read (no migration, so no write lock, needed)."""
+        return False
 
     def _lock_tenant(self, db: Any, tenant: str) -> None:
         """Serialises kickoffs of one tenant, so the concurrency cap cannot be overrun."""
@@ -236,14 +241,14 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             row = self._visible(db, tenant, job_id, owner)
         if row["status"] != ExportStatus.COMPLETE.value:
             raise InvalidJobState(f"job {job_id} is {row['status']}; it has no manifest")
-        return Manifest.model_validate_json(row["manifest_json"])
+        return read_stored(Manifest.model_validate_json, row["manifest_json"], f"job {job_id}'s manifest")
 
     def run_spec(self, job_id) -> dict:
         with self._tx(write=False) as db:
             text = self._row(db, job_id, "run_spec")["run_spec"]
         if not text:
             raise InvalidJobState(f"job {job_id} was recorded without its run settings; it cannot be resumed")
-        return orjson.loads(text)
+        return read_stored(orjson.loads, text, f"job {job_id}'s run settings")
 
     @staticmethod
     def _count_active(db, tenant: str) -> int:
@@ -367,12 +372,12 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             "SELECT type, exported FROM type_progress WHERE job_id = ? ORDER BY type", (row["job_id"],)
         ).fetchall()
         fields = {name: row[name] for name in StoredJob.model_fields if name in row and name not in _COMPUTED}
-        return StoredJob(
+        return read_stored(lambda row: StoredJob(
             **fields,
             request=ExportRequest.model_validate_json(row["request_json"]),
             resumable=bool(row["resumable"]),
             progress=[TypeProgress(type=p["type"], exported=p["exported"]) for p in progress],
-        )
+        ), row, f"job {row['job_id']}")
 
 
 _COMPUTED = ("request", "resumable", "progress")

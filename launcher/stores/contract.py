@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
-from typing import NamedTuple, Optional, Protocol, Union
+from typing import Any, Callable, NamedTuple, Optional, Protocol, TypeVar, Union
 
 from pydantic import computed_field
 
 from pipelines.models import ExportStatus, JobRecord, Manifest
 from transforms.errors import JobStateError, NotFound, TooManyActive, Unavailable
+
+T = TypeVar("T")
 
 
 class JobNotFound(NotFound, LookupError):
@@ -26,6 +28,23 @@ class TooManyActiveExports(TooManyActive, RuntimeError):
 class StoreUnavailable(Unavailable, RuntimeError):
     """The job store cannot be opened, read or written (a read-only or missing state folder, a
     database that cannot be reached, a schema newer than this code)."""
+
+
+class StoreBusy(StoreUnavailable):
+    """Another process holds the job store locked longer than this command waits."""
+
+
+class StoreDamaged(StoreUnavailable):
+    """The job store's content is not what this code wrote: a table or column gone, a schema version
+    reset, a row whose JSON cannot be read. One line (exit 4), never the content."""
+
+
+def read_stored(parse: Callable[[Any], T], value: Any, what: str) -> T:
+    """`parse(value)` for a value read from the store; `StoreDamaged` naming `what` when it cannot be read."""
+    try:
+        return parse(value)
+    except (ValueError, TypeError):  # pydantic's ValidationError and orjson's JSONDecodeError are ValueErrors
+        raise StoreDamaged(f"the job store is damaged: {what} cannot be read; restore it from a backup") from None
 
 
 class _AnyOwner:

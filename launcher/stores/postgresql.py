@@ -17,6 +17,7 @@ from typing import Any, Iterator
 
 from launcher.stores.base import SqlJobStore
 from launcher.stores.contract import StoreUnavailable
+from transforms.storage.pg_source import failure
 
 SCHEMES = ("postgresql://", "postgres://")
 # Advisory lock keys: one for migrations, and one per tenant (hashed) for kickoffs.
@@ -66,8 +67,7 @@ class PostgresJobStore(SqlJobStore):
             if not _is_connection_error(exc):
                 raise
             # One line, not a traceback; the DSN is not repeated (it may hold a password).
-            reason = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
-            raise StoreUnavailable(f"cannot reach the PostgreSQL job store: {reason}") from None
+            raise StoreUnavailable(f"cannot reach the PostgreSQL job store: {failure(exc)}") from None
 
     def _connections(self):
         """This process's pool (a forked child makes its own: a pool's threads and sockets do not fork)."""

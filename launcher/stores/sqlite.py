@@ -14,14 +14,19 @@ import sqlite3
 from typing import Iterator
 
 from launcher.stores.base import SqlJobStore
-from launcher.stores.contract import StoreUnavailable
+from launcher.stores.contract import StoreBusy, StoreDamaged, StoreUnavailable
 from launcher.stores.schema import SCHEMA_VERSION
 
 DB_NAME = "jobs.sqlite3"
+# How long a transaction waits for another process's lock: a reader (WAL: only a process holding the file
+# exclusively blocks it) says at once that the store is busy; a writer waits out another's short transaction.
+READ_WAIT_S, WRITE_WAIT_S = 2.0, 30.0
 # SQLite's primary result codes that mean the file itself cannot be used (not a busy or a
 # constraint error): they become one `StoreUnavailable` line instead of a traceback.
 _UNUSABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
              "SQLITE_NOTADB", "SQLITE_CORRUPT", "SQLITE_AUTH")
+# SQLite's texts for a schema that is not the one the migrations made (a table dropped, a version reset).
+_DAMAGE = ("no such table", "no such column", "duplicate column name", "table jobs has no column")
 
 
 def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
@@ -30,6 +35,8 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
 
 class SqliteJobStore(SqlJobStore):
     """Jobs in `<state_dir>/jobs.sqlite3` (WAL; writers serialised by `BEGIN IMMEDIATE`)."""
+
+    write_wait_s = WRITE_WAIT_S  # `open_store(..., read_only=True)`: READ_WAIT_S (a read command's recovery)
 
     def __init__(self, state_dir: str, read_only: bool = False):
         self.url = os.path.abspath(state_dir)
@@ -64,7 +71,7 @@ class SqliteJobStore(SqlJobStore):
             except OSError as exc:
                 raise StoreUnavailable(f"cannot create the state folder {self.url}: {exc.strerror or exc}") from None
         try:
-            db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=self.write_wait_s if write else READ_WAIT_S, isolation_level=None)
         except sqlite3.Error as exc:
             self._reraise(exc)
         db.row_factory = _dict_row
@@ -91,7 +98,7 @@ class SqliteJobStore(SqlJobStore):
             raise StoreUnavailable(f"there is no job store in {self.url}, and it cannot be created there"
                                    " (the folder is not writable)")
         try:
-            db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=30, isolation_level=None)
+            db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=READ_WAIT_S, isolation_level=None)
         except sqlite3.Error as exc:
             self._reraise(exc)
         db.row_factory = _dict_row
@@ -125,6 +132,15 @@ class SqliteJobStore(SqlJobStore):
             self._uri = uri
         return self._uri
 
+    def _schema_current(self) -> bool:
+        if not os.path.exists(self.path):
+            return False
+        with self._open(write=False) as db:
+            if not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'").fetchone():
+                return False
+            row = db.execute("SELECT version FROM schema_version").fetchone()
+        return row is not None and row["version"] == SCHEMA_VERSION
+
     def _check_schema(self, db: sqlite3.Connection) -> None:
         """A read-only store cannot be migrated: its schema must already be this code's."""
         try:
@@ -149,6 +165,10 @@ class SqliteJobStore(SqlJobStore):
     def _unusable(self, exc: sqlite3.Error):
         name = getattr(exc, "sqlite_errorname", "") or ""
         text = str(exc)
+        if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+            return StoreBusy(f"the job store {self.path} is busy: another process holds it locked; try again")
+        if text.startswith(_DAMAGE):  # the schema is not what the migrations made
+            return StoreDamaged(f"the job store {self.path} is damaged ({text}); restore it from a backup")
         if not name.startswith(_UNUSABLE) and "unable to open database file" not in text:
             return None
         if "readonly" in name.lower() or "readonly" in text:

@@ -21,13 +21,14 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from typing import Iterator, NamedTuple, Optional
+from typing import Iterable, Iterator, NamedTuple, Optional
 
 from psycopg.adapt import Loader
 from psycopg.pq import Format
 
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
+from transforms.fhir.window import LATE, UpdatedAfterTransaction
 from transforms.read.columnar import Item, to_resources
 from transforms.read.pushdown import ReadSelection, read_types
 from transforms.records import RECORDS, BadRecord, Origin, Resource, ResourceBatch
@@ -44,6 +45,7 @@ _COLUMNS = "resource_type, id, " + _INSTANT + ", deleted, {resource}"
 # For jsonb: the server's word that the row's JSON is an object whose resourceType and id equal the columns.
 _CHECKED = ("coalesce(jsonb_typeof(resource) = 'object' AND resource->>'resourceType' = resource_type"
             " AND resource->>'id' = id, false)")
+_LIVE, _GONE = "NOT coalesce(deleted, false)", "coalesce(deleted, false)"
 
 
 class PgRange(NamedTuple):
@@ -135,20 +137,11 @@ def _cuts(conn, pg: PgSource, resource_type: str, rows_per_range: int) -> list[s
 def range_query(pg: PgSource, rng: PgRange, selection: Optional[ReadSelection],
                 deletions: Optional[ReadSelection], at: ReadAt) -> tuple[str, list]:
     """The SQL (and its parameters) that reads one range, with every predicate pushed down."""
-    keys, params = ["resource_type = %s"], [rng.resource_type]
-    if rng.resource_type is None:
-        keys, params = ["resource_type IS NULL"], []
-    if rng.lo is not None:
-        keys.append("id >= %s")
-        params.append(rng.lo)
-    if rng.hi is not None:
-        keys.append("(id < %s OR id IS NULL)" if rng.lo is None else "id < %s")
-        params.append(rng.hi)
+    keys, params = _keys(rng)
     keys.append("(last_updated <= %s OR last_updated IS NULL)")
     params.append(at.transaction_time)
     kinds, kind_params = [], []
-    for wanted, chosen, flag in ((rng.live, selection, "NOT coalesce(deleted, false)"),
-                                 (rng.deleted, deletions, "coalesce(deleted, false)")):
+    for wanted, chosen, flag in ((rng.live, selection, _LIVE), (rng.deleted, deletions, _GONE)):
         if not wanted:
             continue
         bounds, bound_params = _window(chosen)
@@ -164,6 +157,33 @@ def range_query(pg: PgSource, rng: PgRange, selection: Optional[ReadSelection],
               " ORDER BY id, last_updated DESC NULLS LAST, version_id DESC NULLS LAST")
     ctid = ctid.replace("ctid::text", "NULL::text")  # a row of a subquery has none
     return f"SELECT {columns}{ctid} FROM ({latest}) latest WHERE {which}", params + kind_params
+
+
+def late_query(pg: PgSource, rng: PgRange, at: ReadAt) -> Optional[tuple[str, list]]:
+    """The SQL listing the keys of the range's rows written after `transactionTime`, which `range_query`
+    leaves out (the next run exports them): reported, never read. None for a history table (its later
+    versions are not the resource at `transactionTime`). The recommended index serves it."""
+    if pg.history:
+        return None
+    keys, params = _keys(rng)
+    flags = [flag for wanted, flag in ((rng.live, _LIVE), (rng.deleted, _GONE)) if wanted] or ["false"]
+    ctid = "ctid::text" if rng.has_ctid else "NULL::text"
+    return (f"SELECT resource_type, id, {ctid} FROM {pg.table} WHERE {' AND '.join(keys)} AND last_updated > %s"
+            f" AND ({' OR '.join(flags)})", params + [at.transaction_time])
+
+
+def _keys(rng: PgRange) -> tuple[list[str], list]:
+    """The range's type and `id` bounds as predicates."""
+    keys, params = ["resource_type = %s"], [rng.resource_type]
+    if rng.resource_type is None:
+        keys, params = ["resource_type IS NULL"], []
+    if rng.lo is not None:
+        keys.append("id >= %s")
+        params.append(rng.lo)
+    if rng.hi is not None:
+        keys.append("(id < %s OR id IS NULL)" if rng.lo is None else "id < %s")
+        params.append(rng.hi)
+    return keys, params
 
 
 def _window(chosen: Optional[ReadSelection]) -> tuple[str, list]:
@@ -206,6 +226,28 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
                     if positions is None or positions:
                         yield from _parsed(pg, origin, first, rows, positions)
                     first += batch_size
+        yield from _late(conn, pg, rng, at, origin, first)
+
+
+def _late(conn, pg: PgSource, rng: PgRange, at: ReadAt, origin: Origin, first: int) -> Iterator[BadRecord]:
+    """An `information` notice for each row of the range written after `transactionTime`, by its key."""
+    late = late_query(pg, rng, at)
+    if late is None:
+        return
+    for index, (resource_type, rid, ctid) in enumerate(conn.execute(*late), first):
+        yield BadRecord(origin, index, f"last_updated column: {LATE}", resource_type if type(resource_type) is str
+                        else None, code=UpdatedAfterTransaction.code, location=_location(pg, resource_type, rid, ctid),
+                        severity=UpdatedAfterTransaction.severity)
+
+
+def located(rng: PgRange, items: Iterable) -> Iterator:
+    """`items` with each bad record the selection made (it has no location: placed by its body's
+    `meta.lastUpdated`) located by the table's key, as the reader locates its own."""
+    pg = parse_source(rng.source)
+    for item in items:
+        if type(item) is BadRecord and item.location is None:
+            item = item._replace(location=_location(pg, item.resource_type, item.resource_id, None))
+        yield item
 
 
 class _RawJsonb(Loader):

@@ -21,7 +21,7 @@ from transforms.read.bundles import document_resources
 from transforms.read.chunks import Chunk, NotListed, SourceError, open_chunk, plan_source, swapped
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_blocks
-from transforms.read.postgres import PgRange, plan_ranges, read_range
+from transforms.read.postgres import PgRange, located, plan_ranges, read_range
 from transforms.read.pushdown import ReadSelection, read_types
 from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
 from transforms.steps import coders  # noqa: F401  (registers the ResourceBatch coder with Beam)
@@ -124,8 +124,8 @@ class _ReadChunkFn(beam.DoFn):
             return
         if type(chunk) is PgRange:
             with gc_pause.collector_paused():
-                yield from self._emit(self._selected(
-                    read_range(chunk, self._selection, self._deletions, self._at, self._batch_size), windowed=True))
+                yield from self._emit(located(chunk, self._selected(
+                    read_range(chunk, self._selection, self._deletions, self._at, self._batch_size), windowed=True)))
             return
         try:
             f = open_chunk(chunk)

@@ -10,7 +10,7 @@ in the URL: libpq reads it from `PGPASSWORD` or a password file (`PGPASSFILE`,
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from transforms.errors import Refused
@@ -44,16 +44,32 @@ def is_postgres(source: str) -> bool:
     return source.startswith(SCHEMES)
 
 
-def parse_source(source: str) -> PgSource:
-    """Parses a PostgreSQL source URL; `ValueError` names what is wrong, never the password."""
-    parts = urlsplit(source)
+# The libpq parameters that hold a secret: given in a URL, they would reach options, the store and logs.
+SECRET_PARAMS = ("password", "sslpassword")
+
+
+def url_secret(url: str) -> Optional[str]:
+    """The secret a connection URL holds (`password`: in `user:password@` or `?password=`;
+    `sslpassword`), or None. The one place that decides which parts of a URL are credentials
+    (a `passfile` or `sslkey` is a path, not a secret)."""
+    parts = urlsplit(url)
     if parts.password is not None:
+        return "password"
+    names = {name for name, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return next((name for name in SECRET_PARAMS if name in names), None)
+
+
+def parse_source(source: str) -> PgSource:
+    """Parses a PostgreSQL source URL; `Refused` names what is wrong, never the password."""
+    parts = urlsplit(source)
+    secret = url_secret(source)
+    if secret == "password":
         raise Refused("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
                       " file (PGPASSFILE, ~/.pgpass), which libpq reads")
+    if secret is not None:
+        raise Refused(f"--source: a PostgreSQL URL must not hold {secret}=; use a client key file without a"
+                      " passphrase (sslkey=), readable only by the launcher and the workers")
     params = dict(parse_qsl(parts.query, keep_blank_values=True))
-    if "password" in params:
-        raise Refused("--source: a PostgreSQL URL must not hold a password; set PGPASSWORD or use a password"
-                      " file (PGPASSFILE, ~/.pgpass), which libpq reads")
     table = params.pop("table", "")
     history = params.pop("history", "false")
     if not _NAME.match(table):
@@ -68,10 +84,25 @@ def parse_source(source: str) -> PgSource:
 
 def connect(source: PgSource):
     """A connection to the source (psycopg, autocommit: `begin` opens the one transaction); the
-    password comes from libpq's environment or password file."""
+    password comes from libpq's environment or password file. One that cannot be made (the server
+    unreachable, the login refused) raises `SourceError`: one line, without the user."""
     import psycopg
 
-    return psycopg.connect(source.conninfo, autocommit=True, application_name=APPLICATION_NAME)
+    try:
+        return psycopg.connect(source.conninfo, autocommit=True, application_name=APPLICATION_NAME)
+    except psycopg.OperationalError as exc:
+        from transforms.storage.source_files import SourceError  # that module imports this one
+
+        raise SourceError(f"cannot connect to the PostgreSQL source {source.display}: {failure(exc)}") from None
+
+
+def failure(exc: BaseException) -> str:
+    """libpq's reason for a failed connection, on one line, without the user or role it names."""
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+    return _NAMED.sub(r"\1 (not shown)", text)
+
+
+_NAMED = re.compile(r'\b(user|role) "(?:[^"]|"")*"')
 
 
 def begin(conn, at: ReadAt) -> None:
