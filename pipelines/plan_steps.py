@@ -145,5 +145,6 @@ def add_associated(
         settings.source, settings.source_format, settings.chunk_bytes, selection=plan.provenance, at=at,
     )
     added = batches | "Associated" >> AddProvenance(again.batches, plan.latest_provenance_only)
-    added = apply_steps(added, shaping_steps(plan, patients), errors, prefix="Associated")
+    added = apply_steps(added, [*shaping_steps(plan, patients), *guard_steps(plan, patients)], errors,
+                        prefix="Associated")
     return (batches, added) | "WithAssociated" >> beam.Flatten()
