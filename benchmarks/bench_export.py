@@ -201,7 +201,7 @@ def _baseline_rule(args):
     the window's test, as the fastest single-process loop would be; the other
     requests use the library's rule functions as plain calls.
     """
-    from pipelines.plan import compile_filters
+    from transforms.fhir.search.compiler import compile_filters
     from transforms.fhir.compartment import COMPARTMENT_TYPES, CompartmentRule
     from transforms.fhir.elements import parse_elements
     from transforms.fhir.group import GROUP

@@ -24,16 +24,15 @@ walks it, and the launcher reads its output layout (`output_layout`).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional, Sequence
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
-from pipelines.models import ExportLevel, ExportRequest, TypeFilter
+from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
 from transforms.fhir.associated import PROVENANCE, RELEVANT
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
-from transforms.fhir.search.compiler import TypeFilters, compile_parsed
-from transforms.fhir.search.query import parse_query
+from transforms.fhir.search.compiler import TypeFilters, compile_filters
 from transforms.fhir.window import LastUpdatedWindow
 from transforms.read.pushdown import ReadSelection
 
@@ -116,14 +115,6 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
 def output_layout(request: ExportRequest) -> OutputLayout:
     """The output layout `request` asks for (organizeOutputBy)."""
     return OutputLayout(request.organize_output_by)
-
-
-def compile_filters(filters: Iterable[TypeFilter], types: Sequence[str] = (), now: Optional[str] = None
-                    ) -> TypeFilters:
-    """`_typeFilter` compiled, in order, with `now` as the `ap` prefix's "now"; raises `TypeFilterRefused`.
-
-    The kickoff parser validates filters with it, and the plan compiles them with it."""
-    return compile_parsed((parse_query(f.resource_type, f.query) for f in filters), types, now)
 
 
 def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:

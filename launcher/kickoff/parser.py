@@ -25,7 +25,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 import orjson
 
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
-from pipelines.plan import compile_filters
+from transforms.fhir.search.compiler import compile_filters
 from transforms.errors import Refused
 from transforms.fhir.associated import ASSOCIATED_DATA
 from transforms.fhir.compartment import patient_reference_id

@@ -17,7 +17,7 @@ from transforms.fhir.search.common import InvalidSearchValue, MalformedData, une
 from transforms.fhir.search.dates import DateMatch
 from transforms.fhir.search.expressions import UnsupportedExpression, compile_expression
 from transforms.fhir.search.numbers import NumberMatch, QuantityMatch
-from transforms.fhir.search.query import ParsedFilter, QueryParameter, parse_type_filter
+from transforms.fhir.search.query import ParsedFilter, QueryParameter, parse_query, parse_type_filter
 from transforms.fhir.search.reference_match import ReferenceMatch
 from transforms.fhir.search.registry import SearchParameter, search_parameters
 from transforms.fhir.search.text import StringMatch, UriMatch
@@ -203,3 +203,12 @@ def _matcher(definition: SearchParameter, modifier: Optional[str], value: str, n
     if kind == "number":
         return NumberMatch(value)
     return ReferenceMatch(value, modifier, definition.target or ())
+
+
+def compile_filters(filters: Iterable, types: Sequence[str] = (), now: Optional[str] = None
+                    ) -> TypeFilters:
+    """`_typeFilter` values (each with `resource_type` and `query`, as `pipelines.models.TypeFilter`)
+    compiled, in order, with `now` as the `ap` prefix's "now"; raises `TypeFilterRefused`.
+
+    The one compiler entry: the kickoff parser validates filters with it, and the plan compiles them."""
+    return compile_parsed((parse_query(f.resource_type, f.query) for f in filters), types, now)
