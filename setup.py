@@ -33,6 +33,8 @@ setup(
         "fastapi>=0.115,<1",
         "uvicorn>=0.30,<1",
         "httpx>=0.27,<1",
+        # `serve`'s GET /metrics: the Prometheus text format, counters and histograms.
+        "prometheus-client>=0.20,<1",
         # SMART Backend Services (`serve --auth smart`): JWS verification and signing, RSA and EC keys.
         "PyJWT[crypto]>=2.10,<3",
     ],

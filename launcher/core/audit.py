@@ -68,6 +68,21 @@ class AuditLog:
         self._append(tenant, resource)
         return resource
 
+    def job_events(self, tenant: str, job_id: str) -> list[dict]:
+        """The AuditEvents of `tenant`'s log about job `job_id`, oldest first (none when there is no log)."""
+        needle, events = job_id.encode(), []
+        try:
+            with open(self.path(tenant), "rb") as f:
+                for line in f:
+                    if needle in line:  # a cheap test first: most lines are about other jobs
+                        event = orjson.loads(line)
+                        if any(e.get("what", {}).get("identifier", {}).get("value") == job_id
+                               for e in event.get("entity", ())):
+                            events.append(event)
+        except FileNotFoundError:
+            pass
+        return events
+
     def _append(self, tenant: str, resource: dict) -> None:
         os.makedirs(self.folder, exist_ok=True)
         fd = os.open(self.path(tenant), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)

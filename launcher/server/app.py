@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import importlib
 import logging
-from typing import Optional
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -16,13 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from launcher.auth.access_tokens import AccessTokens
 from launcher.auth.token_service import TokenService
-from launcher.core.audit import AuditLog
 from launcher.jobs.lifecycle import cleanup_expired, recover_abandoned
 from launcher.jobs.process import RunControl
-from launcher.server import files_api, kickoff_api, metadata_api, status_api, token_api
+from launcher.server import files_api, kickoff_api, metadata_api, operator_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.deps import Server, audit_refusal
+from launcher.server.job_events import ObservedAuditLog
+from launcher.server.logs import AccessLog
+from launcher.server.metrics import Metrics
 from launcher.server.outcomes import FhirError, outcome_response
 from launcher.stores import open_store
 from transforms.errors import ExportError, Forbidden, Unauthorized
@@ -38,23 +39,25 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The server for `config`; its state is built at start-up."""
     app = FastAPI(title="FHIR Bulk Data $export", lifespan=_lifespan(config), docs_url=None, redoc_url=None,
                   openapi_url=None)
-    for module in (kickoff_api, status_api, files_api, metadata_api, token_api):
+    for module in (kickoff_api, status_api, files_api, metadata_api, token_api, operator_api):
         app.include_router(module.router)
     app.add_exception_handler(ExportError, _export_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _unexpected)
     app.add_middleware(_DeclaredBodyLimit, limit=config.max_body_bytes)
+    app.add_middleware(AccessLog)  # the outermost: it sees every answer, a 413 of the body limit too
     return app
 
 
 def build_server(config: ServerConfig) -> Server:
     store = open_store(config.store_url)  # refuses a URL carrying a password
-    audit = AuditLog(config.state_dir)
+    metrics = Metrics(lambda: server.all_jobs())
+    audit = ObservedAuditLog(config.state_dir, metrics)
     control = RunControl(audit, config.max_active, config.lease_s, nice=PIPELINE_NICENESS)
     jobs = BackgroundJobs(store, control, config.beam_args)
     settings = dataclasses.replace(config.settings, file_url_base=config.files_base)
-    server = Server(config, store, audit, jobs, settings)
+    server = Server(config, store, audit, jobs, settings, metrics)
     if config.auth == "smart":
         server.tokens = AccessTokens(store, issuer=config.base_url + "/auth", audience=config.fhir_base)
         server.token_service = TokenService(store, config.token_url, server.tokens, audit, config.tenant)
@@ -88,17 +91,8 @@ async def _maintain(server: Server) -> None:
 
 def _maintain_once(server: Server) -> None:
     recover_abandoned(server.store, server.audit)
-    for tenant, owner in _job_owners(server):
+    for tenant, owner in server.job_owners():
         cleanup_expired(server.store, server.audit, server.config.cleanup_ttl_s, tenant=tenant, owner=owner)
-
-
-def _job_owners(server: Server) -> list[tuple[str, Optional[str]]]:
-    """Whose jobs this server serves, so expires: its own tenant and owner's, and with `--auth smart`
-    every registered client's (its tenant, owned by its id)."""
-    owners = [(server.config.tenant, server.config.owner)]
-    if server.tokens is not None:
-        owners += [(client.tenant, client.client_id) for client in server.store.clients()]
-    return owners
 
 
 class _DeclaredBodyLimit:
@@ -114,7 +108,7 @@ class _DeclaredBodyLimit:
             if length is not None and (not length.isdigit() or int(length) > self._limit):
                 request = Request(scope)
                 error = FhirError(413, "too-costly", f"request bodies are limited to {self._limit} bytes")
-                await outcome_response(request, error)(scope, receive, send)
+                await refusal(request, error)(scope, receive, send)
                 return
         await self._app(scope, receive, send)
 
@@ -128,7 +122,7 @@ async def _export_error(request: Request, exc: ExportError):
     server: Server = request.app.state.server
     if isinstance(exc, (Unauthorized, Forbidden)):
         await run_in_threadpool(audit_refusal, server, request, exc)
-    response = outcome_response(request, exc)
+    response = refusal(request, exc)
     if exc.http_status == 429:
         response.headers["Retry-After"] = str(server.config.retry_after_s * 5)
     return response
@@ -136,11 +130,18 @@ async def _export_error(request: Request, exc: ExportError):
 
 async def _http_error(request: Request, exc: StarletteHTTPException):
     code = _STATUS_CODES.get(exc.status_code, "processing")
-    return outcome_response(request, FhirError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
+    return refusal(request, FhirError(exc.status_code, code, str(exc.detail), dict(exc.headers or {})))
 
 
 async def _validation_error(request: Request, exc: RequestValidationError):
-    return outcome_response(request, FhirError(400, "invalid", "the request is malformed"))
+    return refusal(request, FhirError(400, "invalid", "the request is malformed"))
+
+
+def refusal(request: Request, error: ExportError):
+    """`error`'s OperationOutcome, a 4xx counted in the metrics by status and FHIR issue type."""
+    if error.http_status < 500:
+        request.app.state.server.metrics.refusals.labels(str(error.http_status), error.issue_code).inc()
+    return outcome_response(request, error)
 
 
 async def _unexpected(request: Request, exc: Exception):

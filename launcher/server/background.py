@@ -45,7 +45,7 @@ class BackgroundJobs:
         job_id = recorded.job.job_id
         try:
             run_recorded(self._store, self._control, recorded)
-        except (ExportFailed, JobCancelled, LeaseLost) as exc:  # the store holds the outcome
-            _LOG.info("job %s ended: %s", job_id, type(exc).__name__)
+        except (ExportFailed, JobCancelled, LeaseLost) as exc:  # the store holds the outcome; the audit logged it
+            _LOG.debug("job %s ended: %s", job_id, type(exc).__name__)
         except Exception:
             _LOG.exception("job %s: the runner failed", job_id)

@@ -14,6 +14,7 @@ SMART_CONFIGURATION_PATH = "/fhir/.well-known/smart-configuration"
 FILES_PATH = "/files"
 FHIR_PATH = "/fhir"
 STATUS_PATH = "/fhir/bulk-status"
+MIN_ADMIN_TOKEN = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +36,8 @@ class ServerConfig:
     retry_after_s: int = 2
     max_body_bytes: int = 1 << 20
     manifest_page_files: int = 1000  # files per page of an allowPartialManifests manifest
+    # The operator page's and /metrics' bearer token; None: only loopback clients, and only with --auth none.
+    admin_token: Optional[str] = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.auth not in AUTH_MODES:
@@ -44,6 +47,9 @@ class ServerConfig:
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
         if self.manifest_page_files < 1:
             raise Refused("--manifest-page-files must be at least 1")
+        if self.admin_token is not None and (len(self.admin_token) < MIN_ADMIN_TOKEN or not self.admin_token.isprintable()
+                                             or " " in self.admin_token):
+            raise Refused(f"--admin-token must be at least {MIN_ADMIN_TOKEN} printable characters without spaces")
 
     @property
     def store_url(self) -> str:

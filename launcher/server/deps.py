@@ -13,7 +13,8 @@ from launcher.auth.token_service import TokenService
 from launcher.core.audit import MINOR_FAILURE, AuditLog
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
-from launcher.stores import JobStore
+from launcher.server.metrics import Metrics
+from launcher.stores import ANY_OWNER, JobStore, StoredJob
 from pipelines.settings import ExportSettings
 from transforms.errors import Forbidden, Unauthorized
 
@@ -27,8 +28,22 @@ class Server:
     audit: AuditLog
     jobs: BackgroundJobs
     settings: ExportSettings  # the export defaults, with manifest URLs under this server's /files
+    metrics: Metrics
     tokens: Optional[AccessTokens] = None  # with --auth smart
     token_service: Optional[TokenService] = None
+
+    def job_owners(self) -> list[tuple[str, Optional[str]]]:
+        """Whose jobs this server serves: its own tenant and owner's, and with `--auth smart` every
+        registered client's (its tenant, owned by its id)."""
+        owners = [(self.config.tenant, self.config.owner)]
+        if self.tokens is not None:
+            owners += [(client.tenant, client.client_id) for client in self.store.clients()]
+        return owners
+
+    def all_jobs(self) -> list[StoredJob]:
+        """Every job of the tenants this server serves, any owner's, finished ones too: the operator's view."""
+        tenants = dict.fromkeys(tenant for tenant, _ in self.job_owners())
+        return [job for tenant in tenants for job in self.store.list(tenant, ANY_OWNER, include_terminal=True)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -36,6 +36,7 @@ _GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
 def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server),
              who: Caller = Depends(caller)) -> Response:
     local = _listed_file(app, who, request, tenant, job_id, path)
+    app.metrics.downloads.inc()
     media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
     if "range" in request.headers or not _accepts_gzip(request.headers.get("accept-encoding", "")):
         return _File(local, media_type=media_type)

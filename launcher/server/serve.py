@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from launcher.server.config import AUTH_MODES
+from launcher.server.logs import LOG_FORMATS
+
+ADMIN_TOKEN_ENV = "BULK_EXPORT_ADMIN_TOKEN"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +28,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
     parser.add_argument("--manifest-page-files", dest="manifest_page_files", type=int, default=1000,
                         help="files per manifest page of an allowPartialManifests export (default %(default)s)")
+    parser.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, default="text",
+                        help="text lines, or one JSON object per line for log shippers (default %(default)s)")
+    parser.add_argument("--admin-token", dest="admin_token", default=os.environ.get(ADMIN_TOKEN_ENV),
+                        help="the bearer token (16+ characters) of the operator page at / and of /metrics;"
+                        f" also read from ${ADMIN_TOKEN_ENV}, which `ps` does not show. Without it, only"
+                        " loopback clients of an --auth none server see them")
 
 
 def default_auth(store_url: str) -> str:
@@ -39,6 +49,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     from launcher.core.durations import parse_duration
     from launcher.server.app import create_app
     from launcher.server.config import ServerConfig
+    from launcher.server.logs import configure_logging
     from pipelines.settings import ExportSettings
 
     config = ServerConfig(
@@ -55,10 +66,17 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         cleanup_ttl_s=parse_duration(args.cleanup_ttl, "--cleanup-ttl"),
         maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
         manifest_page_files=args.manifest_page_files,
+        admin_token=args.admin_token,
     )
+    verbosity = -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", 0) or 0)
+    uvicorn_level = configure_logging(args.log_format, verbosity)
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
+    who = "with --admin-token" if config.admin_token else "loopback only" if config.auth == "none" else "off"
+    print(f"operator page at {config.base_url}/ and metrics at {config.base_url}/metrics ({who})", flush=True)
     if config.auth == "none":
         print("bulk-export: warning: --auth none: anyone who can reach this server can export and download"
               " its data", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    # Our access log replaces uvicorn's; `log_config=None` keeps uvicorn's records in our handler and format.
+    uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None, log_level=uvicorn_level,
+                access_log=False)
     return 0

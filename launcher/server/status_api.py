@@ -117,6 +117,10 @@ def progress_text(record: StoredJob) -> str:
 
 
 def _expires(record: StoredJob, ttl_s: float) -> str:
+    return format_datetime(expires_at(record, ttl_s), usegmt=True)
+
+
+def expires_at(record: StoredJob, ttl_s: float) -> dt.datetime:
+    """When cleanup removes a finished job: `ttl_s` after it ended."""
     seconds, _ = instant_key(record.completed_at or record.created_at)
-    moment = dt.datetime.fromtimestamp(seconds + ttl_s, dt.timezone.utc)
-    return format_datetime(moment, usegmt=True)
+    return dt.datetime.fromtimestamp(seconds + ttl_s, dt.timezone.utc)

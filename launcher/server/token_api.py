@@ -46,8 +46,10 @@ async def token(request: Request, app: Server = Depends(server)) -> JSONResponse
             raise
         answer = await anyio.to_thread.run_sync(app.token_service.exchange, form, limiter=_TOKEN_LIMITER)
     except TokenRefused as exc:
+        app.metrics.token_refusals.labels(exc.error).inc()
         return JSONResponse({"error": exc.error, "error_description": exc.description}, status_code=exc.http_status,
                             headers=_NO_STORE)
+    app.metrics.token_grants.inc()
     return JSONResponse(answer, headers=_NO_STORE)
 
 
