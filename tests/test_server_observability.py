@@ -81,12 +81,13 @@ def test_json_lines_and_a_failed_job(tmp_path, sample_dir):
         status_url = _kick_off(client, running)
         assert poll(client, status_url).status_code == 500
         assert _lines(running, '"event":"error"')
-    printed = ("serving FHIR", "operator page at", "bulk-export: warning")  # serve's own lines, before logging
+    printed = ("serving FHIR", "operator page at")  # serve's own lines on stdout, before logging starts
     records = [json.loads(line) for line in running.log.read_text().splitlines() if not line.startswith(printed)]
     access = [r for r in records if r["logger"] == "launcher.server.access" and r["path"] == "/fhir/$export"]
     assert access[0]["status"] == 202 and access[0]["query_names"] == ["_type"] and access[0]["method"] == "GET"
     jobs = {r["event"]: r for r in records if r["logger"] == "launcher.server.jobs"}
     assert set(jobs) == {"kickoff", "error"} and jobs["error"]["level"] == "WARNING"
+    assert any(r["level"] == "WARNING" and "--auth none" in r["message"] for r in records)
     assert jobs["error"]["job_id"] == _job_id(status_url) and "not writable" in jobs["error"]["reason"]
     assert jobs["error"]["export_level"] == "system" and jobs["error"]["duration_s"] >= 0
 
@@ -188,6 +189,8 @@ def test_with_auth_on_the_page_and_metrics_need_the_admin_token(tmp_path, sample
         assert client.get(running.base_url + f"/jobs/{_job_id(status_url)}").status_code == 200  # the cookie
     log = running.log.read_text()
     assert ADMIN not in log and token not in log and "/login 303" in log
+    assert "GET /fhir/$export 202" in log and _lines(running, "GET /fhir/$export 202")[0].endswith(
+        "client=acme-client query: _type")
 
 
 def test_a_short_admin_token_is_refused(tmp_path, sample_dir, run_cli):

@@ -14,7 +14,7 @@ import os
 import time
 from typing import Optional
 
-from launcher.core.audit import AuditLog
+from launcher.core.audit import SUCCESS, AuditLog
 from launcher.server.metrics import Metrics
 from pipelines.models import JobRecord
 from transforms.fhir.instant import InvalidInstant, instant_key
@@ -33,7 +33,7 @@ class ObservedAuditLog(AuditLog):
         super().__init__(folder)
         self._metrics = metrics
 
-    def record(self, event: str, job: JobRecord, outcome: str = "0", description: Optional[str] = None,
+    def record(self, event: str, job: JobRecord, outcome: str = SUCCESS, description: Optional[str] = None,
                agent: Optional[str] = None) -> dict:
         resource = super().record(event, job, outcome, description, agent)
         try:

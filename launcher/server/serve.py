@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
-import sys
 
 from launcher.server.config import AUTH_MODES
 from launcher.server.logs import LOG_FORMATS
@@ -73,9 +73,9 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
     who = "with --admin-token" if config.admin_token else "loopback only" if config.auth == "none" else "off"
     print(f"operator page at {config.base_url}/ and metrics at {config.base_url}/metrics ({who})", flush=True)
-    if config.auth == "none":
-        print("bulk-export: warning: --auth none: anyone who can reach this server can export and download"
-              " its data", file=sys.stderr, flush=True)
+    if config.auth == "none":  # a log record, so it comes in --log-format's form too
+        logging.getLogger(__name__).warning("--auth none: anyone who can reach this server can export and"
+                                            " download its data")
     # Our access log replaces uvicorn's; `log_config=None` keeps uvicorn's records in our handler and format.
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None, log_level=uvicorn_level,
                 access_log=False)
