@@ -40,12 +40,32 @@ def test_filters_of_one_type_are_ored_and_types_without_filters_pass():
     assert filters.matches("Patient", {"resourceType": "Patient"})
 
 
-def test_parameter_values_are_unquoted_after_splitting_and_escaped_commas_kept():
-    filters = compile_type_filters(["Patient?family=O%27Brien%2C%20Jr,Smith", r"Patient?given=A\,B"])
+# This test once asserted the opposite (values split at raw commas, then unquoted, so `%2C` was a
+# literal comma): a FHIR REST query is percent-decoded first, and a literal comma is written `\,`.
+def test_parameter_values_are_percent_decoded_then_split_at_unescaped_commas():
+    filters = compile_type_filters(["Patient?family=O%27Brien%5C%2C%20Jr,Smith", r"Patient?given=A\,B"])
     assert filters.matches("Patient", {"name": [{"family": "O'Brien, Jr"}]})
     assert filters.matches("Patient", {"name": [{"family": "Smith"}]})
     assert filters.matches("Patient", {"name": [{"given": ["a,b"]}]})
     assert not filters.matches("Patient", {"name": [{"family": "O'Brien"}]})
+    assert not filters.matches("Patient", {"name": [{"given": ["a"]}]})
+
+
+@pytest.mark.parametrize("query", ["category=laboratory%2Cvital-signs", "category=laboratory,vital-signs",
+                                   "category=laboratory%2cvital-signs"])
+def test_an_encoded_comma_separates_values_as_a_raw_one_does(query):
+    filters = compile_type_filters([f"Observation?{query}"])
+    lab, vital, survey = ({**_obs(c, "1"), "category": [{"coding": [{"code": c}]}]}
+                          for c in ("laboratory", "vital-signs", "survey"))
+    assert filters.matches("Observation", lab) and filters.matches("Observation", vital)
+    assert not filters.matches("Observation", survey)
+
+
+@pytest.mark.parametrize("value", ["Observation?code=50%", "Observation?code=%zz1", "Observation?code=%C3%28"])
+def test_a_value_that_cannot_be_percent_decoded_is_refused_never_matching_nothing(value):
+    with pytest.raises(TypeFilterRefused, match="'code'") as refused:
+        compile_type_filters([value])
+    assert refused.value.unreadable
 
 
 def test_type_filters_pickle_and_keep_matching():

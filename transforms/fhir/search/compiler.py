@@ -128,7 +128,8 @@ def compile_parsed(
     by_type: dict[str, list] = {}
     for parsed in filters:
         if not is_resource_type(parsed.type):
-            raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type")
+            raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type",
+                                notice="its type is not an R4 resource type", known_type=False)
         if types and parsed.type not in types:
             raise parsed.refuse(f"{parsed.type} is not in _type ({', '.join(types)})")
         known = search_parameters(parsed.type)
@@ -171,7 +172,8 @@ def _compile_parameter(
     try:
         matchers = tuple(_matcher(definition, modifier, v, now) for v in param.values)
     except InvalidSearchValue as exc:
-        raise parsed.refuse(str(exc), name) from None
+        notice = f"a value is not valid for this {definition.type} parameter"
+        raise parsed.refuse(str(exc), name, notice=notice) from None
     return _Criterion(label, extract, matchers, _NONE if modifier == "not" else _ANY)
 
 
