@@ -30,6 +30,11 @@ class Server:
     tokens: Optional[AccessTokens] = None  # with --auth smart
     token_service: Optional[TokenService] = None
 
+    def interactions(self) -> dict[str, tuple[str, ...]]:
+        """The FHIR REST interactions this server serves, by resource type (`read`, `search-type`): the
+        one place the CapabilityStatement takes them from. None yet: the data is served by `$export` only."""
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Caller:
