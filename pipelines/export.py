@@ -121,6 +121,7 @@ def build_pipeline(
         _ManifestRenderer(request, job.transaction_time, settings.output, settings.urls, plan.layout),
         on_complete=_Completion(sink) if sink is not None else None,
         fence=sink,
+        notices=[orjson.dumps(ignored.outcome()) for ignored in request.ignored_parameters],
     )
     return ExportOutputs(parts, errors, manifest)
 

@@ -52,6 +52,36 @@ class TypeFilter(BaseModel):
     query: str
 
 
+class IgnoredParameter(BaseModel):
+    """A kickoff parameter, value or `_typeFilter` query that lenient handling ignored, and why.
+
+    Each becomes one OperationOutcome in the manifest's `error[]` (IG v3: "the server SHOULD include
+    a FHIR OperationOutcome resource for each of these parameters"), which names the parameter and
+    the reason but never a value of the request: a value (a `_typeFilter` query) may hold patient data.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    parameter: str
+    reason: str  # names no value of the request's
+    value: Optional[str] = None  # the client's own value, shown only in the manifest's `message`
+
+    def __str__(self) -> str:
+        shown = self.parameter if self.value is None else f"{self.parameter}={self.value}"
+        return f"{shown} ({self.reason})"
+
+    def outcome(self) -> dict[str, Any]:
+        """The OperationOutcome reporting it: a warning, since the export differs from the request."""
+        return {
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "warning",
+                "code": "not-supported",
+                "diagnostics": f"{self.parameter}: {self.reason}; ignored under lenient handling",
+            }],
+        }
+
+
 class ExportRequest(BaseModel):
     """A validated kickoff, in the spec's terms. Built and changed only by the kickoff parser
     (`launcher/kickoff/parser.py`); elsewhere only read back from its JSON."""
@@ -72,8 +102,13 @@ class ExportRequest(BaseModel):
     allow_partial_manifests: bool = False
     # organizeOutputBy: blocks of each instance of this type (only Patient), instead of one type per file.
     organize_output_by: Optional[str] = None
-    # Parameters the server ignored (lenient handling); named in the manifest.
-    ignored: tuple[str, ...] = ()
+    # What the server ignored (lenient handling); named in the manifest's `message` and `error[]`.
+    ignored_parameters: tuple[IgnoredParameter, ...] = ()
+
+    @property
+    def ignored(self) -> tuple[str, ...]:
+        """Each ignored parameter as one line: `name[=value] (reason)`."""
+        return tuple(str(p) for p in self.ignored_parameters)
 
     @property
     def ignored_message(self) -> Optional[str]:

@@ -160,13 +160,44 @@ def test_patient_in_the_url_points_to_the_post_form():
 
 
 NARROWING = ["_typeFilter=Observation%3Fsubject.name%3Dx", "_elements=name.family", "organizeOutputBy=Encounter"]
+# Lenient handling drops what it cannot apply of these (issue 27; this test once refused them under
+# lenient handling too): a `_typeFilter` query, with the other queries of its type; `_elements` whole.
+DROPPED = ["_typeFilter=Observation%3Fsubject.name%3Dpeter", "_elements=name.family"]
+# What cannot be read at all, and organizeOutputBy (which reshapes the output), are refused even then.
+UNREADABLE = ["_typeFilter=Observation", "_typeFilter=Observation%3Fcode%3D50%25", "_elements=name,,gender",
+              "organizeOutputBy=Encounter"]
 
 
-@pytest.mark.parametrize("strict", [False, True])
 @pytest.mark.parametrize("query", NARROWING)
-def test_narrowing_it_cannot_apply_is_refused_even_when_lenient(query, strict):
-    refused = refusal(parse_get, f"{EXPORT}?_type=Patient&{query}", strict=strict)
+def test_narrowing_it_cannot_apply_is_refused_when_strict(query):
+    refused = refusal(parse_get, f"{EXPORT}?_type=Patient,Observation&{query}", strict=True)
     assert refused.parameter == query.split("=")[0]
+
+
+@pytest.mark.parametrize("query", UNREADABLE)
+def test_a_value_that_cannot_be_read_is_refused_even_when_lenient(query):
+    refused = refusal(parse_get, f"{EXPORT}?_type=Patient,Observation&{query}", strict=False)
+    assert refused.parameter == query.split("=")[0]
+
+
+@pytest.mark.parametrize("query", DROPPED)
+def test_narrowing_it_cannot_apply_is_dropped_and_named_when_lenient(query):
+    request = parse_get(f"{EXPORT}?_type=Patient,Observation&{query}", strict=False)
+    assert request.type_filters == () and request.elements == ()
+    [ignored] = request.ignored_parameters
+    assert ignored.parameter == query.split("=")[0] and ignored.value is None
+    assert "peter" not in str(ignored.outcome())
+
+
+def test_lenient_handling_drops_every_query_of_a_type_one_of_whose_queries_it_cannot_run():
+    url = (f"{EXPORT}?_type=Patient,Observation&_typeFilter=Patient%3Fgender%3Dmale"
+           "&_typeFilter=Patient%3Fstatus%3Dactive&_typeFilter=Observation%3Fcode%3D1234-5")
+    request = parse_get(url, strict=False)
+    assert [(f.resource_type, f.query) for f in request.type_filters] == [("Observation", "code=1234-5")]
+    reasons = [i.reason for i in request.ignored_parameters]
+    assert [i.parameter for i in request.ignored_parameters] == ["_typeFilter", "_typeFilter"]
+    assert "'status'" in reasons[0] and "ORed" in reasons[1]
+    assert not any("male" in r or "active" in r for r in reasons)  # no value of the query is copied
 
 
 IGNORABLE = ["foo=bar", "includeAssociatedData=_custom"]

@@ -140,6 +140,22 @@ def test_a_scope_for_another_type_cannot_download_a_file(setup):
         assert narrow.get(manifest["status_url"]).status_code == 200  # its job, its manifest
 
 
+def test_head_on_a_file_answers_like_get_without_a_body_under_the_same_auth(setup):
+    with setup.client("a1") as client:
+        manifest = _export(client, setup.server.fhir + "/$export?_type=Patient,Observation")
+        entry = next(e for e in manifest["output"] if e["type"] == "Patient")
+        got = client.get(entry["url"], headers={"Accept-Encoding": "identity"})
+        head = client.head(entry["url"], headers={"Accept-Encoding": "gzip"})
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        assert int(head.headers["content-length"]) == len(got.content) > 0
+    assert httpx.head(entry["url"], timeout=30).status_code == 401
+    with setup.client("a1", "system/Observation.read") as narrow:
+        assert narrow.head(entry["url"]).status_code == 403
+    with setup.client("a2") as other:
+        assert other.head(entry["url"]).status_code == 404
+
+
 def test_a_file_of_patient_blocks_needs_a_token_covering_every_type_of_the_export(setup):
     with setup.client("a1") as client:
         manifest = _export(client, setup.server.fhir + "/Patient/$export?_type=Patient,Observation"

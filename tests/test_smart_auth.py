@@ -157,6 +157,18 @@ def test_an_assertion_is_used_once(setup):
     assert "replay" in last_token_event(setup.state)["outcomeDesc"]
 
 
+def test_a_refused_assertion_may_be_retried_until_granted_then_never_again(setup):
+    """The `jti` is recorded when a token is issued, not when a request is refused (BDT sends one
+    assertion 5 times for `invalid_scope`); SMART's replay check then refuses it for good."""
+    signed = setup.sign("narrow")
+    for scope in ("system/Condition.read", "system/Patient.write", "patient/*.read", "launch", "system/Nope.read"):
+        refused(setup.post(token_form(signed, scope)), 400, "invalid_scope")
+    granted = setup.post(token_form(signed, "system/Patient.read"))
+    assert granted.status_code == 200, granted.text
+    assert "used already" in refused(setup.post(token_form(signed, "system/Patient.read")), 401, "invalid_client")
+    assert "used already" in refused(setup.post(token_form(signed, "system/Condition.read")), 401, "invalid_client")
+
+
 @pytest.mark.parametrize("scope", [
     "", "launch", "openid", "patient/*.read", "user/Observation.read", "system/Nope.read", "system/Patient.fly",
     "system/Patient.write", "system/*.write", "system/Patient.cruds", "system/Patient.c", "system/*.u",

@@ -5,11 +5,13 @@ import json
 import pickle
 
 import apache_beam as beam
+import httpx
 import orjson
 import pytest
 from apache_beam.testing.util import assert_that, equal_to
 
 from tests.conftest import SHARED_DATA
+from tests.server_process import FHIR_HEADERS, poll, serve
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.search.expressions import compile_expression
 from transforms.fhir.search.registry import search_parameters
@@ -40,12 +42,32 @@ def test_filters_of_one_type_are_ored_and_types_without_filters_pass():
     assert filters.matches("Patient", {"resourceType": "Patient"})
 
 
-def test_parameter_values_are_unquoted_after_splitting_and_escaped_commas_kept():
-    filters = compile_type_filters(["Patient?family=O%27Brien%2C%20Jr,Smith", r"Patient?given=A\,B"])
+# This test once asserted the opposite (values split at raw commas, then unquoted, so `%2C` was a
+# literal comma): a FHIR REST query is percent-decoded first, and a literal comma is written `\,`.
+def test_parameter_values_are_percent_decoded_then_split_at_unescaped_commas():
+    filters = compile_type_filters(["Patient?family=O%27Brien%5C%2C%20Jr,Smith", r"Patient?given=A\,B"])
     assert filters.matches("Patient", {"name": [{"family": "O'Brien, Jr"}]})
     assert filters.matches("Patient", {"name": [{"family": "Smith"}]})
     assert filters.matches("Patient", {"name": [{"given": ["a,b"]}]})
     assert not filters.matches("Patient", {"name": [{"family": "O'Brien"}]})
+    assert not filters.matches("Patient", {"name": [{"given": ["a"]}]})
+
+
+@pytest.mark.parametrize("query", ["category=laboratory%2Cvital-signs", "category=laboratory,vital-signs",
+                                   "category=laboratory%2cvital-signs"])
+def test_an_encoded_comma_separates_values_as_a_raw_one_does(query):
+    filters = compile_type_filters([f"Observation?{query}"])
+    lab, vital, survey = ({**_obs(c, "1"), "category": [{"coding": [{"code": c}]}]}
+                          for c in ("laboratory", "vital-signs", "survey"))
+    assert filters.matches("Observation", lab) and filters.matches("Observation", vital)
+    assert not filters.matches("Observation", survey)
+
+
+@pytest.mark.parametrize("value", ["Observation?code=50%", "Observation?code=%zz1", "Observation?code=%C3%28"])
+def test_a_value_that_cannot_be_percent_decoded_is_refused_never_matching_nothing(value):
+    with pytest.raises(TypeFilterRefused, match="'code'") as refused:
+        compile_type_filters([value])
+    assert refused.value.unreadable
 
 
 def test_type_filters_pickle_and_keep_matching():
@@ -166,3 +188,33 @@ def test_loinc_code_on_synthea_observations():
     assert len(observations) == 16315
     assert kept == expected
     assert 0 < len(kept) < len(observations)
+
+
+# --- over real HTTP ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, sample_dir):
+    root = tmp_path_factory.mktemp("type-filter")
+    with serve(sample_dir, root / "out", root / "state") as running:
+        yield running
+
+
+def _exported_ids(server, query: str) -> set[str]:
+    with httpx.Client(timeout=30) as client:
+        kicked = client.get(f"{server.fhir}/$export?_type=Observation&{query}", headers=FHIR_HEADERS)
+        assert kicked.status_code == 202, kicked.text
+        manifest = poll(client, kicked.headers["Content-Location"]).json()
+        assert manifest["error"] == []
+        return {json.loads(line)["id"] for e in manifest["output"] for line in client.get(e["url"]).text.splitlines()}
+
+
+def test_smart_fetch_encoded_comma_gives_the_observations_of_the_once_encoded_form(server, sample_dir):
+    observations = [json.loads(line) for line in (sample_dir / "Observation.ndjson").read_text().splitlines()]
+    expected = {o["id"] for o in observations
+                if {c["code"] for cat in o["category"] for c in cat["coding"]} & {"laboratory", "vital-signs"}}
+    smart_fetch = _exported_ids(server, "_typeFilter=Observation%3Fcategory%3Dlaboratory%252Cvital-signs")
+    assert smart_fetch == expected and smart_fetch  # it once matched nothing: `%2C` was read as a literal comma
+    assert _exported_ids(server, "_typeFilter=Observation%3Fcategory%3Dlaboratory%2Cvital-signs") == expected
+    two = "_typeFilter=Observation%3Fcategory%3Dlaboratory&_typeFilter=Observation%3Fcategory%3Dvital-signs"
+    assert _exported_ids(server, two) == expected
+    assert len(_exported_ids(server, "_typeFilter=Observation%3Fcategory%3Dlaboratory")) < len(expected)

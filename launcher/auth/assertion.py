@@ -4,15 +4,16 @@ The assertion must be signed, with RS256/384/512 or ES256/384/512 matching
 the key its `kid` selects among the client's registered keys; `alg: none` and
 HMAC are refused before any key is looked at. `iss` and `sub` are the
 registered client id, `aud` is the token URL, `exp` is in the future and at
-most five minutes ahead, and its `jti` has never been used (the store keeps
-it until `exp`). A `jku` header must be the client's registered `jwks_url`:
+most five minutes ahead, and its `jti` has never been used for a token: the
+store records it when a token is issued for it (`TokenService`), never when a
+request is refused, and keeps it until `exp`. A `jku` header must be the client's registered `jwks_url`:
 no URL from a token is ever fetched. PyJWT checks the signature and claims.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Optional
+from typing import Callable, NamedTuple, Optional
 
 import jwt
 from jwt import PyJWK
@@ -35,13 +36,27 @@ class TokenRefused(Refused):
         self.error, self.description, self.http_status, self.client = error, description, status, client
 
 
+class Assertion(NamedTuple):
+    """A verified assertion: its client, and the `jti` to record (until `expires_ms`) once a token is issued."""
+
+    client: Client
+    jti: str
+    expires_ms: int
+
+
 def _invalid_client(description: str, client: Optional[Client] = None) -> TokenRefused:
     return TokenRefused("invalid_client", description, 401, client)
 
 
+def replayed(client: Client) -> TokenRefused:
+    """The refusal of an assertion a token was issued for already."""
+    return _invalid_client("the assertion's jti was used already (a replay)", client)
+
+
 def verify_assertion(assertion: str, token_url: str, find_client: Callable[[str], Optional[Client]],
-                     jwks: JwksCache, use_jti: Callable[[str, str, int], bool]) -> Client:
-    """The client that signed `assertion`, or `TokenRefused` (`invalid_client`) saying why not."""
+                     jwks: JwksCache, jti_used: Callable[[str, str], bool]) -> Assertion:
+    """The verified assertion, or `TokenRefused` (`invalid_client`) saying why not. Its `jti` is only
+    checked against those recorded (`jti_used`): the caller records it when it issues a token."""
     try:
         header = jwt.get_unverified_header(assertion)
         unverified = jwt.decode(assertion, options={"verify_signature": False})
@@ -68,9 +83,9 @@ def verify_assertion(assertion: str, token_url: str, find_client: Callable[[str]
     jti = claims["jti"]
     if not isinstance(jti, str) or not 0 < len(jti) <= 255:
         raise _invalid_client("the assertion's jti must be a string of 1-255 characters", client)
-    if not use_jti(client.client_id, jti, int((claims["exp"] + LEEWAY_S) * 1000)):
-        raise _invalid_client("the assertion's jti was used already (a replay)", client)
-    return client
+    if jti_used(client.client_id, jti):
+        raise replayed(client)
+    return Assertion(client, jti, int((claims["exp"] + LEEWAY_S) * 1000))
 
 
 def _key(client: Client, header: dict, kid: str, jwks: JwksCache) -> dict:

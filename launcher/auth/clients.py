@@ -2,7 +2,7 @@
 
 A client belongs to one tenant; its exports are that tenant's, owned by its
 client id. Its registered scopes are the most it may ever be granted. The
-`jti` of every accepted client assertion is kept until the assertion
+`jti` of every assertion a token was issued for is kept until the assertion
 expires, in the store, so a replay is refused across restarts and server
 instances. The key that signs access tokens is kept here too, so every
 instance sharing the store accepts the others' tokens.

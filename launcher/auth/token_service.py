@@ -2,7 +2,11 @@
 
 `TokenService.exchange` takes the form a client posted and answers the
 RFC 6749 token response, or raises `TokenRefused` with the standard error
-code. Every grant and refusal is audited, naming the client when known.
+code. Every grant and refusal is audited, naming the client when known. An
+assertion's `jti` is recorded only when a token is issued for it: a refused
+request (e.g. `invalid_scope`) may be retried with the same assertion until
+it expires, and a granted one is never accepted again (SMART Backend Services'
+replay check).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from typing import Optional
 
 from launcher.auth.access_tokens import ACCESS_TOKEN_S, AccessTokens
-from launcher.auth.assertion import ASSERTION_TYPE, TokenRefused, verify_assertion
+from launcher.auth.assertion import ASSERTION_TYPE, TokenRefused, replayed, verify_assertion
 from launcher.auth.keys import JwksCache
 from launcher.auth.scopes import ScopeRefused, grant, parse_scopes
 from launcher.core.audit import MINOR_FAILURE, SUCCESS, AuditLog
@@ -51,12 +55,16 @@ class TokenService:
             raise TokenRefused("invalid_request", f"client_assertion_type must be {ASSERTION_TYPE}")
         if not fields.get("client_assertion"):
             raise TokenRefused("invalid_request", "client_assertion is missing")
-        client = verify_assertion(fields["client_assertion"], self.token_url, self._store.client, self._jwks,
-                                  self._store.use_assertion)
+        assertion = verify_assertion(fields["client_assertion"], self.token_url, self._store.client, self._jwks,
+                                     self._store.assertion_used)
+        client = assertion.client
         try:
-            return client, grant(fields.get("scope", ""), parse_scopes(client.scopes))
+            granted = grant(fields.get("scope", ""), parse_scopes(client.scopes))
         except ScopeRefused as exc:
             raise TokenRefused("invalid_scope", str(exc), 400, client) from None
+        if not self._store.use_assertion(client.client_id, assertion.jti, assertion.expires_ms):
+            raise replayed(client)  # another request with it was granted meanwhile
+        return client, granted
 
 
 def _single_fields(form: list[tuple[str, str]]) -> dict[str, str]:

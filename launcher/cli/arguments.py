@@ -54,8 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--base-url", default=kickoff.DEFAULT_BASE_URL, help="base of the request URL when --kickoff is absent")
     handling = export.add_mutually_exclusive_group()
     handling.add_argument("--lenient", action="store_true",
-                          help="ignore unsupported kickoff parameters, naming each on stderr (Prefer: handling=lenient);"
-                          " by default they are refused")
+                          help="ignore unsupported kickoff parameters and the _typeFilter queries or _elements that"
+                          " cannot be applied (never narrowing the export), naming each on stderr and in the"
+                          " manifest's error[] (Prefer: handling=lenient); by default they are refused")
     handling.add_argument("--strict", dest="lenient", action="store_false",
                           help="refuse unsupported parameters (Prefer: handling=strict): the default")
     export.add_argument("--schedule", metavar="NAME",

@@ -5,11 +5,20 @@ Made by the launcher before the job is recorded, with the parser's `KickoffRefus
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Optional
 
 from launcher.kickoff.parser import KickoffRefused
 from pipelines.models import ExportLevel, ExportRequest
 from transforms.fhir.compartment import COMPARTMENT_TYPES
+
+
+def exportable_types(level: ExportLevel, referenced_types: Iterable[str] = ()) -> Optional[frozenset[str]]:
+    """The types an export at `level` can name in `_type` (None: every type, at system level): the Patient
+    compartment's and the referenced types `--include-referenced` adds, and Group except at Patient level."""
+    if level is ExportLevel.SYSTEM:
+        return None
+    exportable = COMPARTMENT_TYPES | frozenset(referenced_types)
+    return exportable - {"Group"} if level is ExportLevel.PATIENT else exportable
 
 
 def check_level(request: ExportRequest, referenced_types: Iterable[str] = ()) -> None:
@@ -29,9 +38,7 @@ def check_level(request: ExportRequest, referenced_types: Iterable[str] = ()) ->
                 "applies only to Patient- and Group-level exports (a system-level export has every type already)",
             )
         return
-    exportable = COMPARTMENT_TYPES | frozenset(referenced)
-    if request.level is ExportLevel.PATIENT:
-        exportable = exportable - {"Group"}
+    exportable = exportable_types(request.level, referenced)
     level = f"a {request.level.value.capitalize()}-level export"
     hint = "; --include-referenced adds such types where exported resources reference them"
     outside = [t for t in request.types if t not in exportable]

@@ -1,12 +1,16 @@
 """Kickoff parsing: a `$export` URL (GET) or a `Parameters` resource (POST) -> `ExportRequest`.
 
 Every refusal happens here, before any job exists, as a `KickoffRefused` that
-names the parameter. Parameters that would narrow the output (`_typeFilter`,
-`_elements`) or reshape it (`organizeOutputBy`) are never ignored, because
-ignoring them would export more, or otherwise, than was asked for. Others this engine does not
-support are refused under strict handling (`Prefer: handling=strict`, the default here),
-naming them; under lenient handling they are ignored and named in the
-manifest's `message`.
+names the parameter. What this engine does not support is refused under strict
+handling (`Prefer: handling=strict`, the default here), naming it. Under lenient
+handling it is ignored and named (`ExportRequest.ignored_parameters`: the
+manifest's `message`, and one OperationOutcome each in its `error[]`): an
+unknown parameter, an `includeAssociatedData` value, a `_typeFilter` query the
+engine cannot run (with every other query of its type, so the type is exported
+unfiltered, never narrowed), or an `_elements` naming what cannot be selected
+(all of `_elements`: every resource is exported whole). A value that cannot be
+read at all, and `organizeOutputBy` (which reshapes the output), are refused
+even then.
 
 Checks that need the job's settings or the source (types outside the Patient
 compartment against `--include-referenced`: `level_types.py`; Group membership:
@@ -18,24 +22,29 @@ the same checks (`check_request`), and a request is changed only here
 
 from __future__ import annotations
 
-import re
-from typing import Iterable, Iterator, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 from urllib.parse import parse_qsl, unquote, urlsplit, urlunsplit
 
 import orjson
 
-from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportLevel, ExportRequest, TypeFilter
-from transforms.fhir.search.compiler import compile_filters
+from launcher.kickoff import narrowing
+from pipelines.models import (
+    NDJSON_FORMATS,
+    PARQUET_FORMATS,
+    ExportLevel,
+    ExportRequest,
+    IgnoredParameter,
+    TypeFilter,
+)
 from transforms.errors import Refused
 from transforms.fhir.associated import ASSOCIATED_DATA
 from transforms.fhir.compartment import patient_reference_id
-from transforms.fhir.elements import ElementsRefused, parse_elements
+from transforms.fhir.elements import ElementsRefused
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
 from transforms.fhir.organize import ORGANIZE_TYPES
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
 from transforms.fhir.search.common import TypeFilterRefused
-from transforms.fhir.search.query import split_type_filter
 
 DEFAULT_BASE_URL = "http://localhost/fhir"
 # Parameters the IG defines; each maps to how its values combine when repeated.
@@ -51,8 +60,6 @@ _KNOWN = (
     "organizeOutputBy",
     "allowPartialManifests",
 )
-# IG v1/v2 comma-joined several `_typeFilter` queries in one value; each starts with `Type?`.
-_NEXT_QUERY = re.compile(r",(?=[A-Z][A-Za-z]*\?)")
 
 
 class KickoffRefused(Refused):
@@ -182,7 +189,7 @@ def _build(
 ) -> ExportRequest:
     # Repeated parameters are equivalent to one comma-joined value (IG v3).
     joined = {name: ",".join(values) for name, values in params.items()}
-    ignored: list[str] = []
+    ignored: list[IgnoredParameter] = []
     for name, value in joined.items():
         if name == "patient":
             _check_patient_level(level)
@@ -193,13 +200,13 @@ def _build(
                 raise KickoffRefused(
                     shown, f"{reason} (refused under strict handling, the default; lenient handling ignores it)"
                 )
-            ignored.append(f"{shown}={_printable(value)} ({reason})")
+            ignored.append(IgnoredParameter(parameter=shown, reason=reason, value=_printable(value)))
     return _request(
         level, group_id, url, strict, ignored, output_formats=params.get("_outputFormat", [NDJSON_FORMATS[0]]),
         since=joined.get("_since"), until=joined.get("_until"), types=params.get("_type", []),
         associated=params.get("includeAssociatedData", []), organize=joined.get("organizeOutputBy"),
         partial=joined.get("allowPartialManifests", "false"), elements=joined.get("_elements"),
-        type_filters=_split_type_filters(params.get("_typeFilter", [])), patients=params.get("patient", []),
+        type_filters=narrowing.split_type_filters(params.get("_typeFilter", [])), patients=params.get("patient", []),
     )
 
 
@@ -243,7 +250,7 @@ def _check_patient_level(level: ExportLevel) -> None:
 
 
 def _request(
-    level: ExportLevel, group_id: Optional[str], url: str, strict: bool, ignored: list[str], *,
+    level: ExportLevel, group_id: Optional[str], url: str, strict: bool, ignored: list[IgnoredParameter], *,
     output_formats: list[str], since: Optional[str], until: Optional[str], types: list[str], associated: list[str],
     organize: Optional[str], partial: str, elements: Union[str, Sequence[str], None],
     type_filters: Iterable[TypeFilter], patients: list[str],
@@ -272,6 +279,14 @@ def _request(
     organize = _organize(organize, output_format)
     if partial not in ("true", "false"):
         raise KickoffRefused("allowPartialManifests", "must be true or false")
+    try:
+        elements = narrowing.elements(elements, types, strict, ignored)
+    except ElementsRefused as exc:
+        raise KickoffRefused("_elements", exc.reason) from None
+    try:
+        type_filters = narrowing.type_filters(type_filters, types, strict, ignored)
+    except TypeFilterRefused as exc:
+        raise KickoffRefused("_typeFilter", str(exc).removeprefix("_typeFilter ")) from None
     return ExportRequest(
         level=level,
         group_id=group_id,
@@ -279,14 +294,14 @@ def _request(
         allow_partial_manifests=partial == "true",
         request_url=url,
         types=types,
-        elements=_elements(elements, types),
-        type_filters=_type_filters(type_filters, types),
+        elements=elements,
+        type_filters=type_filters,
         since=since,
         until=until,
         patients=_patients(patients),
         output_format=output_format,
         include_associated_data=associated,
-        ignored=tuple(ignored),
+        ignored_parameters=tuple(ignored),
     )
 
 
@@ -303,7 +318,7 @@ def _organize(value: Optional[str], output_format: str) -> Optional[str]:
     return value
 
 
-def _associated(values: list[str], strict: bool, ignored: list[str]) -> tuple[str, ...]:
+def _associated(values: list[str], strict: bool, ignored: list[IgnoredParameter]) -> tuple[str, ...]:
     """The `includeAssociatedData` values this engine adds (the IG's Provenance ones); others are
     refused, or under lenient handling ignored and named."""
     chosen = []
@@ -311,11 +326,12 @@ def _associated(values: list[str], strict: bool, ignored: list[str]) -> tuple[st
         if value in ASSOCIATED_DATA:
             chosen.append(value)
             continue
-        reason = f"{_printable(value)!r} is not supported; use {' or '.join(ASSOCIATED_DATA)}"
+        supported = f"is not supported; use {' or '.join(ASSOCIATED_DATA)}"
         if strict:
-            raise KickoffRefused("includeAssociatedData",
-                                 f"{reason} (refused under strict handling, the default; lenient handling ignores it)")
-        ignored.append(f"includeAssociatedData={_printable(value)} ({reason})")
+            raise KickoffRefused("includeAssociatedData", f"{_printable(value)!r} {supported} (refused under strict "
+                                 "handling, the default; lenient handling ignores it)")
+        ignored.append(IgnoredParameter(parameter="includeAssociatedData", reason=f"a value {supported}",
+                                        value=_printable(value)))
     return tuple(dict.fromkeys(chosen))
 
 
@@ -348,44 +364,6 @@ def _patients(references: list[str]) -> tuple[str, ...]:
             raise KickoffRefused("patient", f"{_printable(reference)!r} is not a Patient reference (Patient/[id])")
         ids.append(patient)
     return tuple(dict.fromkeys(ids))
-
-
-def _elements(value: Union[str, Sequence[str], None], types: tuple[str, ...]) -> tuple[str, ...]:
-    """`_elements` (one comma-separated string, or its entries) parsed as the plan parses it, held to `_type`."""
-    if value is None:
-        return ()
-    try:
-        spec = parse_elements(value, types)
-    except ElementsRefused as exc:
-        raise KickoffRefused("_elements", exc.reason) from None
-    if types:
-        # `Device.status` with `_type=Patient` would apply to nothing, while every Patient
-        # would be cut to its mandatory elements: a client's mistake, refused.
-        for entry in spec.entries:
-            head, dot, _ = entry.partition(".")
-            if dot and head not in types:
-                listed = ",".join(types)
-                raise KickoffRefused("_elements", f"{entry!r} names {head}, which _type ({listed}) does not list")
-    return tuple(spec.entries)
-
-
-def _split_type_filters(values: list[str]) -> Iterator[TypeFilter]:
-    """The `_typeFilter` queries of the values, each split into its type and query as it is reached."""
-    for query in (query for value in values for query in _NEXT_QUERY.split(value)):
-        resource_type, rest = split_type_filter(query)
-        yield TypeFilter(resource_type=resource_type, query=rest)
-
-
-def _type_filters(filters: Iterable[TypeFilter], types: tuple[str, ...]) -> tuple[TypeFilter, ...]:
-    """Every `_typeFilter`, compiled here as the plan compiles it, so that a filter is never stored unapplied."""
-    checked: list[TypeFilter] = []
-    try:
-        for type_filter in filters:
-            compile_filters((type_filter,), types)
-            checked.append(type_filter)
-    except TypeFilterRefused as exc:
-        raise KickoffRefused("_typeFilter", str(exc).removeprefix("_typeFilter ")) from None
-    return tuple(checked)
 
 
 def _types(values: list[str]) -> tuple[str, ...]:

@@ -45,6 +45,11 @@ class Server:
         tenants = dict.fromkeys(tenant for tenant, _ in self.job_owners())
         return [job for tenant in tenants for job in self.store.list(tenant, ANY_OWNER, include_terminal=True)]
 
+    def interactions(self) -> dict[str, tuple[str, ...]]:
+        """The FHIR REST interactions this server serves, by resource type (`read`, `search-type`): the
+        one place the CapabilityStatement takes them from. None yet: the data is served by `$export` only."""
+        return {}
+
 
 @dataclasses.dataclass(frozen=True)
 class Caller:

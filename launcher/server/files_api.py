@@ -6,7 +6,9 @@ file needs a bearer token whose scopes cover its resource type, while error
 and deleted files (about the export's own, already authorized, types) need
 any token of that client. `Range` requests are answered 206 (a client resumes a download);
 without `Range`, a client that accepts gzip gets the file gzip-compressed as
-it streams. Nothing is read into memory whole.
+it streams. `HEAD` is answered as a `GET` without `Accept-Encoding` would be,
+without the body: the same checks and status, `Content-Type` and the file's
+`Content-Length`. Nothing is read into memory whole.
 """
 
 from __future__ import annotations
@@ -32,14 +34,15 @@ _CHUNK = 4 << 20  # per read and send: 64 KiB chunks (Starlette's default) spent
 _GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
 
 
-@router.get(FILES_PATH + "/{tenant}/{job_id}/{path:path}")
+@router.api_route(FILES_PATH + "/{tenant}/{job_id}/{path:path}", methods=["GET", "HEAD"])
 def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server),
              who: Caller = Depends(caller)) -> Response:
     local = _listed_file(app, who, request, tenant, job_id, path)
     app.metrics.downloads.inc()
     media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
-    if "range" in request.headers or not _accepts_gzip(request.headers.get("accept-encoding", "")):
-        return _File(local, media_type=media_type)
+    if request.method == "HEAD" or "range" in request.headers \
+            or not _accepts_gzip(request.headers.get("accept-encoding", "")):
+        return _File(local, media_type=media_type)  # HEAD: Starlette sends the headers only
     return StreamingResponse(_gzipped(local), media_type=media_type,
                              headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 

@@ -70,6 +70,12 @@ class ClientQueries:
         with self._tx() as db:
             return bool(db.execute("DELETE FROM clients WHERE client_id = ?", (client_id,)).rowcount)
 
+    def assertion_used(self, client_id: str, jti: str) -> bool:
+        """Whether the assertion `jti` was used already (recorded and not expired yet)."""
+        with self._tx(write=False) as db:
+            return db.execute("SELECT 1 FROM used_assertions WHERE client_id = ? AND jti = ? AND expires_ms >= ?",
+                              (client_id, jti, int(time.time() * 1000))).fetchone() is not None
+
     def use_assertion(self, client_id: str, jti: str, expires_ms: int) -> bool:
         """Records that the assertion `jti` was used; False if it had been already (a replay)."""
         with self._tx() as db:

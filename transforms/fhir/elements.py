@@ -36,12 +36,16 @@ _CHOICE = "[x]"
 
 
 class ElementsRefused(Refused):
-    """An `_elements` value the engine will not apply; `reason` names the bad entry."""
+    """An `_elements` value the engine will not apply; `reason` names the bad entry.
 
-    def __init__(self, reason: str):
+    `malformed`: the value cannot be read as a list of elements at all (an empty entry), which even
+    lenient handling refuses; otherwise it names an element this engine cannot select."""
+
+    def __init__(self, reason: str, malformed: bool = False):
         super().__init__(f"_elements: {reason}")
         self.parameter = "_elements"
         self.reason = reason
+        self.malformed = malformed
 
 
 class InvalidMeta(ValueError):
@@ -175,7 +179,7 @@ def parse_elements(value: str | Iterable[str], types: Sequence[str] = ()) -> Ele
     for text in texts:
         for entry in (part.strip() for part in text.split(",")):
             if not entry:
-                raise ElementsRefused(f"empty entry in {text!r}")
+                raise ElementsRefused(f"empty entry in {text!r}", malformed=True)
             entries.append(entry)
             head, dot, rest = entry.partition(".")
             if not dot:
@@ -185,7 +189,7 @@ def parse_elements(value: str | Iterable[str], types: Sequence[str] = ()) -> Ele
                 bare.add(entry)
                 continue
             if not head or not rest:
-                raise ElementsRefused(f"{entry!r} is not of the form Type.element or element")
+                raise ElementsRefused(f"{entry!r} is not of the form Type.element or element", malformed=True)
             if "." in rest or not head[0].isupper():
                 raise ElementsRefused(f"{entry!r} is a nested path; only root elements are allowed")
             if head not in definitions:
@@ -195,7 +199,7 @@ def parse_elements(value: str | Iterable[str], types: Sequence[str] = ()) -> Ele
                 raise ElementsRefused(f"{entry!r}: {head} has no root element {rest!r}{hint}")
             typed.setdefault(head, set()).add(rest)
     if not entries:
-        raise ElementsRefused("no elements given")
+        raise ElementsRefused("no elements given", malformed=True)
     return ElementsSpec({t: frozenset(n) for t, n in typed.items()}, frozenset(bare), tuple(entries))
 
 

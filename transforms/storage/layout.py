@@ -1,7 +1,8 @@
 """What a job's folder holds, by name: the manifest, the error folder, and each attempt's temporary parts.
 
 `<output>/<tenant>/<job_id>/` holds `<Type>-<n>.ndjson` (or `.parquet`) parts,
-`error/OperationOutcome-<n>.ndjson`, `deleted/Bundle-<n>.ndjson` (an incremental
+`error/OperationOutcome-<n>.ndjson` (bad records), `error/OperationOutcome-request.ndjson` (what
+lenient handling ignored of the request), `deleted/Bundle-<n>.ndjson` (an incremental
 export's deletions) and `manifest.json`, written last. While
 an attempt runs, its parts wait in the hidden `.parts-tmp-<attempt>/`.
 Beam-free, so the control plane can name these files without importing Beam.
@@ -12,6 +13,7 @@ MANIFEST_MIME = "application/json"
 ERROR_TYPE = "OperationOutcome"
 # Error parts live in a subfolder so they never collide with exported OperationOutcomes.
 ERROR_DIR = "error"
+NOTICES_NAME = f"{ERROR_TYPE}-request.ndjson"  # in ERROR_DIR
 DELETED_DIR = "deleted"
 TEMP_DIR_NAME = ".parts-tmp"
 NDJSON_MIME = "application/fhir+ndjson"

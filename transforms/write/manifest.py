@@ -8,7 +8,9 @@ first, and the completion claim accepts this attempt's own earlier claim. It giv
 the temporary parts their final names `<Type>-<n>.ndjson` or `.parquet` (n
 counting from 0 per type), the error parts (written where the bad records were
 found, `transforms.write.error_files`) theirs, `error/OperationOutcome-<n>.ndjson`,
-and the deletions' `deleted/Bundle-<n>.ndjson`,
+the deletions' `deleted/Bundle-<n>.ndjson`, and writes the request's own
+notices (what lenient handling ignored, one OperationOutcome each) whole as
+`error/OperationOutcome-request.ndjson`; it then
 removes the temporary folder, and only then writes `manifest.json`. A failed
 run never reaches this step, so it never leaves a manifest behind.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import posixpath
 import uuid
-from typing import Callable, Iterator, NamedTuple, Optional
+from typing import Callable, Iterator, NamedTuple, Optional, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -25,7 +27,15 @@ from apache_beam.io.filesystems import FileSystems
 from transforms.records import PartFile
 from transforms.steps.fence import Fence, check_fence
 from transforms.storage.files import ObjectExists, create_file, publish_once, remove_tree
-from transforms.storage.layout import DELETED_DIR, ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
+from transforms.storage.layout import (
+    DELETED_DIR,
+    ERROR_DIR,
+    ERROR_TYPE,
+    MANIFEST_MIME,
+    MANIFEST_NAME,
+    NDJSON_MIME,
+    NOTICES_NAME,
+)
 
 
 class FinalFile(NamedTuple):
@@ -51,7 +61,8 @@ class AssembleManifest(beam.PTransform):
     `on_complete`, if given, is called with those bytes and the number of bad records
     to claim the job's completion before the manifest is made visible; if it returns
     False (the job was cancelled meanwhile) no manifest appears. With a `fence`, an
-    attempt that no longer owns the job stops before it renames anything.
+    attempt that no longer owns the job stops before it renames anything. `notices` are
+    the request's own OperationOutcome lines (not bad records: they are not counted as such).
     """
 
     def __init__(
@@ -61,9 +72,10 @@ class AssembleManifest(beam.PTransform):
         render: Callable[[Completed], bytes],
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
         fence: Optional[Fence] = None,
+        notices: Sequence[bytes] = (),
     ):
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence)
+        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence, tuple(notices))
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors, *deleted = inputs
@@ -72,8 +84,9 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None):
+    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None, notices: tuple[bytes, ...] = ()):
         self._fence = fence
+        self._notices = notices
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
@@ -85,8 +98,9 @@ class _AssembleFn(beam.DoFn):
         output = self._finalize_parts(parts)
         error = self._finalize_parts(errors, ERROR_DIR)
         gone = self._finalize_parts(list(deleted), DELETED_DIR)
+        notices = self._write_notices()
         remove_tree(self._temp_dir)
-        manifest = self._render(Completed(output, error, gone))
+        manifest = self._render(Completed(output, error + notices, gone))
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
         self._remove_hidden(MANIFEST_NAME)
@@ -103,6 +117,20 @@ class _AssembleFn(beam.DoFn):
         except ObjectExists:
             pass
         yield manifest
+
+    def _write_notices(self) -> list[FinalFile]:
+        """The request's notices as one error file, written whole (again, by a retried step)."""
+        if not self._notices:
+            return []
+        path = self._path(posixpath.join(ERROR_DIR, NOTICES_NAME))
+        if not FileSystems.exists(self._path(ERROR_DIR)):
+            FileSystems.mkdirs(self._path(ERROR_DIR))
+        temp = self._write_hidden(path, b"".join(line + b"\n" for line in self._notices))
+        try:
+            publish_once(temp, path)
+        except ObjectExists:  # an earlier try of this step wrote the same lines (on GCS, never overwritten)
+            pass
+        return [FinalFile(ERROR_TYPE, path, len(self._notices))]
 
     def _path(self, name: str) -> str:
         return FileSystems.join(self._job_dir, name)

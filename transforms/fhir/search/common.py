@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import re
+from typing import Optional
 
 from transforms.errors import Refused
 
 
 class TypeFilterRefused(Refused):
-    """A `_typeFilter` value this server cannot apply exactly; the message names it."""
+    """A `_typeFilter` value this server cannot apply exactly; the message names it.
+
+    `unreadable`: the value cannot be read as a query at all (no `Type?`, a bad percent-encoding),
+    which even lenient handling refuses. `resource_type`, `parameter` and `notice` say what lenient
+    handling dropped and why, naming no value of the filter (a value may hold patient data).
+    """
+
+    def __init__(self, message: str, *, resource_type: Optional[str] = None, parameter: Optional[str] = None,
+                 notice: str = "", unreadable: bool = False):
+        super().__init__(message)
+        self.resource_type, self.parameter, self.notice, self.unreadable = (
+            resource_type, parameter, notice, unreadable)
 
 
 class InvalidSearchValue(ValueError):

@@ -10,6 +10,7 @@ more than was asked for.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Callable, Iterable, Optional, Sequence
 
 from transforms.fhir.r4 import is_resource_type
@@ -128,7 +129,8 @@ def compile_parsed(
     by_type: dict[str, list] = {}
     for parsed in filters:
         if not is_resource_type(parsed.type):
-            raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type")
+            raise parsed.refuse(f"{parsed.type!r} is not an R4 resource type",
+                                notice="its type is not an R4 resource type", known_type=False)
         if types and parsed.type not in types:
             raise parsed.refuse(f"{parsed.type} is not in _type ({', '.join(types)})")
         known = search_parameters(parsed.type)
@@ -144,25 +146,11 @@ def _compile_parameter(
     now: Optional[str],
 ) -> _Criterion:
     name, modifier = param.name, param.modifier
-    if name in RESULT_PARAMETERS:
-        raise parsed.refuse("result parameters cannot be used inside _typeFilter", name)
-    if name == "_has" or name.startswith("_has:"):
-        raise parsed.refuse("_has (reverse chaining) is not supported", name)
-    if "." in name:
-        raise parsed.refuse("chained parameters are not supported", name)
-    if name in NOT_SUPPORTED:
-        raise parsed.refuse(f"{name} is not supported in _typeFilter", name)
-    definition = known.get(name)
-    if definition is None:
-        raise parsed.refuse(f"not a search parameter of {parsed.type}", name)
-    if definition.type in ("composite", "special"):
-        raise parsed.refuse(f"{definition.type} parameters are not supported", name)
-    label = f"{parsed.type}?{name}"
     try:
-        skip = ("String",) if definition.type == "date" else ()
-        extract = compile_expression(definition.expression, parsed.type, skip)
-    except UnsupportedExpression as exc:
+        definition, extract = _runnable(parsed.type, name, known)
+    except _CannotRun as exc:
         raise parsed.refuse(str(exc), name) from None
+    label = f"{parsed.type}?{name}"
     if modifier == "missing":
         if param.values not in (("true",), ("false",)):
             raise parsed.refuse(":missing takes true or false", name)
@@ -171,8 +159,51 @@ def _compile_parameter(
     try:
         matchers = tuple(_matcher(definition, modifier, v, now) for v in param.values)
     except InvalidSearchValue as exc:
-        raise parsed.refuse(str(exc), name) from None
+        notice = f"a value is not valid for this {definition.type} parameter"
+        raise parsed.refuse(str(exc), name, notice=notice) from None
     return _Criterion(label, extract, matchers, _NONE if modifier == "not" else _ANY)
+
+
+class _CannotRun(Exception):
+    """A search parameter `_typeFilter` cannot use; the message says why."""
+
+
+def _runnable(resource_type: str, name: str, known: dict[str, SearchParameter]) -> tuple[SearchParameter, Callable]:
+    """The definition of parameter `name` of `resource_type` and its compiled value extractor, or
+    `_CannotRun`: the one rule of which parameters `_typeFilter` runs (`runnable_parameters` lists them)."""
+    if name in RESULT_PARAMETERS:
+        raise _CannotRun("result parameters cannot be used inside _typeFilter")
+    if name == "_has" or name.startswith("_has:"):
+        raise _CannotRun("_has (reverse chaining) is not supported")
+    if "." in name:
+        raise _CannotRun("chained parameters are not supported")
+    if name in NOT_SUPPORTED:
+        raise _CannotRun(f"{name} is not supported in _typeFilter")
+    definition = known.get(name)
+    if definition is None:
+        raise _CannotRun(f"not a search parameter of {resource_type}")
+    if definition.type in ("composite", "special"):
+        raise _CannotRun(f"{definition.type} parameters are not supported")
+    try:
+        skip = ("String",) if definition.type == "date" else ()
+        return definition, compile_expression(definition.expression, resource_type, skip)
+    except UnsupportedExpression as exc:
+        raise _CannotRun(str(exc)) from None
+
+
+@lru_cache(maxsize=None)
+def runnable_parameters(resource_type: str) -> tuple[tuple[str, str], ...]:
+    """Every search parameter of `resource_type` a `_typeFilter` can use, as (name, type) by name, by the
+    rule the compiler applies (the CapabilityStatement's `searchParam` lists them)."""
+    known = search_parameters(resource_type)
+    runnable = []
+    for name in sorted(known):
+        try:
+            definition, _ = _runnable(resource_type, name, known)
+        except _CannotRun:
+            continue
+        runnable.append((name, definition.type))
+    return tuple(runnable)
 
 
 def _check_modifier(parsed: ParsedFilter, name: str, modifier: Optional[str], definition) -> None:
