@@ -37,6 +37,8 @@ setup(
         "prometheus-client>=0.20,<1",
         # SMART Backend Services (`serve --auth smart`): JWS verification and signing, RSA and EC keys.
         "PyJWT[crypto]>=2.10,<3",
+        # `export`'s and `resume`'s progress bar on a terminal.
+        "tqdm>=4.66,<5",
     ],
     extras_require={
         "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],

@@ -72,12 +72,10 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     from launcher.jobs.attempts import JobStart, start_export  # runs a pipeline: the one command that imports Beam
 
     store, audit = _open(args, recover=False)
-    display = ProgressDisplay()
-    try:
+    with ProgressDisplay() as display:
         start = JobStart(store, request, settings, args.tenant, args.owner, tuple(beam_args), args.schedule)
         record = start_export(start, _control(args, audit, display))
-    finally:
-        display.close()
+        display.finish(record, _files(store, record))
     _print_complete(record)
     return 0
 
@@ -96,14 +94,17 @@ def resume(args: argparse.Namespace, beam_args: list[str]) -> int:
     from launcher.jobs.attempts import resume_export
 
     store, audit = _open(args)
-    display = ProgressDisplay()
-    try:
+    with ProgressDisplay() as display:
         record = resume_export(store, _control(args, audit, display), args.tenant, args.job_id, args.owner,
                                tuple(beam_args))
-    finally:
-        display.close()
+        display.finish(record, _files(store, record))
     _print_complete(record)
     return 0
+
+
+def _files(store: JobStore, record: StoredJob) -> int:
+    """How many resource files a complete job wrote (its manifest's `output`)."""
+    return len(store.manifest(record.tenant, record.job_id).output)
 
 
 def _print_complete(record: StoredJob) -> None:
