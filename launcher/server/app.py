@@ -25,7 +25,7 @@ from launcher.server.job_events import ObservedAuditLog
 from launcher.server.logs import AccessLog
 from launcher.server.metrics import Metrics
 from launcher.server.outcomes import FhirError, outcome_response
-from launcher.stores import open_store
+from launcher.stores import StoreUnavailable, open_store
 from transforms.errors import ExportError, Forbidden, Unauthorized
 
 _LOG = logging.getLogger(__name__)
@@ -84,6 +84,8 @@ async def _maintain(server: Server) -> None:
     while True:
         try:
             await run_in_threadpool(_maintain_once, server)
+        except StoreUnavailable as exc:  # busy (a store client frozen in a transaction) or out of reach: one line
+            _LOG.warning("maintenance skipped: %s; it runs again in %g s", exc, server.config.maintenance_every_s)
         except Exception:  # the next round tries again
             _LOG.exception("maintenance failed")
         await asyncio.sleep(server.config.maintenance_every_s)

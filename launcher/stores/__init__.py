@@ -18,7 +18,7 @@ from launcher.stores.base import (
     now_ms,
 )
 from launcher.stores.postgresql import SCHEMES, PostgresJobStore
-from launcher.stores.sqlite import DB_NAME, READ_WAIT_S, SqliteJobStore
+from launcher.stores.sqlite import DB_NAME, SqliteJobStore
 from transforms.errors import Refused
 from transforms.storage.pg_source import url_secret
 
@@ -56,8 +56,6 @@ def open_store(url: str, read_only: bool = False, migrated: bool = False) -> Job
         raise Refused(f"--job-store {url.split('://')[0]}://... is not supported; use postgresql://")
     store = SqliteJobStore(url)
     store._ready = migrated
-    if read_only:  # the caller reads: it says at once that the store is busy, instead of waiting out a writer
-        store.write_wait_s = READ_WAIT_S
     if read_only and not store.writable():
         store.read_only = True
     return store

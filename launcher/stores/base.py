@@ -27,9 +27,11 @@ from launcher.stores.contract import (
     StoreUnavailable,
     TooManyActiveExports,
     now_ms,
+    owner_sql,
     read_stored,
 )
 from launcher.stores.engine_jobs import RunnerJobQueries
+from launcher.stores.lease_queries import LeaseQueries
 from launcher.stores.published import PublishedQueries
 from launcher.stores.schedule_queries import ScheduleQueries
 from launcher.stores.schema import MIGRATIONS, SCHEMA_VERSION, VERSION_TABLE, instant_ms
@@ -39,12 +41,10 @@ from transforms.fhir.instant import now_instant
 ACTIVE = (ExportStatus.ACCEPTED.value, ExportStatus.IN_PROGRESS.value)
 TERMINAL = (ExportStatus.COMPLETE.value, ExportStatus.ERROR.value, ExportStatus.CANCELLED.value)
 _ACTIVE_SQL = "status IN ('accepted', 'in-progress')"
-_TERMINAL_SQL = "status IN ('complete', 'error', 'cancelled')"
-_FREE_LEASE_SQL = "(lease_holder IS NULL OR lease_expires_ms < ?)"
 _SCHEMA_CHECK = threading.Lock()
 
 
-class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQueries):
+class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQueries, LeaseQueries):
     """`JobStore` in SQL that SQLite and PostgreSQL both accept (`?` placeholders)."""
 
     url: str
@@ -61,7 +61,10 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
 
     @contextlib.contextmanager
     def _tx(self, write: bool = True) -> Iterator[Any]:
-        """A transaction whose `execute(sql, args)` returns a cursor of dict rows; migrates on first use."""
+        """A transaction whose `execute(sql, args)` returns a cursor of dict rows; migrates on first use.
+
+        Its body runs SQL and nothing slow (no file, network or pipeline work, no waiting on another
+        process): a write transaction locks every other writer out of a SQLite store while it lasts."""
         if self.read_only:
             if write:
                 raise StoreUnavailable(f"job store {self.url} is read-only here; this command needs to write to it")
@@ -107,6 +110,13 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
 
     def create(self, record, *, run_spec=None, lease=None, max_active=None, total_bytes=0) -> None:
+        row = (  # made before the transaction, which runs only SQL
+            record.job_id, record.tenant, record.owner, record.level.value,
+            record.request.model_dump_json(), record.request_url, record.transaction_time,
+            record.fhir_version, record.status.value, record.created_at, record.output_dir,
+            orjson.dumps(run_spec).decode() if run_spec is not None else None,
+            lease.holder if lease else None, lease.expires_ms if lease else None, total_bytes,
+        )
         with self._tx() as db:
             if max_active is not None:
                 self._lock_tenant(db, record.tenant)
@@ -114,15 +124,7 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             db.execute(
                 "INSERT INTO jobs (job_id, tenant, owner, level, request_json, request_url, transaction_time,"
                 " fhir_version, status, created_at, output_dir, run_spec, lease_holder, lease_expires_ms,"
-                " total_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.job_id, record.tenant, record.owner, record.level.value,
-                    record.request.model_dump_json(), record.request_url, record.transaction_time,
-                    record.fhir_version, record.status.value, record.created_at, record.output_dir,
-                    orjson.dumps(run_spec).decode() if run_spec is not None else None,
-                    lease.holder if lease else None, lease.expires_ms if lease else None, total_bytes,
-                ),
-            )
+                " total_bytes) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
 
     def _check_cap(self, db, tenant: str, max_active: int) -> None:
         active = self._count_active(db, tenant)
@@ -138,7 +140,7 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
 
     def list(self, tenant, owner: Owner = ANY_OWNER, include_terminal=False) -> list[StoredJob]:
         query, args = "SELECT * FROM jobs WHERE tenant = ?", [tenant]
-        query += _owner_sql(owner, args)
+        query += owner_sql(owner, args)
         if not include_terminal:
             query += f" AND {_ACTIVE_SQL}"
         with self._tx(write=False) as db:
@@ -193,13 +195,13 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
         totals: dict[str, int] = {}
         for entry in manifest.output:
             totals[entry.type] = totals.get(entry.type, 0) + (entry.count or 0)
+        stored = manifest.model_dump_json(by_alias=True, exclude_none=True)  # a long manifest: before the transaction
         with self._tx() as db:
             self._transition(
                 db, job_id, ACTIVE[1:], ExportStatus.COMPLETE,
                 "completed_at = ?, ended_ms = ?, manifest_json = ?, bad_records = ?, read_bytes = total_bytes,"
                 " lease_holder = NULL",
-                (now_instant(), now_ms(), manifest.model_dump_json(by_alias=True, exclude_none=True), bad_records),
-                attempt,
+                (now_instant(), now_ms(), stored, bad_records), attempt,
             )
             self._advance_schedule(db, job_id)
             if manifest.output_organized_by:  # files of blocks name no type: the writers' own counts stay
@@ -254,50 +256,6 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
     def _count_active(db, tenant: str) -> int:
         row = db.execute(f"SELECT COUNT(*) AS n FROM jobs WHERE tenant = ? AND {_ACTIVE_SQL}", (tenant,)).fetchone()
         return int(row["n"])
-
-    @staticmethod
-    def _expired(cutoff_ms: int, limit: int, tenant: Optional[str], owner: Owner) -> tuple[str, list]:
-        query, args = f"SELECT * FROM jobs WHERE {_TERMINAL_SQL} AND ended_ms < ? AND {_FREE_LEASE_SQL}", [cutoff_ms, now_ms()]
-        if tenant is not None:
-            query += " AND tenant = ?"
-            args.append(tenant)
-        query += _owner_sql(owner, args)
-        return query + " ORDER BY ended_ms, job_id LIMIT ?", [*args, limit]
-
-    def claim_expired(self, cutoff_ms, limit, lease, tenant=None, owner: Owner = ANY_OWNER) -> list[StoredJob]:
-        """Terminal jobs that ended before `cutoff_ms`, oldest first: of `tenant` (None: every
-        tenant) and `owner` (ANY_OWNER: every owner; None: jobs without an owner). Leases them,
-        so concurrent cleaners never share a job."""
-        query, args = self._expired(cutoff_ms, limit, tenant, owner)
-        with self._tx() as db:
-            rows = db.execute(query + self.claim_suffix, args).fetchall()
-            for row in rows:
-                db.execute("UPDATE jobs SET lease_holder = ?, lease_expires_ms = ? WHERE job_id = ?",
-                           (lease.holder, lease.expires_ms, row["job_id"]))
-            return [self._record(db, row) for row in rows]
-
-    def renew_lease(self, job_id, lease) -> bool:
-        with self._tx() as db:
-            cursor = db.execute("UPDATE jobs SET lease_expires_ms = ? WHERE job_id = ? AND lease_holder = ?",
-                                (lease.expires_ms, job_id, lease.holder))
-            return cursor.rowcount == 1
-
-    def release_lease(self, job_id, holder) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE jobs SET lease_holder = NULL WHERE job_id = ? AND lease_holder = ?", (job_id, holder))
-
-    def is_leased(self, job_id) -> bool:
-        with self._tx(write=False) as db:
-            row = self._row(db, job_id, "lease_holder, lease_expires_ms")
-        return row["lease_holder"] is not None and row["lease_expires_ms"] >= now_ms()
-
-    def lease(self, job_id) -> Optional[Lease]:
-        """The job's lease (holder and end) if one is held, expired or not; None when released."""
-        with self._tx(write=False) as db:
-            row = self._row(db, job_id, "lease_holder, lease_expires_ms")
-        if row["lease_holder"] is None:
-            return None
-        return Lease(row["lease_holder"], int(row["lease_expires_ms"] or 0))
 
     def reap_expired(self, now=None) -> list[StoredJob]:
         """Marks `error` every active job whose launcher stopped renewing its lease."""
@@ -381,16 +339,6 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
 
 
 _COMPUTED = ("request", "resumable", "progress")
-
-
-def _owner_sql(owner: Owner, args: list) -> str:
-    """The owner condition of a job query (appending its argument): see `_visible`."""
-    if owner is ANY_OWNER:
-        return ""
-    if owner is None:
-        return " AND owner IS NULL"
-    args.append(owner)
-    return " AND owner = ?"
 
 
 def _ago(now: int, then: Optional[int]) -> str:

@@ -86,14 +86,18 @@ class ClientQueries:
             ).rowcount)
 
     def server_key(self, name: str, make: Callable[[], str], created_at: str) -> str:
-        """The private key (PEM) stored as `name`; the first caller stores `make()`, every other reads it."""
+        """The private key (PEM) stored as `name`; the first caller stores `make()`, every other reads it.
+        `make()` (a key generation) runs outside any transaction; of two racing first callers, one key wins."""
+        query = "SELECT private_pem FROM server_keys WHERE name = ?"
+        with self._tx(write=False) as db:
+            row = db.execute(query, (name,)).fetchone()
+        if row:
+            return row["private_pem"]
+        made = make()
         with self._tx() as db:
-            row = db.execute("SELECT private_pem FROM server_keys WHERE name = ?", (name,)).fetchone()
-            if row:
-                return row["private_pem"]
             db.execute("INSERT INTO server_keys (name, private_pem, created_at) VALUES (?, ?, ?)"
-                       " ON CONFLICT (name) DO NOTHING", (name, make(), created_at))
-            return db.execute("SELECT private_pem FROM server_keys WHERE name = ?", (name,)).fetchone()["private_pem"]
+                       " ON CONFLICT (name) DO NOTHING", (name, made, created_at))
+            return db.execute(query, (name,)).fetchone()["private_pem"]
 
     def signing_keys(self, now_ms: int) -> list[dict]:
         """The access-token keys in force at `now_ms` (rows: name, private_pem, created_at, retires_ms), newest

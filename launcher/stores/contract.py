@@ -71,6 +71,17 @@ ANY_OWNER = _AnyOwner()
 Owner = Union[str, None, _AnyOwner]
 
 
+def owner_sql(owner: Owner, args: list) -> str:
+    """The owner condition of a job query (appending its argument): ANY_OWNER sees every job of the
+    tenant, None only jobs without an owner, a name only that owner's jobs."""
+    if owner is ANY_OWNER:
+        return ""
+    if owner is None:
+        return " AND owner IS NULL"
+    args.append(owner)
+    return " AND owner = ?"
+
+
 class Lease(NamedTuple):
     """Who runs or cleans a job, until when (milliseconds since the epoch)."""
 

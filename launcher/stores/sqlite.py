@@ -18,9 +18,11 @@ from launcher.stores.contract import StoreBusy, StoreDamaged, StoreUnavailable
 from launcher.stores.schema import SCHEMA_VERSION
 
 DB_NAME = "jobs.sqlite3"
-# How long a transaction waits for another process's lock: a reader (WAL: only a process holding the file
-# exclusively blocks it) says at once that the store is busy; a writer waits out another's short transaction.
-READ_WAIT_S, WRITE_WAIT_S = 2.0, 30.0
+# How long any transaction waits for another process's lock before it says, in one line, that the store is
+# busy (`StoreBusy`, exit 4). Every transaction is a few statements and nothing else (no file, network or
+# pipeline work), so a lock held longer is a frozen or hung process: a reader (WAL: only a process holding
+# the file exclusively blocks it) and a writer (`BEGIN IMMEDIATE`) give up alike, instead of hanging.
+BUSY_WAIT_S = 2.0
 # SQLite's primary result codes that mean the file itself cannot be used (not a busy or a
 # constraint error): they become one `StoreUnavailable` line instead of a traceback.
 _UNUSABLE = ("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM", "SQLITE_IOERR", "SQLITE_FULL",
@@ -35,8 +37,6 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
 
 class SqliteJobStore(SqlJobStore):
     """Jobs in `<state_dir>/jobs.sqlite3` (WAL; writers serialised by `BEGIN IMMEDIATE`)."""
-
-    write_wait_s = WRITE_WAIT_S  # `open_store(..., read_only=True)`: READ_WAIT_S (a read command's recovery)
 
     def __init__(self, state_dir: str, read_only: bool = False):
         self.url = os.path.abspath(state_dir)
@@ -71,7 +71,7 @@ class SqliteJobStore(SqlJobStore):
             except OSError as exc:
                 raise StoreUnavailable(f"cannot create the state folder {self.url}: {exc.strerror or exc}") from None
         try:
-            db = sqlite3.connect(self.path, timeout=self.write_wait_s if write else READ_WAIT_S, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=BUSY_WAIT_S, isolation_level=None)
         except sqlite3.Error as exc:
             self._reraise(exc)
         db.row_factory = _dict_row
@@ -98,7 +98,7 @@ class SqliteJobStore(SqlJobStore):
             raise StoreUnavailable(f"there is no job store in {self.url}, and it cannot be created there"
                                    " (the folder is not writable)")
         try:
-            db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=READ_WAIT_S, isolation_level=None)
+            db = sqlite3.connect(self._read_only_uri(), uri=True, timeout=BUSY_WAIT_S, isolation_level=None)
         except sqlite3.Error as exc:
             self._reraise(exc)
         db.row_factory = _dict_row
@@ -119,7 +119,7 @@ class SqliteJobStore(SqlJobStore):
         if self._uri is None:
             uri = f"file:{self.path}?mode=ro"
             try:
-                probe = sqlite3.connect(uri, uri=True, timeout=30)
+                probe = sqlite3.connect(uri, uri=True, timeout=BUSY_WAIT_S)
                 try:
                     probe.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
                 finally:
