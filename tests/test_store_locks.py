@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
+import httpx
 import pytest
 
 from launcher.stores import DB_NAME, Lease, SqliteJobStore, now_ms
@@ -172,3 +173,22 @@ def test_the_server_maintenance_loop_logs_one_line_while_the_store_is_busy_and_r
                 time.sleep(0.2)
             assert store.status("orphan").value == "error"
             assert "stopped renewing its lease" in store.get("default", "orphan").error_message
+
+
+def test_a_kick_off_meeting_a_busy_store_answers_503_with_retry_after_and_no_path(sample_dir, tmp_path):
+    """Over HTTP a busy store is the server's passing condition, not an internal error: 503, `Retry-After`,
+    an OperationOutcome that never names the store's path; once the lock is gone the same kick-off is 202."""
+    state = tmp_path / "state"
+    with serve(sample_dir, tmp_path / "out", state) as server:
+        kickoff = f"{server.fhir}/Patient/$export?_type=Patient"
+        headers = {"Accept": "application/fhir+json", "Prefer": "respond-async"}
+        with frozen_in_a_transaction(state) as thaw:
+            busy = httpx.get(kickoff, headers=headers, timeout=60)
+            assert busy.status_code == 503, busy.text
+            assert busy.headers["Retry-After"].isdigit()
+            issue = busy.json()["issue"][0]
+            assert issue["code"] == "transient" and "busy" in issue["diagnostics"]
+            assert str(state) not in busy.text and "internal error" not in busy.text
+            thaw()
+        assert httpx.get(kickoff, headers=headers, timeout=60).status_code == 202
+    assert "Traceback" not in server.log.read_text()

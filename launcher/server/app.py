@@ -25,7 +25,7 @@ from launcher.server.job_events import ObservedAuditLog
 from launcher.server.logs import AccessLog
 from launcher.server.metrics import Metrics
 from launcher.server.outcomes import FhirError, outcome_response
-from launcher.stores import StoreUnavailable, open_store
+from launcher.stores import StoreBusy, StoreUnavailable, open_store
 from transforms.errors import ExportError, Forbidden, Unauthorized
 
 _LOG = logging.getLogger(__name__)
@@ -119,9 +119,12 @@ async def _export_error(request: Request, exc: ExportError):
     """Every error of the engine, answered as its OperationOutcome. A refused access is audited; a 429 says
     when to ask again; a failure on the server's side (5xx, unless a `FhirError` chose it) tells nothing of
     itself."""
+    server: Server = request.app.state.server
+    if isinstance(exc, StoreBusy):
+        busy = {"Retry-After": str(server.config.retry_after_s)}
+        return refusal(request, FhirError(exc.http_status, exc.issue_code, exc.client_message, busy))
     if exc.http_status >= 500 and not isinstance(exc, FhirError):
         return await _unexpected(request, exc)
-    server: Server = request.app.state.server
     if isinstance(exc, (Unauthorized, Forbidden)):
         await run_in_threadpool(audit_refusal, server, request, exc)
     response = refusal(request, exc)

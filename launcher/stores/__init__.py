@@ -17,6 +17,7 @@ from launcher.stores.base import (
     TooManyActiveExports,
     now_ms,
 )
+from launcher.stores.contract import StoreBusy
 from launcher.stores.postgresql import SCHEMES, PostgresJobStore
 from launcher.stores.sqlite import DB_NAME, SqliteJobStore
 from transforms.errors import Refused
@@ -63,5 +64,5 @@ def open_store(url: str, read_only: bool = False, migrated: bool = False) -> Job
 
 __all__ = [
     "ANY_OWNER", "DB_NAME", "InvalidJobState", "JobNotFound", "JobStore", "Lease", "PostgresJobStore", "SqliteJobStore",
-    "StoreUnavailable", "StoredJob", "TooManyActiveExports", "check_no_password", "now_ms", "open_store",
+    "StoreBusy", "StoreUnavailable", "StoredJob", "TooManyActiveExports", "check_no_password", "now_ms", "open_store",
 ]

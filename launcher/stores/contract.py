@@ -31,7 +31,11 @@ class StoreUnavailable(Unavailable, RuntimeError):
 
 
 class StoreBusy(StoreUnavailable):
-    """Another process holds the job store locked longer than this command waits."""
+    """Another process holds the job store locked longer than this command waits: exit 4, or over HTTP a
+    503 that says when to ask again (the store's path is never told to a client)."""
+
+    http_status, issue_code = 503, "transient"
+    client_message = "the job store is busy: another process holds it locked; try again"
 
 
 class StoreDamaged(StoreUnavailable):
