@@ -73,18 +73,18 @@ def build_pipeline(
     batches, errors = read.batches, [read.errors]
     if sink is not None:
         batches = batches | "ReportRead" >> ReportRead(sink)
-    patients = None
+    patients = outside = None
     if plan.patients is not None:
-        patients = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
+        patients, outside = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(plan, patients), errors)
     referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors)  # before `_elements`
     # The guard is the last step of each branch (before a Flatten: a side input read after one lost
     # every resource on our DaskRunner), so it judges what every step above let through.
-    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients)], errors)
+    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients, outside)], errors)
     if referenced is not None:
-        referenced = apply_steps(referenced, guard_steps(plan, patients), errors, prefix="Referenced")
+        referenced = apply_steps(referenced, guard_steps(plan, patients, outside), errors, prefix="Referenced")
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients)
+    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates"))
