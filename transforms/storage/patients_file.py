@@ -22,11 +22,11 @@ from transforms.storage.files import create_file, open_file
 FILE_NAME = "patients.ndjson"
 
 
-def write_patients(path: str, membership: Membership) -> tuple[int, int]:
-    """Writes `membership` to `path` (parents are created); returns how many patients it holds, and how
-    many outside ids."""
+def write_patients(path: str, membership: Membership, output_root: str = "") -> tuple[int, int]:
+    """Writes `membership` to `path` (parents are created, never through a link below `output_root`);
+    returns how many patients it holds, and how many outside ids."""
     patients, outside = membership.patients, membership.outside
-    with create_file(path) as f:
+    with create_file(path, root=output_root) as f:
         f.write(orjson.dumps({"patients": len(patients.ids), "issues": len(membership.issues),
                               "outside": len(outside)}) + b"\n")
         for patient in sorted(patients.ids):

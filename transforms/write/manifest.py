@@ -24,7 +24,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
 from transforms.steps.fence import Fence, check_fence
-from transforms.storage.files import ObjectExists, create_file, publish_once, remove_tree
+from transforms.storage.files import ObjectExists, create_file, make_folders, move, publish_once, remove_tree
 from transforms.storage.layout import DELETED_DIR, ERROR_DIR, MANIFEST_MIME, MANIFEST_NAME, NDJSON_MIME
 
 
@@ -61,9 +61,11 @@ class AssembleManifest(beam.PTransform):
         render: Callable[[Completed], bytes],
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
         fence: Optional[Fence] = None,
+        output_root: str = "",
     ):
+        """`output_root`: no folder below it is written through a link (`transforms.storage.files.move`)."""
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence)
+        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence, output_root)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors, *deleted = inputs
@@ -72,8 +74,9 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None):
+    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None, output_root=""):
         self._fence = fence
+        self._output_root = output_root
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
@@ -99,7 +102,7 @@ class _AssembleFn(beam.DoFn):
         # overwritten. A retried step whose claim was this attempt's own earlier one finds its
         # manifest published already: the job is complete, and so is this step.
         try:
-            publish_once(temp, self._path(MANIFEST_NAME))
+            publish_once(temp, self._path(MANIFEST_NAME), self._output_root)
         except ObjectExists:
             pass
         yield manifest
@@ -113,12 +116,11 @@ class _AssembleFn(beam.DoFn):
         if stale:
             FileSystems.delete(stale)
 
-    @staticmethod
-    def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
+    def _write_hidden(self, path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
         """Writes `data` beside `path` under a hidden name, and returns that name."""
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
-        with create_file(temp, mime) as f:
+        with create_file(temp, mime, self._output_root) as f:
             f.write(data)
         return temp
 
@@ -146,11 +148,11 @@ class _AssembleFn(beam.DoFn):
         # Retry-safe: a part an earlier try of this step renamed already is left as it is.
         pending = [(source, f.path) for source, f in zip(sources, final) if FileSystems.exists(source)]
         if folder and pending and not FileSystems.exists(self._path(folder)):
-            FileSystems.mkdirs(self._path(folder))
+            make_folders(self._path(folder), self._output_root)
         lost = [f.path for source, f in zip(sources, final)
                 if (source, f.path) not in pending and not FileSystems.exists(f.path)]
         if lost:
             raise OSError(f"parts of this attempt are gone before their final names: {', '.join(lost)}")
         if pending:
-            FileSystems.rename([s for s, _ in pending], [d for _, d in pending])
+            move([s for s, _ in pending], [d for _, d in pending], self._output_root)
         return kept + final
