@@ -93,7 +93,7 @@ class _AssembleFn(beam.DoFn):
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
         self._remove_hidden(MANIFEST_NAME)
-        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME)
+        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME, self._output_root)
         bad_records = sum(f.count for f in error)
         if self._on_complete is not None and self._on_complete(manifest, bad_records) is False:
             FileSystems.delete([temp])
@@ -116,11 +116,12 @@ class _AssembleFn(beam.DoFn):
         if stale:
             FileSystems.delete(stale)
 
-    def _write_hidden(self, path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
-        """Writes `data` beside `path` under a hidden name, and returns that name."""
+    @staticmethod
+    def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME, root: str = "") -> str:
+        """Writes `data` beside `path` under a hidden name (below `root`, see `create_file`); returns that name."""
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
-        with create_file(temp, mime, self._output_root) as f:
+        with create_file(temp, mime, root) as f:
             f.write(data)
         return temp
 
