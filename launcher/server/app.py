@@ -17,8 +17,7 @@ from launcher.auth.access_tokens import AccessTokens
 from launcher.auth.token_service import TokenService
 from launcher.jobs.lifecycle import cleanup_expired, recover_abandoned
 from launcher.jobs.process import RunControl
-from launcher.server import (files_api, kickoff_api, metadata_api, operator_api, publish_api, status_api,
-                             token_api)
+from launcher.server import files_api, kickoff_api, metadata_api, operator_api, publish_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.deps import Server, audit_refusal
