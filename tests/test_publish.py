@@ -27,6 +27,7 @@ from launcher.publish.folder import ROOT_NAME, PublicationFolder, publication_di
 from tests.columnar_data import record_row, write_rows
 from tests.gcs_emulator import free_port
 from tests.server_process import serve
+from tests.smart_client import ClientKey, get_token, register, write_jwks
 
 NAME = "directory"
 
@@ -295,3 +296,47 @@ def test_a_static_folder_is_followed_from_its_path(tmp_path, run_cli):
     for into in (follower, tmp_path / "fresh"):
         code, err = _pull("file://" + str(folder), into)
         assert code == 0 and _held(into) == source.current(), err
+
+
+def test_under_smart_auth_every_page_and_file_needs_a_token_whose_scopes_cover_it(tmp_path, run_cli):
+    keys = {"a1": ClientKey("ES384"), "g1": ClientKey("ES384")}
+    state = tmp_path / "serve-state"
+    register(state, "a1", "--jwks", write_jwks(tmp_path, keys["a1"]), "--tenant", "acme")
+    register(state, "g1", "--jwks", write_jwks(tmp_path, keys["g1"]), "--tenant", "globex")
+    source = Source(tmp_path / "src")
+    source.put("Patient", "p1", 1)
+    source.put("Observation", "o1", 1)
+    source.save()
+    out, port = tmp_path / "out", free_port()
+    public = f"http://127.0.0.1:{port}/publish/acme/{NAME}"
+    published = run_cli("publish", NAME, "--tenant", "acme", "--source", str(source.folder), "--output", str(out),
+                        "--public-url", public, "--kickoff", "http://x/fhir/$export?_type=Patient,Observation")
+    assert published.code == 0, published.err
+    root = f"{public}/{ROOT_NAME}"
+    with serve(source.folder, out, state, port=port) as server, httpx.Client(timeout=30) as plain:
+        token_url = server.base_url + "/auth/token"
+
+        def token(client_id: str, scope: str = "system/*.read") -> dict:
+            return {"Authorization": f"Bearer {get_token(plain, token_url, keys[client_id], client_id, scope)}"}
+
+        assert plain.get(root).status_code == 401
+        everything = token("a1")
+        body = plain.get(root, headers=everything).json()
+        assert body["requiresAccessToken"] is True
+        urls = {entry["type"]: entry["url"] for entry in body["output"]}
+        assert all(plain.get(url, headers=everything).status_code == 200 for url in urls.values())
+        assert plain.get(urls["Patient"]).status_code == 401
+        patients_only = token("a1", "system/Patient.read")
+        assert plain.get(root, headers=patients_only).status_code == 403  # the page lists Observation too
+        assert plain.get(urls["Patient"], headers=patients_only).status_code == 200
+        assert plain.get(urls["Observation"], headers=patients_only).status_code == 403
+        assert plain.get(root, headers=token("g1")).status_code == 404  # another tenant's publication
+        code, err = _pull_with(root, tmp_path / "consumer", everything["Authorization"].split()[1])
+        assert code == 0 and _held(tmp_path / "consumer") == source.current(), err
+
+
+def _pull_with(where: str, into: Path, token: str) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = cli.main(["pull", where, "--into", str(into), "--once", "--token", token])
+    return code, err.getvalue()
