@@ -43,6 +43,12 @@ class TooManyActive(ExportError):
     exit_code, http_status, issue_code, cli_prefix = 3, 429, "throttled", "refused: "
 
 
+class Busy(ExportError):
+    """Another run holds what this one needs (a publication's lock) longer than it waits; nothing was done."""
+
+    exit_code, http_status, issue_code, cli_prefix = 3, 409, "conflict", "refused: "
+
+
 class Unauthorized(ExportError):
     """A request without a valid access token; `challenge` is its `WWW-Authenticate` header."""
 

@@ -8,6 +8,7 @@ from typing import Any, Iterable, NoReturn, Optional
 from launcher.cli import client_commands as clients_cli
 from launcher.cli import commands
 from launcher.cli import key_commands as keys_cli
+from launcher.cli import publish_commands as publish_cli
 from launcher.core.durations import parse_duration
 from launcher.jobs.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.jobs.process import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE
@@ -125,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(resume)
     resume.set_defaults(handler=commands.resume)
 
+    publish_cli.add_parsers(commands_, _job_options, add_settings_arguments, _run_options, _duration, _positive)
     clients_cli.add_parser(commands_, _store_options)
     keys_cli.add_parser(commands_, _store_options, _duration)
 

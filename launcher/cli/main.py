@@ -1,5 +1,5 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
-cleanup, resume, serve, clients, keys, sample-data. The job commands' handlers are in `launcher.cli.commands`.
+cleanup, resume, serve, publish, pull, clients, keys, sample-data. The job commands' handlers are in `launcher.cli.commands`.
 
 Exit codes (the same table is in README.md). The codes of the engine's errors are decided in
 one place, `transforms/errors.py` (each error class carries its own); 130 and 141 here:
@@ -11,7 +11,8 @@ one place, `transforms/errors.py` (each error class carries its own); 130 and 14
          (cancelling a complete job, `manifest --refresh-urls` of local output)
     2    refused before any job was touched: a bad kickoff, a bad command line or
          option value (argparse's own errors too); nothing was created or changed
-    3    the tenant has `--max-active-per-tenant` jobs already (HTTP 429); nothing started
+    3    the tenant has `--max-active-per-tenant` jobs already (HTTP 429), or another run of
+         the same publication holds it (`publish`); nothing started
     4    the job store, the state folder or a file could not be used: e.g. a read-only
          `--state-dir` for a command that writes, an unreachable database, a store of
          a newer schema, permission denied
@@ -55,7 +56,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command not in ("export", "serve", "resume"):  # the commands taking runner options
+        if extra and args.command not in ("export", "serve", "resume", "publish"):  # the commands taking runner options
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         return args, extra
     except UsageError as exc:

@@ -17,7 +17,7 @@ from launcher.auth.access_tokens import AccessTokens
 from launcher.auth.token_service import TokenService
 from launcher.jobs.lifecycle import cleanup_expired, recover_abandoned
 from launcher.jobs.process import RunControl
-from launcher.server import files_api, kickoff_api, metadata_api, operator_api, status_api, token_api
+from launcher.server import files_api, kickoff_api, metadata_api, operator_api, publish_api, status_api, token_api
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.deps import Server, audit_refusal
@@ -39,7 +39,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The server for `config`; its state is built at start-up."""
     app = FastAPI(title="FHIR Bulk Data $export", lifespan=_lifespan(config), docs_url=None, redoc_url=None,
                   openapi_url=None)
-    for module in (kickoff_api, status_api, files_api, metadata_api, token_api, operator_api):
+    for module in (kickoff_api, status_api, files_api, publish_api, metadata_api, token_api, operator_api):
         app.include_router(module.router)
     app.add_exception_handler(ExportError, _export_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)

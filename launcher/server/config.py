@@ -12,6 +12,7 @@ AUTH_MODES = ("none", "smart")
 TOKEN_PATH = "/auth/token"
 SMART_CONFIGURATION_PATH = "/fhir/.well-known/smart-configuration"
 FILES_PATH = "/files"
+PUBLISH_PATH = "/publish"  # a publication: <base-url>/publish/<tenant>/<name>/$bulk-publish
 FHIR_PATH = "/fhir"
 STATUS_PATH = "/fhir/bulk-status"
 MIN_ADMIN_TOKEN = 16

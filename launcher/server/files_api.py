@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Iterator
+from typing import Iterator, Optional
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
@@ -38,13 +38,18 @@ _GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
 def download(tenant: str, job_id: str, path: str, request: Request, app: Server = Depends(server),
              who: Caller = Depends(caller)) -> Response:
     local = _listed_file(app, who, request, tenant, job_id, path)
-    app.metrics.downloads.inc()
-    media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
+    if request.method == "GET":
+        app.metrics.downloads.inc()
+    return send_file(local, request, PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME)
+
+
+def send_file(local: str, request: Request, media_type: str, headers: Optional[dict[str, str]] = None) -> Response:
+    """A local file as the answer: `HEAD` and `Range` answered by Starlette, else gzip on the wire when accepted."""
     if request.method == "HEAD" or "range" in request.headers \
             or not _accepts_gzip(request.headers.get("accept-encoding", "")):
-        return _File(local, media_type=media_type)  # HEAD: Starlette sends the headers only
+        return _File(local, media_type=media_type, headers=headers)  # HEAD: Starlette sends the headers only
     return StreamingResponse(_gzipped(local), media_type=media_type,
-                             headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+                             headers={**(headers or {}), "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
 
 
 class _File(FileResponse):
@@ -78,7 +83,7 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
             raise missing
     if output is not None and output.type is not None and not who.grant.covers(output.type):
         raise Forbidden(f"the access token's scopes do not cover {output.type}")
-    if output is not None and output.type is None and not _covers_job(who, record.request.types):
+    if output is not None and output.type is None and not covers_all(who, record.request.types):
         # A file of patient blocks holds every type the job exported.
         raise Forbidden("the access token's scopes do not cover every type of this export")
     local = os.path.join(record.output_dir, path)
@@ -87,7 +92,8 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
     return local
 
 
-def _covers_job(who: Caller, types: tuple[str, ...]) -> bool:
+def covers_all(who: Caller, types: tuple[str, ...]) -> bool:
+    """Whether the caller's scopes cover every one of `types` (none: every type)."""
     return who.grant.all_types if not types else all(who.grant.covers(t) for t in types)
 
 

@@ -1,0 +1,124 @@
+"""`bulk-export publish NAME` and `bulk-export pull URL --into DIR`: Bulk Publish (docs/publish.md).
+
+`publish` runs one step of a publication (a snapshot, or an incremental update
+page) under the publication's lock; a second run waits `--lock-wait`, then is
+refused with exit 3. `publish NAME --cleanup` only sweeps files past the grace
+period. `pull` is the reference consumer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from launcher.kickoff import parser as kickoff
+
+PUBLISH_HELP = "publish a dataset as a Bulk Publish manifest chain (one run: a snapshot or an update)"
+
+
+def add_parsers(commands, job_options, settings_arguments, run_options, duration, positive) -> None:
+    """Adds `publish` and `pull` to `commands`, with the CLI's shared option helpers."""
+    publish_ = commands.add_parser(
+        "publish", allow_abbrev=False, help=PUBLISH_HELP,
+        description="Runs one step of publication NAME: the first run (and --snapshot, and every "
+        "--snapshot-every updates) writes a snapshot root and a #pending stub; later runs export what changed "
+        "since the last one and link it as a new page. Options not listed are Beam pipeline options.")
+    job_options(publish_)
+    settings_arguments(publish_)
+    run_options(publish_)
+    publish_.add_argument("name", help="the publication's name (its folder: OUTPUT/TENANT/publish/NAME)")
+    publish_.add_argument("--kickoff", help="the system-level $export URL it publishes, e.g. with _type,"
+                          " _typeFilter, _elements (default: every type)")
+    publish_.add_argument("--public-url", help="the URL the publication's folder is served at, e.g."
+                          " https://cdn.example.org/directory (default: its file:// URL)")
+    publish_.add_argument("--update-cadence", metavar="DURATION",
+                          help="the manifests' updateCadence, an ISO 8601 duration such as P1D or PT1H")
+    publish_.add_argument("--grace", type=duration("--grace"), default="24h",
+                          help="how long a file no live page lists stays available (default 24h)")
+    publish_.add_argument("--snapshot-every", type=positive, metavar="N",
+                          help="write a fresh snapshot (and close the chain) after N updates")
+    publish_.add_argument("--snapshot", action="store_true", help="write a fresh snapshot now; close the chain")
+    publish_.add_argument("--page-files", type=positive, default=1000,
+                          help="files per manifest page (default %(default)s)")
+    publish_.add_argument("--requires-access-token", action="store_true",
+                          help="the manifests say requiresAccessToken: true (a static host that checks tokens)")
+    publish_.add_argument("--lock-wait", type=duration("--lock-wait"), default="5s",
+                          help="how long to wait for a run of the same publication to end (default 5s)")
+    publish_.add_argument("--cleanup", action="store_true", help="only remove files past the grace period")
+    publish_.set_defaults(handler=publish)
+
+    pull_ = commands.add_parser(
+        "pull", allow_abbrev=False, help="follow a Bulk Publish publication into a local NDJSON dataset",
+        description="The reference consumer: reads URL (a [base]/$bulk-publish URL, a file:// URL or a "
+        "publication folder), applies each page into DIR/<Type>.ndjson, then polls for updates.")
+    pull_.add_argument("url")
+    pull_.add_argument("--into", required=True, metavar="DIR", help="the local dataset's folder")
+    pull_.add_argument("--once", action="store_true", help="stop at the first stop where nothing new is ready")
+    pull_.add_argument("--interval", type=duration("--interval"), help="seconds between polls (default: the"
+                       " manifest's updateCadence, else 60 s)")
+    pull_.add_argument("--token", help="a bearer token sent with every request (requiresAccessToken)")
+    pull_.set_defaults(handler=pull)
+
+
+def publish(args: argparse.Namespace, beam_args: list[str]) -> int:
+    from launcher.publish.folder import PublicationFolder, publication_dir
+    from launcher.publish.runs import Publication, check_request
+    from launcher.publish.runs import publish as run
+
+    folder = PublicationFolder(publication_dir(args.output, args.tenant, args.name), args.public_url)
+    if args.cleanup:
+        from launcher.publish.cleanup import sweep
+
+        with folder.lock(args.lock_wait):
+            removed = sweep(folder, args.grace)
+        print(f"removed {len(removed)} file(s) past the grace period")
+        return 0
+    request = kickoff.parse_get(args.kickoff or kickoff.system_url(kickoff.DEFAULT_BASE_URL))
+    publication = Publication(args.name, check_request(request), args.update_cadence, args.requires_access_token,
+                              args.snapshot_every, args.page_files, args.grace)
+    print(run(folder, publication, _exporter(args, beam_args), args.snapshot, args.lock_wait))
+    return 0
+
+
+def _exporter(args: argparse.Namespace, beam_args: list[str]):
+    """The export one run makes: an ordinary recorded job, run and watched here, its output in `work`."""
+    from launcher.cli.progress import ProgressDisplay
+    from launcher.core.audit import AuditLog
+    from launcher.jobs.process import RunControl, start_fork_server
+    from launcher.publish.runs import Exported
+    from launcher.stores import open_store
+    from pipelines.settings import ExportSettings
+
+    start_fork_server()  # imports Beam in the pipeline's process while this one goes on
+    store = open_store(args.job_store or args.state_dir)
+    control = RunControl(AuditLog(args.state_dir), args.max_active_per_tenant, args.lease)
+    settings = ExportSettings.from_namespace(args)
+
+    def export(request, work: str) -> Exported:
+        from launcher.jobs.attempts import JobStart, start_export
+
+        job_settings = dataclasses.replace(settings, output=work, file_url_base="")
+        display = ProgressDisplay()
+        try:
+            record = start_export(JobStart(store, request, job_settings, args.tenant, args.owner, tuple(beam_args)),
+                                  dataclasses.replace(control, on_progress=display))
+        finally:
+            display.close()
+        manifest = store.manifest(args.tenant, record.job_id, args.owner)
+        return Exported(record.job_id, record.transaction_time, record.output_dir, manifest)
+
+    return export
+
+
+def pull(args: argparse.Namespace, _: list[str]) -> int:
+    from launcher.publish.consumer import Consumer, Reader
+
+    def say(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    consumer = Consumer(args.url, args.into, Reader(token=args.token), say, args.interval)
+    consumer.run(once=args.once)
+    total = sum(len(v) for v in consumer.dataset.resources.values())
+    print(f"{total} resource(s) in {args.into}, as of {consumer.state.get('transactionTime')}")
+    return 0
