@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 
 from launcher.server.config import AUTH_MODES
+from transforms.errors import CannotListen, ExportError
+
+_BACKLOG = 2048  # uvicorn's default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +41,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     import uvicorn
 
     from launcher.core.durations import parse_duration
+    from launcher.core.names import check_locations
     from launcher.server.app import create_app
     from launcher.server.config import ServerConfig
     from pipelines.settings import ExportSettings
@@ -56,9 +61,35 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
         manifest_page_files=args.manifest_page_files,
     )
+    check_locations(config.settings)
+    if beam_args:
+        from launcher.jobs.attempts import check_runner_options
+
+        check_runner_options(beam_args)
+    listening = _listen(args.host, args.port)
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
     if config.auth == "none":
         print("bulk-export: warning: --auth none: anyone who can reach this server can export and download"
               " its data", file=sys.stderr, flush=True)
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="warning")
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_level="warning"))
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down, and raises it again once done
+        pass
+    if not server.started:
+        raise ExportError("the server did not start (its log above says why)")
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds it; `CannotListen` (its own exit code) if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+        listening.listen(_BACKLOG)
+    except OSError as exc:
+        listening.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listening
