@@ -248,6 +248,10 @@ def test_a_failed_export_is_an_error_job_without_a_manifest(run_cli, source, tmp
         "gzip": (corrupt, tmp_path / "out", corrupt / "Observation.ndjson.gz"),
     }[broken]
     result = run_cli("export", "--source", str(src), "--output", str(out))
+    if broken != "gzip":  # Issue 29: a missing source or an output that cannot be made is refused, no job recorded
+        assert result.code == 2 and result.err.startswith("bulk-export: refused: ") and str(named) in result.err
+        assert job_rows(run_cli("list", "--all").out) == [] and not (tmp_path / "out").exists()
+        return
     assert result.code == 1
     [job_id] = [row[0] for row in job_rows(run_cli("list", "--all").out)]
     [line] = result.err.splitlines()  # one line, no Beam traceback
