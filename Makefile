@@ -1,6 +1,8 @@
 # Two commands set everything up on a fresh machine: `make export` and `make test`.
 # Any Python that Beam supports works (3.10–3.13): `python3` when it is one of them, else the
-# newest python3.1x found. `make test PYTHON=python3.13 VENV=.venv-3.13` picks one explicitly.
+# newest python3.1x found. `make test PYTHON=/path/to/python3.13 VENV=.venv-3.13` picks one explicitly.
+# Under pyenv, a shim such as python3.13 runs only the active version: name the interpreter,
+# `PYTHON=$(pyenv prefix 3.13.0)/bin/python`, or activate it: `PYENV_VERSION=3.13.0 make test PYTHON=python3.13`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

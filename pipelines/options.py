@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import difflib
+import importlib
 import importlib.util
 import logging
-from typing import Any
+from typing import Any, Sequence
 
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 
 from pipelines.declarations import MISSING, Option, declared, parse_bool
 from pipelines.job import ExportJob, Submission
 from pipelines.settings import LOCAL_RUNNER, SAFE_RUNNING_MODES, ExportSettings, UnsafeRunnerOptions
+from transforms.errors import Refused
 
 __all__ = ["LOCAL_RUNNER", "PIPELINE_OPTIONS", "ExportOptions", "ExportSettings", "UnsafeRunnerOptions",
-           "prepare_runner"]
+           "prepare_runner", "unknown_beam_args"]
 
 _LOG = logging.getLogger(__name__)
 # `--runner=DaskRunner` is ours; Beam's own, asked for by its full name, is refused (docs/deploy.md says why).
@@ -45,6 +48,7 @@ def prepare_runner(options: PipelineOptions) -> None:
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = LOCAL_RUNNER
+    _check_runner_name(standard.runner)
     if standard.runner == BEAM_DASK_RUNNER:
         raise UnsafeRunnerOptions(
             f"--runner={standard.runner} is refused: Beam 2.77's DaskRunner was seen to mix tagged outputs, "
@@ -70,3 +74,50 @@ def prepare_runner(options: PipelineOptions) -> None:
         )
     if direct.direct_running_mode == "multi_processing" and standard.runner == LOCAL_RUNNER:
         _LOG.info("local runner: %s worker processes", direct.direct_num_workers)
+
+
+def _check_runner_name(name: str) -> None:
+    """Refuses a `--runner` that Beam could not create: not one of its runner names, ours, or a class path."""
+    if name in (LOCAL_RUNNER, DASK_RUNNER):
+        return
+    if "." in name:  # another class path: imported here, as Beam will
+        module, _, cls = name.rpartition(".")
+        try:
+            found = getattr(importlib.import_module(module), cls, None)
+        except ImportError as exc:
+            raise Refused(f"--runner={name}: {exc}") from None
+        if found is None:
+            raise Refused(f"--runner={name}: {module} has no {cls}")
+        return
+    known = (*StandardOptions.KNOWN_RUNNER_NAMES, "DaskRunner")
+    # As Beam's create_runner reads a name: any case, "Runner" optional.
+    if {name.lower(), name.lower() + "runner"} & {k.lower() for k in known}:
+        return
+    guess = difflib.get_close_matches(name, known, n=1)
+    raise Refused(f"--runner={name} is not a known runner" + (f"; did you mean {guess[0]}?" if guess else "")
+                  + f" (one of {', '.join(sorted(known))}, or a runner's class path)")
+
+
+def unknown_beam_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """The arguments of `args` that no registered Beam pipeline option takes, and every such option's flag.
+
+    Dask's options are registered when Beam's Dask runner is imported, so it is imported only when a
+    `--dask_` flag is left unknown (and dask is installed).
+    """
+    unknown, names = _parse_beam_args(args)
+    if any(a.startswith("--dask_") for a in unknown) and importlib.util.find_spec("dask") is not None:
+        importlib.import_module("apache_beam.runners.dask.dask_runner")
+        unknown, names = _parse_beam_args(args)
+    return unknown, names
+
+
+def _parse_beam_args(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    found: dict[str, list[str]] = {}
+
+    def parse(parser) -> None:  # Beam's parser, holding every registered option
+        found["unknown"] = parser.parse_known_args(list(args))[1]
+        found["names"] = [s for action in parser._actions for s in action.option_strings]
+
+    # retain_unknown_options: Beam then does not log the unknown ones; they are refused instead.
+    PipelineOptions(list(args)).get_all_options(add_extra_args_fn=parse, retain_unknown_options=True)
+    return found["unknown"], found["names"]

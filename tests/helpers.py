@@ -135,6 +135,18 @@ def _console() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "launcher"]
 
 
+LIST_HEADER = ["JOB", "STATUS", "LEVEL", "CREATED", "RESOURCES"]
+
+
+def job_rows(listing: str) -> list[list[str]]:
+    """The rows of `bulk-export list`'s output, each split in its columns, below its header line."""
+    if not listing:
+        return []
+    header, *rows = listing.splitlines()
+    assert header.split()[:5] == LIST_HEADER, header
+    return [row.split() for row in rows]
+
+
 
 # ---- kickoff ---------------------------------------------------------------------------------
 

@@ -12,14 +12,14 @@ from launcher.kickoff.parser import KickoffRefused
 from launcher.server.outcomes import FhirError
 from launcher.stores import InvalidJobState, JobNotFound, StoreUnavailable, TooManyActiveExports
 from pipelines.settings import UnsafeRunnerOptions
-from transforms.errors import ExportError, Refused
+from transforms.errors import CannotListen, ExportError, Refused
 from transforms.fhir.elements import ElementsRefused
 from transforms.fhir.group import GroupRefused
 from transforms.fhir.membership import MembershipRefused
 from transforms.fhir.search.common import TypeFilterRefused
 from transforms.storage.source_files import SourceError
 
-EXIT_CODES = {0, 1, 2, 3, 4, 130, 141}  # the table in launcher/cli/main.py and README.md
+EXIT_CODES = {0, 1, 2, 3, 4, 5, 130, 141}  # README.md's table
 
 
 @pytest.mark.parametrize("error, exit_code, status, issue, builtin", [
@@ -43,6 +43,7 @@ EXIT_CODES = {0, 1, 2, 3, 4, 130, 141}  # the table in launcher/cli/main.py and 
     (LeaseLost("x"), 1, 500, "exception", RuntimeError),
     (ExportForbidden("x"), 2, 403, "forbidden", PermissionError),
     (InvalidToken("x"), 2, 401, "login", Exception),
+    (CannotListen("x"), 5, 500, "exception", Exception),
 ])
 def test_each_error_carries_its_codes(error, exit_code, status, issue, builtin):
     assert isinstance(error, ExportError) and isinstance(error, builtin)

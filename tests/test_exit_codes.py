@@ -24,7 +24,7 @@ import pytest
 
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
-from tests.helpers import _console, _manifest, _record
+from tests.helpers import _console, _manifest, _record, job_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPORT = "https://ehr.example.org/fhir/$export"
@@ -144,8 +144,8 @@ def test_head_takes_the_first_line_of_a_long_list(tmp_path):
         store.create(_record(f"queued-{n:04}", tenant="default"))
     pipeline = subprocess.run(
         ["bash", "-o", "pipefail", "-c", " ".join([*_console(), "list", "--all", "--state-dir", str(state)])
-         + " | head -1"], capture_output=True, text=True, timeout=120)
-    assert pipeline.stdout.split()[0] == "queued-0000"
+         + " | head -2"], capture_output=True, text=True, timeout=120)
+    assert job_rows(pipeline.stdout)[0][0] == "queued-0000"
     assert pipeline.stderr == ""
     assert pipeline.returncode == 141  # with pipefail: the list was cut short, quietly
 
@@ -235,7 +235,7 @@ def test_read_only_commands_work_on_a_read_only_store(shared_tmp):
             " (jobs whose launcher died are not marked failed)")
     listing = _cli_without_write_access(["list", "--all", "--state-dir", str(state)], probe)
     assert listing.returncode == 0, listing.stderr
-    assert sorted(line.split()[:2] for line in listing.stdout.splitlines()) == [
+    assert sorted(row[:2] for row in job_rows(listing.stdout)) == [
         ["done", "complete"], ["orphan", "in-progress"]]
     assert listing.stderr.strip() == note
     status = _cli_without_write_access(["status", "done", "--state-dir", str(state)], probe)
@@ -266,6 +266,7 @@ def test_export_into_a_read_only_state_dir_fails_in_one_line(shared_tmp, sample_
     state = _read_only_store(shared_tmp)
     source = shared_tmp / "source"
     shutil.copytree(sample_dir, source)
+    source.chmod(0o755)  # readable by `nobody`: an unreadable source is refused first (exit 2), before the store
     out = shared_tmp / "exports"
     out.mkdir(mode=0o777)
     out.chmod(0o777)

@@ -15,7 +15,7 @@ import pytest
 
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from launcher.tools.sample_data import generate
-from tests.helpers import _console, _record, _source_lines
+from tests.helpers import _console, _record, _source_lines, job_rows
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +38,9 @@ def _wait_running(run_cli, state: Path, timeout: float = 90) -> dict:
     """Polls `status --json` until the only job is in progress and has written something."""
     deadline, record = time.monotonic() + timeout, None
     while time.monotonic() < deadline:
-        listed = run_cli("list", "--all", state_dir=state).out.split()
+        listed = job_rows(run_cli("list", "--all", state_dir=state).out)
         if listed:
-            record = json.loads(run_cli("status", listed[0], "--json", state_dir=state).out)
+            record = json.loads(run_cli("status", listed[0][0], "--json", state_dir=state).out)
             if record["status"] == "in-progress" and record["progress"] and record["fraction"]:
                 return record
             if record["status"] != "in-progress" and record["status"] != "accepted":
@@ -127,7 +127,7 @@ def test_the_fifth_concurrent_kickoff_is_refused_with_nothing_started(run_cli, s
     result = run_cli("export", "--source", str(sample_dir), "--output", str(out), state_dir=state)
     assert result.code == 3
     assert "too many concurrent exports for tenant default" in result.err
-    assert len(run_cli("list", "--all", state_dir=state).out.splitlines()) == 4
+    assert len(job_rows(run_cli("list", "--all", state_dir=state).out)) == 4
     assert not out.exists() and _audit(state) == []
     other = run_cli("export", "--source", str(sample_dir), "--output", str(out), "--tenant", "other", state_dir=state)
     assert other.code == 0, other.err

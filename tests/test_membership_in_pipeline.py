@@ -16,7 +16,7 @@ import pytest
 
 import launcher.kickoff.patients
 from launcher.kickoff.patients import SCAN_LIMIT_ENV
-from tests.helpers import post_parameters
+from tests.helpers import job_rows, post_parameters
 from tests.server_process import FHIR_HEADERS, poll, serve
 
 
@@ -57,7 +57,7 @@ def test_a_bad_group_or_patient_ends_the_job_in_error_with_the_refusals_message(
                     *(["--parameters", str(post_parameters(tmp_path, parameters))] if parameters else []),
                     state_dir=tmp_path / "state")
     assert small.code == 1 and message in small.err, small.err
-    job = run_cli("list", "--all", state_dir=tmp_path / "state").out.split()[0]
+    [[job, *_]] = job_rows(run_cli("list", "--all", state_dir=tmp_path / "state").out)
     status = run_cli("status", job, "--json", state_dir=tmp_path / "state")
     record = json.loads(status.out)
     assert record["status"] == "error" and message in record["error_message"]

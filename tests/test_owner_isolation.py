@@ -16,7 +16,7 @@ import pytest
 from launcher.core.audit import OPERATOR_ACCESS, operator_access_event
 from launcher.stores import ANY_OWNER, JobNotFound, Lease, SqliteJobStore, now_ms
 from pipelines.models import ExportStatus
-from tests.helpers import _check, _manifest, _record, definition, list_expired, store  # noqa: F401  (fixtures)
+from tests.helpers import _check, _manifest, _record, definition, job_rows, list_expired, store  # noqa: F401  (fixtures)
 
 FAR = now_ms() + 3_600_000
 
@@ -70,7 +70,7 @@ def test_leaving_out_owner_does_not_reach_another_owners_job(run_cli, state, tmp
     assert done.exists()
     assert run_cli("status", "alice-done", "--owner", "alice").code == 0
     assert "in-progress" in run_cli("status", "alice-running", "--owner", "alice").out
-    assert sorted(line.split()[0] for line in run_cli("list", "--all", "--owner", "alice").out.splitlines()) == [
+    assert sorted(row[0] for row in job_rows(run_cli("list", "--all", "--owner", "alice").out)) == [
         "alice-done", "alice-running"]
 
 
@@ -78,7 +78,7 @@ def test_a_job_without_owner_is_visible_only_without_owner(run_cli, state, tmp_p
     store = SqliteJobStore(str(state))
     _job(store, tmp_path, "nobodys", None)
     assert run_cli("status", "nobodys").code == 0
-    assert run_cli("list", "--all").out.split()[0] == "nobodys"
+    assert job_rows(run_cli("list", "--all").out)[0][0] == "nobodys"
     for command in ("status", "manifest", "delete"):
         hidden = run_cli(command, "nobodys", "--owner", "bob")
         assert hidden.code == 1 and "not found" in hidden.err, command
@@ -97,7 +97,8 @@ def test_all_owners_is_an_audited_operator_access(run_cli, state, tmp_path):
     assert manifest.code == 0 and json.loads(manifest.out)["output"][0]["count"] == 1
     listing = run_cli("list", "--all", "--all-owners")
     assert listing.code == 0
-    assert {line.split()[0]: line.split()[-1] for line in listing.out.splitlines()} == {
+    assert listing.out.splitlines()[0].split()[-1] == "OWNER"
+    assert {row[0]: row[-1] for row in job_rows(listing.out)} == {
         "alice-done": "alice", "bob-running": "bob", "mine": "-"}
     assert run_cli("cancel", "bob-running", "--all-owners").code == 0
     assert store.get("default", "bob-running").status is ExportStatus.CANCELLED and not running.exists()

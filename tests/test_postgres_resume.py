@@ -8,7 +8,7 @@ import subprocess
 import time
 
 from launcher.tools.sample_data import generate
-from tests.helpers import _console
+from tests.helpers import _console, job_rows
 from tests.pg_resources import create_table, exported_bodies, insert, ndjson_resources, query, source_url
 
 
@@ -29,10 +29,10 @@ def test_a_killed_launchers_postgresql_job_resumes_from_a_new_snapshot(postgres_
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline, job_id = time.monotonic() + 90, None
     while time.monotonic() < deadline and job_id is None:
-        listed = subprocess.run([*_console(), "list", "--all", "--state-dir", str(state)],
-                                capture_output=True, text=True, timeout=60).stdout.split()
-        if listed and _status(state, listed[0])["status"] == "in-progress":
-            job_id = listed[0]
+        listed = job_rows(subprocess.run([*_console(), "list", "--all", "--state-dir", str(state)],
+                                         capture_output=True, text=True, timeout=60).stdout)
+        if listed and _status(state, listed[0][0])["status"] == "in-progress":
+            job_id = listed[0][0]
         time.sleep(0.2)
     assert job_id is not None, export.communicate(timeout=60)
     holders = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bulk-export'"

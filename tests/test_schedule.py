@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import re
 import shutil
@@ -72,7 +73,11 @@ def test_a_failed_run_does_not_advance_the_schedule(run_cli, tmp_path, sample_di
     args = ("export", "--output", str(tmp_path / "out"), "--schedule", "s1")
     done = run_cli(*args, "--source", str(sample_dir))
     assert done.code == 0, done.err
-    assert run_cli(*args, "--source", str(tmp_path / "missing")).code == 1
+    assert run_cli(*args, "--source", str(tmp_path / "missing")).code == 2  # refused: no run at all (issue 29)
+    (broken := tmp_path / "broken").mkdir()
+    packed = gzip.compress((sample_dir / "Observation.ndjson").read_bytes())
+    (broken / "Observation.ndjson.gz").write_bytes(packed[: len(packed) // 2])  # a run that fails mid-stream
+    assert run_cli(*args, "--source", str(broken)).code == 1
     store = SqliteJobStore(str(tmp_path / "state"))
     assert store.last_transaction_time("default", "s1") == done.manifest()["transactionTime"]
     assert store.last_transaction_time("other-tenant", "s1") is None

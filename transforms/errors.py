@@ -86,6 +86,12 @@ class Unavailable(ExportError):
     exit_code = 4
 
 
+class CannotListen(ExportError):
+    """`serve` could not listen on its address (in use by another server, or not this machine's); nothing started."""
+
+    exit_code = 5
+
+
 class EngineLost(JobFailed, RuntimeError):
     """The engine running a job's pipeline (a Dask scheduler) was lost or could not be reached: the job
     ends `error` and may be resumed, on that engine once it is back or on another."""

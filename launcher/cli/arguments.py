@@ -29,15 +29,39 @@ class UsageError(Exception):
 
 
 class _Parser(argparse.ArgumentParser):
-    """argparse, whose errors `main` reports (as JSON under `--json`) before exiting with 2."""
+    """argparse, whose errors `main` reports (as JSON under `--json`) before exiting with 2.
+
+    Every command and subcommand takes `-v` and `-q`, so they work anywhere on the line. Each parser counts
+    them under a name of its own (argparse copies a subcommand's values over its parent's, so a shared name
+    would drop the parent's), and `verbosity` adds them up.
+    `args.parser` is the innermost parser that read the line, for the messages that name it.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        loudness = self.add_argument_group("output")
+        loudness.add_argument("-v", "--verbose", action="count", dest=_VERBOSE + self.prog, default=argparse.SUPPRESS,
+                              help="our log at INFO and Beam's warnings; -vv: every log, Beam's too")
+        loudness.add_argument("-q", "--quiet", action="count", dest=_QUIET + self.prog, default=argparse.SUPPRESS,
+                              help="errors only")
+        self.set_defaults(parser=self)
 
     def error(self, message: str) -> NoReturn:
         raise UsageError(self, message)
 
 
+_VERBOSE, _QUIET = "verbose:", "quiet:"
+
+
+def verbosity(args: argparse.Namespace) -> int:
+    """How much to log: the number of `-v` less the number of `-q`, wherever they were given."""
+    counts = vars(args)
+    louder = sum(n for key, n in counts.items() if key.startswith(_VERBOSE))
+    return louder - sum(n for key, n in counts.items() if key.startswith(_QUIET))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="bulk-export", description="FHIR Bulk Data $export on Apache Beam.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log Beam's progress")
     commands_ = parser.add_subparsers(dest="command", required=True)
     # No abbreviations: unknown --flags are Beam options and must never be taken for ours.
 
@@ -206,7 +230,10 @@ def _duration(name: str):
 
 
 def _positive(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError("must be a positive integer")
+        raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}")
     return value

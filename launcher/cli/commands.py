@@ -21,6 +21,7 @@ import time
 
 from launcher.cli.progress import ProgressDisplay
 from launcher.core.audit import AuditLog
+from launcher.core.names import check_locations
 from launcher.jobs.lifecycle import cancel_job, cleanup_expired, delete_job, recover_abandoned
 from launcher.jobs.process import RunControl
 from launcher.kickoff import parser as kickoff
@@ -68,9 +69,12 @@ def _control(args: argparse.Namespace, audit: AuditLog, display: ProgressDisplay
 def export(args: argparse.Namespace, beam_args: list[str]) -> int:
     request = _request(args)
     settings = ExportSettings.from_namespace(args)
+    check_locations(settings, args.tenant)
     _warm_pipeline_process()
-    from launcher.jobs.attempts import JobStart, start_export  # runs a pipeline: the one command that imports Beam
+    # Runs a pipeline: the one command that imports Beam.
+    from launcher.jobs.attempts import JobStart, check_runner_options, start_export
 
+    check_runner_options(beam_args)  # before the store is opened: a refusal creates nothing
     store, audit = _open(args, recover=False)
     with ProgressDisplay() as display:
         start = JobStart(store, request, settings, args.tenant, args.owner, tuple(beam_args), args.schedule)
@@ -197,13 +201,30 @@ def _manifest_page(store, args: argparse.Namespace, owner) -> int:
 
 
 def list_jobs(args: argparse.Namespace, _: list[str]) -> int:
+    """A header and one line per job; none: a line on stderr saying so (stdout stays the table)."""
     store, audit = _open(args, read_only=True)
     owner = _owner(args, audit, "list")
-    for record in store.list(args.tenant, owner, include_terminal=args.all):
-        total = sum(p.exported for p in record.progress)
-        line = f"{record.job_id}  {record.status.value:<12}{record.level.value:<8}{record.created_at}  {total:,}"
-        print(line + (f"  owner {record.owner or '-'}" if owner is ANY_OWNER else ""))
+    records = store.list(args.tenant, owner, include_terminal=args.all)
+    if not records:
+        print(f"bulk-export: {_no_jobs(store, args, owner)}", file=sys.stderr)
+        return 0
+    rows = [(r.job_id, r.status.value, r.level.value, r.created_at, f"{sum(p.exported for p in r.progress):,}",
+             r.owner or "-") for r in records]
+    columns = ("JOB", "STATUS", "LEVEL", "CREATED", "RESOURCES", "OWNER")[:6 if owner is ANY_OWNER else 5]
+    widths = [max(len(row[i]) for row in [columns, *rows]) for i in range(len(columns))]
+    for row in [columns, *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip())
     return 0
+
+
+def _no_jobs(store: JobStore, args: argparse.Namespace, owner: Owner) -> str:
+    """What `list` says when it lists nothing: finished jobs it left out are named, with how to see them."""
+    whose = f"tenant {args.tenant}" + (f", owner {owner}" if owner and owner is not ANY_OWNER else "")
+    if args.all:
+        return f"no jobs of {whose}"
+    finished = len(store.list(args.tenant, owner, include_terminal=True))
+    return f"no active jobs of {whose}" + (f"; {_count(finished, 'finished job')} (see list --all)"
+                                            if finished else "")
 
 
 def _say_wait(record: StoredJob, lease: Lease, until_ms: int) -> None:

@@ -1,24 +1,8 @@
 """The `bulk-export` command line: export, status, manifest, list, cancel, delete,
 cleanup, resume, serve, publish, pull, clients, keys, sample-data. The job commands' handlers are in `launcher.cli.commands`.
 
-Exit codes (the same table is in README.md). The codes of the engine's errors are decided in
-one place, `transforms/errors.py` (each error class carries its own); 130 and 141 here:
-
-    0    success; `status` of a job that is accepted, in progress or complete
-    1    about a job named or run: it failed (`error`) or was cancelled (`export`,
-         `resume`, and `status`, which still prints it), it is not found (another
-         tenant's or owner's jobs look the same), or the command does not fit it
-         (cancelling a complete job, `manifest --refresh-urls` of local output)
-    2    refused before any job was touched: a bad kickoff, a bad command line or
-         option value (argparse's own errors too); nothing was created or changed
-    3    the tenant has `--max-active-per-tenant` jobs already (HTTP 429), or another run of
-         the same publication holds it (`publish`); nothing started
-    4    the job store, the state folder or a file could not be used: e.g. a read-only
-         `--state-dir` for a command that writes, an unreachable database, a store of
-         a newer schema, permission denied
-    130  interrupted (Ctrl-C); an export already recorded is marked `error`
-    141  stdout was closed early (`status | head -1`): stopped quietly, as a process
-         ended by SIGPIPE would be
+Exit codes: README.md's table is the one list of them. The codes of the engine's errors are decided
+in one place, `transforms/errors.py` (each error class carries its own); 130 and 141 are here.
 
 Under `--json`, every error is one JSON object on stderr: {"error": "...", "code": N}.
 """
@@ -30,15 +14,17 @@ import json
 import logging
 import os
 import sys
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
-from launcher.cli.arguments import UsageError, build_parser
+from launcher.cli import usage
+from launcher.cli.arguments import UsageError, build_parser, verbosity
 from launcher.core.beam_notice import drop_apitools_notice
 from launcher.core.names import check_job_id, check_tenant
 from transforms.errors import ExportError, Refused, Unavailable
 
 EXIT_REFUSED, EXIT_STORE = Refused.exit_code, Unavailable.exit_code  # a usage error; an OSError
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+OUR_PACKAGES = ("launcher", "pipelines", "transforms")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -52,35 +38,56 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    """The parsed arguments; a usage error is reported (as JSON under `--json`) and exits with 2."""
+    """The parsed arguments; a usage error is reported in one line (as JSON under `--json`) and exits with 2."""
     parser = build_parser()
     try:
         args, extra = parser.parse_known_args(argv)
-        if extra and args.command not in ("export", "serve", "resume", "publish"):  # the commands taking runner options
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
-        return args, extra
     except UsageError as exc:
-        if "--json" in argv:
-            _print_json_error(f"{exc.parser.prog}: error: {exc.message}", EXIT_REFUSED)
-        else:
-            exc.parser.print_usage(sys.stderr)
-            print(f"{exc.parser.prog}: error: {exc.message}", file=sys.stderr)
-        raise SystemExit(EXIT_REFUSED) from None
+        # A typo is reported as such, not as the option it failed to give (`--sourse x`: not "--source is required").
+        _usage_exit(argv, exc.parser, _unknown_in_relaxed(parser, exc.parser, argv) or exc.message)
+    unknown = usage.unknown_option(args.parser, extra, args.command)
+    if unknown:
+        _usage_exit(argv, args.parser, unknown)
+    level = verbosity(args)
+    args.verbose, args.quiet = max(level, 0), level < 0
+    return args, extra
+
+
+def _unknown_in_relaxed(parser: argparse.ArgumentParser, failed: argparse.ArgumentParser,
+                        argv: list[str]) -> Optional[str]:
+    """The unknown option of a line argparse refused, read again with every argument optional; None if none."""
+    usage.relaxed(failed)
+    try:
+        args, extra = parser.parse_known_args(argv)
+    except UsageError:
+        return None
+    return usage.unknown_option(args.parser, extra, args.command)
+
+
+def _usage_exit(argv: list[str], parser: argparse.ArgumentParser, message: str) -> NoReturn:
+    line = usage.one_line(parser, message)
+    if "--json" in argv:
+        _print_json_error(line, EXIT_REFUSED)
+    else:
+        print(line, file=sys.stderr)
+    raise SystemExit(EXIT_REFUSED)
+
+
+def _configure_logging(level: int) -> None:
+    """-q: errors only; none: warnings, without Beam's; -v: our log at INFO and Beam's warnings; -vv: everything."""
+    logging.basicConfig(level=logging.DEBUG if level >= 2 else logging.ERROR if level < 0 else logging.WARNING)
+    if level == 1:
+        for ours in OUR_PACKAGES:
+            logging.getLogger(ours).setLevel(logging.INFO)
+    if level <= 1:
+        # A failed job is reported in one line and kept in the store; Beam's own log is for -v, its noise for -vv.
+        logging.getLogger("apache_beam").setLevel(logging.WARNING if level == 1 else logging.CRITICAL)
+        # A job store's reconnect attempts: the launcher says once that the store is out of reach.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
 
 
 def _run(args: argparse.Namespace, extra: list[str]) -> int:
-    # Beam's options are spelled with underscores; a hyphenated unknown flag is a
-    # typo of ours, and passing it on would silently drop what the user asked for.
-    typos = [a for a in extra if a.startswith("--") and "-" in a[2:].split("=", 1)[0]]
-    if typos:
-        return _fail(args, EXIT_REFUSED, f"refused: unknown option {typos[0]}")
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
-    if not args.verbose:
-        # A failed job is reported in one line and kept in the store; Beam's own
-        # tracebacks are for -v.
-        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-        # A job store's reconnect attempts: the launcher says once that the store is out of reach.
-        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+    _configure_logging(args.verbose or -int(args.quiet))
     try:
         if hasattr(args, "tenant"):
             check_tenant(args.tenant)
@@ -90,7 +97,7 @@ def _run(args: argparse.Namespace, extra: list[str]) -> int:
         sys.stdout.flush()  # here, so a closed pipe is caught now, not at exit
         return code
     except ExportError as exc:  # its class decides the exit code (transforms/errors.py)
-        return _fail(args, exc.exit_code, exc.cli_message(args.verbose))
+        return _fail(args, exc.exit_code, exc.cli_message(bool(args.verbose)))
     except BrokenPipeError:
         raise
     except OSError as exc:  # a state folder, audit log or output the command cannot read or write

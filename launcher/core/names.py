@@ -11,11 +11,12 @@ import gzip
 import os
 import re
 import struct
-from typing import Iterable
+from typing import Iterable, Optional
 
 from pipelines.settings import ExportSettings
 from transforms.errors import Refused
 from transforms.storage.files import is_local
+from transforms.storage.locations import check_output, check_source
 
 TENANT_PLACEHOLDER = "{tenant}"
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}\Z")
@@ -59,6 +60,15 @@ def tenant_settings(settings: ExportSettings, tenant: str) -> ExportSettings:
         if is_local(path):
             settings = dataclasses.replace(settings, **{field: os.path.abspath(path)})
     return settings
+
+
+def check_locations(settings: ExportSettings, tenant: Optional[str] = None) -> None:
+    """Refuses, before any job is recorded, a source that cannot be read or an output that cannot be written.
+    A source naming `{tenant}` is checked with `tenant` filled in; without a tenant (a server's defaults), not."""
+    source = settings.source if tenant is None else source_for_tenant(settings.source, tenant)
+    if TENANT_PLACEHOLDER not in source:
+        check_source(source)
+    check_output(settings.output)
 
 
 def job_output_dir(output_dir: str, tenant: str, job_id: str) -> str:

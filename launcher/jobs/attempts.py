@@ -21,9 +21,9 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.core.audit import SERIOUS_FAILURE
 from launcher.core.names import job_output_dir, source_bytes
-from launcher.jobs.start import JobStart, RecordedJob, pipeline_inputs, record_job
 from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
 from launcher.jobs.source_snapshot import open_snapshot, release
+from launcher.jobs.start import JobStart, RecordedJob, pipeline_inputs, record_job
 from launcher.jobs.store_sink import JobStore
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, JobNotFound, Lease, StoredJob
@@ -44,9 +44,14 @@ def start_export(start: JobStart, control: RunControl) -> StoredJob:
     return run_recorded(start.store, control, record_export(start, control))
 
 
+def check_runner_options(beam_args: tuple[str, ...] | list[str]) -> None:
+    """Refuses an unknown runner, or runner options that lose data, before any job exists or is touched."""
+    prepare_runner(PipelineOptions(list(beam_args)))
+
+
 def record_export(start: JobStart, control: RunControl) -> RecordedJob:
     """Validates and records a job (refused at the tenant's cap), audits its kickoff; runs nothing."""
-    prepare_runner(PipelineOptions(list(start.beam_args)))  # refuses unsafe options before a job exists
+    check_runner_options(start.beam_args)
     return record_job(start, control)
 
 
@@ -70,7 +75,7 @@ def resume_export(store: JobStore, control: RunControl, tenant: str, job_id: str
     recorded runner options for this attempt (e.g. another Dask scheduler).
     """
     if beam_args:
-        prepare_runner(PipelineOptions(list(beam_args)))  # refuses unsafe options before the job is touched
+        check_runner_options(beam_args)
     lease = new_lease(control.lease_s)
     record = store.claim_resume(tenant, job_id, owner, lease, control.max_active)
     spec = store.run_spec(job_id)

@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import socket
 
 from launcher.server.config import AUTH_MODES
 from launcher.server.logs import LOG_FORMATS
+from transforms.errors import CannotListen, ExportError
 
 ADMIN_TOKEN_ENV = "BULK_EXPORT_ADMIN_TOKEN"
+_BACKLOG = 2048  # uvicorn's default
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +50,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     import uvicorn
 
     from launcher.core.durations import parse_duration
+    from launcher.core.names import check_locations
     from launcher.server.app import create_app
     from launcher.server.config import ServerConfig
     from launcher.server.logs import configure_logging
@@ -68,8 +72,14 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         manifest_page_files=args.manifest_page_files,
         admin_token=args.admin_token,
     )
+    check_locations(config.settings)
+    if beam_args:
+        from launcher.jobs.attempts import check_runner_options
+
+        check_runner_options(beam_args)
     verbosity = -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", 0) or 0)
     uvicorn_level = configure_logging(args.log_format, verbosity)
+    listening = _listen(args.host, args.port)
     print(f"serving FHIR Bulk Data $export at {config.fhir_base} (auth: {config.auth})", flush=True)
     who = "with --admin-token" if config.admin_token else "loopback only" if config.auth == "none" else "off"
     print(f"operator page at {config.base_url}/ and metrics at {config.base_url}/metrics ({who})", flush=True)
@@ -77,6 +87,26 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         logging.getLogger(__name__).warning("--auth none: anyone who can reach this server can export and"
                                             " download its data")
     # Our access log replaces uvicorn's; `log_config=None` keeps uvicorn's records in our handler and format.
-    uvicorn.run(create_app(config), host=args.host, port=args.port, log_config=None, log_level=uvicorn_level,
-                access_log=False)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_config=None,
+                                           log_level=uvicorn_level, access_log=False))
+    try:
+        server.run(sockets=[listening])
+    except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down, and raises it again once done
+        pass
+    if not server.started:
+        raise ExportError("the server did not start (its log above says why)")
     return 0
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound as uvicorn binds it; `CannotListen` (its own exit code) if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family=family, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+        listening.listen(_BACKLOG)
+    except OSError as exc:
+        listening.close()
+        raise CannotListen(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return listening
