@@ -99,13 +99,11 @@ def _exporter(args: argparse.Namespace, beam_args: list[str]):
         from launcher.jobs.attempts import JobStart, start_export
 
         job_settings = dataclasses.replace(settings, output=work, file_url_base="")
-        display = ProgressDisplay()
-        try:
+        with ProgressDisplay() as display:
             record = start_export(JobStart(store, request, job_settings, args.tenant, args.owner, tuple(beam_args)),
                                   dataclasses.replace(control, on_progress=display))
-        finally:
-            display.close()
-        manifest = store.manifest(args.tenant, record.job_id, args.owner)
+            manifest = store.manifest(args.tenant, record.job_id, args.owner)
+            display.finish(record, len(manifest.output))
         return Exported(record.job_id, record.transaction_time, record.output_dir, manifest)
 
     return export
