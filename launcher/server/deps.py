@@ -90,6 +90,11 @@ async def read_body(request: Request, limit: int) -> Optional[bytes]:
     return bytes(data)
 
 
+def prefer(request: Request) -> list[str]:
+    """The preferences the request's `Prefer` headers name (`respond-async`, `handling=lenient`, ...)."""
+    return [part.strip() for header in request.headers.getlist("prefer") for part in header.split(",")]
+
+
 def caller(request: Request, app: Server = Depends(server)) -> Caller:
     """The caller: with `--auth smart`, the client a valid bearer token names (else 401); without,
     the server's own tenant and owner. It is kept in `request.state.caller` (whose refusal is audited)."""

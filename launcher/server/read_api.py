@@ -16,14 +16,16 @@ Reference to a patient, no `text`, `contained` or `quantity`, tagged SUBSETTED.
 
 from __future__ import annotations
 
+from typing import NamedTuple, Optional
 from urllib.parse import urlencode
 
 import orjson
 from fastapi import APIRouter, Depends, Request, Response
+from starlette.convertors import Convertor, register_url_convertor
 
 from launcher.auth.scopes import Grant
 from launcher.server.config import FHIR_PATH
-from launcher.server.deps import Caller, Server, caller, server
+from launcher.server.deps import Caller, Server, caller, prefer, server
 from launcher.server.outcomes import json_media_type, operation_outcome
 from launcher.server.read_index import ReadIndex, TokenValue
 from launcher.server.source_lines import READ_TYPES, is_resource_id
@@ -36,12 +38,38 @@ from transforms.fhir.search.common import InvalidSearchValue, split_escaped, une
 from transforms.fhir.search.text import normalize
 from transforms.fhir.search.tokens import split_token
 
+
+class _ResourceType(Convertor):
+    """A path segment that is an R4 resource type: `[base]/{type}/{id}` matches no other path, so it
+    shadows no route of another module (`[base]/bulk-status/{job}`, an operation's `[base]/$name/...`)."""
+
+    regex = "|".join(sorted(RESOURCE_TYPES, key=len, reverse=True))
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("fhir_type", _ResourceType())
 router = APIRouter()
 # The REST search parameters of each searchable type, by name and FHIR type (the CapabilityStatement
 # lists them). R4 defines no Group `name` search (R5 does): it is served here, not in `_typeFilter`.
 REST_SEARCH = {GROUP: (("identifier", "token"), ("name", "string"))}
 DEFAULT_COUNT, MAX_COUNT = 50, 1000
-_RESULT_PARAMETERS = ("_count", "_summary", "_offset")
+
+
+class GroupQuery(NamedTuple):
+    """A Group search: its `identifier` and `name` parameters (each a list of ORed values), the page
+    asked for, `_summary`, and the parameters lenient handling ignored."""
+
+    identifiers: list[list[TokenValue]]
+    names: list[list[str]]
+    count: int = DEFAULT_COUNT
+    offset: int = 0
+    summary: Optional[str] = None
+    ignored: tuple[str, ...] = ()
 
 
 @router.get(FHIR_PATH + "/Group")
@@ -49,32 +77,15 @@ def search_groups(request: Request, app: Server = Depends(server), who: Caller =
     """A searchset Bundle of the tenant's Groups matching `identifier` and `name` (ANDed; a parameter's
     comma-separated values ORed)."""
     _check_grant(who.grant, GROUP)
-    lenient = "handling=lenient" in _prefer(request)
-    identifiers, names, ignored = [], [], []
-    count, offset, summary = DEFAULT_COUNT, 0, None
-    for name, value in request.query_params.multi_items():
-        try:
-            if name == "identifier":
-                identifiers.append([TokenValue(*split_token(v)) for v in split_escaped(value, ",")])
-            elif name == "name":
-                names.append([normalize(unescape(v)) for v in split_escaped(value, ",")])
-            elif name == "_count":
-                count = min(_whole(name, value), MAX_COUNT)
-            elif name == "_offset":
-                offset = _whole(name, value)
-            elif name == "_summary" and value in ("count", "false"):
-                summary = value
-            elif lenient:
-                ignored.append(name)
-            else:
-                raise Refused(f"{name[:64]!r} is not a supported Group search parameter (identifier, name,"
-                              f" {', '.join(_RESULT_PARAMETERS)}; _summary=count); Prefer: handling=lenient ignores it")
-        except InvalidSearchValue as exc:
-            raise Refused(f"{name}: {exc}") from None
+    query = _group_query(request.query_params.multi_items(), "handling=lenient" in prefer(request))
     index = _index(app, who)
-    total, group_ids = index.groups(identifiers, names, offset, 0 if summary == "count" else count)
-    bundle: dict = {"resourceType": "Bundle", "type": "searchset", "total": total,
-                    "link": [{"relation": "self", "url": _url(app, request.url.path, request.query_params.multi_items())}]}
+    page = 0 if query.summary == "count" else query.count
+    total, group_ids = index.groups(query.identifiers, query.names, query.offset, page)
+    links = [{"relation": "self", "url": _url(app, request.url.path, request.query_params.multi_items())}]
+    if page and query.offset + page < total:
+        following = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
+        links.append({"relation": "next",
+                      "url": _url(app, request.url.path, [*following, ("_offset", str(query.offset + page))])})
     entries = []
     for group_id in group_ids:
         content = index.read(GROUP, group_id)
@@ -82,22 +93,43 @@ def search_groups(request: Request, app: Server = Depends(server), who: Caller =
             entries.append({"fullUrl": f"{app.config.fhir_base}/{GROUP}/{group_id}",
                             "resource": orjson.Fragment(group_view(content, who.grant)), "search": {"mode": "match"}})
     entries += [{"resource": operation_outcome("not-supported", f"{name[:64]!r} was ignored (handling=lenient)",
-                                               "warning"), "search": {"mode": "outcome"}} for name in ignored]
-    if summary != "count" and offset + count < total:
-        following = [(k, v) for k, v in request.query_params.multi_items() if k != "_offset"]
-        bundle["link"].append({"relation": "next",
-                               "url": _url(app, request.url.path, [*following, ("_offset", str(offset + count))])})
+                                               "warning"), "search": {"mode": "outcome"}} for name in query.ignored]
+    bundle: dict = {"resourceType": "Bundle", "type": "searchset", "total": total, "link": links}
     if entries:
         bundle["entry"] = entries
     return Response(orjson.dumps(bundle), media_type=json_media_type(request))
 
 
-@router.get(FHIR_PATH + "/{resource_type}/{resource_id}")
+def _group_query(parameters: list[tuple[str, str]], lenient: bool) -> GroupQuery:
+    """The search a Group query asks for; refused (400) for a malformed value, or for a parameter not
+    served unless `lenient`. Values are split at unescaped commas, as in `_typeFilter`."""
+    query, ignored = GroupQuery([], []), []
+    for name, value in parameters:
+        try:
+            if name == "identifier":
+                query.identifiers.append([TokenValue(*split_token(v)) for v in split_escaped(value, ",")])
+            elif name == "name":
+                query.names.append([normalize(unescape(v)) for v in split_escaped(value, ",")])
+            elif name == "_count":
+                query = query._replace(count=min(_whole(name, value), MAX_COUNT))
+            elif name == "_offset":
+                query = query._replace(offset=_whole(name, value))
+            elif name == "_summary" and value in ("count", "false"):
+                query = query._replace(summary=value)
+            elif lenient:
+                ignored.append(name)
+            else:
+                raise Refused(f"{name[:64]!r} is not a supported Group search parameter (identifier, name, _count,"
+                              " _summary=count, _offset); Prefer: handling=lenient ignores it")
+        except InvalidSearchValue as exc:
+            raise Refused(f"{name}: {exc}") from None
+    return query._replace(ignored=tuple(ignored))
+
+
+@router.get(FHIR_PATH + "/{resource_type:fhir_type}/{resource_id}")
 def read(resource_type: str, resource_id: str, request: Request, app: Server = Depends(server),
          who: Caller = Depends(caller)) -> Response:
     """The resource as the source has it (byte for byte; a Group cut for a client without Patient scope)."""
-    if resource_type not in RESOURCE_TYPES:
-        raise NotFound(f"{resource_type[:64]!r} is not a FHIR R4 resource type")
     if resource_type not in READ_TYPES:
         raise NotFound(f"{resource_type} is in the Patient compartment: its resources are served by $export only")
     _check_grant(who.grant, resource_type)
@@ -134,10 +166,6 @@ def _index(app: Server, who: Caller) -> ReadIndex:
 def _check_grant(grant: Grant, resource_type: str) -> None:
     if not grant.covers(resource_type):
         raise Forbidden(f"the access token's scopes do not cover {resource_type}")
-
-
-def _prefer(request: Request) -> list[str]:
-    return [part.strip() for header in request.headers.getlist("prefer") for part in header.split(",")]
 
 
 def _whole(name: str, value: str) -> int:

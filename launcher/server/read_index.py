@@ -20,10 +20,10 @@ import time
 from typing import Iterator, NamedTuple, Optional, Sequence
 
 from launcher.core.names import source_for_tenant
-from launcher.server.source_lines import Line, read_at, resource_of, scan
+from launcher.server.source_lines import SCAN_ERRORS, Line, read_at, resource_of, scan
 from transforms.storage.files import is_local
 from transforms.storage.pg_source import is_postgres
-from transforms.storage.source_files import LocalFile, NotListed, SourceError, SourceFile, source_files
+from transforms.storage.source_files import LocalFile, SourceError, SourceFile, source_files
 from transforms.storage.source_formats import AUTO, NDJSON, NDJSON_SUFFIXES
 
 _SCHEMA = """
@@ -234,14 +234,14 @@ def _scan(f: SourceFile) -> Optional[list[Line]]:
     """The file's served lines; None when it cannot be read now (it is tried again at the next check)."""
     try:
         return list(scan(f.path, f.local))
-    except (NotListed, SourceError, OSError, EOFError):
+    except SCAN_ERRORS:  # NotListed and SourceError are OSErrors
         return None
 
 
 def _read(found: Located) -> Optional[bytes]:
     try:
         return read_at(found.path, found.file, found.offset, found.length)
-    except (NotListed, SourceError, OSError, EOFError):
+    except SCAN_ERRORS:  # NotListed and SourceError are OSErrors
         return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import zlib
 from typing import IO, Iterator, NamedTuple, Optional
 
 import orjson
@@ -25,6 +26,7 @@ from transforms.storage.source_files import LocalFile, open_listed
 from transforms.storage.source_formats import GZIP_MAGIC
 
 # A Bundle line holds other resources (the export reads its entries), so it is not one to read.
+SCAN_ERRORS = (OSError, EOFError, zlib.error)  # a file unreadable now, or a broken gzip stream
 READ_TYPES: frozenset[str] = frozenset(RESOURCE_TYPES - COMPARTMENT_TYPES - {"Bundle"}) | {GROUP}
 _ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
 _BOM = b"\xef\xbb\xbf"
