@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import SYNTHEA
 from tests.server_process import serve
 from tests.smart_client import ClientKey, get_token, register, write_jwks
 
@@ -268,13 +269,10 @@ def test_the_capability_statement_lists_read_and_group_search(setup):
         assert by_type[name]["interaction"] == [], name
 
 
-SYNTHEA = Path(__file__).resolve().parents[2] / "shared" / "data" / "synthea-100"
-
-
 @pytest.fixture(scope="module")
 def synthea(tmp_path_factory):
-    if not (SYNTHEA / "Practitioner.ndjson.gz").exists():
-        pytest.skip("the shared Synthea data is not here")
+    if not SYNTHEA.is_dir():
+        pytest.skip("../shared/data is not present")
     root = tmp_path_factory.mktemp("synthea-reads")
     with serve(SYNTHEA, root / "out", root / "state") as server:
         yield server
