@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from launcher.kickoff.parser import KickoffRefused, parse_get
-from launcher.server.metadata_api import capability_statement
+from launcher.server.metadata_api import REST_ONLY, capability_statement
 from tests.server_process import serve
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.search.registry import search_parameters
@@ -19,6 +19,7 @@ from transforms.fhir.search.registry import search_parameters
 EXPORT = "http://x/fhir/$export"
 BULK = "http://hl7.org/fhir/uv/bulkdata"
 NOT_SUPPORTED = BULK + "/Extension/operation-not-supported"
+SERVED = {"Group": ("read", "search-type"), "Organization": ("read",), "Practitioner": ("read",)}
 VALUES = {"token": "x", "string": "x", "date": "2020", "reference": "x", "uri": "http://x", "number": "1",
           "quantity": "1"}
 
@@ -47,7 +48,10 @@ def test_every_type_lists_its_typefilter_parameters_and_lastupdated(statement):
     for name, resource in by_type.items():
         params = {p["name"]: p["type"] for p in resource["searchParam"]}
         assert params["_lastUpdated"] == "date", name  # what smart-fetch looks for before sending _since
-        assert resource["interaction"] == [] and "extension" not in resource  # nothing is served by REST yet
+        served = SERVED.get(name, ())  # the types the sample source holds that REST reads serve
+        assert resource["interaction"] == [{"code": code} for code in served], name
+        if not served:
+            assert "extension" not in resource, name
     patient = {p["name"] for p in by_type["Patient"]["searchParam"]}
     assert {"birthdate", "gender", "identifier", "name", "general-practitioner"} <= patient
 
@@ -58,8 +62,11 @@ def _type_filter_url(resource_type: str, params: list[tuple[str, str]]) -> str:
 
 
 def test_each_listed_parameter_is_accepted_in_a_typefilter(statement):
+    rest_only = [(name, p["name"]) for name, resource in _by_type(statement).items()
+                 for p in resource["searchParam"] if p.get("documentation") == REST_ONLY]
+    assert rest_only == [("Group", "name")]  # R5's Group name search, served by GET [base]/Group only
     for name, resource in _by_type(statement).items():
-        params = [(p["name"], p["type"]) for p in resource["searchParam"]]
+        params = [(p["name"], p["type"]) for p in resource["searchParam"] if p.get("documentation") != REST_ONLY]
         request = parse_get(_type_filter_url(name, params))  # strict: one refused parameter fails the kick-off
         assert len(request.type_filters) == 1, name
 

@@ -5,7 +5,9 @@ json`; `GET /metrics` in the Prometheus text format; and who may read the operat
 
 from __future__ import annotations
 
+import gzip
 import json
+import shutil
 import socket
 import time
 
@@ -73,10 +75,13 @@ def test_access_and_job_lines_name_neither_a_token_nor_a_query_value(server):
 
 
 def test_json_lines_and_a_failed_job(tmp_path, sample_dir):
-    """`--log-format json`: every log line is one JSON object; a job that fails (its output folder is a
+    """`--log-format json`: every log line is one JSON object; a job that fails (a truncated gzip source
     file) logs its failure with the reason."""
-    (tmp_path / "out").write_text("not a folder")
-    with serve(sample_dir, tmp_path / "out", tmp_path / "state", "--log-format", "json") as running, \
+    source = tmp_path / "source"
+    shutil.copytree(sample_dir, source)
+    whole = gzip.compress(b'{"resourceType":"Patient","id":"p"}\n' * 200)
+    (source / "Trunc.ndjson.gz").write_bytes(whole[: len(whole) // 2])
+    with serve(source, tmp_path / "out", tmp_path / "state", "--log-format", "json") as running, \
             httpx.Client(timeout=30) as client:
         status_url = _kick_off(client, running)
         assert poll(client, status_url).status_code == 500
@@ -88,7 +93,7 @@ def test_json_lines_and_a_failed_job(tmp_path, sample_dir):
     jobs = {r["event"]: r for r in records if r["logger"] == "launcher.server.jobs"}
     assert set(jobs) == {"kickoff", "error"} and jobs["error"]["level"] == "WARNING"
     assert any(r["level"] == "WARNING" and "--auth none" in r["message"] for r in records)
-    assert jobs["error"]["job_id"] == _job_id(status_url) and "not writable" in jobs["error"]["reason"]
+    assert jobs["error"]["job_id"] == _job_id(status_url) and "cannot read source file" in jobs["error"]["reason"]
     assert jobs["error"]["export_level"] == "system" and jobs["error"]["duration_s"] >= 0
 
 

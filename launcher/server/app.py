@@ -17,7 +17,16 @@ from launcher.auth.access_tokens import AccessTokens
 from launcher.auth.token_service import TokenService
 from launcher.jobs.lifecycle import cleanup_expired, recover_abandoned
 from launcher.jobs.process import RunControl
-from launcher.server import files_api, kickoff_api, metadata_api, operator_api, publish_api, status_api, token_api
+from launcher.server import (
+    files_api,
+    kickoff_api,
+    metadata_api,
+    operator_api,
+    publish_api,
+    read_api,
+    status_api,
+    token_api,
+)
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.deps import Server, audit_refusal
@@ -25,6 +34,7 @@ from launcher.server.job_events import ObservedAuditLog
 from launcher.server.logs import AccessLog
 from launcher.server.metrics import Metrics
 from launcher.server.outcomes import FhirError, outcome_response
+from launcher.server.read_index import ReadIndexes
 from launcher.stores import StoreBusy, StoreUnavailable, open_store
 from transforms.errors import ExportError, Forbidden, Unauthorized
 
@@ -39,7 +49,8 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The server for `config`; its state is built at start-up."""
     app = FastAPI(title="FHIR Bulk Data $export", lifespan=_lifespan(config), docs_url=None, redoc_url=None,
                   openapi_url=None)
-    for module in (kickoff_api, status_api, files_api, publish_api, metadata_api, token_api, operator_api):
+    # read_api last: its `[base]/{type}/{id}` must not shadow `[base]/Patient/$export` or `bulk-status/{job}`.
+    for module in (kickoff_api, status_api, files_api, publish_api, metadata_api, token_api, operator_api, read_api):
         app.include_router(module.router)
     app.add_exception_handler(ExportError, _export_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -58,6 +69,7 @@ def build_server(config: ServerConfig) -> Server:
     jobs = BackgroundJobs(store, control, config.beam_args)
     settings = dataclasses.replace(config.settings, file_url_base=config.files_base)
     server = Server(config, store, audit, jobs, settings, metrics)
+    server.reads = ReadIndexes(config.state_dir, settings.source, settings.source_format, config.read_index_interval_s)
     if config.auth == "smart":
         server.tokens = AccessTokens(store, issuer=config.base_url + "/auth", audience=config.fhir_base)
         server.token_service = TokenService(store, config.token_url, server.tokens, audit, config.tenant)
@@ -71,10 +83,13 @@ def _lifespan(config: ServerConfig):
         # The job runner imports Beam (~1.5 s holding the GIL): at start-up, not inside the first kick-off.
         await run_in_threadpool(importlib.import_module, "launcher.jobs.attempts")
         task = asyncio.create_task(_maintain(server))
+        indexing = asyncio.create_task(run_in_threadpool(_index_sources, server))
         try:
             yield
         finally:
             task.cancel()
+            indexing.cancel()
+            server.reads.close()
 
     return lifespan
 
@@ -89,6 +104,15 @@ async def _maintain(server: Server) -> None:
         except Exception:  # the next round tries again
             _LOG.exception("maintenance failed")
         await asyncio.sleep(server.config.maintenance_every_s)
+
+
+def _index_sources(server: Server) -> None:
+    """Builds (or brings up to date) the read index of every tenant this server serves, at start-up."""
+    for tenant in server.tenants():
+        try:
+            server.reads.fresh(tenant)
+        except Exception:  # a request tries again
+            _LOG.exception("indexing the source of tenant %s for reads failed", tenant)
 
 
 def _maintain_once(server: Server) -> None:

@@ -37,6 +37,7 @@ class ServerConfig:
     retry_after_s: int = 2
     max_body_bytes: int = 1 << 20
     manifest_page_files: int = 1000  # files per page of an allowPartialManifests manifest
+    read_index_interval_s: float = 10.0  # how often a read may list the source again to refresh its index
     # The operator page's and /metrics' bearer token; None: only loopback clients, and only with --auth none.
     admin_token: Optional[str] = dataclasses.field(default=None, repr=False)
 

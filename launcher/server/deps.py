@@ -14,9 +14,11 @@ from launcher.core.audit import MINOR_FAILURE, AuditLog
 from launcher.server.background import BackgroundJobs
 from launcher.server.config import ServerConfig
 from launcher.server.metrics import Metrics
+from launcher.server.read_index import ReadIndexes
 from launcher.stores import ANY_OWNER, JobStore, StoredJob
 from pipelines.settings import ExportSettings
 from transforms.errors import Forbidden, Unauthorized
+from transforms.fhir.group import GROUP
 
 
 @dataclasses.dataclass
@@ -31,6 +33,7 @@ class Server:
     metrics: Metrics
     tokens: Optional[AccessTokens] = None  # with --auth smart
     token_service: Optional[TokenService] = None
+    reads: Optional[ReadIndexes] = None  # the read and Group search indexes, by tenant
 
     def job_owners(self) -> list[tuple[str, Optional[str]]]:
         """Whose jobs this server serves: its own tenant and owner's, and with `--auth smart` every
@@ -40,15 +43,27 @@ class Server:
             owners += [(client.tenant, client.client_id) for client in self.store.clients()]
         return owners
 
+    def tenants(self) -> list[str]:
+        """The tenants this server serves, each once."""
+        return list(dict.fromkeys(tenant for tenant, _ in self.job_owners()))
+
     def all_jobs(self) -> list[StoredJob]:
         """Every job of the tenants this server serves, any owner's, finished ones too: the operator's view."""
-        tenants = dict.fromkeys(tenant for tenant, _ in self.job_owners())
-        return [job for tenant in tenants for job in self.store.list(tenant, ANY_OWNER, include_terminal=True)]
+        return [job for tenant in self.tenants() for job in self.store.list(tenant, ANY_OWNER, include_terminal=True)]
 
     def interactions(self) -> dict[str, tuple[str, ...]]:
-        """The FHIR REST interactions this server serves, by resource type (`read`, `search-type`): the
-        one place the CapabilityStatement takes them from. None yet: the data is served by `$export` only."""
-        return {}
+        """The FHIR REST interactions this server serves, by resource type: the one place the
+        CapabilityStatement takes them from. `read` of each type that `launcher.server.read_api` serves
+        and a served tenant's source holds, and Group `read` and `search-type` wherever the source can be
+        indexed; nothing for a source served by `$export` only."""
+        indexes = [index for tenant in self.tenants() if self.reads is not None
+                   and (index := self.reads.fresh(tenant)) is not None]
+        if not indexes:
+            return {}
+        types = sorted(set().union(*(index.types() for index in indexes)))
+        served: dict[str, tuple[str, ...]] = {name: ("read",) for name in types}
+        served[GROUP] = ("read", "search-type")
+        return served
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +88,11 @@ async def read_body(request: Request, limit: int) -> Optional[bytes]:
         if len(data) > limit:
             return None
     return bytes(data)
+
+
+def prefer(request: Request) -> list[str]:
+    """The preferences the request's `Prefer` headers name (`respond-async`, `handling=lenient`, ...)."""
+    return [part.strip() for header in request.headers.getlist("prefer") for part in header.split(",")]
 
 
 def caller(request: Request, app: Server = Depends(server)) -> Caller:

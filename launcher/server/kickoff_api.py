@@ -13,7 +13,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from launcher.auth.export_scope import authorize_export
 from launcher.kickoff import parser as kickoff
-from launcher.server.deps import Caller, Server, caller, read_body, server
+from launcher.server.deps import Caller, Server, caller, prefer, read_body, server
 from launcher.server.outcomes import FHIR_JSON, PLAIN_JSON, FhirError
 
 router = APIRouter()
@@ -49,10 +49,10 @@ def _check_headers(request: Request) -> bool:
     accept = request.headers.get("accept", "")
     if FHIR_JSON not in [part.split(";")[0].strip() for part in accept.split(",")]:
         raise FhirError(400, "invalid", "Accept: a kick-off needs Accept: application/fhir+json")
-    prefer = [part.strip() for header in request.headers.getlist("prefer") for part in header.split(",")]
-    if "respond-async" not in prefer:
+    preferences = prefer(request)
+    if "respond-async" not in preferences:
         raise FhirError(400, "invalid", "Prefer: a kick-off needs Prefer: respond-async")
-    return "handling=lenient" in prefer
+    return "handling=lenient" in preferences
 
 
 async def _parameters(request: Request, limit: int) -> dict:

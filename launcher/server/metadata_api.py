@@ -2,7 +2,8 @@
 `--auth smart`, `GET [base]/.well-known/smart-configuration` (SMART App Launch 2.x, Backend Services).
 
 Per resource type the statement lists the search parameters a `_typeFilter` can use (the search
-compiler's own rule, `runnable_parameters`), the REST interactions the server serves
+compiler's own rule, `runnable_parameters`) and those only the REST search serves (`REST_SEARCH`, with
+a `documentation` saying so), the REST interactions the server serves
 (`Server.interactions`), and, for a type it serves but a Patient- or Group-level `$export` cannot
 export, the IG's `operation-not-supported` extension naming that operation."""
 
@@ -20,6 +21,7 @@ from launcher.kickoff.level_types import exportable_types
 from launcher.server.config import SMART_CONFIGURATION_PATH
 from launcher.server.deps import Server, server
 from launcher.server.outcomes import FHIR_JSON
+from launcher.server.read_api import REST_SEARCH
 from pipelines.models import ExportLevel
 from transforms.errors import NotFound
 from transforms.fhir.instant import now_instant
@@ -36,6 +38,7 @@ OPERATIONS = {  # where each $export is declared: the system, Patient, Group
 LEVEL_OPERATIONS = {ExportLevel.PATIENT: "patient-export", ExportLevel.GROUP: "group-export"}
 NOT_SUPPORTED = f"{BULK_DATA}/Extension/operation-not-supported"
 SOFTWARE = "fhir-bulk-export-beam"  # the distribution's name (setup.py)
+REST_ONLY = "REST search only (GET [base]/{type}?...): not a _typeFilter parameter"
 
 
 OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
@@ -90,6 +93,10 @@ def _resource(name: str, interactions: Sequence[str], referenced_types: Sequence
             entry["extension"] = extensions
     entry["interaction"] = [{"code": code} for code in interactions]
     entry["searchParam"] = list(_search_params()[name])
+    if "search-type" in interactions:
+        listed = {param["name"] for param in entry["searchParam"]}
+        entry["searchParam"] += [{"name": param, "type": kind, "documentation": REST_ONLY}
+                                 for param, kind in REST_SEARCH.get(name, ()) if param not in listed]
     if name in OPERATIONS:
         op, definition = OPERATIONS[name]
         entry["operation"] = [{"name": op, "definition": f"{BULK_DATA}/OperationDefinition/{definition}"}]

@@ -115,7 +115,7 @@ def _find(app: Server, job_id: str) -> StoredJob:
         check_job_id(job_id)
     except Refused:
         raise NotFound(f"no export job {job_id!r}") from None
-    for tenant in dict.fromkeys(tenant for tenant, _ in app.job_owners()):
+    for tenant in app.tenants():
         try:
             return app.store.get(tenant, job_id, ANY_OWNER)
         except JobNotFound:

@@ -31,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
     parser.add_argument("--manifest-page-files", dest="manifest_page_files", type=int, default=1000,
                         help="files per manifest page of an allowPartialManifests export (default %(default)s)")
+    parser.add_argument("--read-index-interval", dest="read_index_interval", default="10s",
+                        help="how often REST reads and Group searches list the source again and index what was"
+                        " added or changed (default 10s)")
     parser.add_argument("--log-format", dest="log_format", choices=LOG_FORMATS, default="text",
                         help="text lines, or one JSON object per line for log shippers (default %(default)s)")
     parser.add_argument("--admin-token", dest="admin_token", default=os.environ.get(ADMIN_TOKEN_ENV),
@@ -70,6 +73,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         cleanup_ttl_s=parse_duration(args.cleanup_ttl, "--cleanup-ttl"),
         maintenance_every_s=parse_duration(args.maintenance_interval, "--maintenance-interval"),
         manifest_page_files=args.manifest_page_files,
+        read_index_interval_s=parse_duration(args.read_index_interval, "--read-index-interval"),
         admin_token=args.admin_token,
     )
     check_locations(config.settings)
