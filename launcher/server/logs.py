@@ -45,7 +45,7 @@ def configure_logging(log_format: str, verbosity: int) -> str:
     """Sends every log record to stderr in `log_format`; returns uvicorn's own log level.
 
     `verbosity` -1 (`-q`): warnings only. 0: the server's access and job lines (INFO), other
-    libraries' warnings. 1 (`-v`): also uvicorn's INFO and our DEBUG. 2 (`-vv`): everything at DEBUG.
+    libraries' warnings (none of Beam's). 1 (`-v`): also uvicorn's INFO and our DEBUG and Beam's warnings. 2 (`-vv`): everything at DEBUG.
     """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(_TEXT))
@@ -53,7 +53,9 @@ def configure_logging(log_format: str, verbosity: int) -> str:
     ours = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}.get(min(verbosity, 1), logging.WARNING)
     logging.getLogger("launcher").setLevel(ours)
     if verbosity < 2:
-        logging.getLogger("apache_beam").setLevel(logging.WARNING)
+        # As on the command line: a failed job is its one job line (its reason kept in the store); Beam's
+        # own log, tracebacks included, is for -v (its warnings and errors) and -vv (everything).
+        logging.getLogger("apache_beam").setLevel(logging.WARNING if verbosity == 1 else logging.CRITICAL)
     return "debug" if verbosity >= 2 else "info" if verbosity == 1 else "warning"
 
 
