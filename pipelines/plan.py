@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
-from transforms.fhir.associated import PROVENANCE, RELEVANT
 from transforms.errors import Refused
+from transforms.fhir.associated import PROVENANCE, RELEVANT
 from transforms.fhir.compartment import COMPARTMENT_TYPES, PATIENT
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
@@ -139,7 +139,7 @@ def organize_refusal(request: ExportRequest, settings: ExportSettings) -> Option
     Group level a type outside the compartment that the export adds where referenced. The
     launcher refuses the kick-off with this reason, before any job exists.
     """
-    by = request.organize_output_by
+    by = output_layout(request).organized_by
     if by is None or by == PATIENT:
         return None
     level = request.level

@@ -22,7 +22,6 @@ from apache_beam.testing.test_pipeline import TestPipeline
 
 from launcher.kickoff.parser import parse_get
 from pipelines.job import ExportJob
-from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER
 from pipelines.plan import build_plan, organize_refusal
 from pipelines.settings import ExportSettings
@@ -157,7 +156,8 @@ def _check(blocks: dict[str, list[dict]], oracle: dict[str, Counter]) -> None:
 
 def _notices(manifest: dict, by: str) -> int:
     reason = f"in no block of an organizeOutputBy={by} export"
-    return sum(reason.encode() in line for e in manifest["error"] for line in file_of(e["url"]).read_bytes().splitlines())
+    return sum(reason.encode() in line
+               for e in manifest["error"] for line in file_of(e["url"]).read_bytes().splitlines())
 
 
 @pytest.mark.parametrize("by", TYPES)

@@ -73,9 +73,8 @@ def _union(sets: Iterable[frozenset[str]]) -> frozenset[str]:
 
 class KeyBlocks(beam.PTransform):
     """Notes the blocks of each resource, as `Resource.patients`: for Patient limited to the covered
-    ones (a `PatientSet` side input, at every level but in a referenced resources' branch); for another
-    type judged against its instances' ids (a frozenset side input from `InstanceIds`, always given).
-    A resource in no block is an `information` notice."""
+    ones (a `PatientSet` side input; None: any); for another type judged against its instances' ids (a
+    frozenset side input from `InstanceIds`). A resource in no block is an `information` notice."""
 
     def __init__(self, by: str, known: Optional[beam.pvalue.AsSideInput] = None):
         super().__init__()
