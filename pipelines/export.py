@@ -27,6 +27,7 @@ from pipelines.plan_steps import (
     apply_steps,
     deletion_steps,
     guard_steps,
+    read_blocks,
     read_patients,
     shaping_steps,
     steps,
@@ -77,14 +78,15 @@ def build_pipeline(
     if plan.patients is not None:
         patients, outside = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(plan, patients), errors)
-    referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors)  # before `_elements`
+    blocks = read_blocks(pipeline, plan, job.read_at, settings, patients)  # organizeOutputBy
+    referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors, blocks)  # before `_elements`
     # The guard is the last step of each branch (before a Flatten: a side input read after one lost
     # every resource on our DaskRunner), so it judges what every step above let through.
-    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients, outside)], errors)
+    batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside)], errors)
     if referenced is not None:
         referenced = apply_steps(referenced, guard_steps(plan, patients, outside), errors, prefix="Referenced")
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside)
+    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
         errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
@@ -106,7 +108,7 @@ def build_pipeline(
     else:  # the one shuffle of resource bodies, spilled to disk
         parts = batches | "WriteBlocks" >> WriteBlocks(
             job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,
-            publish=publish, output_root=settings.output)
+            publish=publish, output_root=settings.output, by=plan.layout.organized_by)
     deleted_parts = ()
     if plan.deletions is not None:
         deleted = apply_steps(read.deletions, deletion_steps(plan, patients), errors, prefix="Deleted")

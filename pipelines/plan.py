@@ -28,8 +28,9 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
+from transforms.errors import Refused
 from transforms.fhir.associated import PROVENANCE, RELEVANT
-from transforms.fhir.compartment import COMPARTMENT_TYPES
+from transforms.fhir.compartment import COMPARTMENT_TYPES, PATIENT
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
 from transforms.fhir.search.compiler import TypeFilters, compile_filters
@@ -54,6 +55,12 @@ class OutputLayout(NamedTuple):
     def typed(self) -> bool:
         """Each part holds one type, which its manifest entry (published early or not) names."""
         return self.organized_by is None
+
+    @property
+    def by_patient(self) -> bool:
+        """Blocks are Patient compartments, limited to the covered patients (a side input); blocks of
+        another type are judged against the source's instances of it instead (`plan_steps.read_blocks`)."""
+        return self.organized_by == PATIENT
 
 
 class CoveredPatients(NamedTuple):
@@ -95,6 +102,9 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
     layout = output_layout(request)
     bounds = window(request, now, settings)
     compartment = request.level is not ExportLevel.SYSTEM
+    refused = organize_refusal(request, settings)
+    if refused:
+        raise Refused(f"organizeOutputBy: {refused}")
     return ExportPlan(
         request=request,
         transaction_time=now,
@@ -107,8 +117,7 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
         compartment=compartment,
         group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
         patient_guard=compartment,
-        referenced_types=tuple(t for t in settings.referenced_types if not request.types or t in request.types)
-        if compartment else (),
+        referenced_types=referenced_types(request, settings),
         provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data
         else None,
         latest_provenance_only=RELEVANT not in request.include_associated_data,
@@ -119,6 +128,43 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
 def output_layout(request: ExportRequest) -> OutputLayout:
     """The output layout `request` asks for (organizeOutputBy)."""
     return OutputLayout(request.organize_output_by)
+
+
+def organize_refusal(request: ExportRequest, settings: ExportSettings) -> Optional[str]:
+    """Why the export cannot be organized as `organizeOutputBy` asks (None: it can, or is not asked).
+
+    Patient blocks are compartments, at every level. A block of another type is headed by
+    its instance, so the export must hold that type: at system level, unless `_type` leaves it
+    out; at Group level Group when `_type` names it (the kicked-off Group); at Patient and
+    Group level a type outside the compartment that the export adds where referenced. The
+    launcher refuses the kick-off with this reason, before any job exists.
+    """
+    by = output_layout(request).organized_by
+    if by is None or by == PATIENT:
+        return None
+    level = request.level
+    if level is ExportLevel.SYSTEM:
+        if not request.types or by in request.types:
+            return None
+        return f"_type leaves out {by}, so no block could hold the {by} it is headed by"
+    if by == GROUP:
+        if level is ExportLevel.GROUP and GROUP in request.types:
+            return None
+        if level is ExportLevel.PATIENT:
+            return "a Patient-level export holds no Group to head blocks with"
+        return "a Group-level export holds its Group only when _type names Group"
+    if by in referenced_types(request, settings):
+        return None
+    return (f"{by} is outside the Patient compartment and this {level.value.capitalize()}-level export "
+            f"holds none to head blocks with")
+
+
+def referenced_types(request: ExportRequest, settings: ExportSettings) -> tuple[str, ...]:
+    """The types outside the compartment a Patient- or Group-level export adds where exported
+    resources reference them (none at system level, which holds every type)."""
+    if request.level is ExportLevel.SYSTEM:
+        return ()
+    return tuple(t for t in settings.referenced_types if not request.types or t in request.types)
 
 
 def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:
@@ -163,19 +209,19 @@ def deletions_selection(request: ExportRequest, transaction_time: str, settings:
 
 def covered_patients(request: ExportRequest, job: ExportJob, layout: OutputLayout) -> Optional[CoveredPatients]:
     """The patients the steps need: at Patient and Group level the covered ones; at system level, for
-    organized output only, every Patient of the source (a `urn:uuid:` reference alone cannot tell a
+    output organized by Patient only, every Patient of the source (a `urn:uuid:` reference alone cannot tell a
     patient from a practitioner); else none.
 
     From the patients file, if the launcher wrote one: a join above `max_side_input_patients`.
     Otherwise (a source too large for the launcher to scan) resolved in the pipeline from the source:
-    a join for every patient of the source at Patient level, else a side input. Organized output
-    limits blocks to the covered patients, which needs them as a side input.
+    a join for every patient of the source at Patient level, else a side input. Output organized
+    by Patient limits blocks to the covered patients, which needs them as a side input.
 
     With them, for the patient guard at Group level or with `patient`, the source's other Patient
     ids (`outside`): a side input when the launcher counted at most `max_side_input_patients` of them
     and the covered ones are one too; else (many, or never counted) a join.
     """
-    organized = not layout.typed
+    organized = layout.by_patient
     limit = job.settings.max_side_input_patients
     if request.level is ExportLevel.SYSTEM:
         if not organized:

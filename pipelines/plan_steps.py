@@ -19,7 +19,7 @@ from transforms.select.last_guard import GuardPatients
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter
 from transforms.storage.pg_source import ReadAt
-from transforms.write.organized import KeyBlocks
+from transforms.write.organized import InstanceIds, KeyBlocks
 
 Step = tuple[str, beam.PTransform]
 Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
@@ -40,6 +40,24 @@ def read_patients(pipeline: beam.Pipeline, covered: CoveredPatients, at: ReadAt,
     if covered.outside is None:
         return patients, None
     return patients, read.outside if covered.outside else beam.pvalue.AsSingleton(read.outside)
+
+
+def read_blocks(pipeline: beam.Pipeline, plan: ExportPlan, at: ReadAt, settings: ExportSettings,
+                patients: Patients) -> Optional[beam.pvalue.AsSideInput]:
+    """What `KeyBlocks` judges blocks by (None: the output is not organized): for Patient the
+    covered patients, a side input; for another type the ids of the source's instances of it, from
+    a read of that type alone (ids only; its bad lines are the first read's to report)."""
+    layout = plan.layout
+    if layout.typed:
+        return None
+    if layout.by_patient:
+        return patients if isinstance(patients, beam.pvalue.AsSideInput) else None
+    again = pipeline | "ReadInstances" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes,
+        selection=ReadSelection.of((layout.organized_by,)), at=at,
+    )
+    ids = again.batches | "InstanceIds" >> InstanceIds(layout.organized_by)
+    return beam.pvalue.AsSingleton(ids, default_value=frozenset())
 
 
 def steps(plan: ExportPlan, patients: Patients) -> list[Step]:
@@ -71,12 +89,12 @@ def type_filter_steps(plan: ExportPlan) -> list[Step]:
     return [("TypeFilter", FilterTypeFilter(plan.type_filters))] if plan.type_filters is not None else []
 
 
-def shaping_steps(plan: ExportPlan, patients: Patients = None) -> list[Step]:
+def shaping_steps(plan: ExportPlan, blocks: Optional[beam.pvalue.AsSideInput] = None) -> list[Step]:
     """Steps that change, rather than choose, exported resources: for organized output, first their
-    blocks are noted (before `_elements`, which may drop a reference; `patients`: those that may have blocks)."""
+    blocks are noted (before `_elements`, which may drop a reference; `blocks`: what `read_blocks` gave)."""
     chosen: list[Step] = []
     if not plan.layout.typed:
-        chosen.append(("Blocks", KeyBlocks(patients if isinstance(patients, beam.pvalue.AsSideInput) else None)))
+        chosen.append(("Blocks", KeyBlocks(plan.layout.organized_by, blocks)))
     if plan.elements is not None:
         chosen.append(("Elements", SubsetElements(plan.elements)))
     return chosen
@@ -105,8 +123,10 @@ def add_referenced(
     at: ReadAt,
     settings: ExportSettings,
     errors: list,
+    blocks: Optional[beam.pvalue.AsSideInput] = None,
 ) -> Optional[beam.PCollection]:
-    """The resources of the plan's referenced types that `batches` reference, shaped (None: none asked).
+    """The resources of the plan's referenced types that `batches` reference, shaped (None: none asked;
+    `blocks`: what `read_blocks` gave).
 
     `batches` are the selected resources before `_elements`, so a reference an
     element left out still counts. The source is read a second time for them;
@@ -123,7 +143,7 @@ def add_referenced(
     chosen = [
         *type_filter_steps(plan),
         ("Referenced", FilterReferenced(keys, plan.window)),
-        *shaping_steps(plan),  # organized: referenced types are in no patient's compartment
+        *shaping_steps(plan, blocks),
     ]
     return apply_steps(again.batches, chosen, errors, prefix="Referenced")
 
@@ -137,8 +157,10 @@ def add_associated(
     errors: list,
     patients: Patients = None,
     outside: Patients = None,
+    blocks: Optional[beam.pvalue.AsSideInput] = None,
 ) -> beam.PCollection:
-    """`batches` plus the Provenance resources `includeAssociatedData` asks for.
+    """`batches` plus the Provenance resources `includeAssociatedData` asks for (`blocks`: what
+    `read_blocks` gave).
 
     The source is read again for its Provenances, within `_until` and
     `transactionTime` but whatever `_since` says (an old Provenance of a new
@@ -150,6 +172,6 @@ def add_associated(
         settings.source, settings.source_format, settings.chunk_bytes, selection=plan.provenance, at=at,
     )
     added = batches | "Associated" >> AddProvenance(again.batches, plan.latest_provenance_only)
-    added = apply_steps(added, [*shaping_steps(plan, patients), *guard_steps(plan, patients, outside)], errors,
+    added = apply_steps(added, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside)], errors,
                         prefix="Associated")
     return (batches, added) | "WithAssociated" >> beam.Flatten()

@@ -22,7 +22,7 @@ class Resource(NamedTuple):
     last_updated: str | None = None
     # For a resource read from a Bundle on an NDJSON line (`index` is the line): its Bundle.entry index.
     entry: int | None = None
-    # organizeOutputBy=Patient: the patients whose blocks hold it (`transforms.write.organized.KeyBlocks`).
+    # organizeOutputBy: the ids of the instances whose blocks hold it (`transforms.write.organized.KeyBlocks`).
     patients: tuple[str, ...] | None = None
 
 

@@ -21,10 +21,12 @@ from launcher.jobs.schedules import scheduled_request
 from launcher.jobs.source_snapshot import SourceSnapshot, open_snapshot, release
 from launcher.jobs.store_sink import JobStore, StoreJobSink
 from launcher.kickoff.level_types import check_level
+from launcher.kickoff.parser import KickoffRefused
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import Lease
 from pipelines.job import ExportJob
 from pipelines.models import ExportRequest, ExportStatus, JobRecord
+from pipelines.plan import organize_refusal
 from pipelines.settings import ExportSettings
 from transforms.fhir.group import Membership
 from transforms.fhir.instant import now_instant
@@ -97,7 +99,8 @@ def prepare_job(
     """Everything a new job needs before it is recorded, for every entry point.
 
     Checks the names, applies the schedule's `_since`, refuses types the level
-    cannot export given `--include-referenced` (`kickoff.check_level`), fills in
+    cannot export given `--include-referenced` (`kickoff.check_level`) and an
+    `organizeOutputBy` type the export does not hold (`plan.organize_refusal`), fills in
     the tenant's paths and resolves the covered patients, so a missing Group or
     unknown patient is refused before any job exists. For a PostgreSQL source it
     opens the source's snapshot, which gives `transactionTime` (`hold_snapshot=False`:
@@ -110,6 +113,9 @@ def prepare_job(
     if start.schedule:
         request = scheduled_request(request, start.store.last_transaction_time(tenant, check_schedule(start.schedule)))
     check_level(request, start.settings.referenced_types)
+    organize = organize_refusal(request, start.settings)  # an organizing type the export does not hold
+    if organize:
+        raise KickoffRefused("organizeOutputBy", organize)
     settings = tenant_settings(start.settings, tenant)
     snapshot = open_snapshot(settings.source, start.hold_snapshot)
     try:

@@ -306,13 +306,14 @@ def _request(
 
 
 def _organize(value: Optional[str], output_format: str) -> Optional[str]:
-    """`organizeOutputBy`: only Patient (its blocks are the Patient compartment), into NDJSON. Never
-    ignored: files organized otherwise than asked would be read wrongly."""
+    """`organizeOutputBy`: one of `ORGANIZE_TYPES`, into NDJSON (whether the export holds that type is
+    the launcher's check, `pipelines.plan.organize_refusal`). Never ignored, even under lenient
+    handling: files organized otherwise than asked would be read wrongly."""
     if value is None or value == "":
         return None
     if value not in ORGANIZE_TYPES:
-        raise KickoffRefused("organizeOutputBy", f"{_printable(value)!r} is not supported; use "
-                             + " or ".join(ORGANIZE_TYPES))
+        supported = ", ".join(ORGANIZE_TYPES[:-1]) + " or " + ORGANIZE_TYPES[-1]
+        raise KickoffRefused("organizeOutputBy", f"{_printable(value)!r} is not supported; use {supported}")
     if output_format not in NDJSON_FORMATS:
         raise KickoffRefused("organizeOutputBy", "needs NDJSON output: a Parquet part holds one type")
     return value
