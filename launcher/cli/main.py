@@ -33,6 +33,7 @@ import sys
 from typing import Optional, Sequence
 
 from launcher.cli.arguments import UsageError, build_parser
+from launcher.cli.publish_commands import with_config
 from launcher.core.beam_notice import drop_apitools_notice
 from launcher.core.names import check_job_id, check_tenant
 from transforms.errors import ExportError, Refused, Unavailable
@@ -55,6 +56,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The parsed arguments; a usage error is reported (as JSON under `--json`) and exits with 2."""
     parser = build_parser()
     try:
+        argv = with_config(argv, parser.commands["publish"])  # publish --config FILE: its options first
         args, extra = parser.parse_known_args(argv)
         if extra and args.command not in ("export", "serve", "resume", "publish"):  # the commands taking runner options
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
