@@ -64,22 +64,18 @@ class PublicationBucket(PublicationPlace):
         blob.upload_from_string(data, content_type=MANIFEST_MIME)
 
     def adopt(self, source: str, rel: str) -> None:
-        """A server-side rewrite of the work object (or an upload of a local file), then its metadata."""
+        """A server-side rewrite of the work object (under `.publish/work/`, so in this bucket's project),
+        then its metadata, then the work object removed."""
         target = self._blob(rel)
-        if storage.is_gcs(source):
-            bucket, name = storage.split(source)
-            origin = storage.client().bucket(bucket).blob(name)
-            target.cache_control, target.content_type = FILE_CACHE, NDJSON_MIME
-            token, _, _ = target.rewrite(origin)
-            while token is not None:
-                token, _, _ = target.rewrite(origin, token=token)
-            target.cache_control, target.content_type = FILE_CACHE, NDJSON_MIME
-            target.patch()  # rewrite carries the new metadata on GCS; an emulator may keep the source's
-            origin.delete()
-        else:
-            target.cache_control = FILE_CACHE
-            target.upload_from_filename(source.removeprefix("file://"), content_type=NDJSON_MIME)
-            os.remove(source.removeprefix("file://"))
+        bucket, name = storage.split(source)
+        origin = storage.client().bucket(bucket).blob(name)
+        target.cache_control, target.content_type = FILE_CACHE, NDJSON_MIME
+        token, _, _ = target.rewrite(origin)
+        while token is not None:
+            token, _, _ = target.rewrite(origin, token=token)
+        target.cache_control, target.content_type = FILE_CACHE, NDJSON_MIME
+        target.patch()  # the rewrite carries them on GCS; the emulator keeps the source's metadata
+        origin.delete()
 
     def published(self) -> dict[str, int]:
         found = {}
