@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
-import sys
-from typing import Any
+import signal
+import threading
+from typing import Any, Callable
 
 import orjson
 
@@ -71,6 +72,11 @@ def add_parsers(commands, job_options, settings_arguments, run_options, duration
     pull_.add_argument("--interval", type=duration("--interval"), help="seconds between polls (default: the"
                        " manifest's updateCadence, else 60 s)")
     pull_.add_argument("--token", help="a bearer token sent with every request (requiresAccessToken)")
+    pull_.add_argument("--retry-delay", type=duration("--retry-delay"), default="1s",
+                       help="the first wait before a 5xx or failed GET is tried again; it doubles each time, up to"
+                       " the polling interval (default 1s)")
+    pull_.add_argument("--max-retries", type=positive, metavar="N",
+                       help="give up (exit 4) after N retries of one GET (default: retry until it answers)")
     pull_.set_defaults(handler=pull)
 
 
@@ -179,13 +185,33 @@ def _exporter(args: argparse.Namespace, beam_args: list[str]):
 
 
 def pull(args: argparse.Namespace, _: list[str]) -> int:
-    from launcher.publish.consumer import Consumer, Reader
+    from launcher.cli.progress import PullDisplay
+    from launcher.publish.consumer import Consumer, PullStopped, Reader
 
-    def say(text: str) -> None:
-        print(text, file=sys.stderr, flush=True)
-
-    consumer = Consumer(args.url, args.into, Reader(token=args.token), say, args.interval)
-    consumer.run(once=args.once)
+    with PullDisplay() as display:
+        reader = Reader(token=args.token, retries=args.max_retries, first_delay_s=args.retry_delay, say=display.say)
+        consumer = Consumer(args.url, args.into, reader, display.say, args.interval, display.applied)
+        stop = _stop_on_signals(consumer.stopping)
+        try:
+            consumer.run(once=args.once)
+        except PullStopped:
+            pass
+        finally:
+            stop()
     total = sum(len(v) for v in consumer.dataset.resources.values())
     print(f"{total} resource(s) in {args.into}, as of {consumer.state.get('transactionTime')}")
     return 0
+
+
+def _stop_on_signals(stopping) -> Callable[[], None]:
+    """Sets `stopping` on SIGTERM or SIGINT (in the main thread): the pull ends at its next wait, exit 0.
+    Returns what puts the previous handlers back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = {sig: signal.signal(sig, lambda *_: stopping.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    return restore
