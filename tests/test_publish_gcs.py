@@ -5,13 +5,19 @@ object URLs (as a public bucket serves them): a snapshot, an update (an insert, 
 run with no change (no object rewritten). A fresh consumer and one following from the start hold exactly
 the source's resources; pages and files carry their `Cache-Control` and content type as object metadata.
 The lock is a create-only object (`ifGenerationMatch=0`, which the emulator wrapper enforces): a held
-lock refuses a second run, a stale one is taken over.
+lock refuses a second run, a stale one is taken over. `publish` runs in its own process: the process it
+forks exports from (a forkserver) must start with the emulator's address in its environment, which one
+already started by an earlier test in this process would lack.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -24,6 +30,21 @@ from transforms.storage import files as gcs
 
 BUCKET = gcs_emulator.BUCKET
 PREFIX = f"pub/default/publish/{NAME}"
+ROOT = Path(__file__).resolve().parents[1]
+# The CLI, after the tests' emulator module has made Beam's GCS access anonymous (tests/gcs_emulator.py).
+CLI = "import sys, tests.gcs_emulator; from launcher.cli.main import main; sys.exit(main(sys.argv[1:]))"
+
+
+class Ran(NamedTuple):
+    code: int
+    out: str
+    err: str
+
+
+def _cli(tmp_path: Path, *argv: str) -> Ran:
+    done = subprocess.run([sys.executable, "-c", CLI, *argv, "--state-dir", str(tmp_path / "state")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600, env=os.environ.copy())
+    return Ran(done.returncode, done.stdout, done.stderr)
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +73,14 @@ def _objects(bucket) -> dict[str, object]:
     return {b.name[len(PREFIX) + 1:]: b for b in bucket.client.list_blobs(bucket, prefix=PREFIX + "/")}
 
 
-def test_a_publication_on_gcs_is_served_by_the_bucket_and_followed_over_http(emulator, bucket, tmp_path, run_cli):
+def test_a_publication_on_gcs_is_served_by_the_bucket_and_followed_over_http(emulator, bucket, tmp_path):
     source = Source(tmp_path / "src")
     public = f"{emulator}/{BUCKET}/{PREFIX}"
     root = f"{public}/{ROOT_NAME}"
 
     def publish(*extra: str):
-        return run_cli("publish", NAME, "--source", str(source.folder), "--output", f"gs://{BUCKET}/pub",
-                       "--public-url", public, "--update-cadence", "PT1H", *extra)
+        return _cli(tmp_path, "publish", NAME, "--source", str(source.folder), "--output", f"gs://{BUCKET}/pub",
+                    "--public-url", public, "--update-cadence", "PT1H", *extra)
 
     for rid in ("o1", "o2"):
         source.put("Observation", rid, 1)
@@ -103,7 +124,7 @@ def test_a_publication_on_gcs_is_served_by_the_bucket_and_followed_over_http(emu
     assert ".publish/lock" not in objects  # released
 
 
-def test_the_lock_object_refuses_a_second_run_and_a_stale_one_is_taken_over(emulator, bucket, tmp_path, run_cli):
+def test_the_lock_object_refuses_a_second_run_and_a_stale_one_is_taken_over(emulator, bucket, tmp_path):
     place = open_publication(f"gs://{BUCKET}/pub", "default", NAME, lock_stale_s=3600)
     with place.lock(0):
         lock = bucket.get_blob(f"{PREFIX}/.publish/lock")
@@ -114,8 +135,8 @@ def test_the_lock_object_refuses_a_second_run_and_a_stale_one_is_taken_over(emul
         source = Source(tmp_path / "src")
         source.put("Patient", "p1", 1)
         source.save()
-        busy = run_cli("publish", NAME, "--source", str(source.folder), "--output", f"gs://{BUCKET}/pub",
-                       "--lock-wait", "0.3s")
+        busy = _cli(tmp_path, "publish", NAME, "--source", str(source.folder), "--output", f"gs://{BUCKET}/pub",
+                    "--lock-wait", "0.3s")
         assert busy.code == 3 and "another run of publication directory" in busy.err, busy.err
         assert not any(rel.startswith(("manifests/", "files/", ROOT_NAME)) for rel in _objects(bucket))
         # A run that died keeps its lock; past --lock-stale another run takes it over.
