@@ -9,7 +9,7 @@ from launcher.cli import client_commands as clients_cli
 from launcher.cli import commands
 from launcher.cli import key_commands as keys_cli
 from launcher.cli import publish_commands as publish_cli
-from launcher.core.durations import parse_duration
+from launcher.core.durations import parse_duration, parse_size
 from launcher.jobs.lifecycle import DEFAULT_CLEANUP_BATCH
 from launcher.jobs.process import DEFAULT_LEASE_S, DEFAULT_MAX_ACTIVE
 from launcher.kickoff import parser as kickoff
@@ -46,6 +46,8 @@ class _Parser(argparse.ArgumentParser):
                               help="errors only")
         self.set_defaults(parser=self)
 
+    commands: dict[str, argparse.ArgumentParser]  # the top-level parser's: each command's parser
+
     def error(self, message: str) -> NoReturn:
         raise UsageError(self, message)
 
@@ -60,7 +62,7 @@ def verbosity(args: argparse.Namespace) -> int:
     return louder - sum(n for key, n in counts.items() if key.startswith(_QUIET))
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     parser = _Parser(prog="bulk-export", description="FHIR Bulk Data $export on Apache Beam.")
     commands_ = parser.add_subparsers(dest="command", required=True)
     # No abbreviations: unknown --flags are Beam options and must never be taken for ours.
@@ -150,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_options(resume)
     resume.set_defaults(handler=commands.resume)
 
-    publish_cli.add_parsers(commands_, _job_options, add_settings_arguments, _run_options, _duration, _positive)
+    publish_cli.add_parsers(commands_, _job_options, add_settings_arguments, _run_options, _duration, _positive, _size)
     clients_cli.add_parser(commands_, _store_options)
     keys_cli.add_parser(commands_, _store_options, _duration)
 
@@ -159,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True)
     sample.add_argument("--seed", type=int, default=42)
     sample.set_defaults(handler=commands.sample_data)
+    parser.commands = commands_.choices
     return parser
 
 
@@ -223,6 +226,16 @@ def _duration(name: str):
     def parse(text: str) -> float:
         try:
             return parse_duration(text, name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return parse
+
+
+def _size(name: str):
+    def parse(text: str) -> int:
+        try:
+            return parse_size(text, name)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -18,6 +18,7 @@ from typing import NoReturn, Optional, Sequence
 
 from launcher.cli import usage
 from launcher.cli.arguments import UsageError, build_parser, verbosity
+from launcher.cli.publish_commands import with_config
 from launcher.core.beam_notice import drop_apitools_notice
 from launcher.core.names import check_job_id, check_tenant
 from transforms.errors import ExportError, Refused, Unavailable
@@ -41,6 +42,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """The parsed arguments; a usage error is reported in one line (as JSON under `--json`) and exits with 2."""
     parser = build_parser()
     try:
+        argv = with_config(argv, parser.commands["publish"])  # publish --config FILE: its options first
         args, extra = parser.parse_known_args(argv)
     except UsageError as exc:
         # A typo is reported as such, not as the option it failed to give (`--sourse x`: not "--source is required").

@@ -1,4 +1,4 @@
-"""How an export's progress is shown: a live tqdm bar on a terminal, plain lines otherwise.
+"""How an export's (and a pull's) progress is shown: a live tqdm bar on a terminal, plain lines otherwise.
 
 The launcher hands the display a snapshot of the job every couple of seconds
 (`RunControl.on_progress`). The percentage is the source bytes read over the
@@ -193,6 +193,53 @@ class ProgressDisplay:
     def _end(self, line: str) -> None:
         self._close_bars()
         self._print(line)
+
+    def _print(self, line: str) -> None:
+        print(line, file=self._stream, flush=True)
+
+
+class PullDisplay:
+    """A pull's progress on `stream` (stderr): on a terminal one tqdm line of the pages and resources applied
+    so far, with what the consumer says printed above it; otherwise plain lines, one per page that changed
+    the dataset. Use it as a context manager."""
+
+    def __init__(self, stream: Optional[TextIO] = None):
+        self._stream = stream or sys.stderr
+        self._tty = self._stream.isatty()
+        self._bar: Optional[tqdm] = None
+        self.pages = self.added = self.deleted = 0
+
+    def __enter__(self) -> PullDisplay:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def say(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=self._stream)
+        else:
+            self._print(text)
+
+    def applied(self, url: str, added: int, deleted: int, transaction_time: str) -> None:
+        """One page applied: `added` resources in, `deleted` deleted."""
+        from launcher.publish.consumer import page_line
+
+        self.pages, self.added, self.deleted = self.pages + 1, self.added + added, self.deleted + deleted
+        if not self._tty:
+            if added or deleted:
+                self._print(page_line(url, added, deleted, transaction_time))
+            return
+        from tqdm import tqdm
+
+        text = (f"{self.pages:,} page{'' if self.pages == 1 else 's'} applied: {self.added:,} resources in,"
+                f" {self.deleted:,} deleted, as of {transaction_time}")
+        if self._bar is None:
+            self._bar = tqdm(desc=text, bar_format="  {desc} [{elapsed}]", file=self._stream, leave=True,
+                             **_width(self._stream))
+        self._bar.set_description_str(text)
 
     def _print(self, line: str) -> None:
         print(line, file=self._stream, flush=True)

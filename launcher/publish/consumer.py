@@ -5,19 +5,26 @@ It follows the IG's retrieval flow: the root, its pages, the update pages; at
 `interval`); `#closed`, or a page gone (404), starts again from the root with an
 empty dataset; a chain that simply ends is followed by polling the root, and a
 changed root starts again. 5xx answers and transport errors are retried with
-exponential backoff, bounded by the cadence. Each page is applied as the IG
+exponential backoff (doubling from `first_delay_s`, capped at the polling
+interval), without end unless `retries` bounds them: a publisher's outage is
+waited out, as polling waits out a quiet chain. Each page is applied as the IG
 says: its `output` files in order (latest `Type/id` wins), then its `deleted`
 files. The dataset is `<into>/<Type>.ndjson`, one resource per line as
 published; where it stands is `<into>/.pull.json`. Both are written when the
 walk reaches a stop (a marker or the chain's end), so a pull that dies part-way
 replays from the last stop, which gives the same dataset.
-Reads `http(s)://` URLs (httpx), `file://` URLs and local paths.
+Reads `http(s)://` URLs (httpx), `file://` URLs and local paths. `stopping` (an
+Event; `bulk-export pull` sets it on SIGTERM or SIGINT) ends the polling at once.
+
+The dataset is held in memory while pulling (a dict of the latest line per
+`Type/id`): a reference consumer, not a loader for datasets larger than memory.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 from typing import Callable, NamedTuple, Optional
 
@@ -39,12 +46,15 @@ class Fetched(NamedTuple):
 
 
 class Reader:
-    """GETs a URL of a publication: over HTTP (conditional, with backoff on 5xx) or from a local file."""
+    """GETs a URL of a publication: over HTTP (conditional, with backoff on 5xx) or from a local file.
+    `retries`: how many times a failed GET is tried again (None: until it answers); `say` hears each retry."""
 
-    def __init__(self, client: Optional[httpx.Client] = None, token: Optional[str] = None, retries: int = 8,
-                 first_delay_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, client: Optional[httpx.Client] = None, token: Optional[str] = None,
+                 retries: Optional[int] = None, first_delay_s: float = 1.0,
+                 sleep: Callable[[float], None] = time.sleep, say: Callable[[str], None] = lambda _: None):
         self.client = client or httpx.Client(timeout=60, follow_redirects=True)
         self.token, self.retries, self.first_delay_s, self.sleep = token, retries, first_delay_s, sleep
+        self.say = say
         self.max_delay_s = DEFAULT_INTERVAL_S
 
     def get(self, url: str, etag: Optional[str] = None) -> Fetched:
@@ -53,8 +63,8 @@ class Reader:
         headers = {"If-None-Match": etag} if etag else {}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        delay = self.first_delay_s
-        for attempt in range(self.retries + 1):
+        delay, attempt = self.first_delay_s, 0
+        while True:
             try:
                 response = self.client.get(url, headers=headers)
                 if response.status_code < 500:
@@ -62,11 +72,12 @@ class Reader:
                 problem = f"{response.status_code}"
             except httpx.TransportError as exc:
                 problem = type(exc).__name__
-            if attempt == self.retries:
-                raise Unavailable(f"GET {url}: {problem} after {self.retries + 1} attempts")
+            if self.retries is not None and attempt >= self.retries:
+                raise Unavailable(f"GET {url}: {problem} after {attempt + 1} attempts")
+            attempt += 1
+            self.say(f"GET {url}: {problem}; retry {attempt} in {delay:g} s")
             self.sleep(delay)
-            delay = min(delay * 2, self.max_delay_s)
-        raise AssertionError("unreachable")
+            delay = min(delay * 2, max(self.max_delay_s, self.first_delay_s))
 
 
 def _local(url: str, etag: Optional[str]) -> Fetched:
@@ -122,27 +133,51 @@ class Dataset:
                 os.remove(os.path.join(self.folder, name))
 
 
+def page_line(url: str, added: int, deleted: int, transaction_time: str) -> str:
+    """The line said for a page that changed the dataset."""
+    return f"  {url}: {added} resource(s) in, {deleted} deleted (transactionTime {transaction_time})"
+
+
+class PullStopped(Exception):
+    """`stopping` was set while a GET waited to be retried."""
+
+
 class Consumer:
-    """Pulls the publication at `root` into `into`; `say` reports each step."""
+    """Pulls the publication at `root` into `into`; `say` reports each step, `applied(url, added, deleted,
+    transactionTime)` each page applied (by default a line said for a page that changed something)."""
 
     def __init__(self, root: str, into: str, reader: Reader, say: Callable[[str], None] = print,
-                 interval_s: Optional[float] = None, sleep: Callable[[float], None] = time.sleep):
+                 interval_s: Optional[float] = None,
+                 applied: Optional[Callable[[str, int, int, str], None]] = None):
         self.root, self.into, self.reader, self.say = root_url(root), into, reader, say
-        self.interval_s, self.sleep = interval_s, sleep
+        self.interval_s = interval_s
+        self.applied = applied or self._say_page
+        self.stopping = threading.Event()
+        self.reader.sleep = self._wait_to_retry
+        if interval_s is not None:
+            self.reader.max_delay_s = interval_s
         self.dataset = Dataset(into)
         self.state = _load(os.path.join(into, STATE_NAME))
 
     def run(self, once: bool = False) -> None:
-        """Follows the publication; with `once`, returns at the first stop where nothing new is ready."""
+        """Follows the publication; with `once`, returns at the first stop where nothing new is ready;
+        without, polls until `stopping` is set."""
         fresh = self.state is None or self.state.get("root") != self.root
         if fresh:
             self._restart()
-        while True:
+        while not self.stopping.is_set():
             if self._poll():
                 continue  # it moved on: poll again at once, where it stands now
-            if once:
+            if once or self.stopping.wait(self._interval()):
                 return
-            self.sleep(self._interval())
+
+    def _wait_to_retry(self, seconds: float) -> None:
+        if self.stopping.wait(seconds):
+            raise PullStopped("stopped while waiting to retry")
+
+    def _say_page(self, url: str, added: int, deleted: int, transaction_time: str) -> None:
+        if added or deleted:
+            self.say(page_line(url, added, deleted, transaction_time))
 
     def _restart(self) -> None:
         self.dataset.resources.clear()
@@ -204,8 +239,7 @@ class Consumer:
         for entry in body.get("deleted") or ():
             for line in self._lines(entry["url"]):
                 deleted += self.dataset.delete_from(line)
-        if added or deleted:
-            self.say(f"  {url}: {added} resource(s) in, {deleted} deleted (transactionTime {body['transactionTime']})")
+        self.applied(url, added, deleted, body["transactionTime"])
 
     def _lines(self, url: str) -> list[bytes]:
         return [line for line in self._get(url).body.splitlines() if line.strip()]

@@ -3,7 +3,8 @@
 Under the publication's lock (a second run waits, then is refused: the chain never forks):
 1. finish closing old chains a previous snapshot recorded (`.publish/closing.json`);
 2. walk the chain from the root; a snapshot is due on the first run, on `--snapshot`, after
-   `--snapshot-every` updates, or when the chain is closed;
+   `--snapshot-every` updates, once the update pages' files exceed `--snapshot-after` bytes,
+   or when the chain is closed;
 3. a snapshot exports everything, writes its stub (`#pending`) and its extra root pages, records
    the old chain to close, replaces `$bulk-publish`, then ends the old chain with `#closed`;
    an update exports what changed since the tail page's `transactionTime` (the schedule's rule,
@@ -12,19 +13,19 @@ Under the publication's lock (a second run waits, then is refused: the chain nev
 4. sweep files outside the grace period (`launcher.publish.cleanup`).
 Every page is complete on disk before any link points to it, and each replacement is atomic,
 so a reader never meets a half-written page or a dangling link. A run that dies part-way leaves
-only unlinked files, which the next run ignores and the sweep removes.
+only unlinked files, which the next run ignores and the sweep removes. The same steps run on a
+local folder or a `gs://` prefix (`PublicationPlace`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
 from typing import Callable, NamedTuple, Optional
 
 from launcher.jobs.schedules import scheduled_request
 from launcher.publish import pages
 from launcher.publish.cleanup import sweep
-from launcher.publish.folder import CONFIG_NAME, FILES, MANIFESTS, ROOT_NAME, WORK_NAME, PublicationFolder, sync_dir
+from launcher.publish.folder import CONFIG_NAME, FILES, MANIFESTS, ROOT_NAME, WORK_NAME, PublicationPlace
 from pipelines.models import ExportLevel, ExportRequest, Manifest
 from transforms.errors import Refused
 from transforms.storage.files import remove_tree
@@ -42,6 +43,7 @@ class Publication:
     cadence: Optional[str] = None  # updateCadence, an ISO 8601 duration
     requires_token: bool = False
     snapshot_every: Optional[int] = None  # a fresh snapshot after this many updates
+    snapshot_after: Optional[int] = None  # ... or once the updates' files exceed this many bytes
     page_files: int = 1000
     grace_s: float = 24 * 3600.0
 
@@ -77,7 +79,7 @@ def check_request(request: ExportRequest) -> ExportRequest:
     return request
 
 
-def publish(folder: PublicationFolder, publication: Publication, export: Export, snapshot: bool = False,
+def publish(folder: PublicationPlace, publication: Publication, export: Export, snapshot: bool = False,
             lock_wait_s: float = 5.0) -> str:
     """Runs one publish step under the lock; returns a one-line summary of what it published."""
     with folder.lock(lock_wait_s):
@@ -85,9 +87,7 @@ def publish(folder: PublicationFolder, publication: Publication, export: Export,
         close_chains(folder)
         chain = list(folder.chain())
         tail = pages.next_url(chain[-1][1]) if chain else None
-        updates = len({body["transactionTime"] for _, body in chain}) - 1
-        if not chain or snapshot or tail != pages.PENDING or (
-                publication.snapshot_every and updates >= publication.snapshot_every):
+        if not chain or snapshot or tail != pages.PENDING or _snapshot_due(folder, publication, chain):
             line = _snapshot(folder, publication, export, chain)
         else:
             line = _update(folder, publication, export, chain[-1])
@@ -97,7 +97,20 @@ def publish(folder: PublicationFolder, publication: Publication, export: Export,
     return line + (f"; removed {len(removed)} file(s) past the grace period" if removed else "")
 
 
-def _check_config(folder: PublicationFolder, publication: Publication, snapshot: bool) -> None:
+def _snapshot_due(place: PublicationPlace, publication: Publication, chain: list[tuple[str, dict]]) -> bool:
+    """After `snapshot_every` updates, or once the files the update pages list exceed `snapshot_after` bytes."""
+    root_time = chain[0][1]["transactionTime"]
+    updates = [body for _, body in chain if body["transactionTime"] != root_time]
+    if publication.snapshot_every and len({body["transactionTime"] for body in updates}) >= publication.snapshot_every:
+        return True
+    if publication.snapshot_after:
+        sizes = place.published()
+        listed = {place.rel_of(url) for body in updates for url in pages.listed_urls(body)}
+        return sum(sizes.get(rel, 0) for rel in listed) > publication.snapshot_after
+    return False
+
+
+def _check_config(folder: PublicationPlace, publication: Publication, snapshot: bool) -> None:
     """A later run must publish the same request at the same URL, unless it starts over (`--snapshot`)."""
     config = folder.load_private(CONFIG_NAME)
     if config is None or snapshot:
@@ -107,7 +120,7 @@ def _check_config(folder: PublicationFolder, publication: Publication, snapshot:
                       " to change either, start a new chain with --snapshot")
 
 
-def _snapshot(folder: PublicationFolder, publication: Publication, export: Export, chain: list) -> str:
+def _snapshot(folder: PublicationPlace, publication: Publication, export: Export, chain: list) -> str:
     done = export(publication.request, folder.private(WORK_NAME))
     files = _move_files(folder, done)
     run = done.job_id
@@ -120,7 +133,7 @@ def _snapshot(folder: PublicationFolder, publication: Publication, export: Expor
             + (", previous chain closed" if chain else ""))
 
 
-def _update(folder: PublicationFolder, publication: Publication, export: Export, tail: tuple[str, dict]) -> str:
+def _update(folder: PublicationPlace, publication: Publication, export: Export, tail: tuple[str, dict]) -> str:
     tail_rel, tail_page = tail
     since = tail_page["transactionTime"]
     done = export(scheduled_request(publication.request, since), folder.private(WORK_NAME))
@@ -135,7 +148,7 @@ def _update(folder: PublicationFolder, publication: Publication, export: Export,
     return f"update {done.transaction_time}: {_counted(files)} at {folder.url(rels[0])}"
 
 
-def _write_pages(folder: PublicationFolder, publication: Publication, done: Exported, rels: list[str],
+def _write_pages(folder: PublicationPlace, publication: Publication, done: Exported, rels: list[str],
                  chunks: list[dict], last_next: str) -> None:
     """Writes one update's pages, last first, so each page exists before the one linking to it.
     A snapshot's first page is the root: written last, after the old chain is recorded for closing."""
@@ -150,7 +163,7 @@ def _write_pages(folder: PublicationFolder, publication: Publication, done: Expo
             close_chains(folder)
 
 
-def close_chains(folder: PublicationFolder) -> None:
+def close_chains(folder: PublicationPlace) -> None:
     """Ends with `#closed` every chain a snapshot recorded for closing (idempotent), then forgets them."""
     recorded = (folder.load_private(CLOSING_NAME) or {}).get("chains", [])
     for start in recorded:
@@ -167,23 +180,20 @@ def _page(publication: Publication, done: Exported, files: Optional[dict], next_
     return pages.page(done.transaction_time, publication.requires_token, publication.cadence, files, next_url)
 
 
-def _move_files(folder: PublicationFolder, done: Exported) -> dict:
+def _move_files(folder: PublicationPlace, done: Exported) -> dict:
     """Moves the export's files to `files/<job>/` (their immutable URLs); returns the page entries."""
     entries: dict = {}
-    moved_to = set()
+    job_dir = done.output_dir.removeprefix("file://").rstrip("/") + "/"
     for name, listed in (("output", done.manifest.output), ("deleted", done.manifest.deleted),
                          ("outcome", done.manifest.error)):
         for entry in listed:
             source = entry.url.removeprefix("file://")
-            rel = f"{FILES}/{done.job_id}/{os.path.relpath(source, done.output_dir)}"
-            target = folder.local(rel)
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            os.replace(source, target)
-            moved_to.add(os.path.dirname(target))
+            if not source.startswith(job_dir):
+                raise Refused(f"{entry.url!r} is not a file of the export at {done.output_dir}")
+            rel = f"{FILES}/{done.job_id}/{source[len(job_dir):]}"
+            folder.adopt(source, rel)
             item = {"type": entry.type, "url": folder.url(rel), "count": entry.count}
             entries.setdefault(name, []).append({k: v for k, v in item.items() if v is not None})
-    for path in moved_to:
-        sync_dir(path)
     remove_tree(done.output_dir)
     return entries
 
