@@ -152,7 +152,8 @@ def _written_patients(args, request, job):
     membership = _covered_patients(args, request, args._source, job)
     if membership is None:
         return job
-    return dataclasses.replace(job, patients_file=write_patients(job.patients_path, membership))
+    covered, outside = write_patients(job.patients_path, membership, job.settings.output)
+    return dataclasses.replace(job, patients_file=covered, outside_patients=outside)
 
 
 # ---------------------------------------------------------------- the two cases (children)

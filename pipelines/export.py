@@ -73,21 +73,22 @@ def build_pipeline(
     batches, errors = read.batches, [read.errors]
     if sink is not None:
         batches = batches | "ReportRead" >> ReportRead(sink)
-    patients = None
+    patients = outside = None
     if plan.patients is not None:
-        patients = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
+        patients, outside = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(plan, patients), errors)
     referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors)  # before `_elements`
     # The guard is the last step of each branch (before a Flatten: a side input read after one lost
     # every resource on our DaskRunner), so it judges what every step above let through.
-    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients)], errors)
+    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients, outside)], errors)
     if referenced is not None:
-        referenced = apply_steps(referenced, guard_steps(plan, patients), errors, prefix="Referenced")
+        referenced = apply_steps(referenced, guard_steps(plan, patients, outside), errors, prefix="Referenced")
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
-    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients)
+    batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings):
-        errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates"))
+        errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
+                                                                 output_root=settings.output))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
     if request.allow_partial_manifests and sink is not None:
         publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=plan.layout.typed)
@@ -100,20 +101,22 @@ def build_pipeline(
             sink=part_format,
             fence=sink,
             publish=publish,
+            output_root=settings.output,
         )
     else:  # the one shuffle of resource bodies, spilled to disk
         parts = batches | "WriteBlocks" >> WriteBlocks(
             job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,
-            publish=publish)
+            publish=publish, output_root=settings.output)
     deleted_parts = ()
     if plan.deletions is not None:
         deleted = apply_steps(read.deletions, deletion_steps(plan, patients), errors, prefix="Deleted")
         deleted_parts = (deleted | "DeletedBundles" >> DeletionBundles() | "WriteDeleted" >> WriteParts(
-            f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink),)
+            f"{job.temp_dir}/{DELETED_DIR}", settings.max_lines_per_part, settings.max_bytes_per_part, fence=sink,
+            output_root=settings.output),)
     errors = tuple(errors) | "Errors" >> beam.Flatten()
     error_parts = errors | "ErrorFiles" >> WriteErrorFiles(
         f"{job.temp_dir}/errors", source_root(settings.source), read.lines, settings.max_lines_per_part,
-        settings.max_bytes_per_part, fence=sink,
+        settings.max_bytes_per_part, fence=sink, output_root=settings.output,
     )
     manifest = (parts, error_parts, *deleted_parts) | "Manifest" >> AssembleManifest(
         job.job_dir,
@@ -122,6 +125,7 @@ def build_pipeline(
         on_complete=_Completion(sink) if sink is not None else None,
         fence=sink,
         notices=[orjson.dumps(ignored.outcome()) for ignored in request.ignored_parameters],
+        output_root=settings.output,
     )
     return ExportOutputs(parts, errors, manifest)
 

@@ -42,6 +42,9 @@ class ExportJob:
     patients_file: int = option(
         -1, help="how many patients the launcher wrote to the job's patients file; -1: it wrote none (set by the "
         "launcher)", label="Patients in the patients file", regex="^-?[0-9]+$")
+    outside_patients: int = option(
+        -1, help="how many ids of the source's other Patients the launcher wrote to the job's patients file; -1: "
+        "none written (set by the launcher)", label="Other patients in the patients file", regex="^-?[0-9]+$")
 
     @property
     def read_at(self) -> ReadAt:

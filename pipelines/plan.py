@@ -62,6 +62,10 @@ class CoveredPatients(NamedTuple):
     file: Optional[str]  # the patients file the launcher wrote; None: resolved from the source in the pipeline
     scope: tuple  # what the pipeline resolves: (level, group id, patient ids, _since)
     joined: bool  # a PCollection to join with by key, else a side input
+    # The source's Patient ids not covered, which the patient guard judges an untyped reference by:
+    # None when it needs none (system level; Patient level without `patient` covers them all), True
+    # joined, False a side input.
+    outside: Optional[bool] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,16 +170,25 @@ def covered_patients(request: ExportRequest, job: ExportJob, layout: OutputLayou
     Otherwise (a source too large for the launcher to scan) resolved in the pipeline from the source:
     a join for every patient of the source at Patient level, else a side input. Organized output
     limits blocks to the covered patients, which needs them as a side input.
+
+    With them, for the patient guard at Group level or with `patient`, the source's other Patient
+    ids (`outside`): a side input when the launcher counted at most `max_side_input_patients` of them
+    and the covered ones are one too; else (many, or never counted) a join.
     """
     organized = not layout.typed
+    limit = job.settings.max_side_input_patients
     if request.level is ExportLevel.SYSTEM:
         if not organized:
             return None
         level, group_id, patients = ExportLevel.PATIENT, None, ()
     else:
         level, group_id, patients = request.level, request.group_id, request.patients
+    # The guard's outside ids, joined whenever the covered ones are, or are many, or were not counted.
+    outside_needed = request.level is not ExportLevel.SYSTEM and (level is ExportLevel.GROUP or bool(patients))
     if job.patients_file >= 0:
-        joined = job.patients_file > job.settings.max_side_input_patients and not organized
-        return CoveredPatients(job.patients_path, (), joined)
+        joined = job.patients_file > limit and not organized
+        outside = (joined or not 0 <= job.outside_patients <= limit) if outside_needed else None
+        return CoveredPatients(job.patients_path, (), joined, outside)
     joined = level is ExportLevel.PATIENT and not patients and not organized
-    return CoveredPatients(None, (level.value, group_id, patients, request.since), joined)
+    return CoveredPatients(None, (level.value, group_id, patients, request.since), joined,
+                           True if outside_needed else None)

@@ -26,17 +26,20 @@ Patients = Union[beam.pvalue.AsSideInput, beam.PCollection, None]
 
 
 def read_patients(pipeline: beam.Pipeline, covered: CoveredPatients, at: ReadAt, settings: ExportSettings,
-                  errors: list) -> Patients:
-    """The covered patients, as the plan says: a side input or a PCollection to join with; their
-    unresolved Group members join `errors`."""
+                  errors: list) -> tuple[Patients, Patients]:
+    """The covered patients and the source's other Patient ids (None when the plan needs none), each as
+    the plan says: a side input or a PCollection to join with; unresolved Group members join `errors`."""
     if covered.file is not None:
-        read = pipeline | "Patients" >> ReadPatients(covered.file, as_set=not covered.joined)
+        read = pipeline | "Patients" >> ReadPatients(covered.file, as_set=not covered.joined, outside=covered.outside)
     else:
         read = pipeline | "Patients" >> ResolvePatients(
             covered.scope, at.transaction_time, settings.source, settings.source_format, settings.chunk_bytes,
-            as_set=not covered.joined, snapshot=at.snapshot)
+            as_set=not covered.joined, snapshot=at.snapshot, outside=covered.outside)
     errors.append(read.issues)
-    return read.patients if covered.joined else beam.pvalue.AsSingleton(read.patients)
+    patients = read.patients if covered.joined else beam.pvalue.AsSingleton(read.patients)
+    if covered.outside is None:
+        return patients, None
+    return patients, read.outside if covered.outside else beam.pvalue.AsSingleton(read.outside)
 
 
 def steps(plan: ExportPlan, patients: Patients) -> list[Step]:
@@ -79,10 +82,11 @@ def shaping_steps(plan: ExportPlan, patients: Patients = None) -> list[Step]:
     return chosen
 
 
-def guard_steps(plan: ExportPlan, patients: Patients) -> list[Step]:
+def guard_steps(plan: ExportPlan, patients: Patients, outside: Patients = None) -> list[Step]:
     """The last step before the write, when the plan asks for it: the patient guard, with the covered
-    patients as the compartment has them (a side input, or a PCollection to join with)."""
-    return [("PatientGuard", GuardPatients(patients))] if plan.patient_guard else []
+    patients as the compartment has them (a side input, or a PCollection to join with) and the source's
+    other Patient ids as `read_patients` gave them."""
+    return [("PatientGuard", GuardPatients(patients, outside))] if plan.patient_guard else []
 
 
 def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
@@ -132,6 +136,7 @@ def add_associated(
     settings: ExportSettings,
     errors: list,
     patients: Patients = None,
+    outside: Patients = None,
 ) -> beam.PCollection:
     """`batches` plus the Provenance resources `includeAssociatedData` asks for.
 
@@ -145,6 +150,6 @@ def add_associated(
         settings.source, settings.source_format, settings.chunk_bytes, selection=plan.provenance, at=at,
     )
     added = batches | "Associated" >> AddProvenance(again.batches, plan.latest_provenance_only)
-    added = apply_steps(added, [*shaping_steps(plan, patients), *guard_steps(plan, patients)], errors,
+    added = apply_steps(added, [*shaping_steps(plan, patients), *guard_steps(plan, patients, outside)], errors,
                         prefix="Associated")
     return (batches, added) | "WithAssociated" >> beam.Flatten()

@@ -4,10 +4,14 @@ withholds any resource naming a patient outside a Patient- or Group-level export
 from __future__ import annotations
 
 import json
+import shutil
+from collections import Counter
 from pathlib import Path
 
-from tests.helpers import BASE, JOIN_PATHS, exported
-from tests.test_scope_privacy import error_outcomes, member, patient, write_source
+import pytest
+
+from tests.helpers import BASE, JOIN_PATHS, SYNTHEA, exported, keys, needs_shared, read_ndjson
+from tests.test_scope_privacy import error_outcomes, group, member, patient, write_source
 from transforms.fhir.elements import SUBSETTED_TAG
 
 NAMES = {"p1": "Alice Smith", "p2": "Bob Jones", "p3": "Carol White", "px": "Xavier Stranger"}
@@ -153,3 +157,100 @@ def test_the_guard_withholds_a_referenced_resource_naming_an_uncovered_patient(r
     assert outcome["issue"][0]["diagnostics"] == (
         "part-0.ndjson line 5 (Practitioner/bad): withheld: names a Patient outside the export at "
         "Practitioner.extension[0].valueReference; not exported")
+
+
+# --- untyped references: `urn:uuid:X` names Patient X when X is a source Patient's id ------------------
+
+P1, P2, PX = "0a6f1f2e-0001-4c1e-9a51-000000000001", "0a6f1f2e-0002-4c1e-9a51-000000000002", \
+    "0a6f1f2e-0009-4c1e-9a51-000000000009"
+DOCTOR = "0a6f1f2e-00d0-4c1e-9a51-0000000000d0"
+
+
+def uuid_ref(rid: str) -> dict:
+    return {"reference": f"urn:uuid:{rid}"}
+
+
+def uuid_observation(oid: str, pid: str, **extra) -> dict:
+    return {"resourceType": "Observation", "id": oid, "status": "final", "code": {"text": "x"},
+            "subject": uuid_ref(pid), **extra}
+
+
+def extension(value: dict) -> list[dict]:
+    return [{"url": "http://example.org/x", "valueReference": value}]
+
+
+def untyped_source(tmp_path: Path) -> Path:
+    return write_source(tmp_path / "src", [
+        patient(P1), patient(P2), patient(PX), {"resourceType": "Practitioner", "id": DOCTOR},
+        uuid_observation("focus-other", P1, focus=[uuid_ref(PX)]),
+        uuid_observation("extension-other", P2, extension=extension(uuid_ref(PX))),
+        uuid_observation("absolute-other", P1, focus=[{"reference": f"https://x.example/fhir/Patient/{PX}"}]),
+        uuid_observation("identifier-only", P2, focus=[{"type": "Patient", "identifier": {"value": "MRN-9"}}]),
+        uuid_observation("focus-covered", P1, focus=[uuid_ref(P2)]),
+        uuid_observation("extension-covered", P2, extension=extension(uuid_ref(P1))),
+        uuid_observation("practitioner", P1, extension=extension(uuid_ref(DOCTOR)),
+                         focus=[{"reference": f"urn:uuid:{PX}", "type": "Practitioner"}]),
+        uuid_observation("performer-other", P1, performer=[uuid_ref(PX)]),  # a compartment path: shared
+        uuid_observation("outside", PX),
+        group("gg", member(f"urn:uuid:{P1}"), member(f"urn:uuid:{P2}")),
+    ])
+
+
+UNTYPED_KICKOFFS = {
+    "group": ("Group/gg/$export", ()),
+    "patient-parameter": ("Patient/$export", (P1, P2)),
+}
+
+
+@JOIN_PATHS
+@pytest.mark.parametrize("level", sorted(UNTYPED_KICKOFFS))
+def test_the_guard_withholds_an_untyped_reference_to_a_source_patient_outside_the_export(
+        run_cli, tmp_path, level, membership_args):
+    path, patients = UNTYPED_KICKOFFS[level]
+    extra = ("--parameters", str(parameters(tmp_path, "Patient,Observation", *patients))) if patients else ()
+    url = f"{BASE}/{path}" + ("" if patients else "?_type=Patient,Observation")
+    result = run_cli("export", "--source", str(untyped_source(tmp_path)), "--output", str(tmp_path / "out"),
+                     "--kickoff", url, *extra, *membership_args)
+    assert result.code == 0, result.err
+    manifest = result.manifest()
+    got = {(r["resourceType"], r["id"]) for r in exported(manifest)}
+    assert got == {("Patient", P1), ("Patient", P2), ("Observation", "focus-covered"),
+                   ("Observation", "extension-covered"), ("Observation", "practitioner"),
+                   ("Observation", "performer-other")}
+    outcomes = error_outcomes(manifest)
+    assert [o["issue"][0]["code"] for o in outcomes] == ["security"] * 4
+    assert sorted(o["issue"][0]["diagnostics"] for o in outcomes) == [
+        f"part-0.ndjson line {line} (Observation/{oid}): withheld: names a Patient outside the export at "
+        f"Observation.{where}; not exported"
+        for line, oid, where in [(5, "focus-other", "focus[0]"), (6, "extension-other", "extension[0].valueReference"),
+                                 (7, "absolute-other", "focus[0]"), (8, "identifier-only", "focus[0]")]]
+    assert PX not in json.dumps(outcomes) and "MRN" not in json.dumps(outcomes)
+
+
+@needs_shared
+def test_the_synthea_group_export_withholds_an_added_uuid_reference_to_a_non_member(run_cli, tmp_path):
+    source = tmp_path / "synthea"
+    shutil.copytree(SYNTHEA, source)
+    resources = read_ndjson(SYNTHEA)
+    [roster] = [r for r in resources if r["resourceType"] == "Group" and r["id"] == "NeighborhoodHealthPlan"]
+    members = {m["entity"]["reference"].removeprefix("urn:uuid:") for m in roster["member"]}
+    other = sorted(r["id"] for r in resources if r["resourceType"] == "Patient" and r["id"] not in members)[0]
+    doctor = next(r["id"] for r in resources if r["resourceType"] == "Practitioner")
+    member_id = sorted(members)[0]
+    added = [uuid_observation("added-other", member_id, focus=[uuid_ref(other)]),
+             uuid_observation("added-doctor", member_id, focus=[uuid_ref(doctor)])]
+    (source / "Added.ndjson").write_text("".join(json.dumps(r) + "\n" for r in added))
+    url = f"{BASE}/Group/NeighborhoodHealthPlan/$export"
+    plain = run_cli("export", "--source", str(SYNTHEA), "--output", str(tmp_path / "plain"), "--kickoff", url)
+    result = run_cli("export", "--source", str(source), "--output", str(tmp_path / "out"), "--kickoff", url)
+    assert plain.code == 0 and result.code == 0, (plain.err, result.err)
+    assert plain.manifest()["error"] == []  # the shared data as it is: nothing withheld
+    counts = Counter(r["resourceType"] for r in exported(plain.manifest()))
+    manifest = result.manifest()
+    assert Counter(r["resourceType"] for r in exported(manifest)) == counts + Counter(Observation=1)
+    assert ("Observation", "added-doctor") in keys(exported(manifest))
+    [outcome] = error_outcomes(manifest)
+    assert outcome["issue"][0]["code"] == "security"
+    assert outcome["issue"][0]["diagnostics"] == (
+        "Added.ndjson line 1 (Observation/added-other): withheld: names a Patient outside the export at "
+        "Observation.focus[0]; not exported")

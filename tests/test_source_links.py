@@ -18,7 +18,7 @@ import transforms.read.resources as resources
 from transforms.read.chunks import plan_chunks, plan_source
 from transforms.read.resources import _ReadChunkFn, read_chunk
 from transforms.records import BadRecord, ResourceBatch
-from transforms.storage.files import create_file
+from transforms.storage.files import create_file, make_folders, move
 from transforms.storage.source_files import LINK_IN, SWAPPED, source_files
 
 KICKOFF = "https://ehr.example.org/fhir/$export"
@@ -133,6 +133,21 @@ def test_the_kickoff_scan_never_reads_a_swapped_file(tmp_path, monkeypatch):
     assert lookup.index_source(f"{data}/t1/").patient_ids == {"b0"}
 
 
+def test_a_source_folder_swapped_for_a_link_two_levels_above_a_listed_file_is_reported(tmp_path):
+    data = _tenants(tmp_path)
+    deep = data / "t1" / "a" / "b"
+    deep.mkdir(parents=True)
+    _patients(deep / "r.ndjson", "c", 3)
+    (data / "t2" / "a" / "b").mkdir(parents=True)
+    (data / "t2" / "a" / "b" / "r.ndjson").write_bytes((data / "t2" / "secret.ndjson").read_bytes())
+    chunks = list(plan_chunks(f"{data}/t1/", chunk_bytes=64))
+    os.rename(data / "t1" / "a", tmp_path / "moved")
+    os.symlink("../t2/a", data / "t1" / "a")  # t1/a/b/r.ndjson now names t2's file
+    ids, bad = _read(chunks)
+    assert ids == {"a0", "a1", "a2", "a3", "a4", "b0"}
+    assert {(Path(r.origin.path).name, r.reason) for r in bad} == {("r.ndjson", SWAPPED)}
+
+
 # --- a link to a file of the source (item 17) --------------------------------------------------
 
 def test_a_link_to_a_file_of_the_source_reads_it_once_and_is_reported(run_cli, tmp_path):
@@ -180,3 +195,47 @@ def test_a_local_output_is_never_written_through_a_planted_link(tmp_path):
     with create_file(str(job / "new" / "Patient.ndjson")) as f:
         f.write(b"{}\n")
     assert (job / "new" / "Patient.ndjson").read_bytes() == b"{}\n"
+
+
+def test_no_local_output_goes_through_a_link_at_any_folder_below_the_output_root(tmp_path):
+    root = tmp_path / "out"
+    job = root / "t1" / "job"
+    (job / ".parts-tmp-1").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, job / ".parts-tmp-1" / "deleted")  # two levels below the job folder
+    with pytest.raises(OSError):
+        create_file(str(job / ".parts-tmp-1" / "deleted" / "Patient.1.ndjson"), root=str(root))
+    with pytest.raises(OSError):
+        create_file(str(job / ".parts-tmp-1" / "deleted" / "organize" / "000" / "x.run"), root=str(root))
+    os.symlink(elsewhere, root / "t2")  # the tenant folder
+    with pytest.raises(OSError):
+        create_file(str(root / "t2" / "job" / ".parts-tmp-1" / "Patient.1.ndjson"), root=str(root))
+    with create_file(str(job / ".parts-tmp-1" / "Patient.1.ndjson"), root=str(root)) as f:
+        f.write(b"{}\n")
+    os.symlink(elsewhere, job / "error")  # the final names' folder
+    with pytest.raises(OSError):
+        make_folders(str(job / "error"), str(root))
+    with pytest.raises(OSError):
+        move([str(job / ".parts-tmp-1" / "Patient.1.ndjson")], [str(job / "error" / "Patient-0.ndjson")], str(root))
+    assert not os.listdir(elsewhere)
+    # The root itself is taken as configured, a link or not; below it every folder is its own.
+    configured = tmp_path / "configured"
+    os.symlink(root, configured)
+    make_folders(str(configured / "t1" / "job" / "new"), str(configured))
+    move([str(configured / "t1" / "job" / ".parts-tmp-1" / "Patient.1.ndjson")],
+         [str(configured / "t1" / "job" / "new" / "Patient-0.ndjson")], str(configured))
+    assert (job / "new" / "Patient-0.ndjson").read_bytes() == b"{}\n"
+
+
+def test_an_export_never_creates_its_job_folder_through_a_link_at_the_tenant_folder(run_cli, tmp_path):
+    data = _tenants(tmp_path)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    os.symlink(elsewhere, out / "t1")
+    result = run_cli("export", "--source", str(data / "{tenant}") + "/", "--tenant", "t1", "--output", str(out),
+                     "--kickoff", KICKOFF)
+    assert result.code != 0, result.err
+    assert "not writable" in result.err and "Traceback" not in result.err
+    assert not os.listdir(elsewhere)

@@ -31,7 +31,7 @@ from pipelines.export import ExportJob
 from pipelines.models import ExportStatus
 from pipelines.options import ExportSettings, prepare_runner
 from transforms.errors import EngineLost
-from transforms.storage.files import is_local, remove_tree
+from transforms.storage.files import create_file, is_local, local_folder, remove_tree
 from transforms.storage.pg_source import is_postgres
 from transforms.storage.source_files import match_source
 
@@ -98,7 +98,7 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
             store.mark_in_progress(job.job_id)
         if not is_postgres(job.settings.source):  # a table's size is not the bytes read: no total
             store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
-        _check_writable(job.job_dir)
+        _check_writable(job.job_dir, job.settings.output)
         argv, sink = pipeline_inputs(store, job, request, patients(), beam_args, attempt)
         run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
                       nice=control.nice)
@@ -147,13 +147,19 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         raise ExportFailed(job.job_id, message) from exc
 
 
-def _check_writable(job_dir: str) -> None:
+def _check_writable(job_dir: str, output_root: str) -> None:
+    """Creates the job's new folder and writes a probe in it, never through a link below `output_root`."""
     if not is_local(job_dir):
         return
     try:
-        os.makedirs(job_dir, exist_ok=False)
+        folder, name = os.path.split(job_dir.rstrip("/"))
+        parent = local_folder(folder, output_root, create=True)
+        try:
+            os.mkdir(name, dir_fd=parent)
+        finally:
+            os.close(parent)
         probe = os.path.join(job_dir, ".write-probe")
-        with open(probe, "wb"):
+        with create_file(probe, root=output_root):
             pass
         os.remove(probe)
     except OSError as exc:

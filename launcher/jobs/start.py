@@ -150,7 +150,8 @@ def pipeline_inputs(
     launcher watches); without, the launcher running the pipeline renews it.
     """
     if members is not None:  # the pipeline reads them instead of resolving them
-        job = dataclasses.replace(job, patients_file=write_patients(job.patients_path, members))
+        covered, outside = write_patients(job.patients_path, members, job.settings.output)
+        job = dataclasses.replace(job, patients_file=covered, outside_patients=outside)
     return pipeline_argv(job, request, beam_args), StoreJobSink(store.url, job.job_id, attempt, lease, lease_s)
 
 

@@ -46,6 +46,7 @@ class Membership(NamedTuple):
 
     patients: PatientSet
     issues: list[MemberIssue]
+    outside: frozenset[str] = frozenset()  # the source's Patient ids not covered (for the last guard)
 
 
 def resolve_group(

@@ -74,7 +74,8 @@ class IndexBuilder:
 def membership_of(level: str, group_id: Optional[str], patients: Iterable[str], index: SourceIndex,
                   transaction_time: str, since: Optional[str] = None) -> Membership:
     """The patients a `level` ("patient" or "group") export covers, narrowed to the `patient` parameter's
-    `patients` if any; raises `MembershipRefused` when the Group or a patient cannot be exported."""
+    `patients` if any, with the source's other Patient ids as `outside`; raises `MembershipRefused` when
+    the Group or a patient cannot be exported."""
     if level == "patient":
         membership = Membership(PatientSet.of(index.patient_ids), [])
         scope = "in the source"
@@ -86,7 +87,8 @@ def membership_of(level: str, group_id: Optional[str], patients: Iterable[str], 
             raise MembershipRefused("group", str(exc)) from None
         scope = f"a member of Group/{group_id}"
     wanted = tuple(patients)
-    return _narrowed(membership, wanted, scope) if wanted else membership
+    covered = _narrowed(membership, wanted, scope) if wanted else membership
+    return covered._replace(outside=index.patient_ids - covered.patients.ids)
 
 
 def _narrowed(membership: Membership, wanted: tuple[str, ...], scope: str) -> Membership:

@@ -11,7 +11,7 @@ launcher never scans it. Both give the same outputs.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import apache_beam as beam
 
@@ -19,30 +19,41 @@ from transforms.fhir.membership import IndexBuilder, membership_of
 from transforms.read.lookup import PATIENTS_AND_GROUPS
 from transforms.read.resources import ReadResources
 from transforms.records import ResourceBatch
-from transforms.storage.patients_file import issue_record, iter_patients, member_issues, read_patient_set
+from transforms.storage.patients_file import (
+    issue_record,
+    iter_outside,
+    iter_patients,
+    member_issues,
+    read_patient_set,
+)
 from transforms.storage.pg_source import ReadAt
 
 
 class ReadPatients(beam.PTransform):
     """Reads a patients file: tag `patients` holds one `PatientSet` (for a side input) or,
-    with `as_set=False`, one `(id, whole)` per patient (for a join); tag `issues` its member issues."""
+    with `as_set=False`, one `(id, whole)` per patient (for a join); tag `issues` its member issues;
+    tag `outside`, if `outside` is not None, the source's other Patient ids: one frozenset
+    (`outside=False`, for a side input) or one id each (`outside=True`, for a join)."""
 
-    def __init__(self, path: str, as_set: bool = True):
+    def __init__(self, path: str, as_set: bool = True, outside: Optional[bool] = None):
         super().__init__()
         self._path = path
         self._as_set = as_set
+        self._outside = outside
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
         return (
             pbegin
             | "Path" >> beam.Create([self._path])
-            | "Load" >> beam.ParDo(_LoadFn(self._as_set)).with_outputs("issues", main="patients")
+            | "Load" >> beam.ParDo(_LoadFn(self._as_set, self._outside)).with_outputs(
+                "issues", "outside", main="patients")
         )
 
 
 class _LoadFn(beam.DoFn):
-    def __init__(self, as_set: bool):
+    def __init__(self, as_set: bool, outside: Optional[bool]):
         self._as_set = as_set
+        self._outside = outside
 
     def process(self, path: str) -> Iterator:
         if self._as_set:
@@ -51,6 +62,7 @@ class _LoadFn(beam.DoFn):
             yield from iter_patients(path)
         for record in member_issues(path):
             yield beam.pvalue.TaggedOutput("issues", record)
+        yield from _outside(self._outside, lambda: iter_outside(path))
 
 
 class ResolvePatients(beam.PTransform):
@@ -61,12 +73,12 @@ class ResolvePatients(beam.PTransform):
     the job, naming the parameter."""
 
     def __init__(self, scope: tuple, transaction_time: str, source: str, source_format: str, chunk_bytes: int,
-                 as_set: bool = True, snapshot: str = ""):
+                 as_set: bool = True, snapshot: str = "", outside: Optional[bool] = None):
         """`scope`: the kick-off's level ("patient" or "group"), Group id, `patient` ids and `_since`;
-        `snapshot`: a PostgreSQL source's exported snapshot."""
+        `snapshot`: a PostgreSQL source's exported snapshot; `outside`: as for `ReadPatients`."""
         super().__init__()
         level, group_id, patients, since = scope
-        self._resolve = _ResolveFn(level, group_id, patients, transaction_time, since, as_set)
+        self._resolve = _ResolveFn(level, group_id, patients, transaction_time, since, as_set, outside)
         self._read = (source, source_format, chunk_bytes, ReadAt(transaction_time, snapshot))
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.pvalue.DoOutputsTuple:
@@ -76,7 +88,7 @@ class ResolvePatients(beam.PTransform):
         return (
             read.batches
             | "Index" >> beam.CombineGlobally(_IndexFn())
-            | "Resolve" >> beam.ParDo(self._resolve).with_outputs("issues", main="patients")
+            | "Resolve" >> beam.ParDo(self._resolve).with_outputs("issues", "outside", main="patients")
         )
 
 
@@ -104,9 +116,10 @@ class _IndexFn(beam.CombineFn):
 
 
 class _ResolveFn(beam.DoFn):
-    def __init__(self, level, group_id, patients, transaction_time, since, as_set):
+    def __init__(self, level, group_id, patients, transaction_time, since, as_set, outside=None):
         self._args = (level, group_id, tuple(patients), transaction_time, since)
         self._as_set = as_set
+        self._outside = outside
 
     def process(self, index: IndexBuilder) -> Iterator:
         level, group_id, patients, transaction_time, since = self._args
@@ -118,3 +131,14 @@ class _ResolveFn(beam.DoFn):
             yield from ((patient, patient in whole) for patient in sorted(membership.patients.ids))
         for issue in membership.issues:
             yield beam.pvalue.TaggedOutput("issues", issue_record(issue))
+        yield from _outside(self._outside, lambda: iter(sorted(membership.outside)))
+
+
+def _outside(mode: Optional[bool], ids: Callable[[], Iterator[str]]) -> Iterator[beam.pvalue.TaggedOutput]:
+    """The `outside` output: nothing (None), one frozenset (False), or one id each (True)."""
+    if mode is None:
+        return
+    if mode:
+        yield from (beam.pvalue.TaggedOutput("outside", patient) for patient in ids())
+    else:
+        yield beam.pvalue.TaggedOutput("outside", frozenset(ids()))

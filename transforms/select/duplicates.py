@@ -43,14 +43,15 @@ class ReportDuplicates(beam.PTransform):
     The keys are spilled to run files under `folder` (`transforms.steps.spill`), one per hash
     bucket of the id, so no worker holds more than a bucket's keys at once."""
 
-    def __init__(self, folder: str, buckets: int = BUCKETS):
+    def __init__(self, folder: str, buckets: int = BUCKETS, output_root: str = ""):
         super().__init__()
-        self._folder, self._buckets = folder, buckets
+        self._folder, self._buckets, self._output_root = folder, buckets, output_root
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[BadRecord]:
         return (
             batches
-            | "Keys" >> beam.ParDo(SpillRecords(self._folder, functools.partial(key_records, self._buckets)))
+            | "Keys" >> beam.ParDo(SpillRecords(self._folder, functools.partial(key_records, self._buckets),
+                                                 output_root=self._output_root))
             | "ByBucket" >> beam.GroupByKey()
             | "Copies" >> beam.FlatMap(_duplicates).with_output_types(BadRecord)
         )

@@ -6,17 +6,21 @@ its source line, type, id and the element path at fault, with no value copied.
 
 The covered patients come as the compartment step has them: the `PatientSet`
 side input (`AsSingleton`), or, for sets too large for one worker's memory, the
-PCollection of `(patient id, whole)`. Then each resource's references are walked
-once where it is; only metadata is shuffled: `(patient id, resource key)` to meet
-the covered patients, and each questioned resource's `PatientNames` under its
-key to meet the covered ones it names. The verdicts (the withheld resources'
-keys and reasons; few) come back to the resources as a side input, so no
-resource body is shuffled.
+PCollection of `(patient id, whole)`. The source's Patients the export does not
+cover (`outside`: ids only, which judge an untyped `urn:uuid:` reference) come
+the same way: a side input holding one frozenset, or a PCollection of ids; the
+plan joins them whenever it joins the covered ones. With both as side inputs
+each resource is judged where it is. Otherwise its references are walked once
+where it is, and only metadata is shuffled: `(patient id, resource key)` to meet
+the covered and outside ids, and each questioned resource's `PatientNames` under
+its key to meet what was found. The verdicts (the withheld resources' keys and
+reasons; few) come back to the resources as a side input, so no resource body is
+shuffled.
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Union
+from typing import Iterator, Optional, Union
 
 import apache_beam as beam
 
@@ -26,6 +30,14 @@ from transforms.records import Resource, ResourceBatch
 from transforms.steps.resource_step import ResourceStep, StepOutputs, each_resource
 
 _NOBODY: frozenset[str] = frozenset()
+Ids = Union[beam.pvalue.AsSideInput, beam.PCollection]
+
+
+class _Everyone:
+    """Holds every id: what a join asks about before it knows which ids are a source Patient's."""
+
+    def __contains__(self, _: object) -> bool:
+        return True
 
 
 class Withheld(Exception):
@@ -39,27 +51,38 @@ class Withheld(Exception):
 
 
 class GuardPatients(beam.PTransform):
-    """Withholds the resources naming a patient the export does not cover; returns `StepOutputs`."""
+    """Withholds the resources naming a patient the export does not cover; returns `StepOutputs`.
 
-    def __init__(self, patients: Union[beam.pvalue.AsSideInput, beam.PCollection]):
+    `patients`: the covered patients; `outside`: the source's Patient ids not covered (None: none can
+    be, as at Patient level without `patient`), a side input only when `patients` is one."""
+
+    def __init__(self, patients: Ids, outside: Optional[Ids] = None):
         super().__init__()
         self._patients = patients
+        self._outside = outside
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
-        if not isinstance(self._patients, beam.PCollection):
-            return batches | "Guard" >> ResourceStep("patient guard", _GuardFn(), self._patients)
+        patients, outside = self._patients, self._outside
+        if not isinstance(patients, beam.PCollection) and not isinstance(outside, beam.PCollection):
+            extra = () if outside is None else (outside,)
+            return batches | "Guard" >> ResourceStep("patient guard", _GuardFn(), patients, *extra)
+        if not isinstance(patients, beam.PCollection):  # a small covered set, a large outside one
+            patients = patients.pvalue | "Members" >> beam.FlatMap(_members)
         asked = batches | "Ask" >> beam.ParDo(_AskFn()).with_outputs("names", main="asks")
-        covered = (
-            {"asks": asked.asks, "members": self._patients}
-            | "ByPatient" >> beam.CoGroupByKey()
-            | "Covered" >> beam.FlatMap(_covered)
-        )
+        facts = {"asks": asked.asks, "members": patients}
+        if outside is not None:
+            facts["outside"] = outside | "OutsideKeys" >> beam.Map(lambda patient: (patient, None))
+        found = facts | "ByPatient" >> beam.CoGroupByKey() | "Found" >> beam.FlatMap(_found)
         withheld = (
-            {"names": asked.names, "covered": covered}
+            {"names": asked.names, "found": found}
             | "ByResource" >> beam.CoGroupByKey()
             | "Verdicts" >> beam.FlatMap(_verdict)
         )
         return batches | "Guard" >> ResourceStep("patient guard", _WithheldFn(), beam.pvalue.AsDict(withheld))
+
+
+def _members(patients: PatientSet) -> Iterator[tuple[str, bool]]:
+    return ((patient, patient in patients.whole) for patient in patients.ids)
 
 
 def _key(batch: ResourceBatch, resource: Resource) -> tuple:
@@ -72,10 +95,10 @@ def _names(resource: Resource) -> PatientNames | None:
 
 
 class _GuardFn(beam.DoFn):
-    def process(self, batch: ResourceBatch, patients: PatientSet) -> Iterator:
+    def process(self, batch: ResourceBatch, patients: PatientSet, outside: frozenset[str] = _NOBODY) -> Iterator:
         def keep(resource: Resource) -> Resource:
             names = _names(resource)
-            reason = breach(names, patients.ids) if names is not None else None
+            reason = breach(names, patients.ids, outside) if names is not None else None
             if reason is not None:
                 raise Withheld(reason)
             return resource
@@ -84,32 +107,40 @@ class _GuardFn(beam.DoFn):
 
 
 class _AskFn(beam.DoFn):
-    """For each resource that would be withheld if no patient were covered: its names under its key,
-    and its key under each patient it names."""
+    """For each resource that would be withheld if no patient were covered and every id were a
+    source Patient's: its names under its key, and its key under each id it names."""
 
     def process(self, batch: ResourceBatch) -> Iterator:
         for resource in batch.resources:
             names = _names(resource)
-            if names is None or breach(names, _NOBODY) is None:
+            if names is None or breach(names, _NOBODY, _Everyone()) is None:
                 continue
             key = _key(batch, resource)
             yield beam.pvalue.TaggedOutput("names", (key, names))
-            for patient in names.record | {p for p, _ in names.elsewhere}:
+            for patient in names.ids():
                 yield patient, key
 
 
-def _covered(joined: tuple) -> Iterator[tuple]:
+def _found(joined: tuple) -> Iterator[tuple]:
+    """`(resource key, (id, covered))` for each asked id that is covered or an outside Patient's."""
     patient, grouped = joined
     if any(True for _ in grouped["members"]):
-        for key in grouped["asks"]:
-            yield key, patient
+        covered = True
+    elif any(True for _ in grouped.get("outside", ())):
+        covered = False
+    else:
+        return
+    for key in grouped["asks"]:
+        yield key, (patient, covered)
 
 
 def _verdict(joined: tuple) -> Iterator[tuple]:
     key, grouped = joined
-    covered = frozenset(grouped["covered"])
+    found = list(grouped["found"])
+    covered = frozenset(p for p, is_covered in found if is_covered)
+    outside = frozenset(p for p, is_covered in found if not is_covered)
     for names in grouped["names"]:
-        reason = breach(names, covered)
+        reason = breach(names, covered, outside)
         if reason is not None:
             yield key, reason
             return

@@ -33,10 +33,11 @@ class SpillRecords(beam.DoFn):
     `(partition, path)` per run file when the bundle ends."""
 
     def __init__(self, folder: str, records: Records, fence: Optional[Fence] = None,
-                 write_every: int = WRITE_EVERY):
+                 write_every: int = WRITE_EVERY, output_root: str = ""):
         """`write_every`: records a partition gathers before they are written (few, for records that
-        carry resource bodies, so a bundle holds little)."""
+        carry resource bodies, so a bundle holds little); `output_root`: see `create_file`."""
         self._folder, self._records, self._fence, self._write_every = folder, records, fence, write_every
+        self._output_root = output_root
 
     def start_bundle(self) -> None:
         self._files: dict[int, tuple[str, object]] = {}
@@ -71,7 +72,7 @@ class SpillRecords(beam.DoFn):
         if handle is None:
             check_fence(self._fence, "spilling records")
             path = f"{self._folder}/{partition:03d}/{self._bundle}.run"
-            handle = self._files[partition] = (path, create_file(path, "application/octet-stream"))
+            handle = self._files[partition] = (path, create_file(path, "application/octet-stream", self._output_root))
         blob = marshal.dumps(records)
         handle[1].write(len(blob).to_bytes(8, "little") + blob)
 

@@ -58,17 +58,15 @@ def client():
     return create_storage_client(PipelineOptions([]))
 
 
-def publish_once(temp: str, final: str) -> None:
+def publish_once(temp: str, final: str, root: str = "") -> None:
     """Moves the finished object `temp` to `final`, which must not exist yet.
 
     On GCS the copy carries `ifGenerationMatch=0`, so an existing `final`
     (another run's manifest) is never overwritten: `ObjectExists` is raised and
-    `temp` is removed. Elsewhere it is a plain rename.
+    `temp` is removed. Elsewhere it is a plain rename (`move`, below `root`).
     """
-    from apache_beam.io.filesystems import FileSystems
-
     if not is_gcs(final):
-        FileSystems.rename([temp], [final])
+        move([temp], [final], root)
         return
     from google.api_core.exceptions import PreconditionFailed
 
@@ -123,16 +121,15 @@ def remove_abandoned(paths: list[str], temp_dir: str) -> None:
                 return
 
 
-def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
+def create_file(path: str, mime: str = NDJSON_MIME, root: str = "") -> IO[bytes]:
     """Opens `path` for writing, creating its folders; a remote path through Beam's FileSystems.
 
-    A local file is never written through a link put in place of it or of its folder: both are
-    opened with `O_NOFOLLOW`, so the open fails instead (every file created here lies in a job folder,
-    which the launcher creates anew)."""
+    A local file is never written through a link put in place of it or of any folder between `root`
+    (the output root; default the file's folder's parent) and it: each is opened with `O_NOFOLLOW`
+    from the one above (`local_folder`), so the open fails instead."""
     if is_local(path):
         folder, name = os.path.split(path)
-        os.makedirs(folder or ".", exist_ok=True)
-        parent = os.open(folder or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        parent = local_folder(folder or ".", root, create=True)
         try:
             fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666, dir_fd=parent)
         finally:
@@ -142,6 +139,66 @@ def create_file(path: str, mime: str = NDJSON_MIME) -> IO[bytes]:
     from apache_beam.io.filesystems import FileSystems
 
     return FileSystems.create(path, mime, CompressionTypes.UNCOMPRESSED)
+
+
+def make_folders(path: str, root: str = "") -> None:
+    """Creates the folder `path` and those above it, below `root` never through a link (see `create_file`)."""
+    if is_local(path):
+        os.close(local_folder(path, root, create=True))
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    FileSystems.mkdirs(path)
+
+
+def move(sources: list[str], destinations: list[str], root: str = "") -> None:
+    """Renames each of `sources` to the same place of `destinations`; locally never through a link at a
+    folder below `root` (see `create_file`), remotely through Beam's FileSystems."""
+    if not all(is_local(p) for p in (*sources, *destinations)):
+        from apache_beam.io.filesystems import FileSystems
+
+        FileSystems.rename(sources, destinations)
+        return
+    for source, destination in zip(sources, destinations):
+        (old, old_name), (new, new_name) = os.path.split(source), os.path.split(destination)
+        old_fd = local_folder(old or ".", root)
+        try:
+            new_fd = local_folder(new or ".", root)
+            try:
+                os.rename(old_name, new_name, src_dir_fd=old_fd, dst_dir_fd=new_fd)
+            finally:
+                os.close(new_fd)
+        finally:
+            os.close(old_fd)
+
+
+def local_folder(folder: str, root: str = "", create: bool = False) -> int:
+    """A descriptor of the local `folder`, reached from `root` one folder at a time, each opened with
+    `O_NOFOLLOW` relative to the one above (and created first, with `create`): a link planted at any
+    folder below `root` fails with `OSError` instead of being followed. `root` itself is taken as
+    configured (it may be a link); without one, the folder's parent is.
+    """
+    folder = os.path.normpath(folder)
+    root = os.path.normpath(root) if root else os.path.dirname(folder) or "."
+    below = os.path.relpath(folder, root)
+    steps = [] if below == "." else below.split(os.sep)
+    if steps[:1] == [".."]:
+        raise Refused(f"{folder!r} is not under the output root {root!r}")
+    if create:
+        os.makedirs(root, exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for step in steps:
+            if create:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(step, 0o777, dir_fd=fd)
+            inner = os.open(step, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
 
 
 def open_file(path: str) -> IO[bytes]:

@@ -1,7 +1,9 @@
 """The patients file: the covered patients of a Patient- or Group-level export, as the launcher resolved them.
 
 NDJSON beside the job's temporary parts: a header line with the counts, then
-one line per patient and one per unresolved member. The launcher writes it;
+one line per patient, one per unresolved member and one per id of the source's
+other Patients (`outside`, ids only: what the last guard judges an untyped
+reference by). The launcher writes it;
 the pipeline (`transforms.select.covered_patients.ReadPatients`) reads it back
 where it runs. Beam-free for local paths.
 """
@@ -20,16 +22,20 @@ from transforms.storage.files import create_file, open_file
 FILE_NAME = "patients.ndjson"
 
 
-def write_patients(path: str, membership: Membership) -> int:
-    """Writes `membership` to `path` (parents are created); returns how many patients it holds."""
-    patients = membership.patients
-    with create_file(path) as f:
-        f.write(orjson.dumps({"patients": len(patients.ids), "issues": len(membership.issues)}) + b"\n")
+def write_patients(path: str, membership: Membership, output_root: str = "") -> tuple[int, int]:
+    """Writes `membership` to `path` (parents are created, never through a link below `output_root`);
+    returns how many patients it holds, and how many outside ids."""
+    patients, outside = membership.patients, membership.outside
+    with create_file(path, root=output_root) as f:
+        f.write(orjson.dumps({"patients": len(patients.ids), "issues": len(membership.issues),
+                              "outside": len(outside)}) + b"\n")
         for patient in sorted(patients.ids):
             f.write(orjson.dumps({"id": patient, "whole": patient in patients.whole}) + b"\n")
         for issue in membership.issues:
             f.write(orjson.dumps({"issue": issue._asdict()}) + b"\n")
-    return len(patients.ids)
+        for patient in sorted(outside):
+            f.write(orjson.dumps({"outside": patient}) + b"\n")
+    return len(patients.ids), len(outside)
 
 
 def _lines(path: str) -> Iterator[dict]:
@@ -44,6 +50,13 @@ def iter_patients(path: str) -> Iterator[tuple[str, bool]]:
     for line in _lines(path):
         if "id" in line:
             yield line["id"], line["whole"]
+
+
+def iter_outside(path: str) -> Iterator[str]:
+    """The ids of the source's Patients that a patients file's export does not cover, streamed."""
+    for line in _lines(path):
+        if "outside" in line:
+            yield line["outside"]
 
 
 def read_patient_set(path: str) -> PatientSet:

@@ -121,10 +121,10 @@ class WriteErrorFiles(beam.PTransform):
     given. Parts roll over at `max_lines`, and a `fence` stops an attempt that lost the job."""
 
     def __init__(self, temp_dir: str, root: Optional[str], lines: beam.PCollection, max_lines: int = 100_000,
-                 max_bytes: int = 256 << 20, fence: Optional[Fence] = None):
+                 max_bytes: int = 256 << 20, fence: Optional[Fence] = None, output_root: str = ""):
         super().__init__()
         self._root, self._lines = root, lines
-        self._write = WriteParts(temp_dir, max_lines, max_bytes, fence=fence)
+        self._write = WriteParts(temp_dir, max_lines, max_bytes, fence=fence, output_root=output_root)
 
     def expand(self, errors: beam.PCollection[BadRecord]) -> beam.PCollection[PartFile]:
         return (

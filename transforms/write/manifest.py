@@ -26,7 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
 from transforms.steps.fence import Fence, check_fence
-from transforms.storage.files import ObjectExists, create_file, publish_once, remove_tree
+from transforms.storage.files import ObjectExists, create_file, make_folders, move, publish_once, remove_tree
 from transforms.storage.layout import (
     DELETED_DIR,
     ERROR_DIR,
@@ -73,9 +73,11 @@ class AssembleManifest(beam.PTransform):
         on_complete: Optional[Callable[[bytes, int], Optional[bool]]] = None,
         fence: Optional[Fence] = None,
         notices: Sequence[bytes] = (),
+        output_root: str = "",
     ):
+        """`output_root`: no folder below it is written through a link (`transforms.storage.files.move`)."""
         super().__init__()
-        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence, tuple(notices))
+        self._fn = _AssembleFn(job_dir, temp_dir, render, on_complete, fence, tuple(notices), output_root)
 
     def expand(self, inputs) -> beam.PCollection[bytes]:
         parts, errors, *deleted = inputs
@@ -84,9 +86,11 @@ class AssembleManifest(beam.PTransform):
 
 
 class _AssembleFn(beam.DoFn):
-    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None, notices: tuple[bytes, ...] = ()):
+    def __init__(self, job_dir, temp_dir, render, on_complete, fence=None, notices: tuple[bytes, ...] = (),
+                 output_root=""):
         self._fence = fence
         self._notices = notices
+        self._output_root = output_root
         self._job_dir = job_dir
         self._temp_dir = temp_dir
         self._render = render
@@ -104,7 +108,7 @@ class _AssembleFn(beam.DoFn):
         # The manifest waits under a hidden name until the job's completion is
         # claimed, so a job cancelled meanwhile never shows one; an earlier try's is removed.
         self._remove_hidden(MANIFEST_NAME)
-        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME)
+        temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME, self._output_root)
         bad_records = sum(f.count for f in error)
         if self._on_complete is not None and self._on_complete(manifest, bad_records) is False:
             FileSystems.delete([temp])
@@ -113,7 +117,7 @@ class _AssembleFn(beam.DoFn):
         # overwritten. A retried step whose claim was this attempt's own earlier one finds its
         # manifest published already: the job is complete, and so is this step.
         try:
-            publish_once(temp, self._path(MANIFEST_NAME))
+            publish_once(temp, self._path(MANIFEST_NAME), self._output_root)
         except ObjectExists:
             pass
         yield manifest
@@ -123,11 +127,11 @@ class _AssembleFn(beam.DoFn):
         if not self._notices:
             return []
         path = self._path(posixpath.join(ERROR_DIR, NOTICES_NAME))
-        if not FileSystems.exists(self._path(ERROR_DIR)):
-            FileSystems.mkdirs(self._path(ERROR_DIR))
-        temp = self._write_hidden(path, b"".join(line + b"\n" for line in self._notices))
+        make_folders(self._path(ERROR_DIR), self._output_root)
+        temp = self._write_hidden(path, b"".join(line + b"\n" for line in self._notices), NDJSON_MIME,
+                                  self._output_root)
         try:
-            publish_once(temp, path)
+            publish_once(temp, path, self._output_root)
         except ObjectExists:  # an earlier try of this step wrote the same lines (on GCS, never overwritten)
             pass
         return [FinalFile(ERROR_TYPE, path, len(self._notices))]
@@ -142,11 +146,11 @@ class _AssembleFn(beam.DoFn):
             FileSystems.delete(stale)
 
     @staticmethod
-    def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME) -> str:
-        """Writes `data` beside `path` under a hidden name, and returns that name."""
+    def _write_hidden(path: str, data: bytes, mime: str = NDJSON_MIME, root: str = "") -> str:
+        """Writes `data` beside `path` under a hidden name (below `root`, see `create_file`); returns that name."""
         folder, name = path.rsplit("/", 1)
         temp = f"{folder}/.{name}.{uuid.uuid4().hex}"
-        with create_file(temp, mime) as f:
+        with create_file(temp, mime, root) as f:
             f.write(data)
         return temp
 
@@ -174,11 +178,11 @@ class _AssembleFn(beam.DoFn):
         # Retry-safe: a part an earlier try of this step renamed already is left as it is.
         pending = [(source, f.path) for source, f in zip(sources, final) if FileSystems.exists(source)]
         if folder and pending and not FileSystems.exists(self._path(folder)):
-            FileSystems.mkdirs(self._path(folder))
+            make_folders(self._path(folder), self._output_root)
         lost = [f.path for source, f in zip(sources, final)
                 if (source, f.path) not in pending and not FileSystems.exists(f.path)]
         if lost:
             raise OSError(f"parts of this attempt are gone before their final names: {', '.join(lost)}")
         if pending:
-            FileSystems.rename([s for s, _ in pending], [d for _, d in pending])
+            move([s for s, _ in pending], [d for _, d in pending], self._output_root)
         return kept + final

@@ -72,10 +72,12 @@ class WriteBlocks(beam.PTransform):
     """Writes keyed `ResourceBatch`es as blocks into temporary parts; emits one `PartFile` per part."""
 
     def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, progress: Optional[ProgressSink] = None,
-                 fence: Optional[Fence] = None, publish: Optional[Callable[[PartFile], PartFile]] = None):
+                 fence: Optional[Fence] = None, publish: Optional[Callable[[PartFile], PartFile]] = None,
+                 output_root: str = ""):
         super().__init__()
-        self._spill = SpillRecords(f"{temp_dir}/organize", _block_records, fence, write_every=32)
-        self._blocks = _BlocksFn(temp_dir, max_lines, max_bytes, progress, fence, publish)
+        self._spill = SpillRecords(f"{temp_dir}/organize", _block_records, fence, write_every=32,
+                                   output_root=output_root)
+        self._blocks = _BlocksFn(temp_dir, max_lines, max_bytes, progress, fence, publish, output_root)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return (
@@ -99,13 +101,15 @@ def _block_records(batch: ResourceBatch) -> dict[int, list[tuple]]:
 class _BlocksFn(beam.DoFn):
     """Groups one partition's run files by patient and writes its blocks into rolling parts."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress, fence, publish=None):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, fence, publish=None, output_root=""):
         self._temp_dir, self._max_lines, self._max_bytes = temp_dir, max_lines, max_bytes
         self._progress, self._fence, self._publish = progress, fence, publish
+        self._output_root = output_root
 
     def start_bundle(self) -> None:
         # One set of rolling parts for the bundle's partitions: few files, whatever the partitions.
-        self._writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes, self._publish)
+        self._writer = _RollingParts(self._temp_dir, self._max_lines, self._max_bytes, self._publish,
+                                     self._output_root)
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
         window = GlobalWindow()
@@ -138,9 +142,9 @@ class _RollingParts:
     """NDJSON parts that take whole blocks: a part never splits one, and a block too large for any
     part is a part of its own."""
 
-    def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, publish=None):
+    def __init__(self, temp_dir: str, max_lines: int, max_bytes: int, publish=None, output_root: str = ""):
         self._temp_dir, self._max_lines, self._max_bytes = temp_dir, max_lines, max_bytes
-        self._publish = publish
+        self._publish, self._output_root = publish, output_root
         self._path, self._handle, self._lines, self._bytes = None, None, 0, 0
         self._closed: list[PartFile] = []
 
@@ -151,7 +155,7 @@ class _RollingParts:
             self._closed.append(self._finish())
         if self._handle is None:
             self._path = f"{self._temp_dir}/{BLOCKS}.{uuid.uuid4().hex}.ndjson"
-            self._handle = create_file(self._path, NDJSON_MIME)
+            self._handle = create_file(self._path, NDJSON_MIME, self._output_root)
         self._handle.write(b"\n".join(lines) + b"\n")
         self._lines += len(lines)
         self._bytes += size

@@ -44,13 +44,14 @@ class WriteParts(beam.PTransform):
         sink: PartSink = NdjsonSink(),
         fence: Optional[Fence] = None,
         publish: Optional[Callable[[PartFile], PartFile]] = None,
+        output_root: str = "",
     ):
         """`publish` (allowPartialManifests, `transforms.write.publish.Publisher`) makes each part final
-        and lists it the moment it is closed."""
+        and lists it the moment it is closed; `output_root`: no folder below it is written through a link."""
         super().__init__()
         if max_lines < 1 or max_bytes < 1:
             raise Refused("part limits must be positive")
-        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence, publish)
+        self._fn = _WritePartsFn(temp_dir, max_lines, max_bytes, progress, sink, fence, publish, output_root)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[PartFile]:
         return batches | beam.ParDo(self._fn)
@@ -59,9 +60,9 @@ class WriteParts(beam.PTransform):
 class _OpenPart:
     __slots__ = ("type", "path", "handle", "writer", "count", "size")
 
-    def __init__(self, resource_type: str, path: str, sink: PartSink):
+    def __init__(self, resource_type: str, path: str, sink: PartSink, root: str = ""):
         self.type, self.path = resource_type, path
-        self.handle = create_file(path, sink.mime)
+        self.handle = create_file(path, sink.mime, root)
         self.writer = sink.open(self.handle, resource_type)
         self.count = self.size = 0  # size: the resources' NDJSON bytes, which the byte limit counts
 
@@ -82,8 +83,9 @@ class _OpenPart:
 class _WritePartsFn(beam.DoFn):
     """Keeps one open part per type for the bundle; closes them all when the bundle ends."""
 
-    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink, fence=None, publish=None):
+    def __init__(self, temp_dir, max_lines, max_bytes, progress, sink, fence=None, publish=None, output_root=""):
         self._temp_dir = temp_dir
+        self._output_root = output_root
         self._fence = fence
         self._publish = publish
         self._sink = sink
@@ -146,7 +148,7 @@ class _WritePartsFn(beam.DoFn):
                     pending = []
                 self._check_fence("opening a part")
                 path = f"{self._temp_dir}/{resource_type}.{uuid.uuid4().hex}{self._sink.extension}"
-                part = self._open[resource_type] = _OpenPart(resource_type, path, self._sink)
+                part = self._open[resource_type] = _OpenPart(resource_type, path, self._sink, self._output_root)
             pending.append(resource)
             part.count += 1
             part.size += size

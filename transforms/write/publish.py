@@ -16,6 +16,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
 from transforms.steps.fence import StaleAttempt
+from transforms.storage.files import move
 from transforms.storage.urls import ManifestUrls
 
 OUTPUT = "output"
@@ -35,7 +36,7 @@ class Publisher:
             self._namer = self._urls.namer(self._output_root)
         final = published_name(self._job_dir, part.temp_path)
         if FileSystems.exists(part.temp_path):
-            FileSystems.rename([part.temp_path], [final])
+            move([part.temp_path], [final], self._output_root)
         listed = self._sink.publish(OUTPUT, part.type if self._typed else None, self._namer(final), part.count)
         if not listed:
             FileSystems.delete([final])
