@@ -257,3 +257,25 @@ def test_the_servers_default_applies_without_type_and_never_blocks_a_system_expo
         assert keys(got) == oracle(data, all_patients(data), [*sorted(SAMPLE_COMPARTMENT), "Organization"])
         _, everything, _ = _run(client, f"{server.fhir}/$export?_type=Device")
     assert keys(everything) == keys([r for r in data if r["resourceType"] == "Device"])
+
+
+# ---- the server's default under SMART scopes ---------------------------------------------------
+
+
+def test_a_tokens_kickoff_without_type_keeps_the_covered_default_supporting_types():
+    from launcher.auth.export_scope import authorize_export
+    from launcher.auth.scopes import Grant
+    from launcher.kickoff.level_types import check_level
+    from launcher.kickoff.parser import parse_get
+    from pipelines.plan import supporting_types
+    from pipelines.settings import ExportSettings
+
+    settings = ExportSettings("in", "/tmp/out", include_referenced="Organization,Practitioner")
+    grant = Grant.parse("system/Patient.read system/Encounter.read system/Organization.read")
+    request, narrowed = authorize_export(parse_get(f"{BASE}/Patient/$export"), settings, grant)
+    assert supporting_types(request, narrowed.referenced_types) == ("Organization",)
+    assert {"Patient", "Encounter"} <= set(request.types) and "Practitioner" not in request.types
+    # A system-level kick-off is not refused for the server's own default: it does not apply there.
+    request, narrowed = authorize_export(parse_get(f"{BASE}/$export"), settings, Grant.parse("system/*.read"))
+    check_level(request, narrowed.referenced_types)
+    assert narrowed.referenced_types == () and supporting_types(request, settings.referenced_types) == ()
