@@ -103,12 +103,17 @@ def _references(node) -> set[str]:
 
 
 def oracle(source: list[dict], covered: set[str], types: list[str], since: str | None = None,
-           until: str | None = None) -> list[tuple[str, str]]:
-    """What a Patient- or Group-level export of `types` covering `covered` gives (no Group member whole)."""
+           until: str | None = None, whole: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
+    """What a Patient- or Group-level export of `types` covering `covered` gives; `whole`: the Group
+    members added after `_since`, whose resources come whatever `_since` says."""
     named = [t for t in types if t in SAMPLE_COMPARTMENT]
     read = named or SAMPLE_COMPARTMENT  # only supporting types: the compartment is read for its references
-    compartment = [r for r in source if r["resourceType"] in read and _in_window(r, since, until)
-                   and (referenced_patients(r) | ({r["id"]} if r["resourceType"] == "Patient" else set())) & covered]
+
+    def mine(r: dict) -> set[str]:
+        return (referenced_patients(r) | ({r["id"]} if r["resourceType"] == "Patient" else set())) & covered
+
+    compartment = [r for r in source if r["resourceType"] in read and mine(r)
+                   and (_in_window(r, since, until) or (mine(r) & whole and _in_window(r, None, until)))]
     referenced = set().union(*(_references(r) for r in compartment))
     chosen = compartment if named else []
     for r in source:
@@ -116,7 +121,8 @@ def oracle(source: list[dict], covered: set[str], types: list[str], since: str |
             patients = referenced_patients(r)
             if not _in_window(r, None, until) or patients - covered:
                 continue  # outside `_until`, or naming a patient the export does not cover
-            if f"{r['resourceType']}/{r['id']}" in referenced or (patients & covered and _in_window(r, since, until)):
+            if (f"{r['resourceType']}/{r['id']}" in referenced or patients & whole
+                    or (patients & covered and _in_window(r, since, until))):
                 chosen.append(r)
     return keys(chosen)
 
@@ -125,6 +131,13 @@ def group_members(source: list[dict], transaction_time: str) -> set[str]:
     group = next(r for r in source if r["resourceType"] == "Group" and r["id"] == "grp-00001")
     return {m["entity"]["reference"].removeprefix("Patient/") for m in group["member"]
             if not m.get("inactive") and m.get("period", {}).get("end", "9999") >= transaction_time[:10]}
+
+
+def whole_members(source: list[dict], covered: set[str], since: str) -> frozenset[str]:
+    """The covered members whose membership started after `since` (the sample's periods are dates)."""
+    group = next(r for r in source if r["resourceType"] == "Group" and r["id"] == "grp-00001")
+    return frozenset(m["entity"]["reference"].removeprefix("Patient/") for m in group["member"]
+                     if m.get("period", {}).get("start", "0000") > since[:10]) & covered
 
 
 def all_patients(source: list[dict]) -> set[str]:
@@ -174,6 +187,22 @@ def test_supporting_resources_follow_until_and_referrers_follow_since(run_cli, s
         assert keys(got) == oracle(data, all_patients(data), MIXED.split(","), **window)
         devices = {r["id"] for r in got if r["resourceType"] == "Device"}
         assert devices and devices < {r["id"] for r in data if r["resourceType"] == "Device"}
+
+
+@JOIN_PATHS
+def test_a_group_member_added_after_since_gets_the_devices_that_name_them(run_cli, source, tmp_path,
+                                                                         membership_args):
+    since = "2019-06-01T00:00:00Z"  # after the odd Devices' lastUpdated, before the even ones'
+    manifest = _export(run_cli, source, tmp_path / "out",
+                       f"{BASE}/Group/grp-00001/$export?_type={MIXED}&_since={since}", *membership_args)
+    data = read_ndjson(source)
+    covered = group_members(data, manifest["transactionTime"])
+    whole = whole_members(data, covered, since)
+    got = exported(manifest)
+    assert keys(got) == oracle(data, covered, MIXED.split(","), since=since, whole=whole)
+    old = {r["id"] for r in data if r["resourceType"] == "Device" and r.get("meta", {}).get("lastUpdated") == OLD
+           and referenced_patients(r) & whole}
+    assert old and old <= {r["id"] for r in got if r["resourceType"] == "Device"}  # old, yet their member is new
 
 
 def test_without_type_the_servers_default_supporting_types_apply(run_cli, source, tmp_path):
