@@ -23,7 +23,7 @@ from pipelines.options import ExportOptions, ExportSettings, prepare_runner
 from pipelines.plan import OutputLayout, build_plan
 from pipelines.plan_steps import (
     add_associated,
-    add_referenced,
+    add_supporting,
     apply_steps,
     deletion_steps,
     guard_steps,
@@ -79,16 +79,22 @@ def build_pipeline(
         patients, outside = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(plan, patients), errors)
     blocks = read_blocks(pipeline, plan, job.read_at, settings, patients)  # organizeOutputBy
-    referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors, blocks)  # before `_elements`
+    # Supporting resources, found before `_elements` may drop a reference.
+    referenced = add_supporting(pipeline, batches, plan, job.read_at, settings, errors, patients, blocks)
     # The guard is the last step of each branch (before a Flatten: a side input read after one lost
     # every resource on our DaskRunner), so it judges what every step above let through.
-    batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside)], errors)
+    if plan.writes_compartment:
+        batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside)],
+                              errors)
     if referenced is not None:
         referenced = apply_steps(referenced, guard_steps(plan, patients, outside), errors, prefix="Referenced")
-        batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
+        if plan.writes_compartment:
+            batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
+        else:  # the compartment was read only for its references
+            batches = referenced
     batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
-    if not _cannot_repeat(request, settings):
+    if not _cannot_repeat(request, settings, plan.supporting_types):
         errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
                                                                  output_root=settings.output))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
@@ -132,10 +138,10 @@ def build_pipeline(
     return ExportOutputs(parts, errors, manifest)
 
 
-def _cannot_repeat(request: ExportRequest, settings: ExportSettings) -> bool:
+def _cannot_repeat(request: ExportRequest, settings: ExportSettings, supporting: tuple[str, ...]) -> bool:
     """True when no resource can be exported twice: one read of a PostgreSQL table keyed by
-    (resource_type, id), and no referenced or associated resources read again."""
-    if not is_postgres(settings.source) or settings.referenced_types or request.include_associated_data:
+    (resource_type, id), and no supporting or associated resources read again."""
+    if not is_postgres(settings.source) or supporting or request.include_associated_data:
         return False
     return unique_resources(settings.source)
 

@@ -11,6 +11,12 @@ Group (a Group's roster names patients outside the export); at Group level
 they then go to `GroupRoster` instead of the compartment, which exports only
 the kicked-off Group with its roster cut to the covered patients.
 
+At Patient and Group level, a `_type` naming types outside the compartment
+brings their supporting resources (`supporting_types`): those the exported
+resources reference, and those that reference a covered patient. A `_type`
+naming only such types (lenient handling; strict refuses it at kick-off) reads
+the compartment to find the references but writes only the supporting resources.
+
 At Patient and Group level, the last step before the write is the patient
 guard (`transforms.select.last_guard`): after `_elements` and the referenced
 and associated resources, it withholds any resource naming a patient the export
@@ -30,7 +36,7 @@ from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
 from transforms.errors import Refused
 from transforms.fhir.associated import PROVENANCE, RELEVANT
-from transforms.fhir.compartment import COMPARTMENT_TYPES, PATIENT
+from transforms.fhir.compartment import COMPARTMENT_TYPES, PATIENT, split_types
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
 from transforms.fhir.search.compiler import TypeFilters, compile_filters
@@ -90,7 +96,8 @@ class ExportPlan:
     compartment: bool  # the covered patients' compartment chooses (Patient and Group level)
     group_roster: bool  # Group level with Group in `_type`: the kicked-off Group, its roster cut
     patient_guard: bool  # Patient and Group level: the last step withholds what names an uncovered patient
-    referenced_types: tuple[str, ...]  # read again where the selected resources reference them
+    supporting_types: tuple[str, ...]  # read again: where exported resources reference them or they a covered patient
+    writes_compartment: bool  # False: the compartment is read only for its references (a `_type` naming none of it)
     provenance: Optional[ReadSelection]  # includeAssociatedData: the Provenances read again
     latest_provenance_only: bool
     layout: OutputLayout
@@ -117,12 +124,33 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
         compartment=compartment,
         group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
         patient_guard=compartment,
-        referenced_types=referenced_types(request, settings),
+        supporting_types=supporting_types(request, settings.referenced_types),
+        writes_compartment=writes_compartment(request),
         provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data
         else None,
         latest_provenance_only=RELEVANT not in request.include_associated_data,
         layout=layout,
     )
+
+
+def supporting_types(request: ExportRequest, referenced: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The types whose supporting resources a Patient- or Group-level export adds: those `_type` names
+    outside the compartment, or without `_type` the server's default `referenced` (`--include-referenced`)."""
+    if request.level is ExportLevel.SYSTEM:
+        return ()
+    return split_types(request.types)[1] if request.types else tuple(referenced)
+
+
+def writes_compartment(request: ExportRequest) -> bool:
+    """False when, at Patient or Group level, `_type` names only supporting types: then nothing of the
+    compartment is written."""
+    return request.level is ExportLevel.SYSTEM or not request.types or bool(split_types(request.types)[0])
+
+
+def compartment_read_types(request: ExportRequest) -> tuple[str, ...]:
+    """The compartment types a Patient- or Group-level read keeps: those `_type` names, or the default
+    ones (without `_type`, or when it names only supporting types, whose references they give)."""
+    return split_types(request.types)[0] or DEFAULT_COMPARTMENT_TYPES
 
 
 def output_layout(request: ExportRequest) -> OutputLayout:
@@ -136,7 +164,7 @@ def organize_refusal(request: ExportRequest, settings: ExportSettings) -> Option
     Patient blocks are compartments, at every level. A block of another type is headed by
     its instance, so the export must hold that type: at system level, unless `_type` leaves it
     out; at Group level Group when `_type` names it (the kicked-off Group); at Patient and
-    Group level a type outside the compartment that the export adds where referenced. The
+    Group level a supporting type (outside the compartment) the export adds. The
     launcher refuses the kick-off with this reason, before any job exists.
     """
     by = output_layout(request).organized_by
@@ -153,18 +181,10 @@ def organize_refusal(request: ExportRequest, settings: ExportSettings) -> Option
         if level is ExportLevel.PATIENT:
             return "a Patient-level export holds no Group to head blocks with"
         return "a Group-level export holds its Group only when _type names Group"
-    if by in referenced_types(request, settings):
+    if by in supporting_types(request, settings.referenced_types):
         return None
     return (f"{by} is outside the Patient compartment and this {level.value.capitalize()}-level export "
             f"holds none to head blocks with")
-
-
-def referenced_types(request: ExportRequest, settings: ExportSettings) -> tuple[str, ...]:
-    """The types outside the compartment a Patient- or Group-level export adds where exported
-    resources reference them (none at system level, which holds every type)."""
-    if request.level is ExportLevel.SYSTEM:
-        return ()
-    return tuple(t for t in settings.referenced_types if not request.types or t in request.types)
 
 
 def window(request: ExportRequest, transaction_time: str, settings: ExportSettings) -> LastUpdatedWindow:
@@ -184,7 +204,7 @@ def read_selection(
     organized = not output_layout(request).typed
     later_steps = not system or bool(request.type_filters or request.elements or organized)
     bounds = window(request, transaction_time, settings) if system else None
-    types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
+    types = request.types if system else compartment_read_types(request)
     return ReadSelection.of(types, bounds, keep_bodies=later_steps or part_needs_bodies)
 
 
@@ -199,8 +219,10 @@ def deletions_selection(request: ExportRequest, transaction_time: str, settings:
     if not request.since:
         return None
     system = request.level is ExportLevel.SYSTEM
-    types = request.types or (() if system else DEFAULT_COMPARTMENT_TYPES)
+    types = request.types if system else compartment_read_types(request)
     if not system:
+        if not writes_compartment(request):
+            return None
         types = [t for t in types if t != GROUP]  # a deleted Group is not one the Group export would name
         if not types:
             return None

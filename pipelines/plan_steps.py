@@ -11,7 +11,7 @@ from pipelines.settings import ExportSettings
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_associated import AddProvenance
-from transforms.select.add_referenced import CollectReferences, FilterReferenced
+from transforms.select.add_referenced import CollectReferences, FilterReferenced, PatientReferrers
 from transforms.select.covered_patients import ReadPatients, ResolvePatients
 from transforms.select.group_roster import GroupRoster
 from transforms.select.in_compartment import FilterCompartment, JoinCompartment
@@ -116,33 +116,39 @@ def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, pre
     return batches
 
 
-def add_referenced(
+def add_supporting(
     pipeline: beam.Pipeline,
     batches: beam.PCollection,
     plan: ExportPlan,
     at: ReadAt,
     settings: ExportSettings,
     errors: list,
+    patients: Patients = None,
     blocks: Optional[beam.pvalue.AsSideInput] = None,
 ) -> Optional[beam.PCollection]:
-    """The resources of the plan's referenced types that `batches` reference, shaped (None: none asked;
-    `blocks`: what `read_blocks` gave).
+    """The supporting resources of the plan's supporting types, shaped (None: none asked): those that
+    `batches` reference, and those that reference a covered patient (`patients`, as the compartment has them);
+    `blocks`: what `read_blocks` gave.
 
     `batches` are the selected resources before `_elements`, so a reference an
     element left out still counts. The source is read a second time for them;
     that read's bad lines are already reported by the first read, so only its
     steps' errors are kept.
     """
-    types = plan.referenced_types
+    types = plan.supporting_types
     if not types:
         return None
     keys = beam.pvalue.AsSingleton(batches | "References" >> CollectReferences(types), default_value=frozenset())
     again = pipeline | "ReadReferenced" >> ReadResources(
         settings.source, settings.source_format, settings.chunk_bytes, selection=ReadSelection.of(types), at=at
     )
+    referrers = None
+    if patients is not None:
+        referrers = beam.pvalue.AsSingleton(again.batches | "Referrers" >> PatientReferrers(patients, plan.window),
+                                            default_value=frozenset())
     chosen = [
         *type_filter_steps(plan),
-        ("Referenced", FilterReferenced(keys, plan.window)),
+        ("Referenced", FilterReferenced(keys, plan.window, referrers)),
         *shaping_steps(plan, blocks),
     ]
     return apply_steps(again.batches, chosen, errors, prefix="Referenced")

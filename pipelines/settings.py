@@ -52,8 +52,9 @@ class ExportSettings:
         200_000, help="Patient/Group exports: most patients held in memory as a side input; more are joined by key",
         label="Most patients in a side input", positive=True, cli=True)
     include_referenced: str = option(
-        "", help="Patient/Group exports: comma-separated types outside the compartment (e.g. Organization,"
-        "Practitioner) to add, only the resources that exported ones reference",
+        "", help="Patient/Group exports without _type: comma-separated types outside the compartment (e.g. "
+        "Organization,Practitioner,Device) to add, only the resources that exported ones reference or that "
+        "reference a covered patient (a _type naming such types asks for them itself)",
         label="Referenced types to add", regex="^([A-Z][A-Za-z]+(,[A-Z][A-Za-z]+)*)?$", cli=True, metavar="TYPES")
     signed_urls: bool = option(
         False, help="GCS output: V4 signed URLs in the manifest (requiresAccessToken false) instead of gs:// URLs",

@@ -10,10 +10,13 @@ engine cannot run (with every other query of its type, so the type is exported
 unfiltered, never narrowed), or an `_elements` naming what cannot be selected
 (all of `_elements`: every resource is exported whole). A value that cannot be
 read at all, and `organizeOutputBy` (which reshapes the output), are refused
-even then.
+even then. At Patient and Group level a `_type` naming only types outside the
+Patient compartment is refused (the IG's own example of an error); lenient
+handling exports their supporting resources instead, and names `_type`.
 
-Checks that need the job's settings or the source (types outside the Patient
-compartment against `--include-referenced`: `level_types.py`; Group membership:
+Checks that need the job's settings or the source (without `_type`, a
+`_typeFilter` or `_elements` on a type the level does not export:
+`level_types.py`; Group membership:
 `patients.py`) are made by the launcher before the job is recorded, and raise
 the same `KickoffRefused`. A request given whole (the Flex Template's) passes
 the same checks (`check_request`), and a request is changed only here
@@ -38,7 +41,7 @@ from pipelines.models import (
 )
 from transforms.errors import Refused
 from transforms.fhir.associated import ASSOCIATED_DATA
-from transforms.fhir.compartment import patient_reference_id
+from transforms.fhir.compartment import patient_reference_id, split_types
 from transforms.fhir.elements import ElementsRefused
 from transforms.fhir.instant import InvalidInstant, instant_key, now_instant
 from transforms.fhir.organize import ORGANIZE_TYPES
@@ -276,6 +279,7 @@ def _request(
             "Group is not exported at Patient level: a Group's member list names patients of other "
             "compartments (a Group-level export, Group/[id]/$export, can export that Group)",
         )
+    _check_supporting_only(level, types, strict, ignored)
     organize = _organize(organize, output_format)
     if partial not in ("true", "false"):
         raise KickoffRefused("allowPartialManifests", "must be true or false")
@@ -303,6 +307,27 @@ def _request(
         include_associated_data=associated,
         ignored_parameters=tuple(ignored),
     )
+
+
+def _check_supporting_only(level: ExportLevel, types: tuple[str, ...], strict: bool,
+                           ignored: list[IgnoredParameter]) -> None:
+    """At Patient and Group level, a `_type` naming only types outside the Patient compartment: refused
+    under strict handling (IG v3: a client that "asks for only resource types that are outside the Patient
+    Compartment"); under lenient handling their supporting resources alone are exported, and `_type` named."""
+    if level is ExportLevel.SYSTEM or not types or split_types(types)[0]:
+        return
+    listed = ", ".join(types)
+    level_name = f"a {level.value.capitalize()}-level export"
+    if strict:
+        raise KickoffRefused(
+            "_type", f"names only types outside the Patient compartment ({listed}), which {level_name} exports "
+                     "only as supporting resources of its patients' data: name a compartment type (such as "
+                     "Patient) beside them, or send Prefer: handling=lenient to receive only those supporting "
+                     "resources")
+    ignored.append(IgnoredParameter(parameter="_type", reason=(
+        f"names only types outside the Patient compartment ({listed}), which strict handling refuses; exported "
+        f"instead are only the resources of those types that the covered patients' compartment resources "
+        f"reference or that reference a covered patient")))
 
 
 def _organize(value: Optional[str], output_format: str) -> Optional[str]:

@@ -48,8 +48,7 @@ SECURITY_SERVICE = "http://terminology.hl7.org/CodeSystem/restful-security-servi
 @router.get("/fhir/metadata")
 def metadata(app: Server = Depends(server)) -> JSONResponse:
     token_url = app.config.token_url if app.tokens is not None else None
-    statement = capability_statement(app.config.fhir_base, token_url, app.interactions(),
-                                     app.settings.referenced_types)
+    statement = capability_statement(app.config.fhir_base, token_url, app.interactions())
     return JSONResponse(statement, media_type=FHIR_JSON)
 
 
@@ -83,12 +82,12 @@ def software_version() -> str:
         return "unknown"
 
 
-def _resource(name: str, interactions: Sequence[str], referenced_types: Sequence[str]) -> dict:
+def _resource(name: str, interactions: Sequence[str]) -> dict:
     entry: dict = {"type": name}
     if interactions:  # a type the REST API serves that a level's $export cannot export (IG v3)
         extensions = [{"url": NOT_SUPPORTED, "valueCanonical": f"{BULK_DATA}/OperationDefinition/{definition}"}
                       for level, definition in LEVEL_OPERATIONS.items()
-                      if name not in exportable_types(level, referenced_types)]
+                      if name not in exportable_types(level)]
         if extensions:
             entry["extension"] = extensions
     entry["interaction"] = [{"code": code} for code in interactions]
@@ -104,16 +103,16 @@ def _resource(name: str, interactions: Sequence[str], referenced_types: Sequence
 
 
 def capability_statement(fhir_base: str, token_url: Optional[str] = None,
-                         interactions: Optional[Mapping[str, Sequence[str]]] = None,
-                         referenced_types: Sequence[str] = ()) -> dict:
+                         interactions: Optional[Mapping[str, Sequence[str]]] = None) -> dict:
     """What this server can do: `$export` at every level, for every R4 resource type, with the REST
-    `interactions` it serves by type; with `token_url`, SMART Backend Services protect it.
-    `referenced_types` is `--include-referenced`, which Patient- and Group-level exports add."""
+    `interactions` it serves by type; with `token_url`, SMART Backend Services protect it. A Patient- or
+    Group-level export can name any type but Group (Patient level) in `_type`: the types outside the
+    compartment as supporting resources."""
     name, definition = OPERATIONS[None]
     interactions = interactions or {}
     rest: dict = {
         "mode": "server",
-        "resource": [_resource(t, interactions.get(t, ()), referenced_types) for t in sorted(RESOURCE_TYPES)],
+        "resource": [_resource(t, interactions.get(t, ())) for t in sorted(RESOURCE_TYPES)],
         "operation": [{"name": name, "definition": f"{BULK_DATA}/OperationDefinition/{definition}"}],
     }
     if token_url:

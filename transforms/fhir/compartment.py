@@ -41,6 +41,14 @@ COMPARTMENT_TYPES: frozenset[str] = frozenset(COMPARTMENT_PATHS) | {PATIENT}
 _PATIENT_SLASH = PATIENT + "/"
 
 
+def split_types(types: Iterable[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """`_type`'s names in the Patient compartment, and the others: at Patient and Group level the
+    types whose supporting resources come beside the compartment's (`docs/conformance.md`)."""
+    names = tuple(types)
+    return (tuple(t for t in names if t in COMPARTMENT_TYPES),
+            tuple(t for t in names if t not in COMPARTMENT_TYPES))
+
+
 def patient_reference_id(reference: object) -> Optional[str]:
     """The patient id a `Reference.reference` may point at, or None when it cannot be a patient.
 

@@ -6,7 +6,7 @@ type's compartment paths (`Observation.performer`, `Patient.link.other`, ...),
 and only when the resource is also in a covered patient's compartment (a
 resource shared between two patients' records belongs to both). Anywhere else
 (`Observation.focus`, an extension, a contained resource, any reference of a
-type outside the compartment, such as an `--include-referenced` Organization),
+type outside the compartment, such as a supporting Organization or Device),
 a reference naming a patient the export does not cover withholds the resource.
 
 A reference names a patient by its `reference` text, read as the compartment
