@@ -25,10 +25,12 @@ from pipelines.plan_steps import (
     add_associated,
     add_referenced,
     apply_steps,
+    attachment_steps,
     deletion_steps,
     guard_steps,
     read_patients,
     shaping_steps,
+    stage_binaries,
     steps,
 )
 from transforms.errors import Refused
@@ -78,11 +80,15 @@ def build_pipeline(
         patients = read_patients(pipeline, plan.patients, job.read_at, settings, errors)
     batches = apply_steps(batches, steps(plan, patients), errors)
     referenced = add_referenced(pipeline, batches, plan, job.read_at, settings, errors)  # before `_elements`
-    # The guard is the last step of each branch (before a Flatten: a side input read after one lost
-    # every resource on our DaskRunner), so it judges what every step above let through.
-    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients)], errors)
+    # The guard is the last step of each branch that selects (before a Flatten: a side input read after
+    # one lost every resource on our DaskRunner), so it judges what every step above let through; then
+    # what it lets through has its attachments served.
+    binaries = stage_binaries(pipeline, plan, job)
+    batches = apply_steps(batches, [*shaping_steps(plan, patients), *guard_steps(plan, patients),
+                                    *attachment_steps(job, binaries, sink)], errors)
     if referenced is not None:
-        referenced = apply_steps(referenced, guard_steps(plan, patients), errors, prefix="Referenced")
+        referenced = apply_steps(referenced, [*guard_steps(plan, patients), *attachment_steps(job, binaries, sink)],
+                                 errors, prefix="Referenced")
         batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
     batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, NamedTuple, Optional
 from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
 from transforms.fhir.associated import PROVENANCE, RELEVANT
+from transforms.fhir.attachments import ATTACHMENT_PATHS
 from transforms.fhir.compartment import COMPARTMENT_TYPES
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
@@ -83,6 +84,7 @@ class ExportPlan:
     provenance: Optional[ReadSelection]  # includeAssociatedData: the Provenances read again
     latest_provenance_only: bool
     layout: OutputLayout
+    attachments: bool = False  # an exported type can hold Attachments: the attachment step runs
 
 
 def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool = False) -> ExportPlan:
@@ -91,6 +93,8 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
     layout = output_layout(request)
     bounds = window(request, now, settings)
     compartment = request.level is not ExportLevel.SYSTEM
+    referenced = tuple(t for t in settings.referenced_types if not request.types or t in request.types) \
+        if compartment else ()
     return ExportPlan(
         request=request,
         transaction_time=now,
@@ -103,12 +107,12 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
         compartment=compartment,
         group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
         patient_guard=compartment,
-        referenced_types=tuple(t for t in settings.referenced_types if not request.types or t in request.types)
-        if compartment else (),
+        referenced_types=referenced,
         provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data
         else None,
         latest_provenance_only=RELEVANT not in request.include_associated_data,
         layout=layout,
+        attachments=any(t in ATTACHMENT_PATHS for t in (*(request.types or ATTACHMENT_PATHS), *referenced)),
     )
 
 
