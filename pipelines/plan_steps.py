@@ -23,7 +23,7 @@ from transforms.select.type_filter import FilterTypeFilter
 from transforms.steps.fence import Fence
 from transforms.storage.pg_source import ReadAt
 from transforms.storage.source_files import source_root
-from transforms.write.attachments import AttachmentPlaces, ServeAttachments, StageBinaries
+from transforms.write.attachment_step import AttachmentPlaces, ServeAttachments, StageBinaries
 from transforms.write.organized import KeyBlocks
 
 Step = tuple[str, beam.PTransform]

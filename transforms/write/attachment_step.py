@@ -18,7 +18,8 @@ each resource of a type that can hold an Attachment (`transforms.fhir.attachment
   the source) is left as it is, and a `warning` names the resource.
 
 Only a resource with a rewritten Attachment is re-serialised; a cheap byte test
-(`"url"`, or `"data"` when inline content may move) passes every other by unparsed.
+(`"url"`, or `"data"` when inline content may move, and the key an Attachment of the type
+hangs from, such as `"photo"`) passes every other by unparsed.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from transforms.storage.source_files import AttachmentNotServed, open_below
 from transforms.storage.urls import ManifestUrls
 
 _FENCE_EVERY_S = 1.0
+# Per type, the JSON keys its Attachments hang from (`"photo"`): a resource naming none holds none.
+_MARKERS = {name: tuple({b'"%s"' % path[0].encode() for path in paths}) for name, paths in ATTACHMENT_PATHS.items()}
 EXTERNAL_LOCATION = "Attachment.url"
 EXTERNAL_NOTE = ("attachments whose url is an absolute URL are left as they are: this server does not serve "
                  "their content, which may need other credentials")
@@ -115,13 +118,17 @@ class _ServeFn(beam.DoFn):
     def process(self, batch: ResourceBatch, binaries: dict[str, Stored]) -> Iterator:
         kept = []
         for resource in batch.resources:
-            if resource.type in ATTACHMENT_PATHS and self._may_hold(resource.raw):
+            markers = _MARKERS.get(resource.type)
+            if markers is not None and self._may_hold(resource.raw, markers):
                 resource = yield from self._serve(batch.origin, resource, binaries)
             kept.append(resource)
         yield batch.replace(kept)
 
-    def _may_hold(self, raw: bytes) -> bool:
-        return b'"url"' in raw or (self._places.max_inline > 0 and b'"data"' in raw)
+    def _may_hold(self, raw: bytes, markers: tuple[bytes, ...]) -> bool:
+        """A byte test: False when the resource cannot hold an Attachment this step would change."""
+        if b'"url"' not in raw and (self._places.max_inline <= 0 or b'"data"' not in raw):
+            return False
+        return any(marker in raw for marker in markers)
 
     def _serve(self, origin: Origin, resource: Resource, binaries: dict[str, Stored]) -> Iterator:
         body = resource.body if resource.body is not None else orjson.loads(resource.raw)
