@@ -25,11 +25,13 @@ from pipelines.plan_steps import (
     add_associated,
     add_supporting,
     apply_steps,
+    attachment_steps,
     deletion_steps,
     guard_steps,
     read_blocks,
     read_patients,
     shaping_steps,
+    stage_binaries,
     steps,
 )
 from transforms.errors import Refused
@@ -81,13 +83,17 @@ def build_pipeline(
     blocks = read_blocks(pipeline, plan, job.read_at, settings, patients)  # organizeOutputBy
     # Supporting resources, found before `_elements` may drop a reference.
     referenced = add_supporting(pipeline, batches, plan, job.read_at, settings, errors, patients, blocks)
-    # The guard is the last step of each branch (before a Flatten: a side input read after one lost
-    # every resource on our DaskRunner), so it judges what every step above let through.
+    # The guard is the last step of each branch that selects (before a Flatten: a side input read after
+    # one lost every resource on our DaskRunner), so it judges what every step above let through; then
+    # what it lets through has its attachments served.
+    binaries = stage_binaries(pipeline, plan, job)
+    served = attachment_steps(job, binaries, sink)
     if plan.writes_compartment:
-        batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside)],
+        batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside), *served],
                               errors)
     if referenced is not None:
-        referenced = apply_steps(referenced, guard_steps(plan, patients, outside), errors, prefix="Referenced")
+        referenced = apply_steps(referenced, [*guard_steps(plan, patients, outside), *served], errors,
+                                 prefix="Referenced")
         if plan.writes_compartment:
             batches = (batches, referenced) | "WithReferenced" >> beam.Flatten()
         else:  # the compartment was read only for its references

@@ -36,6 +36,7 @@ from pipelines.models import ExportLevel, ExportRequest
 from pipelines.settings import ExportSettings
 from transforms.errors import Refused
 from transforms.fhir.associated import PROVENANCE, RELEVANT
+from transforms.fhir.attachments import ATTACHMENT_PATHS
 from transforms.fhir.compartment import COMPARTMENT_TYPES, PATIENT, split_types
 from transforms.fhir.elements import ElementsSpec, parse_elements
 from transforms.fhir.group import GROUP
@@ -101,6 +102,7 @@ class ExportPlan:
     provenance: Optional[ReadSelection]  # includeAssociatedData: the Provenances read again
     latest_provenance_only: bool
     layout: OutputLayout
+    attachments: bool = False  # an exported type can hold Attachments: the attachment step runs
 
 
 def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool = False) -> ExportPlan:
@@ -112,6 +114,7 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
     refused = organize_refusal(request, settings)
     if refused:
         raise Refused(f"organizeOutputBy: {refused}")
+    supporting = supporting_types(request, settings.referenced_types)
     return ExportPlan(
         request=request,
         transaction_time=now,
@@ -124,12 +127,13 @@ def build_plan(request: ExportRequest, job: ExportJob, part_needs_bodies: bool =
         compartment=compartment,
         group_roster=request.level is ExportLevel.GROUP and GROUP in request.types,
         patient_guard=compartment,
-        supporting_types=supporting_types(request, settings.referenced_types),
+        supporting_types=supporting,
         writes_compartment=writes_compartment(request),
         provenance=ReadSelection.of((PROVENANCE,), bounds.without_since()) if request.include_associated_data
         else None,
         latest_provenance_only=RELEVANT not in request.include_associated_data,
         layout=layout,
+        attachments=any(t in ATTACHMENT_PATHS for t in (*(request.types or ATTACHMENT_PATHS), *supporting)),
     )
 
 

@@ -6,8 +6,10 @@ from typing import Optional, Union
 
 import apache_beam as beam
 
+from pipelines.job import ExportJob
 from pipelines.plan import CoveredPatients, ExportPlan
 from pipelines.settings import ExportSettings
+from transforms.fhir.attachments import BINARY
 from transforms.read.pushdown import ReadSelection
 from transforms.read.resources import ReadResources
 from transforms.select.add_associated import AddProvenance
@@ -18,7 +20,10 @@ from transforms.select.in_compartment import FilterCompartment, JoinCompartment
 from transforms.select.last_guard import GuardPatients
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter
+from transforms.steps.fence import Fence
 from transforms.storage.pg_source import ReadAt
+from transforms.storage.source_files import source_root
+from transforms.write.attachment_step import AttachmentPlaces, ServeAttachments, StageBinaries
 from transforms.write.organized import InstanceIds, KeyBlocks
 
 Step = tuple[str, beam.PTransform]
@@ -105,6 +110,35 @@ def guard_steps(plan: ExportPlan, patients: Patients, outside: Patients = None) 
     patients as the compartment has them (a side input, or a PCollection to join with) and the source's
     other Patient ids as `read_patients` gave them."""
     return [("PatientGuard", GuardPatients(patients, outside))] if plan.patient_guard else []
+
+
+def stage_binaries(pipeline: beam.Pipeline, plan: ExportPlan, job: ExportJob) -> Optional[beam.pvalue.AsSideInput]:
+    """When the plan serves attachments: the source's Binaries (within `_until` and `transactionTime`)
+    staged in the attempt's temporary folder, as a side input id -> `Stored`; else None."""
+    if not plan.attachments:
+        return None
+    settings = job.settings
+    again = pipeline | "ReadBinaries" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes,
+        selection=ReadSelection.of((BINARY,), plan.window.without_since()), at=job.read_at)
+    staged = again.batches | "StageBinaries" >> StageBinaries(_staging(job))
+    return beam.pvalue.AsSingleton(staged, default_value={})
+
+
+def attachment_steps(job: ExportJob, binaries: Optional[beam.pvalue.AsSideInput], fence: Optional[Fence]
+                     ) -> list[Step]:
+    """The attachment step (after the guard: only what is exported has its attachments served), when
+    `stage_binaries` gave a side input."""
+    if binaries is None:
+        return []
+    settings = job.settings
+    places = AttachmentPlaces(source_root(settings.source), job.job_dir, _staging(job), settings.output,
+                              settings.urls, settings.max_inline_attachment_bytes)
+    return [("Attachments", ServeAttachments(places, binaries, fence))]
+
+
+def _staging(job: ExportJob) -> str:
+    return f"{job.temp_dir}/binaries"
 
 
 def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:

@@ -56,6 +56,10 @@ class ExportSettings:
         "Organization,Practitioner,Device) to add, only the resources that exported ones reference or that "
         "reference a covered patient (a _type naming such types asks for them itself)",
         label="Referenced types to add", regex="^([A-Z][A-Za-z]+(,[A-Z][A-Za-z]+)*)?$", cli=True, metavar="TYPES")
+    max_inline_attachment_bytes: int = option(
+        0, help="move an Attachment's inline data larger than this many bytes to a file served beside the parts "
+        "(its url set, its data removed); 0: inline data is always kept", label="Most inline attachment bytes",
+        regex="^[0-9]+$", cli=True, metavar="N")
     signed_urls: bool = option(
         False, help="GCS output: V4 signed URLs in the manifest (requiresAccessToken false) instead of gs:// URLs",
         label="Signed URLs", cli=True)
@@ -75,6 +79,8 @@ class ExportSettings:
         self.urls  # checks url_ttl
         if is_postgres(self.source):
             parse_source(self.source)  # a table named, no password in the URL
+        if self.max_inline_attachment_bytes < 0:
+            raise Refused("--max-inline-attachment-bytes must be 0 (off) or a positive number of bytes")
         if self.signed_urls and not is_gcs(self.output):
             raise Refused(f"--signed-urls needs a gs:// --output, not {self.output!r}")
         for name in self.referenced_types:

@@ -283,11 +283,66 @@ def _choice_elements(path: str, definitions: dict[str, dict[str, Any]]) -> dict[
     return found
 
 
+def derive_attachments(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each resource type's paths to elements of type `Attachment`, for serving attachments.
+
+    A path is the JSON keys from the resource down to the Attachment (a choice
+    element as its `...Attachment` key), walking backbone elements,
+    `contentReference`s and complex datatypes (`RelatedArtifact.document`); an
+    extension's `valueAttachment` is not followed. Types without one are left out.
+    """
+    definitions = {
+        r["type"]: r["snapshot"]["element"]
+        for r in resources
+        if r.get("resourceType") == "StructureDefinition" and r.get("derivation") != "constraint"
+        and "snapshot" in r
+    }
+    by_path = {t: {e["path"]: e for e in elements} for t, elements in definitions.items()}
+    types: dict[str, list[list[str]]] = {}
+    for definition in _concrete_resource_definitions(resources):
+        found = _attachment_paths(definition["type"], definition["type"], by_path, (definition["type"],))
+        if found:
+            types[definition["type"]] = sorted(found)
+    return {"source": SOURCE, "resourceTypes": dict(sorted(types.items()))}
+
+
+_NOT_FOLLOWED = ("Extension", "Reference", "Resource", "Narrative", "Meta")
+
+
+def _attachment_paths(owner: str, path: str, by_path: dict[str, dict[str, Any]],
+                      seen: tuple[str, ...]) -> list[list[str]]:
+    """The key paths to Attachments below the element `path` of the definition `owner`."""
+    found: list[list[str]] = []
+    elements = by_path[owner]
+    for element_path, element in elements.items():
+        if not element_path.startswith(path + ".") or "." in element_path[len(path) + 1:]:
+            continue
+        name = element_path[len(path) + 1:]
+        if name in ("extension", "modifierExtension", "contained"):
+            continue
+        if "contentReference" in element:
+            target = element["contentReference"].lstrip("#")
+            if target not in seen:
+                found += [[name, *rest] for rest in _attachment_paths(owner, target, by_path, (*seen, target))]
+            continue
+        for kind in element.get("type", []):
+            code = kind["code"]
+            key = name[:-3] + code[0].upper() + code[1:] if name.endswith("[x]") else name
+            if code == "Attachment":
+                found.append([key])
+            elif code in _NESTED:
+                found += [[key, *rest] for rest in _attachment_paths(owner, element_path, by_path, seen)]
+            elif code in by_path and code[0].isupper() and code not in _NOT_FOLLOWED and code not in seen:
+                found += [[key, *rest] for rest in _attachment_paths(code, code, by_path, (*seen, code))]
+    return found
+
+
 DERIVATIONS: dict[str, Callable[[list[dict[str, Any]]], Any]] = {
     "resource_types.json": derive_resource_types,
     "search_parameters.json": derive_search_parameters,
     "elements.json": derive_elements,
     "patient_compartment.json": derive_patient_compartment,
+    "attachments.json": derive_attachments,
 }
 
 

@@ -7,6 +7,7 @@ here, independently of the signing code, with the test's own key.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import hashlib
 import json
@@ -187,6 +188,36 @@ def test_signed_urls_verify_with_the_key_and_download_the_parts(bucket, gcs_sour
     fresh = resign([url], 60, str(key_path))[0]
     verify_v4(fresh, public_key)
     assert "X-Goog-Expires=60" in fresh and gcs_path_of(fresh) == gcs_path_of(url)
+
+
+def test_attachments_are_copied_beside_the_parts_and_signed_like_them(bucket, key):
+    """A `Binary/<id>` and a relative path of a gs:// source, served from gs:// output by signed URLs."""
+    key_path, public_key = key
+    pdf, binary = b"%PDF-1.4 attachment\n" + bytes(range(256)), b"binary \x00 content"
+    resources = [
+        {"resourceType": "Binary", "id": "b1", "data": base64.b64encode(binary).decode()},
+        {"resourceType": "DocumentReference", "id": "d1", "status": "current", "content": [
+            {"attachment": {"contentType": "text/plain", "url": "Binary/b1"}},
+            {"attachment": {"contentType": "application/pdf", "url": "attachments/r.pdf"}}]},
+    ]
+    bucket.blob("attach-src/data.ndjson").upload_from_string("".join(json.dumps(r) + "\n" for r in resources))
+    bucket.blob("attach-src/attachments/r.pdf").upload_from_string(pdf)
+    job, manifest = _export(f"gs://{BUCKET}/attach-src", f"gs://{BUCKET}/attach-out", signed_urls=True,
+                            signing_key=str(key_path))
+    assert not manifest["error"]  # the PDF is no bad record
+    part = next(e["url"] for e in manifest["output"] if e["type"] == "DocumentReference")
+    with urllib.request.urlopen(part, timeout=10) as response:
+        document = json.loads(response.read())
+    for attachment, content in zip((c["attachment"] for c in document["content"]), (binary, pdf)):
+        verify_v4(attachment["url"], public_key)
+        assert gcs_path_of(attachment["url"]).startswith(f"{job.job_dir}/attachments/DocumentReference/")
+        with urllib.request.urlopen(attachment["url"], timeout=10) as response:
+            assert response.read() == content
+        assert attachment["size"] == len(content)
+        assert attachment["hash"] == base64.b64encode(hashlib.sha1(content).digest()).decode()
+    prefix = gcs.split(job.job_dir)[1] + "/"
+    assert [name for name in _objects(bucket, prefix) if "/attachments/" in name or "/." in name] == sorted(
+        f"{prefix}attachments/DocumentReference/{hashlib.sha1(c).hexdigest()}" for c in (binary, pdf))
 
 
 def test_signing_refuses_local_output_and_bad_ttls(key):

@@ -100,6 +100,7 @@ class BadRecord(NamedTuple):
     # transactionTime, not exported); `warning` for a resource that is exported but needs a look.
     severity: str = "error"
     entry: int | None = None  # the Bundle.entry index of a Bundle read from an NDJSON line
+    exported: bool = False  # a notice about exported resources (a `warning` always is one)
 
 
 class PartFile(NamedTuple):

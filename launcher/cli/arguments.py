@@ -185,6 +185,8 @@ def _cli_kwargs(spec: Option) -> dict[str, Any]:
         kwargs["type"] = _seconds(spec.cli_flag)
     elif spec.positive:
         kwargs["type"] = _positive
+    elif spec.type is int:
+        kwargs["type"] = _not_negative
     return kwargs
 
 
@@ -249,4 +251,11 @@ def _positive(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expects a positive integer, got {text!r}")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError("must be 0 or a positive integer")
     return value

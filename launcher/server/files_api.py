@@ -9,11 +9,17 @@ without `Range`, a client that accepts gzip gets the file gzip-compressed as
 it streams. `HEAD` is answered as a `GET` without `Accept-Encoding` would be,
 without the body: the same checks and status, `Content-Type` and the file's
 `Content-Length`. Nothing is read into memory whole.
+
+Attachment content (`attachments/<Type>/<sha1>`, which `Attachment.url`s of the job's
+resources name) is listed in no manifest entry: it is served from the job's own folder,
+once the job is complete (or while an allowPartialManifests export runs), to a token whose
+scopes cover `<Type>`, as an output file of that type is.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import zlib
 from typing import Iterator, Optional
 
@@ -27,7 +33,10 @@ from launcher.server.deps import Caller, Server, caller, server
 from launcher.stores import JobNotFound
 from pipelines.models import ExportStatus, OutputFile
 from transforms.errors import Forbidden, NotFound, Refused
-from transforms.storage.layout import NDJSON_MIME, PARQUET_MIME
+from transforms.fhir.r4 import RESOURCE_TYPES
+from transforms.storage.attachment_files import FILE_NAME
+from transforms.storage.attachment_files import MIME as ATTACHMENT_MIME
+from transforms.storage.layout import ATTACHMENTS_DIR, NDJSON_MIME, PARQUET_MIME
 
 router = APIRouter()
 _CHUNK = 4 << 20  # per read and send: 64 KiB chunks (Starlette's default) spent most of a download in the event loop
@@ -40,7 +49,10 @@ def download(tenant: str, job_id: str, path: str, request: Request, app: Server 
     local = _listed_file(app, who, request, tenant, job_id, path)
     if request.method == "GET":
         app.metrics.downloads.inc()
-    return send_file(local, request, PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME)
+    media_type = PARQUET_MIME if path.endswith(".parquet") else NDJSON_MIME
+    if path.startswith(ATTACHMENTS_DIR + "/"):
+        media_type = ATTACHMENT_MIME  # the Attachment's contentType says what it is
+    return send_file(local, request, media_type)
 
 
 def send_file(local: str, request: Request, media_type: str, headers: Optional[dict[str, str]] = None) -> Response:
@@ -68,6 +80,8 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
         record = app.store.get(tenant, check_job_id(job_id), who.owner)
     except (JobNotFound, Refused):  # a bad job id looks the same
         raise missing from None
+    if path.startswith(ATTACHMENTS_DIR + "/"):
+        return _attachment(who, record, path)
     url = f"{app.config.files_base}/{tenant}/{job_id}/{path}"
     if record.status is ExportStatus.IN_PROGRESS and record.request.allow_partial_manifests:
         early = listed_file(app.store, record, url)  # published while the export runs
@@ -89,6 +103,29 @@ def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id
     local = os.path.join(record.output_dir, path)
     if not os.path.isfile(local):
         raise NotFound("the file is gone (the job was removed)")
+    return local
+
+
+def _attachment(who: Caller, record, path: str) -> str:
+    """The local path of an attachment file of the caller's job: 404 for a name that is not one, before
+    the job is complete (unless it publishes parts as it goes), or once it is gone; 403 for a type the
+    caller's token does not cover."""
+    missing = NotFound("no such file")
+    parts = path.split("/")
+    if len(parts) != 3 or parts[1] not in RESOURCE_TYPES or not FILE_NAME.match(parts[2]):
+        raise missing
+    ready = record.status is ExportStatus.COMPLETE or (
+        record.status is ExportStatus.IN_PROGRESS and record.request.allow_partial_manifests)
+    if not ready:
+        raise missing
+    if not who.grant.covers(parts[1]):
+        raise Forbidden(f"the access token's scopes do not cover {parts[1]}")
+    local = os.path.join(record.output_dir, *parts)
+    try:
+        if not stat.S_ISREG(os.lstat(local).st_mode):  # only the regular file the export wrote, never a link
+            raise missing
+    except FileNotFoundError:
+        raise NotFound("the file is gone (the job was removed)") from None
     return local
 
 

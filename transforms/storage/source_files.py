@@ -16,6 +16,7 @@ from typing import IO, NamedTuple, Optional, Union
 
 from transforms.errors import Unavailable
 from transforms.storage.files import is_local
+from transforms.storage.layout import ATTACHMENTS_DIR
 from transforms.storage.pg_source import SCHEMES as PG_SCHEMES
 
 
@@ -87,7 +88,8 @@ def source_files(source: str) -> Listing:
     """The files `source` names, each read once, and the files it names that are refused.
 
     A folder is read recursively; hidden files and folders (a name starting with
-    `.`) are skipped. In a local folder or glob, a link whose target lies outside
+    `.`) are skipped, and so is the `attachments/` folder directly under the root (attachment
+    content, `open_below`). In a local folder or glob, a link whose target lies outside
     the source's folder is refused, as is anything but a regular file: neither is
     ever opened. A local file reached by several names (a link to a file of the
     source) is read once, at the first name that is not a link; the others are
@@ -118,7 +120,7 @@ def source_files(source: str) -> Listing:
     globbed = any(c in pattern for c in "*?[")
     inside = os.path.realpath(base or ".") if local and globbed else None
     for m in sorted(found, key=lambda m: m.path):
-        if _is_hidden(m.path, base) or _is_local_dir(m.path):
+        if _is_hidden(m.path, base) or _is_attachment(m.path, base) or _is_local_dir(m.path):
             continue
         if not local:
             files.append(SourceFile(m.path, m.size_in_bytes))
@@ -194,6 +196,33 @@ def open_listed(path: str, file: LocalFile) -> IO[bytes]:
         raise
 
 
+class AttachmentNotServed(SourceError):
+    """A file an `Attachment.url` names that is not served: missing, a link out of the source, not a
+    regular file, or swapped while it was opened."""
+
+
+def open_below(root: str, relative: str) -> IO[bytes]:
+    """Opens the file at `relative` (already checked to hold no `..`, `.name` or absolute part:
+    `transforms.fhir.attachments.target`) below a local `source_root`, as a listed source file is
+    opened: a link must stay inside the root, only a regular file, `O_NOFOLLOW` and `fstat`-checked
+    (`open_listed`). A remote root is read through Beam's FileSystems. Raises `AttachmentNotServed`."""
+    path = root + relative
+    if not is_local(root):
+        try:
+            return _filesystems().open(path, compression_type="uncompressed")
+        except Exception:  # noqa: BLE001: Beam raises its own IO errors for a missing object
+            raise AttachmentNotServed("no such file in the source") from None
+    if not root or not os.path.lexists(path):
+        raise AttachmentNotServed("no such file in the source")
+    listed = _local_file(path, os.path.realpath(root))
+    if type(listed) is str:
+        raise AttachmentNotServed(listed)
+    try:
+        return open_listed(path, listed)
+    except SourceError as exc:
+        raise AttachmentNotServed(SWAPPED if isinstance(exc, NotListed) else "cannot be read") from None
+
+
 def _opened_path(fd: int, inside: str) -> str:
     """Where the open file `fd` lies, as the kernel resolved it; `inside` where that cannot be told."""
     try:
@@ -221,7 +250,7 @@ def _local_folder(source: str) -> Listing:
         except OSError as exc:
             raise SourceError(f"cannot list source folder {folder!r}: {exc}") from exc
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or (folder == top and entry.name == ATTACHMENTS_DIR):
                 continue
             path = f"{folder.rstrip('/')}/{entry.name}"
             target = ""
@@ -304,6 +333,13 @@ def _is_hidden(path: str, base: str) -> bool:
     """True when a file, or a folder the pattern reached into, is hidden (e.g. `.parts-tmp-1`)."""
     relative = path[len(base) :] if path.startswith(base) else posixpath.basename(path)
     return any(segment.startswith(".") for segment in relative.split("/"))
+
+
+def _is_attachment(path: str, base: str) -> bool:
+    """True for a file in the `attachments/` folder directly under the source's root: content that
+    `Attachment.url`s name, never read as resources."""
+    relative = path[len(base) :] if path.startswith(base) else ""
+    return relative.startswith(ATTACHMENTS_DIR + "/")
 
 
 def _is_local_dir(path: str) -> bool:

@@ -99,9 +99,9 @@ def locate(records: Iterable[BadRecord], root: Optional[str],
 def operation_outcome(record: BadRecord, where: str) -> dict:
     """The OperationOutcome reporting one bad record. It never copies the record's content.
 
-    Its diagnostics end `; not exported`, except for a `warning`, which reports a resource
-    that is exported."""
-    outcome = "" if record.severity == "warning" else "; not exported"
+    Its diagnostics end `; not exported`, except for a `warning` or another notice about exported
+    resources (`exported`)."""
+    outcome = "" if record.severity == "warning" or record.exported else "; not exported"
     return {
         "resourceType": "OperationOutcome",
         "issue": [

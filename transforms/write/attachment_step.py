@@ -1,0 +1,196 @@
+"""Attachments served beside the parts: `Attachment.url`s that resolve inside the source, rewritten.
+
+`StageBinaries` writes the content of every Binary of the source (its `data`) to
+the attempt's temporary folder, named by its SHA-1, and gives a small side input:
+id -> `Stored`. `ServeAttachments`, the last step before the write, then looks at
+each resource of a type that can hold an Attachment (`transforms.fhir.attachments`):
+
+- `Binary/<id>` of a Binary in the source, or a path relative to the source root
+  that stays inside it (`transforms.storage.source_files.open_below`), is put in the
+  job's `attachments/<Type>/` folder (`transforms.storage.attachment_files`) and its
+  `url` rewritten to the file's download URL, named as the manifest names parts, with
+  `size` and `hash` set to the served file's;
+- with `max_inline` above 0, an Attachment without a `url` whose inline `data` is
+  larger is moved the same way (`data` removed, `url`, `size`, `hash` set);
+- an absolute URL is left as it is; the job's `error[]` says once that such
+  attachments are not served here (no URL copied);
+- a url naming nothing served (a missing Binary or file, a path that could leave
+  the source) is left as it is, and a `warning` names the resource.
+
+Only a resource with a rewritten Attachment is re-serialised; a cheap byte test
+(`"url"`, or `"data"` when inline content may move, and the key an Attachment of the type
+hangs from, such as `"photo"`) passes every other by unparsed.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator, NamedTuple, Optional
+
+import apache_beam as beam
+import orjson
+
+from transforms.fhir.attachments import ATTACHMENT_PATHS, BINARY, attachments, decoded_data, target
+from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.steps.fence import Fence, check_fence
+from transforms.steps.resource_step import ResourceStep, StepOutputs
+from transforms.storage.attachment_files import Stored, folder, place_file, place_staged, write_content
+from transforms.storage.source_files import AttachmentNotServed, open_below
+from transforms.storage.urls import ManifestUrls
+
+_FENCE_EVERY_S = 1.0
+# Per type, the JSON keys its Attachments hang from (`"photo"`): a resource naming none holds none.
+_MARKERS = {name: tuple({b'"%s"' % path[0].encode() for path in paths}) for name, paths in ATTACHMENT_PATHS.items()}
+EXTERNAL_LOCATION = "Attachment.url"
+EXTERNAL_NOTE = ("attachments whose url is an absolute URL are left as they are: this server does not serve "
+                 "their content, which may need other credentials")
+
+
+class AttachmentPlaces(NamedTuple):
+    """Where attachments come from and go, and how they are named (picklable)."""
+
+    source_root: str  # `transforms.storage.source_files.source_root`; "" (PostgreSQL): no relative paths
+    job_dir: str
+    staging: str  # the attempt's staged Binaries
+    output_root: str
+    urls: ManifestUrls
+    max_inline: int = 0  # 0: inline data is always kept
+
+
+class StageBinaries(beam.PTransform):
+    """Binaries' content staged under `staging`; one dict, id -> `Stored`, for a side input."""
+
+    def __init__(self, staging: str):
+        super().__init__()
+        self._staging = staging
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection:
+        return batches | "Stage" >> beam.ParDo(_StageFn(self._staging)) | "Index" >> beam.combiners.ToDict()
+
+
+class _StageFn(beam.DoFn):
+    def __init__(self, staging: str):
+        self._staging = staging
+
+    def process(self, batch: ResourceBatch) -> Iterator[tuple[str, Stored]]:
+        for resource in batch.resources:
+            if resource.type != BINARY:
+                continue
+            body = resource.body if resource.body is not None else orjson.loads(resource.raw)
+            content = decoded_data(body)
+            if content is not None and type(body.get("id")) is str:
+                yield body["id"], write_content([content], self._staging)
+
+
+class ServeAttachments(beam.PTransform):
+    """The attachment step: `StepOutputs` of the batches, rewritten where needed, and the warnings,
+    with at most one notice of attachments at absolute URLs."""
+
+    def __init__(self, places: AttachmentPlaces, binaries: beam.pvalue.AsSideInput, fence: Optional[Fence] = None):
+        super().__init__()
+        self._step = ResourceStep("Attachments", _ServeFn(places, fence), binaries)
+
+    def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
+        out = batches | "Serve" >> self._step
+        warnings, notes = out.errors | "Split" >> beam.Partition(
+            lambda record, _: int(record.location == EXTERNAL_LOCATION), 2)
+        note = (notes | "OneNote" >> beam.CombineGlobally(_first)
+                | "IfAny" >> beam.Filter(lambda record: record is not None))
+        return StepOutputs(out.batches, (warnings, note) | "Errors" >> beam.Flatten())
+
+
+def _first(records) -> Optional[BadRecord]:
+    return next((r for r in records if r is not None), None)
+
+
+class _ServeFn(beam.DoFn):
+    def __init__(self, places: AttachmentPlaces, fence: Optional[Fence]):
+        self._places = places
+        self._fence = fence
+
+    def setup(self) -> None:
+        self._name = self._places.urls.namer(self._places.output_root)
+        self._checked = 0.0
+
+    def start_bundle(self) -> None:
+        self._noted = False
+
+    def process(self, batch: ResourceBatch, binaries: dict[str, Stored]) -> Iterator:
+        kept = []
+        for resource in batch.resources:
+            markers = _MARKERS.get(resource.type)
+            if markers is not None and self._may_hold(resource.raw, markers):
+                resource = yield from self._serve(batch.origin, resource, binaries)
+            kept.append(resource)
+        yield batch.replace(kept)
+
+    def _may_hold(self, raw: bytes, markers: tuple[bytes, ...]) -> bool:
+        """A byte test: False when the resource cannot hold an Attachment this step would change."""
+        if b'"url"' not in raw and (self._places.max_inline <= 0 or b'"data"' not in raw):
+            return False
+        return any(marker in raw for marker in markers)
+
+    def _serve(self, origin: Origin, resource: Resource, binaries: dict[str, Stored]) -> Iterator:
+        body = resource.body if resource.body is not None else orjson.loads(resource.raw)
+        changed = False
+        for attachment in attachments(resource.type, body):
+            stored, why = self._stored(resource.type, attachment, binaries)
+            if why == EXTERNAL_NOTE:
+                if not self._noted:
+                    self._noted = True
+                    yield beam.pvalue.TaggedOutput("errors", BadRecord(
+                        Origin("", 0), -1, why, code="informational", location=EXTERNAL_LOCATION,
+                        severity="information", exported=True))
+            elif why:
+                rid = body.get("id")
+                yield beam.pvalue.TaggedOutput("errors", BadRecord(
+                    origin, resource.index, f"Attachment.url: {why}; not served, left as it is", resource.type,
+                    code="not-found", resource_id=rid if type(rid) is str else None, severity="warning",
+                    entry=resource.entry))
+            if stored is not None:
+                if type(attachment.get("url")) is not str:  # inline data moved to a served file
+                    del attachment["data"]
+                attachment["url"] = self._name(f"{folder(self._places.job_dir, resource.type)}/{stored.name}")
+                attachment["size"], attachment["hash"] = stored.size, stored.hash
+                changed = True
+        if not changed:
+            return resource
+        return resource._replace(raw=orjson.dumps(body), body=body if resource.body is not None else None)
+
+    def _stored(self, resource_type: str, attachment: dict[str, Any], binaries: dict[str, Stored]
+                ) -> tuple[Optional[Stored], str]:
+        """The served file of one Attachment (None: none), and why not (empty: nothing to say)."""
+        url, dest = attachment.get("url"), folder(self._places.job_dir, resource_type)
+        if type(url) is not str:
+            limit = self._places.max_inline
+            content = decoded_data(attachment) if limit > 0 else None
+            if content is None or len(content) <= limit:
+                return None, ""
+            self._check_fence()
+            return write_content([content], dest), ""
+        named = target(url)
+        if named.kind == "absolute":
+            return None, EXTERNAL_NOTE
+        if named.kind == "refused":
+            return None, named.value
+        if named.kind == "binary":
+            stored = binaries.get(named.value)
+            if stored is None:
+                return None, "names a Binary the source does not hold (or one without data)"
+            self._check_fence()
+            place_staged(f"{self._places.staging}/{stored.name}", stored, dest)
+            return stored, ""
+        if not self._places.source_root:
+            return None, "a relative path, and the source is not a folder"
+        self._check_fence()
+        try:
+            with open_below(self._places.source_root, named.value) as f:
+                return place_file(f, dest), ""
+        except AttachmentNotServed as exc:
+            return None, f"a path in the source: {exc}"
+
+    def _check_fence(self) -> None:
+        now = time.monotonic()
+        if now - self._checked >= _FENCE_EVERY_S:
+            check_fence(self._fence, "writing an attachment")
+            self._checked = now
