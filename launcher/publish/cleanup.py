@@ -4,13 +4,14 @@ Live is what the chain from the current root reaches: its pages and every file t
 list. Anything else under `manifests/` and `files/` (an old chain's pages and files,
 a superseded root's extra pages, what a run that died left unlinked) is marked with
 the time it was first seen unlisted (`.publish/unlisted.json`) and removed by a
-sweep at least the grace period later. So a file is never removed while a live page
+sweep at least the grace period later (with the gzip copy `serve` may keep beside a file). So a file is never removed while a live page
 lists it, nor sooner than the grace after it stopped being listed. Leftover work
 folders of runs that died are removed. Runs under the publication's lock.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from typing import Optional
@@ -18,6 +19,7 @@ from typing import Optional
 from launcher.publish import pages
 from launcher.publish.folder import FILES, MANIFESTS, MARKS_NAME, ROOT_NAME, WORK_NAME, PublicationFolder
 from transforms.storage.files import remove_tree
+from transforms.storage.layout import gzip_cache_path
 
 
 def live_files(folder: PublicationFolder) -> set[str]:
@@ -40,6 +42,8 @@ def sweep(folder: PublicationFolder, grace_s: float, now: Optional[float] = None
         first = marks.get(rel, now)
         if now - first >= grace_s:
             os.remove(folder.local(rel))
+            with contextlib.suppress(FileNotFoundError):  # the server's gzip copy of it, if it made one
+                os.remove(gzip_cache_path(folder.local(rel)))
             removed.append(rel)
         else:
             kept[rel] = first
