@@ -233,6 +233,7 @@ def main() -> int:
     parser.add_argument("--exports", type=int, default=8, help="exports running while clients poll (default 8)")
     parser.add_argument("--pollers", type=int, default=20, help="clients polling flat out (default 20)")
     parser.add_argument("--patients", type=int, default=2500, help="generated patients of the exports' source")
+    parser.add_argument("--part-mib", type=int, default=256, help="the downloaded part's size in MiB (default 256)")
     parser.add_argument("--before", type=Path, help="a source tree of the code before, run alternately beside this one")
     args = parser.parse_args()
     small = args.small
@@ -242,7 +243,8 @@ def main() -> int:
         source = root / "source"
         generate(source, patients=60 if small else args.patients, seed=3)
         big = root / "big-source"
-        big_observations(big, (8 if small else 256) * _MIB)
+        part = (8 if small else args.part_mib) * _MIB
+        big_observations(big, part)
         runs = iter(range(10**6))
 
         def fresh() -> Path:
@@ -254,8 +256,7 @@ def main() -> int:
         cost_source = source if not small else SAMPLE
         cost = _pairs(trees, lambda tree: polling_cost_case(fresh(), tree, cost_source, 2 if small else args.exports,
                                                             args.pollers, 1 if small else 2))
-        download = _pairs(trees, lambda tree: download_case(fresh(), tree, big, (8 if small else 256) * _MIB,
-                                                            2 if small else 3))
+        download = _pairs(trees, lambda tree: download_case(fresh(), tree, big, part, 2 if small else 3))
     for name in trees:
         tag = f"[{name}] " if len(trees) > 1 else ""
         _report(tag, kick[name], latency[name], cost[name], download[name], args)
