@@ -55,12 +55,13 @@ async def _until_complete(client: httpx.AsyncClient, url: str, every_s: float) -
     assert response.status_code == 200, response.text
 
 
-def kickoff_case(root: Path, code: Path, later: int) -> dict:
-    """The sample export kicked off the moment the server answers, then `later` times more, one at a time."""
-    async def measure(server) -> list[float]:
+def kickoff_case(root: Path, code: Path, later: int, settle_s: float) -> dict:
+    """The sample export kicked off the moment the server answers, then `later` times more, one at a time; and
+    on a second server, kicked off once its log says the pipeline process is warm (or after `settle_s`)."""
+    async def measure(server, times: int) -> list[float]:
         seconds = []
         async with httpx.AsyncClient(timeout=120) as client:
-            for _ in range(1 + later):
+            for _ in range(times):
                 started = time.perf_counter()
                 response = await client.get(server.fhir + "/$export", headers=FHIR_HEADERS)
                 assert response.status_code == 202, response.text
@@ -69,8 +70,13 @@ def kickoff_case(root: Path, code: Path, later: int) -> dict:
         return seconds
 
     with serve(SAMPLE, root / "out", root / "state", code=code) as server:
-        seconds = asyncio.run(measure(server))
-    return {"first": seconds[0], "later": statistics.median(seconds[1:])}
+        seconds = asyncio.run(measure(server, 1 + later))
+    with serve(SAMPLE, root / "out2", root / "state2", code=code) as server:
+        deadline = time.monotonic() + settle_s
+        while b"pipeline process is warm" not in server.log.read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        settled = asyncio.run(measure(server, 1))[0]
+    return {"first": seconds[0], "later": statistics.median(seconds[1:]), "settled": settled}
 
 
 async def _poll_flat_out(client: httpx.AsyncClient, urls: list[str], pollers: int, seconds: float) -> dict:
@@ -250,7 +256,7 @@ def main() -> int:
         def fresh() -> Path:
             return root / f"run-{next(runs)}"
 
-        kick = _pairs(trees, lambda tree: kickoff_case(fresh(), tree, 2 if small else 5))
+        kick = _pairs(trees, lambda tree: kickoff_case(fresh(), tree, 2 if small else 5, 5 if small else 30))
         latency = _pairs(trees, lambda tree: latency_case(fresh(), tree, source, args.exports, args.pollers,
                                                           3 if small else 20))
         cost_source = source if not small else SAMPLE
@@ -266,8 +272,9 @@ def main() -> int:
 
 def _report(tag: str, kick: dict, latency: dict, cost: dict, download: dict, args) -> None:
     idle, busy = latency["idle"], latency["busy"]
-    print(f"kick-off {tag}to complete: first after start-up {kick['first']:.2f} s, later ones (median)"
-          f" {kick['later']:.2f} s (target <= 0.2 s)")
+    print(f"kick-off {tag}to complete: the first, the moment the server answers, {kick['first']:.2f} s; the first,"
+          f" once the pipeline process is warm, {kick['settled']:.2f} s; later ones (median) {kick['later']:.2f} s"
+          " (target <= 0.2 s)")
     print(f"status   {tag}p50 {busy['p50']:.1f} ms p99 {busy['p99']:.1f} ms, longest gap {busy['max_gap']:.0f} ms,"
           f" {busy['stalls']} gaps >= {STALL_MS} ms, {busy['errors']} errors ({busy['polls']} polls by"
           f" {args.pollers} clients flat out, {args.exports} exports running, {latency['running_at_end']} still at"
