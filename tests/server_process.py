@@ -38,9 +38,9 @@ class Server:
 
 @contextlib.contextmanager
 def serve(source: Path, output: Path, state_dir: Path, *extra: str, ready_s: float = 60,
-          port: int | None = None) -> Iterator[Server]:
-    """Starts the server (on `port`, or a free one) and waits until it answers `GET [base]/metadata`;
-    stops it afterwards."""
+          port: int | None = None, code: Path = ROOT) -> Iterator[Server]:
+    """Starts the server (on `port`, or a free one; of the source tree `code`) and waits until it answers
+    `GET [base]/metadata`; stops it afterwards."""
     port = port or free_port()
     base = f"http://127.0.0.1:{port}"
     log = state_dir.parent / f"server-{port}.log"
@@ -48,7 +48,9 @@ def serve(source: Path, output: Path, state_dir: Path, *extra: str, ready_s: flo
     argv = [sys.executable, "-m", "launcher", "serve", "--source", str(source), "--output", str(output),
             "--state-dir", str(state_dir), "--port", str(port), *extra]
     with open(log, "wb") as sink:
-        process = subprocess.Popen(argv, cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        env = {**os.environ, "PYTHONPATH": str(code)} if code != ROOT else None
+        process = subprocess.Popen(argv, cwd=code, env=env, stdout=sink, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
     server = Server(process, base, state_dir, log)
     try:
         deadline = time.monotonic() + ready_s

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import gzip
 import io
 import threading
 import time
@@ -28,6 +29,7 @@ from tests.columnar_data import record_row, write_rows
 from tests.gcs_emulator import free_port
 from tests.server_process import serve
 from tests.smart_client import ClientKey, get_token, register, write_jwks
+from transforms.storage.layout import gzip_cache_path
 
 NAME = "directory"
 
@@ -340,3 +342,26 @@ def _pull_with(where: str, into: Path, token: str) -> tuple[int, str]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         code = cli.main(["pull", where, "--into", str(into), "--once", "--token", token])
     return code, err.getvalue()
+
+
+def test_a_published_file_is_compressed_once_and_its_copy_swept_with_it(published):
+    source, publish, root, folder = published
+    source.put("Patient", "p1", 1)
+    source.save()
+    assert publish().code == 0
+    [entry] = httpx.get(root, timeout=30).json()["output"]
+    [local] = (folder / "files").rglob("*.ndjson")
+    copy = Path(gzip_cache_path(str(local)))
+    with httpx.Client(timeout=30, headers={"Accept-Encoding": "gzip"}) as client:
+        for _ in range(2):
+            with client.stream("GET", entry["url"]) as response:
+                raw = b"".join(response.iter_raw())
+            assert response.headers["content-encoding"] == "gzip" and gzip.decompress(raw) == local.read_bytes()
+            assert response.headers["cache-control"] == "public, max-age=31536000, immutable"
+            assert copy.read_bytes() == raw
+    source.put("Patient", "p2", 1)
+    source.save()
+    assert publish("--snapshot").code == 0
+    time.sleep(1.1)
+    assert publish("--cleanup", "--grace", "1s").code == 0
+    assert not local.exists() and not copy.exists()

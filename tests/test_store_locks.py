@@ -26,7 +26,7 @@ import pytest
 
 from launcher.stores import DB_NAME, Lease, SqliteJobStore, now_ms
 from launcher.tools.sample_data import generate
-from tests.helpers import _console, _record
+from tests.helpers import _console, _record, job_rows
 from tests.server_process import serve
 
 EXPORT = "https://ehr.example.org/fhir/$export"
@@ -80,7 +80,7 @@ def test_writers_meeting_a_client_frozen_in_a_transaction_say_busy_then_succeed_
     state, out = tmp_path / "state", tmp_path / "out"
     first = run_cli("export", "--source", str(sample_dir), "--output", str(out), state_dir=state)
     assert first.code == 0, first.err
-    [job_id] = run_cli("list", "--all", state_dir=state).out.split()[:1]
+    [job_id] = [row[0] for row in job_rows(run_cli("list", "--all", state_dir=state).out)]
     with sqlite3.connect(state / DB_NAME) as db:  # as `reap_expired` leaves a job whose launcher died
         db.execute("UPDATE jobs SET status = 'error', resumable = 1, lease_holder = NULL, error_message ="
                    " 'the launcher running this job stopped renewing its lease' WHERE job_id = ?", (job_id,))
@@ -91,7 +91,7 @@ def test_writers_meeting_a_client_frozen_in_a_transaction_say_busy_then_succeed_
         _busy(run_cli, *second, state=state)
         _busy(run_cli, "cancel", job_id, state=state)
         _busy(run_cli, "cleanup", "--ttl", "1s", state=state)
-    assert len(run_cli("list", "--all", state_dir=state).out.splitlines()) == 1  # the busy export recorded nothing
+    assert len(job_rows(run_cli("list", "--all", state_dir=state).out)) == 1  # the busy export recorded nothing
 
     resumed = run_cli("resume", job_id, state_dir=state)
     assert resumed.code == 0, resumed.err
@@ -140,9 +140,9 @@ def _wait_in_progress(run_cli, state: Path, timeout_s: float = 120) -> None:
     """Waits until the only job is in progress and its pipeline has reported something."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        listed = run_cli("list", "--all", state_dir=state).out.split()
+        listed = job_rows(run_cli("list", "--all", state_dir=state).out)
         if listed:
-            record = json.loads(run_cli("status", listed[0], "--json", state_dir=state).out)
+            record = json.loads(run_cli("status", listed[0][0], "--json", state_dir=state).out)
             if record["status"] == "in-progress" and record["progress"]:
                 return
             assert record["status"] in ("accepted", "in-progress"), record

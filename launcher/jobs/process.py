@@ -32,8 +32,9 @@ POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
 _LOG = logging.getLogger(__name__)
 _CTX = multiprocessing.get_context("forkserver")
-# What the fork server imports before it forks a run: the log filter first, then Beam and the export.
-_PRELOAD = ["launcher.jobs.fork_preload", "launcher.jobs.process", "pipelines.export"]
+# What the fork server imports before it forks a run: the log filter first, then Beam, the export and the
+# local runner (with Beam's runner and worker modules, which a run would otherwise import after the fork).
+_PRELOAD = ["launcher.jobs.fork_preload", "launcher.jobs.process", "pipelines.export", "pipelines.local_runner"]
 
 
 DEFAULT_MAX_ACTIVE = 4
@@ -100,6 +101,15 @@ def start_fork_server() -> None:
     entry point may call it early, so that the import happens there on another core. Idempotent."""
     _CTX.set_forkserver_preload(_PRELOAD)
     forkserver.ensure_running()
+
+
+def warm_fork_server(timeout_s: float = 300.0) -> None:
+    """Starts the fork server and waits until it has imported what it preloads, by forking one run that
+    does nothing: afterwards a run starts in milliseconds."""
+    start_fork_server()
+    probe = _CTX.Process(target=os.getpid, name="warm-up")
+    probe.start()
+    probe.join(timeout_s)
 
 
 class PipelineProcess:

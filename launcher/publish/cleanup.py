@@ -4,7 +4,7 @@ Live is what the chain from the current root reaches: its pages and every file t
 list. Anything else under `manifests/` and `files/` (an old chain's pages and files,
 a superseded root's extra pages, what a run that died left unlinked) is marked with
 the time it was first seen unlisted (`.publish/unlisted.json`) and removed by a
-sweep at least the grace period later. So a file is never removed while a live page
+sweep at least the grace period later (with the gzip copy `serve` may keep beside a file). So a file is never removed while a live page
 lists it, nor sooner than the grace after it stopped being listed. Leftover work
 folders of runs that died are removed. Runs under the publication's lock.
 """

@@ -28,6 +28,7 @@ from launcher.core.names import check_segment, check_tenant
 from launcher.publish.pages import is_marker, next_url
 from transforms.errors import Busy, Refused
 from transforms.storage.files import is_gcs
+from transforms.storage.layout import gzip_cache_path
 
 ROOT_NAME = "$bulk-publish"
 MANIFESTS, FILES, PRIVATE = "manifests", "files", ".publish"
@@ -193,8 +194,10 @@ class PublicationFolder(PublicationPlace):
         return found
 
     def remove(self, rel: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(self.local(rel))
+        """Removes a file, and the server's gzip copy of it if it made one (`launcher.server.gzip_cache`)."""
+        for path in (self.local(rel), gzip_cache_path(self.local(rel))):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
 
     def tidy(self) -> None:
         from transforms.storage.files import remove_tree

@@ -5,8 +5,10 @@ outside it, and only to the job's own client: with `--auth smart`, an output
 file needs a bearer token whose scopes cover its resource type, while error
 and deleted files (about the export's own, already authorized, types) need
 any token of that client. `Range` requests are answered 206 (a client resumes a download);
-without `Range`, a client that accepts gzip gets the file gzip-compressed as
-it streams. `HEAD` is answered as a `GET` without `Accept-Encoding` would be,
+without `Range`, a client that accepts gzip gets the file gzip-compressed,
+with its `Content-Length` once it has been compressed (`gzip_cache`: the first
+such download compresses it as it streams, and stores the result for the
+next). `HEAD` is answered as a `GET` without `Accept-Encoding` would be,
 without the body: the same checks and status, `Content-Type` and the file's
 `Content-Length`. Nothing is read into memory whole.
 
@@ -20,8 +22,7 @@ from __future__ import annotations
 
 import os
 import stat
-import zlib
-from typing import Iterator, Optional
+from typing import Optional
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import FileResponse, StreamingResponse
@@ -30,6 +31,7 @@ from launcher.core.names import check_job_id
 from launcher.jobs.manifest_pages import listed_file
 from launcher.server.config import FILES_PATH
 from launcher.server.deps import Caller, Server, caller, server
+from launcher.server.gzip_cache import CHUNK, cached, compress_and_store
 from launcher.stores import JobNotFound
 from pipelines.models import ExportStatus, OutputFile
 from transforms.errors import Forbidden, NotFound, Refused
@@ -39,8 +41,7 @@ from transforms.storage.attachment_files import MIME as ATTACHMENT_MIME
 from transforms.storage.layout import ATTACHMENTS_DIR, NDJSON_MIME, PARQUET_MIME
 
 router = APIRouter()
-_CHUNK = 4 << 20  # per read and send: 64 KiB chunks (Starlette's default) spent most of a download in the event loop
-_GZIP_LEVEL = 1  # fast: a download should not wait on the compressor
+_VARY = {"Vary": "Accept-Encoding"}
 
 
 @router.api_route(FILES_PATH + "/{tenant}/{job_id}/{path:path}", methods=["GET", "HEAD"])
@@ -56,18 +57,23 @@ def download(tenant: str, job_id: str, path: str, request: Request, app: Server 
 
 
 def send_file(local: str, request: Request, media_type: str, headers: Optional[dict[str, str]] = None) -> Response:
-    """A local file as the answer: `HEAD` and `Range` answered by Starlette, else gzip on the wire when accepted."""
+    """A local file as the answer: `HEAD` and `Range` answered by Starlette from the file itself; else, to a
+    client that accepts gzip, its stored gzip copy (made by the first such download)."""
+    headers = {**(headers or {}), **_VARY}
     if request.method == "HEAD" or "range" in request.headers \
             or not _accepts_gzip(request.headers.get("accept-encoding", "")):
         return _File(local, media_type=media_type, headers=headers)  # HEAD: Starlette sends the headers only
-    return StreamingResponse(_gzipped(local), media_type=media_type,
-                             headers={**(headers or {}), "Content-Encoding": "gzip", "Vary": "Accept-Encoding"})
+    gzip_headers = {**headers, "Content-Encoding": "gzip"}
+    copy = cached(local)
+    if copy is not None:
+        return _File(copy, media_type=media_type, headers=gzip_headers)
+    return StreamingResponse(compress_and_store(local), media_type=media_type, headers=gzip_headers)
 
 
 class _File(FileResponse):
     """Starlette's file response (Range included), in larger chunks."""
 
-    chunk_size = _CHUNK
+    chunk_size = CHUNK
 
 
 def _listed_file(app: Server, who: Caller, request: Request, tenant: str, job_id: str, path: str) -> str:
@@ -141,12 +147,3 @@ def _accepts_gzip(accept_encoding: str) -> bool:
             return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
     return False
 
-
-def _gzipped(path: str) -> Iterator[bytes]:
-    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, 31)  # 31: a gzip header and trailer
-    with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            out = compressor.compress(block)
-            if out:
-                yield out
-    yield compressor.flush()

@@ -78,8 +78,11 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
             yield db
 
     def _open(self, write: bool) -> contextlib.AbstractContextManager:
-        """A transaction on a new connection."""
+        """A transaction on a new connection (or a kept one: `keep_connections`)."""
         raise NotImplementedError
+
+    def keep_connections(self) -> None:
+        """Reuses connections between transactions, for a long-lived process (PostgreSQL's pool does already)."""
 
     def _schema_current(self) -> bool:
         """Whether the schema is this code's, by a read (no migration, so no write lock, needed)."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+import threading
 from typing import Iterator
 
 from launcher.stores.base import SqlJobStore
@@ -44,6 +45,7 @@ class SqliteJobStore(SqlJobStore):
         self.read_only = read_only
         self._schema_checked = False
         self._uri: str | None = None
+        self._kept: threading.local | None = None  # each thread's open connection (`keep_connections`)
 
     def check_readable(self) -> None:
         """Opens the store once, raising `StoreUnavailable` if it cannot be read."""
@@ -70,14 +72,9 @@ class SqliteJobStore(SqlJobStore):
                 os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
             except OSError as exc:
                 raise StoreUnavailable(f"cannot create the state folder {self.url}: {exc.strerror or exc}") from None
+        db = self._connection()
+        healthy = True
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_WAIT_S, isolation_level=None)
-        except sqlite3.Error as exc:
-            self._reraise(exc)
-        db.row_factory = _dict_row
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA foreign_keys=ON")
             # Writers take the lock up front, so a guarded read-then-update never interleaves.
             db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             yield db
@@ -87,10 +84,49 @@ class SqliteJobStore(SqlJobStore):
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             if isinstance(exc, sqlite3.Error):
+                healthy = False  # a connection that failed is not kept
                 self._reraise(exc)
             raise
         finally:
+            self._release(db, healthy)
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's kept connection, taken while in use (a nested transaction gets its own), or a new one."""
+        kept = getattr(self._kept, "db", None)
+        if kept is not None:
+            self._kept.db = None
+            if kept[0] == os.getpid():  # never one a forked child inherited
+                return kept[1]
+        return self._connect()
+
+    def _release(self, db: sqlite3.Connection, healthy: bool) -> None:
+        if healthy and self._kept is not None and getattr(self._kept, "db", None) is None:
+            self._kept.db = (os.getpid(), db)
+        else:
             db.close()
+
+    def keep_connections(self) -> None:
+        """Keeps each thread's connection open between transactions, instead of one per transaction: for
+        a long-lived process answering many small reads (`serve`). Opening, with its pragmas, cost a
+        status answer most of its time; and the last connection's close checkpoints the WAL and removes
+        it, which the next one then makes again."""
+        self._kept = threading.local()
+
+    def _connect(self) -> sqlite3.Connection:
+        try:
+            db = sqlite3.connect(self.path, timeout=BUSY_WAIT_S, isolation_level=None)
+        except sqlite3.Error as exc:
+            self._reraise(exc)
+        db.row_factory = _dict_row
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA foreign_keys=ON")
+        except BaseException as exc:
+            db.close()
+            if isinstance(exc, sqlite3.Error):
+                self._reraise(exc)
+            raise
+        return db
 
     @contextlib.contextmanager
     def _open_read_only(self) -> Iterator[sqlite3.Connection]:

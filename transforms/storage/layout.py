@@ -9,6 +9,8 @@ an attempt runs, its parts wait in the hidden `.parts-tmp-<attempt>/`.
 Beam-free, so the control plane can name these files without importing Beam.
 """
 
+import os
+
 MANIFEST_NAME = "manifest.json"
 MANIFEST_MIME = "application/json"
 ERROR_TYPE = "OperationOutcome"
@@ -21,3 +23,10 @@ ATTACHMENTS_DIR = "attachments"
 TEMP_DIR_NAME = ".parts-tmp"
 NDJSON_MIME = "application/fhir+ndjson"
 PARQUET_MIME = "application/vnd.apache.parquet"
+
+
+def gzip_cache_path(path: str) -> str:
+    """Where the server keeps a served file's gzip copy: beside it, hidden (`.<name>.gz`), so it goes with
+    its folder and no listing or URL ever names it."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.gz")
