@@ -13,17 +13,24 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
+import apache_beam as beam
 import pytest
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.pvalue import AsList
 
 from launcher.kickoff.patients import SCAN_LIMIT_ENV
 from launcher.stores import ANY_OWNER, open_store
 from launcher.tools.sample_data import generate
+from pipelines.options import LOCAL_RUNNER
 from tests.helpers import _first_id, assert_refused_before_any_job
 from tests.server_process import ROOT
 
 distributed = pytest.importorskip("distributed", reason="the dask extra is not installed")
+
+from pipelines.dask_runner import DaskRunner  # noqa: E402  (after the importorskip: it imports dask)
 
 FAR_PAST = "2000-01-01T00:00:00Z"
 
@@ -97,6 +104,98 @@ def test_an_export_on_dask_equals_the_local_runners(cluster, run_cli, sample_dir
                    f"--dask_client_address={cluster}")
     assert local["output"], "the case exports nothing: it proves nothing"
     assert _contents(dask) == _contents(local)
+
+
+class _Record(beam.DoFn):
+    """Passes each element on and records it (one file a bundle): what a step saw, and how many times."""
+
+    def __init__(self, folder: str, label: str):
+        self._folder, self._label = folder, label
+
+    def start_bundle(self):
+        self._seen = []
+
+    def process(self, element):
+        self._seen.append(element)
+        yield element
+
+    def finish_bundle(self):
+        if self._seen:
+            Path(self._folder, f"{self._label}.{uuid.uuid4().hex}.json").write_text(json.dumps(self._seen))
+
+
+def _kept(element: str, keep: list) -> list:
+    """`element` if one in `keep` has its number (`a3` keeps `b3`)."""
+    return [element] if element[1:] in {kept[1:] for kept in keep} else []
+
+
+def _branches(p, folder: str):
+    """Two branches of 20 elements (20 partitions each: a Reshuffle to 32 leaves most of them whole),
+    each through a recorded step (a step that ran twice would be seen twice)."""
+    return tuple(p | f"Create{name}" >> beam.Create([f"{name}{i}" for i in range(20)])
+                 | f"Seen{name}" >> beam.ParDo(_Record(folder, f"seen-{name}")) for name in "ab")
+
+
+def _side_from_a_flatten_it_reads(a, b):
+    both = (a, b) | beam.Flatten()
+    return {"kept": both | beam.FlatMap(_kept, AsList(both)), "all": both | "All" >> beam.Map(str.upper)}
+
+
+def _flatten_then_a_side_input(a, b):
+    keep = b | "Keep" >> beam.Filter(lambda x: x.endswith("3"))
+    both = (a, b) | beam.Flatten()
+    return {"kept": both | beam.FlatMap(_kept, AsList(keep)), "all": both | "All" >> beam.Map(str.upper)}
+
+
+def _side_from_a_flatten_of_the_main_input(a, b):
+    both = (a, b) | beam.Flatten()
+    return {"kept": a | beam.FlatMap(_kept, AsList(both)), "all": both | "All" >> beam.Map(str.upper)}
+
+
+def _a_flattened_branch_feeds_a_side_input(a, b):
+    return {"kept": b | beam.FlatMap(_kept, AsList(a)), "all": (a, b) | beam.Flatten()}
+
+
+def _side_from_a_reshuffle_it_reads(a, b):
+    spread = a | beam.Reshuffle()
+    return {"kept": spread | beam.FlatMap(_kept, AsList(spread)), "all": spread | "All" >> beam.Map(str.upper)}
+
+
+def _referenced_then_flattened_then_guarded(a, b):
+    """The export's shape before 238998c: referenced resources, flattened with the main ones, then guarded."""
+    referenced = b | "Referenced" >> beam.FlatMap(_kept, AsList(a | "References" >> beam.Filter(lambda x: "2" in x)))
+    both = (a | "ShapeA" >> beam.Map(str.upper), referenced | "ShapeB" >> beam.Map(str.upper)) | beam.Flatten()
+    guarded = both | "Guard" >> beam.FlatMap(_kept, AsList(both | "Covered" >> beam.Filter(lambda x: "1" in x)))
+    return {"guarded": guarded, "duplicates": guarded | "Duplicates" >> beam.Map(str.lower)}
+
+
+SHAPES = [_side_from_a_flatten_it_reads, _flatten_then_a_side_input, _side_from_a_flatten_of_the_main_input,
+          _a_flattened_branch_feeds_a_side_input, _side_from_a_reshuffle_it_reads,
+          _referenced_then_flattened_then_guarded]
+
+
+def _run_shape(shape, folder: Path, pipeline: beam.Pipeline) -> dict[str, list]:
+    """What each output of `shape` and each recorded step held, as sorted lists."""
+    folder.mkdir()
+    with pipeline as p:
+        for label, output in shape(*_branches(p, str(folder))).items():
+            output | f"Write{label}" >> beam.ParDo(_Record(str(folder), label))
+    held: dict[str, list] = {}
+    for path in folder.iterdir():
+        held.setdefault(path.name.split(".")[0], []).extend(json.loads(path.read_text()))
+    return {label: sorted(values) for label, values in held.items()}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=[shape.__name__.strip("_") for shape in SHAPES])
+def test_flattens_side_inputs_and_reshuffles_on_dask_equal_the_local_runner(cluster, tmp_path, shape):
+    """Dask fuses a chain of steps into one task, and inside it a step may hand on a one-shot iterator:
+    a Flatten's or a Reshuffle's partition read by two steps (a side input and a main input) reached
+    the second one empty. Each output, and what each shared step saw, must be the local runner's."""
+    local = _run_shape(shape, tmp_path / "local", beam.Pipeline(runner=LOCAL_RUNNER))
+    dask = _run_shape(shape, tmp_path / "dask", beam.Pipeline(
+        runner=DaskRunner(), options=PipelineOptions([f"--dask_client_address={cluster}"])))
+    assert all(local.values()) and len(local) == 4, "a shape whose outputs are empty proves nothing"
+    assert dask == local
 
 
 def test_patient_parameter_and_bad_lines_on_dask(cluster, run_cli, sample_dir, tmp_path):
