@@ -3,17 +3,27 @@
 Beam's own DaskRunner translates each transform to a `dask.bag` step, but
 mixes a ParDo's tagged outputs, drops what `finish_bundle` emits, computes
 only the last leaf of the graph, ignores Reshuffle and recomputes a side
-input inside every task that reads it. This one keeps its translation and
-fixes those five:
+input inside every task that reads it. This one keeps its translation,
+fixes those five (1-5), and keeps Dask's graph optimization from losing
+records (6):
 
 1. each PCollection has its own bag: a ParDo's bag holds `(tag, value)`
    pairs and each output keeps only its tag;
 2. a partition is one complete bundle (setup, start, process, finish,
    teardown), and what `finish_bundle` emits is kept;
-3. every leaf is computed, in one graph, so shared steps run once;
+3. every leaf is computed as one collection, so that Dask optimizes one graph
+   and a step that several leaves share runs once (Dask optimizes each
+   collection of a compute on its own, each with its own copy of the steps);
 4. Reshuffle spreads its input over `--dask_npartitions` partitions (default
    `DEFAULT_PARTITIONS`);
-5. a side input is computed once, as a task the consuming tasks depend on.
+5. a side input is computed once, as a task the consuming tasks depend on,
+   from partitions of that same graph;
+6. each PCollection's partitions are lists made by a function of ours. Dask
+   fuses a chain of steps into one task and, inside it, drops its own `list`
+   and `reify` calls; a chain ending in a partition of one of Dask's own steps
+   (the `concat` of a Flatten, the `repartition` of a Reshuffle, a `filter` or
+   `map`) then yields a one-shot iterator, and of two steps reading it (a side
+   input and a main input, say) the second got nothing, silently.
 
 Batch only, global windows only (what an export uses). Each task runs on
 some worker, maybe twice (Dask reruns the tasks of a lost worker): the
@@ -186,17 +196,16 @@ class _Translate(PipelineVisitor):
         if isinstance(transform, beam.ParDo):
             tagged = self._par_do(node, self.bags[inputs[0]])
             for tag, output in node.outputs.items():
-                wanted = None if tag in (None, "None") else tag
-                self.bags[output] = tagged.filter(functools.partial(_has_tag, tag=wanted)).map(_value)
+                self.bags[output] = tagged.map_partitions(_of_tag, None if tag in (None, "None") else tag)
             return
         if isinstance(transform, _Create):
             bag = db.from_sequence(list(transform.values), npartitions=self._create_partitions(transform.values))
         elif isinstance(transform, _GroupByKeyOnly):
-            bag = self.bags[inputs[0]].groupby(_key).map(_values_of_group)
+            bag = self.bags[inputs[0]].groupby(_key).map_partitions(_values_of_groups)
         elif isinstance(transform, _Flatten):
-            bag = db.concat([self.bags[value] for value in inputs]) if inputs else db.from_sequence([])
+            bag = _listed(db.concat([self.bags[value] for value in inputs])) if inputs else db.from_sequence([])
         elif isinstance(transform, _Reshuffle):
-            bag = self.bags[inputs[0]].repartition(npartitions=self._npartitions or DEFAULT_PARTITIONS)
+            bag = _listed(self.bags[inputs[0]].repartition(npartitions=self._npartitions or DEFAULT_PARTITIONS))
         elif isinstance(transform, beam.Impulse):
             bag = db.from_sequence([b""], npartitions=1)
         elif inputs:  # e.g. an identity Read
@@ -215,8 +224,10 @@ class _Translate(PipelineVisitor):
         main_input = next(iter(node.main_inputs.values()))
         window_fn = main_input.windowing.windowfn if hasattr(main_input, "windowing") else None
         side_specs = [(type(si), si._view_options()) for si in node.side_inputs]
-        # Each side input is computed once, as one task the consuming partitions depend on.
-        side_values = [dask.delayed(_concat)(*self.bags[si.pvalue].to_delayed()) for si in node.side_inputs]
+        # Each side input is computed once, as one task the consuming partitions depend on: named by what it
+        # reads (every ParDo that reads it shares it), from partitions of the one graph (not a copy of theirs).
+        side_values = [dask.delayed(_concat, pure=True)(*self.bags[si.pvalue].to_delayed(optimize_graph=False))
+                       for si in node.side_inputs]
         return input_bag.map_partitions(_run_bundle, transform.fn, node.full_label, list(args), kwargs, window_fn,
                                         side_specs, *side_values)
 
@@ -230,21 +241,25 @@ class _Translate(PipelineVisitor):
         return leaves
 
 
-def _has_tag(item, tag) -> bool:
-    return item[0] == tag
+def _of_tag(partition, tag) -> list:
+    return [value for item_tag, value in partition if item_tag == tag]
 
 
-def _value(item):
-    return item[1]
+def _listed(bag):
+    """`bag`, each partition of it a list made by a function of ours (point 6 of the module's docstring)."""
+    return bag.map_partitions(_as_list)
+
+
+def _as_list(partition) -> list:
+    return partition if isinstance(partition, list) else list(partition)
 
 
 def _key(item):
     return item[0]
 
 
-def _values_of_group(group):
-    key, items = group
-    return key, [value for _, value in items]
+def _values_of_groups(groups) -> list:
+    return [(key, [value for _, value in items]) for key, items in groups]
 
 
 class _GroupByKeyOverride(PTransformOverride):
@@ -342,8 +357,8 @@ class DaskRunner(BeamDaskRunner):
         pipeline.visit(translate)
         leaves = [leaf.map_partitions(_drain) for leaf in translate.leaves()]
         _LOG.info("Dask: %d leaves over %s", len(leaves), client.scheduler.address)
-        futures = client.compute(dask.optimize(*leaves))
-        return _Result(client, futures)
+        # One collection (point 3 of the module's docstring): one graph, each shared step in it once.
+        return _Result(client, [client.compute(db.concat(leaves))])
 
 
 __all__ = ["DaskRunner", "DaskOptions"]
