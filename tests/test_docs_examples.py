@@ -30,7 +30,9 @@ def test_examples_run_as_written(doc, tmp_path):
     assert outcome.ran
     assert not outcome.failed, "\n\n".join(outcome.failed)
     if outcome.known_broken:
-        pytest.xfail("fixed by another change, not yet here:\n" + "\n".join(outcome.known_broken))
+        print("\n\n".join(outcome.known_broken))
+        pytest.xfail("expected to fail until its fix lands (KNOWN_BROKEN): "
+                     + ", ".join(problem.split(": ", 1)[0] for problem in outcome.known_broken))
 
 
 def test_a_wrong_example_fails(tmp_path):
