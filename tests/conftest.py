@@ -19,6 +19,32 @@ from tests import pgserver
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# The long cases, marked `heavy` here, in one place: `make test` leaves them out, `make test-all`
+# (.ci/run) runs them. Whole files, single tests (file::name), and every test of the Synthea data.
+HEAVY_FILES = {
+    "test_fault_injection.py", "test_dask_runner.py", "test_dask_scheduler_loss.py", "test_portable.py",
+    "test_postgres_incremental.py", "test_postgres_resume.py", "test_store_outage.py", "test_synthea.py",
+    "test_benchmark_smoke.py",
+}
+HEAVY_TESTS = {
+    "test_lifecycle_cli.py::test_cancel_from_a_second_process_stops_the_export",
+    "test_lifecycle_cli.py::test_a_killed_launcher_leaves_an_error_job_that_resumes_to_complete",
+    "test_lifecycle_cli.py::test_progress_is_plain_lines_when_not_a_terminal",
+    "test_jwks_load.py::test_a_hanging_jwks_url_does_not_starve_status_polls",
+    "test_key_rotation.py::test_rotation_and_revocation_reach_two_running_servers",
+    "test_exit_codes.py::test_head_takes_the_first_line_of_a_long_list",
+    "test_sink_off_hot_path.py::test_an_unreachable_store_delays_progress_and_fails_the_claim_clearly",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Marks the long cases `heavy` (HEAVY_FILES, HEAVY_TESTS, and every test named for Synthea)."""
+    for item in items:
+        name = getattr(item, "originalname", item.name)
+        if (item.path.name in HEAVY_FILES or f"{item.path.name}::{name}" in HEAVY_TESTS
+                or "synthea" in name):
+            item.add_marker(pytest.mark.heavy)
+
 
 @pytest.fixture
 def pipeline():

