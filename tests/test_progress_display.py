@@ -38,8 +38,8 @@ def source(tmp_path_factory) -> Path:
     return out
 
 
-def _export(source: Path, tmp_path: Path) -> list[str]:
-    return [*_console(), "export", "--source", str(source), "--chunk-bytes", "8192", "--output",
+def _export(source: Path, tmp_path: Path, chunk_bytes: int = 8192) -> list[str]:
+    return [*_console(), "export", "--source", str(source), "--chunk-bytes", str(chunk_bytes), "--output",
             str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")]
 
 
@@ -117,7 +117,8 @@ def test_a_cancelled_export_says_so_and_never_shows_100(source, tmp_path):
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
         return True  # the export's output is read on meanwhile, so it never blocks on a full terminal
 
-    code, output = _on_terminal(_export(source, tmp_path), cancel_once_drawn)
+    # Smaller chunks: slow enough that the bar is drawn below 100% before the export could end, on any machine.
+    code, output = _on_terminal(_export(source, tmp_path, chunk_bytes=1024), cancel_once_drawn)
     assert cancels and cancels[0].wait(timeout=120) == 0, cancels[0].stdout.read()
     assert code == 1, output
     assert 100 not in _percentages(output), output
