@@ -24,8 +24,12 @@ from tests.server_process import serve
 from tests.smart_client import TENANT, ClientKey, assertion, audit_events, jwks_server, register, token_form, write_jwks
 
 
+def token_events(state: Path, tenant: str = TENANT) -> list[dict]:
+    return [e for e in audit_events(state, tenant) if _detail(e, "lifecycle-event") == "token"]
+
+
 def last_token_event(state: Path, tenant: str = TENANT) -> dict:
-    return [e for e in audit_events(state, tenant) if _detail(e, "lifecycle-event") == "token"][-1]
+    return token_events(state, tenant)[-1]
 
 
 def _detail(event: dict, name: str):
@@ -125,6 +129,8 @@ FORGERIES = {
                                   "does not sign ES256"),
     "not a JWT": (lambda s: "not.a.jwt", "JWT"),
 }
+# Refused before the assertion names a registered client, so with no tenant: audited as the default tenant's.
+REFUSED_BEFORE_THE_CLIENT_IS_KNOWN = {"alg none", "HS256 keyed with the public key", "unregistered iss", "not a JWT"}
 
 
 @pytest.mark.parametrize("case", list(FORGERIES))
@@ -132,9 +138,12 @@ def test_a_bad_assertion_is_refused_as_invalid_client_and_audited(setup, case):
     make, phrase = FORGERIES[case]
     signed = make(setup)
     requests_before = setup.jwks.requests
+    tenant = "default" if case in REFUSED_BEFORE_THE_CLIENT_IS_KNOWN else TENANT
+    events_before = len(token_events(setup.state, tenant))
     description = refused(setup.post(token_form(signed)), 401, "invalid_client")
     assert phrase in description
-    event = last_token_event(setup.state, "default" if case == "unregistered iss" else TENANT)
+    assert len(token_events(setup.state, tenant)) == events_before + 1  # this refusal's own event
+    event = last_token_event(setup.state, tenant)
     assert event["outcome"] == "4" and "invalid_client" in event["outcomeDesc"]
     assert signed not in json.dumps(event)
     if case == "jku elsewhere":  # the URL named in the token was never fetched
