@@ -8,6 +8,7 @@ it prove the wrapper first (`test_gcs.py`).
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 from http import HTTPStatus
@@ -80,6 +81,24 @@ def serve() -> Iterator[str]:
     finally:
         server.stop()
         emulator.HANDLERS = original
+
+
+@contextlib.contextmanager
+def serve_as_configured() -> Iterator[str]:
+    """`serve`, with Beam and google-cloud-storage pointed at it (`STORAGE_EMULATOR_HOST`, anonymous
+    credentials) while it runs; the variable is put back as it was after."""
+    from transforms.storage import files as gcs
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+    before = os.environ.get(gcs.EMULATOR_ENV)
+    with serve() as host:
+        os.environ[gcs.EMULATOR_ENV] = host
+        assert use_anonymous_credentials()
+        yield host
+    if before is None:
+        os.environ.pop(gcs.EMULATOR_ENV, None)
+    else:
+        os.environ[gcs.EMULATOR_ENV] = before
 
 
 def use_anonymous_credentials() -> bool:

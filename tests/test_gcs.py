@@ -11,7 +11,6 @@ import base64
 import datetime as dt
 import hashlib
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -41,16 +40,8 @@ KICKOFF = "https://ehr.example.org/fhir/$export"
 @pytest.fixture(scope="session")
 def emulator():
     """A GCS emulator for the session, with `STORAGE_EMULATOR_HOST` pointing at it."""
-    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    before = os.environ.get(gcs.EMULATOR_ENV)
-    with gcs_emulator.serve() as host:
-        os.environ[gcs.EMULATOR_ENV] = host
-        assert gcs_emulator.use_anonymous_credentials()
+    with gcs_emulator.serve_as_configured() as host:
         yield host
-    if before is None:
-        os.environ.pop(gcs.EMULATOR_ENV, None)
-    else:
-        os.environ[gcs.EMULATOR_ENV] = before
 
 
 @pytest.fixture(scope="session")

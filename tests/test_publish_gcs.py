@@ -12,7 +12,6 @@ already started by an earlier test in this process would lack.
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -49,16 +48,8 @@ def _cli(tmp_path: Path, *argv: str) -> Ran:
 
 @pytest.fixture(scope="module")
 def emulator():
-    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    before = os.environ.get(gcs.EMULATOR_ENV)
-    with gcs_emulator.serve() as host:
-        os.environ[gcs.EMULATOR_ENV] = host
-        assert gcs_emulator.use_anonymous_credentials()
+    with gcs_emulator.serve_as_configured() as host:
         yield host
-    if before is None:
-        os.environ.pop(gcs.EMULATOR_ENV, None)
-    else:
-        os.environ[gcs.EMULATOR_ENV] = before
 
 
 @pytest.fixture

@@ -224,24 +224,22 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
                         help="how long the job outlives this launcher if it dies; renewed while it runs (default %(default)s)")
 
 
-def _duration(name: str):
-    def parse(text: str) -> float:
-        try:
-            return parse_duration(text, name)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
+def _parsed_by(parse_value):
+    """An argparse `type` for option `name` that `parse_value(text, name)` reads, its ValueError a usage error."""
+    def for_option(name: str):
+        def parse(text: str):
+            try:
+                return parse_value(text, name)
+            except ValueError as exc:
+                raise argparse.ArgumentTypeError(str(exc)) from None
 
-    return parse
+        return parse
+
+    return for_option
 
 
-def _size(name: str):
-    def parse(text: str) -> int:
-        try:
-            return parse_size(text, name)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
+_duration = _parsed_by(parse_duration)  # `--lease 90s`: seconds
+_size = _parsed_by(parse_size)  # `--snapshot-after 500MB`: bytes
 
 
 def _positive(text: str) -> int:
