@@ -160,3 +160,11 @@ def test_plain_lines_come_once_per_interval_and_a_failure_adds_none():
             raise RuntimeError("the pipeline failed")
     # none before the first hour is up; the CLI's error line is the last word
     assert stream.getvalue() == ""
+
+
+def test_quiet_shows_no_progress_on_a_terminal_only_the_result(source, tmp_path):
+    code, output = _on_terminal([*_export(source, tmp_path), "-q"])
+    assert code == 0, output
+    assert not _percentages(output) and "elapsed" not in output and "resources/s" not in output, output
+    assert "  complete:" not in output, output  # the display's final line is progress too
+    assert re.search(r"complete: [\d,]+ resources in 8 types", output), output  # the command's result, on stdout

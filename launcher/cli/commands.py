@@ -76,7 +76,7 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
 
     check_runner_options(beam_args)  # before the store is opened: a refusal creates nothing
     store, audit = _open(args, recover=False)
-    with ProgressDisplay() as display:
+    with ProgressDisplay(quiet=args.quiet) as display:
         start = JobStart(store, request, settings, args.tenant, args.owner, tuple(beam_args), args.schedule)
         record = start_export(start, _control(args, audit, display))
         display.finish(record, _files(store, record))
@@ -98,7 +98,7 @@ def resume(args: argparse.Namespace, beam_args: list[str]) -> int:
     from launcher.jobs.attempts import resume_export
 
     store, audit = _open(args)
-    with ProgressDisplay() as display:
+    with ProgressDisplay(quiet=args.quiet) as display:
         record = resume_export(store, _control(args, audit, display), args.tenant, args.job_id, args.owner,
                                tuple(beam_args))
         display.finish(record, _files(store, record))

@@ -108,10 +108,11 @@ class _Tally:
 class ProgressDisplay:
     """Shows a running export on `stream` (stderr): a bar redrawn in place on a terminal, plain lines
     otherwise, and one final line. Use it as a context manager and call `finish` with the complete job;
-    leaving it by an exception tells what stopped the export, never 100%."""
+    leaving it by an exception tells what stopped the export, never 100%. `quiet` (`-q`) shows nothing."""
 
-    def __init__(self, stream: Optional[TextIO] = None, every_s: Optional[float] = None):
+    def __init__(self, stream: Optional[TextIO] = None, every_s: Optional[float] = None, quiet: bool = False):
         self._stream = stream or sys.stderr
+        self._quiet = quiet
         self._tty = self._stream.isatty()
         self._every_s = _every_s() if every_s is None else every_s
         self._tally = _Tally(time.monotonic())
@@ -138,6 +139,8 @@ class ProgressDisplay:
     def __call__(self, job: StoredJob) -> None:
         """Takes one snapshot of the running job."""
         self._tally.see(job, time.monotonic())
+        if self._quiet:
+            return
         if self._tty:
             self._draw()
         elif self._tally.now - self._printed_at >= self._every_s:
@@ -195,16 +198,18 @@ class ProgressDisplay:
         self._print(line)
 
     def _print(self, line: str) -> None:
-        print(line, file=self._stream, flush=True)
+        if not self._quiet:
+            print(line, file=self._stream, flush=True)
 
 
 class PullDisplay:
     """A pull's progress on `stream` (stderr): on a terminal one tqdm line of the pages and resources applied
     so far, with what the consumer says printed above it; otherwise plain lines, one per page that changed
-    the dataset. Use it as a context manager."""
+    the dataset. Use it as a context manager. `quiet` (`-q`) shows no page progress, only what the consumer says."""
 
-    def __init__(self, stream: Optional[TextIO] = None):
+    def __init__(self, stream: Optional[TextIO] = None, quiet: bool = False):
         self._stream = stream or sys.stderr
+        self._quiet = quiet
         self._tty = self._stream.isatty()
         self._bar: Optional[tqdm] = None
         self.pages = self.added = self.deleted = 0
@@ -228,6 +233,8 @@ class PullDisplay:
         from launcher.publish.consumer import page_line
 
         self.pages, self.added, self.deleted = self.pages + 1, self.added + added, self.deleted + deleted
+        if self._quiet:
+            return
         if not self._tty:
             if added or deleted:
                 self._print(page_line(url, added, deleted, transaction_time))

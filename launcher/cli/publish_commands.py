@@ -174,7 +174,7 @@ def _exporter(args: argparse.Namespace, beam_args: list[str]):
         from launcher.jobs.attempts import JobStart, start_export
 
         job_settings = dataclasses.replace(settings, output=work, file_url_base="")
-        with ProgressDisplay() as display:
+        with ProgressDisplay(quiet=args.quiet) as display:
             record = start_export(JobStart(store, request, job_settings, args.tenant, args.owner, tuple(beam_args)),
                                   dataclasses.replace(control, on_progress=display))
             manifest = store.manifest(args.tenant, record.job_id, args.owner)
@@ -188,7 +188,7 @@ def pull(args: argparse.Namespace, _: list[str]) -> int:
     from launcher.cli.progress import PullDisplay
     from launcher.publish.consumer import Consumer, PullStopped, Reader
 
-    with PullDisplay() as display:
+    with PullDisplay(quiet=args.quiet) as display:
         reader = Reader(token=args.token, retries=args.max_retries, first_delay_s=args.retry_delay, say=display.say)
         consumer = Consumer(args.url, args.into, reader, display.say, args.interval, display.applied)
         stop = _stop_on_signals(consumer.stopping)
