@@ -253,7 +253,11 @@ def main(argv=None) -> None:
           f"_elements={args.elements or '(none)'} transactionTime={tx}; pipeline runners: {', '.join(labels)}"
           + ("; timed from the shell (spawn to exit)" if args.cli else ""), flush=True)
     if "prefix" in loops:
-        print(f"opening bytes: each of the {check_opening_bytes(source):,} lines opens with "
+        try:
+            checked = check_opening_bytes(source)
+        except ValueError as exc:
+            sys.exit(f"--baseline {args.baseline}: the prefix loop cannot run on this data: {exc}")
+        print(f"opening bytes: each of the {checked:,} lines opens with "
               '{"resourceType":"<its type>" (checked), so the prefix loop is exact for _type', flush=True)
     bases = {loop: best_of(args.repeat, lambda: run_case(loop, args, source, tx, whole=args.cli)) for loop in loops}
     for loop, base in bases.items():
