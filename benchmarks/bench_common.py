@@ -13,6 +13,7 @@ import threading
 import time
 from importlib import metadata
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 
@@ -21,7 +22,7 @@ from launcher.tools import sample_data
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent / ".data"
 BENCH_GROUP_ID, BENCH_GROUP_SIZE = "bench-group", 1000
-SAMPLE_EVERY_S = 0.1
+SAMPLE_EVERY_S, RESCAN_EVERY_S = 0.1, 0.5
 # --data: the generator and its resources per patient. `sample`: launcher.tools.sample_data (about 750 bytes a
 # resource); `realistic`: benchmarks.realistic_data (Synthea's mix of types and sizes, about 1.3 KB).
 GENERATORS = {"sample": (sample_data.generate, sample_data.RESOURCES_PER_PATIENT),
@@ -83,12 +84,16 @@ def ensure_columnar(ndjson: Path, kind: str) -> Path:
     return folder
 
 
-def tree_memory_kb(root: int) -> tuple[int, int]:
-    """(RSS, PSS) summed over `root` and all its descendants, in kB.
+class TreeMemory(NamedTuple):
+    """Memory summed over a process tree, in kB, and how many processes it counted."""
 
-    RSS counts a page shared by several processes (forked workers share most of
-    theirs with the driver) once per process; PSS splits it between them.
-    """
+    rss: int
+    pss: int
+    processes: int
+
+
+def tree_pids(root: int) -> list[int]:
+    """`root` and all its descendants, found by the parent ids in `/proc/*/stat` (a full scan, ~10 ms)."""
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -100,11 +105,22 @@ def tree_memory_kb(root: int) -> tuple[int, int]:
             continue
         ppid = int(stat[stat.rindex(b")") + 2:].split()[1])  # after "pid (comm) state"
         children.setdefault(ppid, []).append(int(entry.name))
-    rss = pss = 0
-    todo = [root]
+    pids, todo = [], [root]
     while todo:
         pid = todo.pop()
+        pids.append(pid)
         todo.extend(children.get(pid, ()))
+    return pids
+
+
+def memory_kb(pids: list[int]) -> TreeMemory:
+    """RSS and PSS summed over those of `pids` still alive.
+
+    RSS counts a page shared by several processes (forked workers share most of
+    theirs with the driver) once per process; PSS splits it between them.
+    """
+    rss = pss = alive = 0
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
                 for line in f:
@@ -112,26 +128,40 @@ def tree_memory_kb(root: int) -> tuple[int, int]:
                         rss += int(line.split()[1])
                     elif line.startswith(b"Pss:"):
                         pss += int(line.split()[1])
+                        alive += 1
                         break
         except OSError:
-            pass  # exited between the scan and the read
-    return rss, pss
+            pass  # exited since the scan
+    return TreeMemory(rss, pss, alive)
+
+
+def tree_memory_kb(root: int) -> TreeMemory:
+    """(RSS, PSS, processes) summed over `root` and all its descendants, in kB."""
+    return memory_kb(tree_pids(root))
 
 
 def run_process(cmd: list[str], sample_memory: bool = True, **popen) -> dict:
     """Runs `cmd` to its end: its exit code, output (stdout and stderr), wall seconds from spawn to
-    exit, and (unless `sample_memory` is off) the peak RSS and PSS of its process tree in MB."""
-    peak = peak_pss = 0
+    exit, and (unless `sample_memory` is off) the peak RSS and PSS of its whole process tree in MB
+    and the most processes that tree held at once.
+
+    Memory is read every `SAMPLE_EVERY_S` from the processes last found in the tree; the tree is
+    found again every `RESCAN_EVERY_S` (the /proc scan costs far more than the reads).
+    """
+    peak = TreeMemory(0, 0, 0)
     with tempfile.TemporaryFile() as log:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, **popen)
         done = threading.Event()
 
         def sample() -> None:
-            nonlocal peak, peak_pss
+            nonlocal peak
+            pids, scanned = [proc.pid], float("-inf")
             while not done.is_set():
-                rss, pss = tree_memory_kb(proc.pid)
-                peak, peak_pss = max(peak, rss), max(peak_pss, pss)
+                if time.monotonic() - scanned >= RESCAN_EVERY_S:
+                    pids, scanned = tree_pids(proc.pid), time.monotonic()
+                now = memory_kb(pids)
+                peak = TreeMemory(*(max(a, b) for a, b in zip(peak, now)))
                 done.wait(SAMPLE_EVERY_S)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -144,8 +174,8 @@ def run_process(cmd: list[str], sample_memory: bool = True, **popen) -> dict:
             sampler.join()
         log.seek(0)
         output = log.read().decode(errors="replace")
-    return {"code": code, "output": output, "process_seconds": seconds, "peak_mb": peak / 1024,
-            "peak_pss_mb": peak_pss / 1024}
+    return {"code": code, "output": output, "process_seconds": seconds, "peak_mb": peak.rss / 1024,
+            "peak_pss_mb": peak.pss / 1024, "peak_processes": peak.processes}
 
 
 def bulk_export_command() -> list[str]:

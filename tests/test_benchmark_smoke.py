@@ -26,16 +26,20 @@ def data_dir(tmp_path_factory):
     ["--runner", "in_process,dask", "--workers", "2", "--types", "", "--since", ""],
     ["--level", "group", "--type-filter", "Observation?status=final", "--elements", "Observation.code"],
     ["--level", "patient", "--source-format", "parquet", "--output-format", "parquet"],
-], ids=["system", "multi-process", "local-and-dask", "group-typefilter-elements", "patient-parquet"])
+    ["--baseline", "both", "--types", "Observation,Patient", "--since", "", "--runner", "default,in_process"],
+], ids=["system", "multi-process", "local-and-dask", "group-typefilter-elements", "patient-parquet",
+        "both-loops-two-runners"])
 def test_a_small_benchmark_run_prints_its_table(data_dir, options):
     done = subprocess.run([sys.executable, str(BENCH), "--resources", "2000", "--data-dir", str(data_dir), *options],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = [line for line in done.stdout.splitlines() if line.startswith("| baseline") or line.startswith("| pipeline")]
-    assert len(rows) == 2 + ("dask" in str(options)), done.stdout
+    both, runners = "both" in options, options[options.index("--runner") + 1] if "--runner" in options else "default"
+    assert len(rows) == (2 if both else 1) + len(runners.split(",")), done.stdout
     assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
     out = {row.split("|")[3].strip() for row in rows}  # every case exported the same number of resources
     assert len(out) == 1 and out != {"0"}, rows
+    assert ("| pipeline (default, " in done.stdout) == ("default" in runners), done.stdout
 
 
 def test_a_small_server_benchmark_run_prints_its_figures():
@@ -63,22 +67,60 @@ def test_a_small_launcher_benchmark_run_prints_its_table(data_dir):
     assert all("resources in" in row[3] and float(row[5]) > 0 for row in rows), done.stdout
 
 
-@pytest.mark.parametrize("options", [
-    [],
-    ["--runner", "multi_process", "--workers", "2"],
-], ids=["default-runner", "multi-process"])
-def test_a_small_cli_run_on_realistic_data_prints_its_table_with_targets(data_dir, options):
-    """--data realistic --cli: `bulk-export export` and the plain loop, each timed as a whole process."""
+def _cli_rows(stdout: str) -> list[list[str]]:
+    """The table's rows, each a dict of its cells by the header's names."""
+    lines = [line for line in stdout.splitlines() if line.startswith("| ") and not line.startswith("|--")]
+    header = [cell.strip() for cell in lines[0].split("|")[1:-1]]
+    return [dict(zip(header, (cell.strip() for cell in line.split("|")[1:-1]))) for line in lines[1:]]
+
+
+@pytest.mark.parametrize("options, expected", [
+    ([], {"bulk-export export (default runner)": ">= 1.3x parse"}),
+    (["--runner", "in_process,multi_process", "--workers", "2"],
+     {"bulk-export export (in_process)": ">= 0.8x parse", "bulk-export export (multi_process x2)": ">= 1.2x parse"}),
+    (["--types", "Patient", "--since", "", "--baseline", "both"],
+     {"bulk-export export (default runner)": ">= 3.0x parse, >= 0.7x prefix"}),
+], ids=["default-runner", "in-memory-and-multi-process", "narrow-both-loops"])
+def test_a_small_cli_run_on_realistic_data_prints_its_table_with_targets(data_dir, options, expected):
+    """--data realistic --cli: `bulk-export export` and the plain loops, each timed as a whole process, each
+    pipeline row beside issue 28's target for it, the peak PSS of its whole process tree beside the bound."""
     done = subprocess.run([sys.executable, str(BENCH), "--resources", "2000", "--data-dir", str(data_dir),
                            "--data", "realistic", "--cli", *options], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = [line.split("|") for line in done.stdout.splitlines() if line.startswith(("| baseline", "| bulk-export"))]
-    assert [row[1].strip() for row in rows] == [
-        "baseline", "bulk-export export (multi_process x2)" if options else "bulk-export export (default runner)"]
+    rows = {row["case"]: row for row in _cli_rows(done.stdout)}
+    loops = ["parse", "prefix"] if "both" in options else ["parse"]
+    assert list(rows) == [f"baseline ({loop} loop)" for loop in loops] + list(expected), done.stdout
+    assert {row["target"] for row in rows.values()} == {"", *expected.values()}
+    assert all(rows[case]["met"] in ("yes", "NO") and rows[case]["ratio to parse loop"].endswith("x")
+               for case in expected)
+    assert ("ratio to prefix loop" in rows[next(iter(expected))]) == ("both" in options)
+    assert len({row["resources out"] for row in rows.values()}) == 1 and rows["baseline (parse loop)"][
+        "resources out"] != "0", rows
     assert "outputs equal:" in done.stdout and "machine: nproc=" in done.stdout
-    assert len({row[3].strip() for row in rows}) == 1 and rows[0][3].strip() != "0", rows
-    assert rows[1][7].strip() == (">= 1.2x" if options else ">= 0.6x") and rows[1][8].strip() in ("yes", "NO")
+    assert "memory: peak tree PSS <= 300 MB" in done.stdout
+    if "multi_process" in str(options):  # the tree is summed: the command's process and at least its two workers
+        assert int(rows["bulk-export export (multi_process x2)"]["peak processes"]) >= 3, rows
+    if "both" in options:
+        assert "(checked), so the prefix loop is exact for _type" in done.stdout
     assert (data_dir / "2000-42-realistic" / "ndjson" / "ExplanationOfBenefit.ndjson").exists()
+
+
+def test_the_prefix_loop_is_refused_where_it_would_not_apply_the_request(tmp_path, monkeypatch):
+    """--baseline prefix tests only _type: refused with a _since; refused on data whose lines open otherwise."""
+    done = subprocess.run([sys.executable, str(BENCH), "--resources", "10", "--data-dir", str(tmp_path),
+                           "--baseline", "prefix"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "--since ''" in done.stderr, done.stderr
+    assert not list(tmp_path.iterdir())  # refused before any data was generated
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks.bench_loops import check_opening_bytes
+
+    (tmp_path / "ndjson").mkdir()
+    (tmp_path / "ndjson" / "Patient.ndjson").write_bytes(b'{"resourceType":"Patient","id":"a"}\n\n')
+    assert check_opening_bytes(tmp_path / "ndjson") == 1
+    (tmp_path / "ndjson" / "Patient.ndjson").write_bytes(b'{"resourceType":"Patient","id":"a"}\n'
+                                                         b'{"id":"b","resourceType":"Patient"}\n')
+    with pytest.raises(ValueError, match="Patient.ndjson line 2"):
+        check_opening_bytes(tmp_path / "ndjson")
 
 
 def test_the_realistic_data_follows_the_measured_synthea_figures(tmp_path, monkeypatch):
