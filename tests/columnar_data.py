@@ -16,7 +16,7 @@ from pipelines.export import ExportJob, ExportSettings, build_pipeline
 from pipelines.models import ExportRequest
 from pipelines.options import LOCAL_RUNNER
 from transforms.fhir.record_schema import RECORD_SCHEMA, load_avro_schema, record_columns, record_table
-from transforms.read.ndjson import parse_lines
+from transforms.read.ndjson import parse_lines, span_texts
 from transforms.records import Origin, Resource, ResourceBatch
 from transforms.storage.source_formats import PARQUET
 
@@ -39,7 +39,8 @@ def convert_ndjson(source: str, dest: str, kind: str, rows_per_group: int = 10_0
     """Writes the resources of a local NDJSON file as an Avro or Parquet file; returns how many.
     Lines that are not resources are left out."""
     with open(source, "rb") as f:
-        items = parse_lines(iter([f.read().split(b"\n")]), Origin(source, 0), batch_size=1 << 62)
+        texts = span_texts(f, 0, None)
+        items = parse_lines(texts, Origin(source, next(texts)), batch_size=1 << 62)
         resources = [r for item in items if type(item) is ResourceBatch for r in item.resources]
     write_records(dest, kind, resources, rows_per_group)
     return len(resources)

@@ -21,7 +21,8 @@ from launcher.stores.contract import Owner
 from pipelines.models import ExportRequest, ExportStatus, JobRecord, Manifest, OutputFile
 from tests.conftest import SHARED_DATA
 from tests.server_process import ROOT
-from transforms.read.ndjson import span_blocks
+from transforms.read.line_screen import split_lines
+from transforms.read.ndjson import span_texts
 from transforms.write.manifest import Completed
 
 # ---- job records and stores ------------------------------------------------------------------
@@ -329,8 +330,8 @@ def _check(node: dict, path: str, elements: dict[str, dict], problems: list[str]
 
 
 def span_lines(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
-    """`span_blocks`, one line at a time (after the first line's offset)."""
-    blocks = span_blocks(f, start, end)
-    yield next(blocks)
-    for lines in blocks:
-        yield from lines
+    """`span_texts`, one line at a time (after the first line's offset)."""
+    texts = span_texts(f, start, end)
+    yield next(texts)
+    for text in texts:
+        yield from split_lines(text)

@@ -17,8 +17,9 @@ import orjson
 from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.window import LATE
+from transforms.read.line_screen import line_finder
 from transforms.read.pushdown import ReadSelection, late_record, no_id_record, window_error
-from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.records import BadRecord, ChunkLines, Origin, Resource, ResourceBatch
 
 # Small enough that a block's lines are parsed while still in the CPU cache (1 MiB
 # blocks made parsing about 15% slower than reading line by line).
@@ -26,12 +27,14 @@ BLOCK_BYTES = 64 << 10
 BOM = b"\xef\xbb\xbf"  # a UTF-8 byte-order mark, which some writers put first
 
 
-def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
-    """Yields the offset of the first line, then lists of the lines starting in [start, end).
+def span_texts(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
+    """Yields the offset of the first line, then texts of the lines starting in [start, end).
 
-    A line belongs to the range in which its first byte lies, so adjacent
-    ranges split a file into its lines with none lost or read twice. `end`
-    None reads to the end of the stream. A UTF-8 BOM opening a file is dropped.
+    A text is whole lines, each ending in a newline (one is added to a last line
+    without), about a block long unless a line is longer. A line belongs to the
+    range in which its first byte lies, so adjacent ranges split a file into its
+    lines with none lost or read twice. `end` None reads to the end of the stream.
+    A UTF-8 BOM opening a file is dropped.
     """
     if start:
         f.seek(start - 1)
@@ -44,37 +47,28 @@ def span_blocks(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
         block = f.read(BLOCK_BYTES)
         if not block:
             if pending:
-                yield [b"".join(pending).removeprefix(BOM) if first else b"".join(pending)]
+                text = b"".join(pending) + b"\n"
+                yield text.removeprefix(BOM) if first else text
             return
-        if b"\n" not in block:  # a long line: join its pieces once it ends, not block by block
+        cut = block.rfind(b"\n") + 1
+        if not cut:  # a long line: join its pieces once it ends, not block by block
             pending.append(block)
             continue
-        data = b"".join(pending) + block if pending else block
-        lines = data.split(b"\n")
-        tail = lines.pop()
-        pending = [tail] if tail else []
-        if first:
-            lines[0] = lines[0].removeprefix(BOM)
-            first = False
-        consumed = len(data) - len(tail)
-        if end is None or pos + consumed <= end:
-            pos += consumed
-            yield lines
-            continue
-        kept = []  # the range ends inside this block: keep the lines starting before it
-        for line in lines:
-            kept.append(line)
-            pos += len(line) + 1
-            if pos >= end:
-                break
-        yield kept
-        return
+        text = block if cut == len(block) else block[:cut]
+        if pending:
+            text = b"".join([*pending, text])
+        pending = [block[cut:]] if cut < len(block) else []
+        if end is not None and pos + len(text) > end:  # the range ends in this text: its lines starting before
+            text = text[: text.index(b"\n", end - pos - 1) + 1]
+        pos += len(text)
+        yield text.removeprefix(BOM) if first else text
+        first = False
 
 
 def parse_lines(
-    blocks: Iterator[list[bytes]], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
-) -> Iterator[Union[ResourceBatch, BadRecord]]:
-    """Parses blocks of lines into `ResourceBatch`es and `BadRecord`s; blank lines are skipped.
+    texts: Iterator[bytes], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
+) -> Iterator[Union[ResourceBatch, BadRecord, ChunkLines]]:
+    """Parses the texts of `span_texts` into `ResourceBatch`es and `BadRecord`s, then a `ChunkLines`.
 
     `Resource.index` counts every line of the range, blank ones included, so
     that line numbers can be recovered from `origin`. With a `selection`, only
@@ -82,26 +76,27 @@ def parse_lines(
     the `source_bytes` of the lines left out. A kept resource without an `id` is a
     bad record, and one updated after `transactionTime` an `information` notice.
     A line holding a `transaction`, `batch`, `collection` or `searchset` Bundle is
-    read as its entries, as a Bundle file is (`transforms.read.bundles`).
+    read as its entries, as a Bundle file is (`transforms.read.bundles`). Lines that
+    cannot be of a selected type are not parsed, nor most split (`transforms.read.line_screen`).
+    The `ChunkLines` counts the range's lines.
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, _PLAIN_TYPES
     types = selection.types if selection is not None else None
     in_window = selection.window.classify if selection is not None and selection.window is not None else None
     bodies = selection is None or selection.keep_bodies
-    screen = selection.screen() if selection is not None else None
+    find_lines = line_finder(selection)
     batch: list[Resource] = []
-    first = 0  # the index of the block's first line
+    first = 0  # the index of the text's first line
     unreported = 0  # source bytes not yet carried by a batch
-    for lines in blocks:
-        unreported += sum(map(len, lines)) + len(lines)
-        for offset, line in enumerate(lines):
-            if screen is not None and not screen(line):
-                continue  # cannot be of a selected type: not parsed (`ReadSelection.screen`)
+    for text in texts:
+        unreported += len(text)
+        count, lines = find_lines(text, first)
+        for index, line in lines:
             try:
                 body = loads(line)  # a CRLF line's "\r" is JSON whitespace
             except decode_error as exc:
                 if line.strip():
-                    yield BadRecord(origin, first + offset, json_error(exc))
+                    yield BadRecord(origin, index, json_error(exc))
                 continue
             if type(body) is dict:
                 resource_type = body.get("resourceType")
@@ -112,25 +107,25 @@ def parse_lines(
                         try:
                             verdict = in_window(body)
                         except InvalidInstant as exc:
-                            yield window_error(origin, first + offset, exc, resource_type, body.get("id"))
+                            yield window_error(origin, index, exc, resource_type, body.get("id"))
                             continue
                         if verdict is not True:
                             if verdict is LATE:  # only resources past transactionTime take this path
-                                yield late_record(origin, first + offset, resource_type, body.get("id"))
+                                yield late_record(origin, index, resource_type, body.get("id"))
                             continue
                     rid = body.get("id")
                     if type(rid) is not str or not rid:
-                        yield no_id_record(origin, first + offset, resource_type)
+                        yield no_id_record(origin, index, resource_type)
                         continue
                     if line[-1:] == b"\r":
                         line = line[:-1]
-                    batch.append(Resource(resource_type, line, body if bodies else None, first + offset))
+                    batch.append(Resource(resource_type, line, body if bodies else None, index))
                     if len(batch) >= batch_size:
                         yield ResourceBatch(origin, batch, unreported)
                         batch, unreported = [], 0
                     continue
             # The slow path: not a resource, or a Bundle (whose entries may be the resources).
-            for item in _unusual_line(body, line, first + offset, origin, selection):
+            for item in _unusual_line(body, line, index, origin, selection):
                 if type(item) is not Resource:
                     yield item
                     continue
@@ -138,9 +133,10 @@ def parse_lines(
                 if len(batch) >= batch_size:
                     yield ResourceBatch(origin, batch, unreported)
                     batch, unreported = [], 0
-        first += len(lines)
+        first += count
     if batch or unreported:
         yield ResourceBatch(origin, batch, unreported)
+    yield ChunkLines(origin.path, origin.offset, first)
 
 
 # Every R4 type but Bundle takes the hot path; a Bundle line may hold the resources as entries.

@@ -21,10 +21,19 @@ from transforms.records import BadRecord, Resource, ResourceBatch
 
 SCREEN_MAX_TYPES = 8
 # How a line written by a FHIR server starts: its type, as its first member, unescaped.
-_LEAD = b'{"resourceType":"'
+LEAD = b'{"resourceType":"'
 # Every R4 type but Bundle (a Bundle line may hold any type).
-_TYPE_NAMES = frozenset(name.encode() for name in RESOURCE_TYPES if name != "Bundle")
-_LONGEST_NAME = max(map(len, _TYPE_NAMES))
+TYPE_NAMES = frozenset(name.encode() for name in RESOURCE_TYPES if name != "Bundle")
+_LONGEST_NAME = max(map(len, TYPE_NAMES))
+
+
+def lead_name(text: bytes, at: int = 0) -> Optional[bytes]:
+    """The type named by a line of `text` starting at `at` that opens with `LEAD`, or None."""
+    if not text.startswith(LEAD, at):
+        return None
+    start = at + len(LEAD)
+    end = text.find(b'"', start, start + _LONGEST_NAME + 1)
+    return text[start:end] if end > 0 else None
 
 
 class ReadSelection(NamedTuple):
@@ -59,19 +68,15 @@ class ReadSelection(NamedTuple):
         if self.types is None:
             return None
         selected = frozenset(name.encode() for name in self.types)
-        others = _TYPE_NAMES - selected
-        markers = tuple(b'"%s"' % name for name in sorted(selected)) if len(selected) <= SCREEN_MAX_TYPES else None
-        lead, start, escape = _LEAD, len(_LEAD), b"\\u"
+        others = TYPE_NAMES - selected
+        markers, escape = self.markers(), b"\\u"
 
         def may_hold(line: bytes) -> bool:
-            if line.startswith(lead):
-                end = line.find(b'"', start, start + _LONGEST_NAME + 1)
-                if end > 0:
-                    name = line[start:end]
-                    if name in selected:
-                        return True
-                    if name in others:
-                        return False
+            name = lead_name(line)
+            if name in selected:
+                return True
+            if name in others:
+                return False
             if markers is None:
                 return True
             # `in` is a fast substring search (a regex here was slower than parsing). A selected
@@ -83,6 +88,13 @@ class ReadSelection(NamedTuple):
             return escape in line
 
         return may_hold
+
+    def markers(self) -> Optional[tuple[bytes, ...]]:
+        """The selected types' names as JSON strings (`"Patient"`), which `screen` looks for in a line
+        that does not open with its type; None for every type, or above `SCREEN_MAX_TYPES` types."""
+        if self.types is None or len(self.types) > SCREEN_MAX_TYPES:
+            return None
+        return tuple(b'"%s"' % name.encode() for name in sorted(self.types))
 
     def admits(self, resource_type: str, body: dict, last_updated: Optional[str] = None) -> bool:
         """True when the resource is selected; raises `InvalidInstant` on a bad `meta.lastUpdated`."""

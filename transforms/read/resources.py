@@ -20,7 +20,7 @@ from transforms.read import gc_pause
 from transforms.read.bundles import document_resources
 from transforms.read.chunks import Chunk, NotListed, SourceError, open_chunk, plan_source, swapped
 from transforms.read.columnar import read_columnar
-from transforms.read.ndjson import parse_lines, span_blocks
+from transforms.read.ndjson import parse_lines, span_texts
 from transforms.read.postgres import PgRange, located, plan_ranges, read_range
 from transforms.read.pushdown import ReadSelection, read_types
 from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
@@ -86,18 +86,6 @@ class ReadResources(beam.PTransform):
 _EVERY = ReadSelection()
 
 
-class _CountLines:
-    """Passes blocks of lines on, counting the lines."""
-
-    def __init__(self, blocks: Iterator[list[bytes]]):
-        self._blocks, self.lines = blocks, 0
-
-    def __iter__(self) -> Iterator[list[bytes]]:
-        for lines in self._blocks:
-            self.lines += len(lines)
-            yield lines
-
-
 class _ReadChunkFn(beam.DoFn):
     """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
@@ -149,11 +137,9 @@ class _ReadChunkFn(beam.DoFn):
             raise SourceError(f"cannot read source file {chunk.path!r}: {exc}") from exc
 
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
-        blocks = span_blocks(f, chunk.start, chunk.end if chunk.end >= 0 else None)
-        origin = Origin(chunk.path, next(blocks))
-        counted = _CountLines(blocks)
-        yield from self._emit(parse_lines(counted, origin, self._batch_size, self._selection))
-        yield beam.pvalue.TaggedOutput("lines", ChunkLines(chunk.path, origin.offset, counted.lines))
+        texts = span_texts(f, chunk.start, chunk.end if chunk.end >= 0 else None)
+        origin = Origin(chunk.path, next(texts))
+        yield from self._emit(parse_lines(texts, origin, self._batch_size, self._selection))
 
     def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]], windowed: bool = False) -> Iterator:
         """Applies the selection to batches read whole (NDJSON applies it while parsing); `windowed`:
@@ -182,8 +168,8 @@ class _ReadChunkFn(beam.DoFn):
         if kept.resources:
             yield Deletions(kept)
 
-    def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord]]) -> Iterator:
-        """Counts and yields batches, and bad records tagged `errors`."""
+    def _emit(self, items: Iterable[Union[ResourceBatch, BadRecord, ChunkLines]]) -> Iterator:
+        """Counts and yields batches, bad records tagged `errors` and line counts tagged `lines`."""
         for item in items:
             if type(item) is ResourceBatch:
                 self._read.inc(len(item.resources))
@@ -191,6 +177,8 @@ class _ReadChunkFn(beam.DoFn):
             elif type(item) is Deletions:
                 self._deleted.inc(len(item.batch.resources))
                 yield beam.pvalue.TaggedOutput("deletions", item.batch)
+            elif type(item) is ChunkLines:
+                yield beam.pvalue.TaggedOutput("lines", item)
             else:
                 self._bad.inc()
                 yield beam.pvalue.TaggedOutput("errors", item)
