@@ -110,3 +110,18 @@ def test_this_process_starts_no_fork_server_for_pytests_command_line():
     before = forkserver._forkserver._forkserver_pid
     start_for_command_line(sys.argv)
     assert forkserver._forkserver._forkserver_pid == before
+
+
+def test_a_console_script_export_completes_with_the_early_fork_server(tmp_path):
+    # The run's child runs the console script again (as __mp_main__, with the launcher's argv): it must
+    # not start a fork server of its own while multiprocessing starts it.
+    script = tmp_path / "bulk-export"
+    script.write_text("import sys\nfrom launcher.cli.main import main\nif __name__ == '__main__':\n    sys.exit(main())\n")
+    source = tmp_path / "one"
+    source.mkdir()
+    (source / "Patient.ndjson").write_text('{"resourceType":"Patient","id":"p1"}\n')
+    done = subprocess.run([sys.executable, str(script), "export", "--source", str(source), "--output",
+                           str(tmp_path / "out"), "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "complete: 1 resource in 1 type" in done.stdout

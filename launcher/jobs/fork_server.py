@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 from multiprocessing import forkserver
 from typing import Sequence
 
@@ -29,7 +30,12 @@ def start_for_command_line(argv: Sequence[str]) -> None:
     """Starts the fork server at once when `argv` (sys.argv) is `bulk-export export|resume ...`
     without --help: the command's handler would start it anyway, after the command line's own
     imports (0.2-0.3 s). Any other line, or an unusual one (options before the command), is left to
-    the handler; the result is the same either way."""
+    the handler; the result is the same either way. A process that multiprocessing is starting
+    (the run's child runs the console script again as `__mp_main__`, with the same argv) starts none."""
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        return
+    if getattr(sys.modules.get("__main__"), "__name__", "__main__") != "__main__":
+        return
     if len(argv) < 2 or os.path.basename(argv[0]) not in _COMMAND_NAMES or argv[1] not in _RUN_PIPELINES:
         return
     if "-h" in argv or "--help" in argv:
