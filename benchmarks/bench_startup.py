@@ -4,10 +4,11 @@
     python benchmarks/bench_startup.py [--repeat 5]
 
 Times, from spawn to exit, `python -c pass` (the floor), `bulk-export --help`,
-`status JOB` and `list --all` against a small store (one job), and the export of
-the bundled sample (`make export`: `sample-data/`, 677 resources). Each command
-runs `--repeat` times; the best and the median are printed beside issue 19's
-target. See README.md.
+`status JOB` and `list --all` against a small store (one job), the export of a
+one-resource source, and the export of the bundled sample (`make export`:
+`sample-data/`, 677 resources). Each command runs `--repeat` times; the best and
+the median are printed beside the target (issue 19's for the control commands,
+issue 28's for the exports). See README.md.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_common import bulk_export_command, machine, print_table, run_process  # noqa: E402
 
 SAMPLE = ROOT / "sample-data"
-CONTROL_TARGET_S, EXPORT_TARGET_S = 0.3, 1.5
+CONTROL_TARGET_S, ONE_RESOURCE_TARGET_S, EXPORT_TARGET_S = 0.3, 1.0, 1.2
+ONE_RESOURCE = b'{"resourceType":"Patient","id":"p1","meta":{"lastUpdated":"2022-01-01T00:00:00Z"}}\n'
 
 
 def _run(cmd: list[str]) -> dict:
@@ -44,12 +46,18 @@ def main(argv=None) -> None:
         state = ["--state-dir", f"{tmp}/state"]
         first = _run([*cli, "export", "--source", str(SAMPLE), "--output", f"{tmp}/exports", *state])["output"]
         job = re.search(r"job (\S+) complete", first).group(1)  # the store's one job, for `status`
-        exports = iter(range(args.repeat))
+        one = Path(tmp, "one-resource")
+        one.mkdir()
+        (one / "Patient.ndjson").write_bytes(ONE_RESOURCE)
+        exports = iter(range(2 * max(1, args.repeat)))
         cases = [  # (what is shown, command, target seconds)
             ("python -c pass", lambda: [sys.executable, "-c", "pass"], None),
             ("bulk-export --help", lambda: [*cli, "--help"], CONTROL_TARGET_S),
             ("bulk-export status JOB", lambda: [*cli, "status", job, *state], CONTROL_TARGET_S),
             ("bulk-export list --all", lambda: [*cli, "list", "--all", *state], CONTROL_TARGET_S),
+            ("bulk-export export (one resource)",
+             lambda: [*cli, "export", "--source", str(one), "--output", f"{tmp}/out{next(exports)}", *state],
+             ONE_RESOURCE_TARGET_S),
             ("bulk-export export --source sample-data",
              lambda: [*cli, "export", "--source", "sample-data", "--output", f"{tmp}/out{next(exports)}", *state],
              EXPORT_TARGET_S),

@@ -14,8 +14,8 @@ from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
 import orjson
-from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines.construction import ExportPipelineOptions, cache_dofn_specs
 from pipelines.job import ExportJob
 from pipelines.job_sink import JobSink, ReportRead
 from pipelines.models import NDJSON_FORMATS, PARQUET_FORMATS, ExportRequest, Manifest, OutputFile
@@ -163,7 +163,8 @@ def part_sink(output_format: str) -> PartSink:
 
 def run(argv: Optional[list[str]] = None, sink: Optional[JobSink] = None) -> beam.runners.runner.PipelineResult:
     """Builds and starts an export from pipeline options; returns without waiting."""
-    options = PipelineOptions(argv)
+    cache_dofn_specs()
+    options = ExportPipelineOptions(argv)
     prepare_runner(options)
     export = options.view_as(ExportOptions)
     if not export.request:

@@ -16,10 +16,14 @@ import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
-from launcher.cli import usage
+from launcher.jobs.fork_server import start_for_command_line
+
+start_for_command_line(sys.argv)  # before the imports below: Beam's import in the fork server starts sooner
+
+from launcher.cli import usage  # noqa: E402
 from launcher.cli.arguments import UsageError, build_parser, verbosity
 from launcher.cli.publish_commands import with_config
-from launcher.core.beam_notice import drop_apitools_notice
+from launcher.core.beam_notice import before_beam_import
 from launcher.core.names import check_job_id, check_tenant
 from transforms.errors import ExportError, Refused, Unavailable
 
@@ -29,7 +33,7 @@ OUR_PACKAGES = ("launcher", "pipelines", "transforms")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    drop_apitools_notice()
+    before_beam_import()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args, extra = _parse(argv)

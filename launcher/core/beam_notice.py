@@ -1,6 +1,10 @@
-"""Keeps Beam's import-time apitools notice out of the launcher's output."""
+"""What each entry point does before Beam is imported: keep its import-time notices out of the
+launcher's output, and keep it from importing MongoDB's client, which no export uses."""
 
 import logging
+import sys
+
+_MONGODB_IO = "apache_beam.io.mongodbio"  # imports bson and pymongo inside try/except ImportError
 
 
 class _DropApitoolsNotice(logging.Filter):
@@ -10,9 +14,33 @@ class _DropApitoolsNotice(logging.Filter):
         return not record.getMessage().startswith("apitools not found")
 
 
+class _DropMongoNotice(logging.Filter):
+    """Beam's MongoDB I/O warns at import when it goes without bson, as `skip_mongodb_client` has it do."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Could not find a compatible bson package")
+
+
 def drop_apitools_notice() -> None:
     """Keeps Beam's import-time apitools notice off the root logger (once per process); each entry
     point calls it before Beam is imported."""
     root = logging.getLogger()
     if not any(isinstance(f, _DropApitoolsNotice) for f in root.filters):
         root.addFilter(_DropApitoolsNotice())
+
+
+def skip_mongodb_client() -> None:
+    """Has Beam's import go without bson and pymongo (about 7% of importing Beam, measured in
+    benchmarks/README.md "Fixed cost (issue 28)"): `apache_beam.io` imports its MongoDB I/O, which
+    catches the ImportError and leaves MongoDB out. Does nothing once either is imported."""
+    if not {"bson", "pymongo"} & sys.modules.keys():
+        sys.modules["bson"] = sys.modules["pymongo"] = None  # an import of either raises ImportError
+    mongo = logging.getLogger(_MONGODB_IO)
+    if not any(isinstance(f, _DropMongoNotice) for f in mongo.filters):
+        mongo.addFilter(_DropMongoNotice())
+
+
+def before_beam_import() -> None:
+    """What an entry point calls before anything imports Beam."""
+    drop_apitools_notice()
+    skip_mongodb_client()

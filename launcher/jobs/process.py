@@ -14,16 +14,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import multiprocessing
 import os
 import re
 import signal
 import threading
 import time
-from multiprocessing import forkserver
 from typing import Callable, Optional
 
 from launcher.core.audit import AuditLog
+from launcher.jobs.fork_server import CONTEXT, start_fork_server
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 from transforms.errors import EngineLost, JobFailed
@@ -31,10 +30,7 @@ from transforms.errors import EngineLost, JobFailed
 POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
 _LOG = logging.getLogger(__name__)
-_CTX = multiprocessing.get_context("forkserver")
-# What the fork server imports before it forks a run: the log filter first, then Beam, the export and the
-# local runner (with Beam's runner and worker modules, which a run would otherwise import after the fork).
-_PRELOAD = ["launcher.jobs.fork_preload", "launcher.jobs.process", "pipelines.export", "pipelines.local_runner"]
+_CTX = CONTEXT
 
 
 DEFAULT_MAX_ACTIVE = 4
@@ -94,13 +90,6 @@ def new_lease(seconds: float) -> Lease:
     """A lease for this launcher process, valid for `seconds` from now."""
     holder = f"{os.uname().nodename}:{os.getpid()}:{os.urandom(4).hex()}"
     return Lease(holder, now_ms() + int(seconds * 1000))
-
-
-def start_fork_server() -> None:
-    """Starts the process pipeline runs are forked from, which imports Beam and the export first; an
-    entry point may call it early, so that the import happens there on another core. Idempotent."""
-    _CTX.set_forkserver_preload(_PRELOAD)
-    forkserver.ensure_running()
 
 
 def warm_fork_server(timeout_s: float = 300.0) -> None:

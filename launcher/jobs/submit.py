@@ -22,7 +22,7 @@ import orjson
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from launcher.core.audit import SERIOUS_FAILURE, AuditLog, audit_event
-from launcher.core.beam_notice import drop_apitools_notice
+from launcher.core.beam_notice import before_beam_import
 from launcher.jobs.dataflow import runner_job
 from launcher.jobs.start import JobStart, pipeline_inputs, record_job
 from launcher.jobs.process import RunControl, describe
@@ -97,7 +97,7 @@ def audit_log(audit_dir: str, job_store: str):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    drop_apitools_notice()
+    before_beam_import()
     print(f"submitted job {submit(sys.argv[1:] if argv is None else argv)}")
     return 0
 
