@@ -34,6 +34,17 @@ HEAVY_TESTS = {
     "test_key_rotation.py::test_rotation_and_revocation_reach_two_running_servers",
     "test_exit_codes.py::test_head_takes_the_first_line_of_a_long_list",
     "test_sink_off_hot_path.py::test_an_unreachable_store_delays_progress_and_fails_the_claim_clearly",
+    # The longest of the rest (pytest --durations, 2026-12-07): each 12 s or more on a quiet 2-core machine.
+    "test_docs_examples.py::test_examples_run_as_written",
+    "test_publish_gcs.py::test_a_publication_on_gcs_is_served_by_the_bucket_and_followed_over_http",
+    "test_operator_page_browser.py::test_the_operator_page_in_chromium_during_and_after_an_export",
+    "test_cli_export.py::test_ctrl_c_records_the_job_as_error_without_a_manifest",
+    "test_organize_by_reference.py::test_a_patient_level_export_organized_by_its_referenced_organizations",
+    "test_store_locks.py::test_a_launcher_stopped_while_its_pipeline_runs_blocks_no_other_store_client",
+    "test_organize.py::test_a_system_export_organized_by_patient_is_the_plain_export_regrouped",
+    "test_organize.py::test_a_group_export_has_blocks_only_for_its_members",
+    "test_organize.py::test_a_block_is_never_split_a_large_one_gets_a_part_of_its_own",
+    "test_cli_usage.py::test_verbose_export_logs_ours_at_info_and_beams_warnings_only",
 }
 
 
