@@ -19,11 +19,15 @@ from pipelines.settings import LOCAL_RUNNER
 from transforms.errors import Refused
 
 # A source of at least this many bytes runs on forked workers, a smaller one in one process.
-# Measured from the shell on the 2-core machine (benchmarks/README.md, "The default uses the machine
-# (issue 28)"), realistic data, `bulk-export export`, best of 3 alternating pairs, one process / 2 workers:
-# 4 MB 1.95 / 2.07 s, 12 MB 2.6 / 2.7 s, 40 MB 4.0 / 3.6 s, 118 MB 9.9 / 7.3 s, 393 MB 29 / 21 s.
-# Two workers start paying between 12 and 40 MB; 24 MiB sits in between.
-MULTI_PROCESS_MIN_BYTES = 24 << 20
+# Measured from the shell on the shared 2-core machine (benchmarks/README.md, "The default uses the machine
+# (issue 28)"): `bulk-export export` of realistic data, one process against 2 forked workers in alternating
+# pairs, best of 3, three series at load averages 3-9 (too noisy to pin the crossover). Two workers cost
+# 0.3-0.8 s more CPU at every size and lost at 4 and 20 MB in every series (load 3: 4.4 / 6.2 s at 4 MB,
+# 6.6 / 8.0 s at 20 MB); at 40 and 79 MB the winner changed between series; at 118 and 393 MB they won in
+# two series of three (load 3: 5.2 / 4.6 s at 118 MB; load 3-4: 8.9 / 6.7 s at 393 MB) and tied in the
+# third. One process spends about 12 ms of CPU per MB, so halving it pays for the workers' ~0.5 s from
+# about 80-100 MB.
+MULTI_PROCESS_MIN_BYTES = 100_000_000
 # Overrides MULTI_PROCESS_MIN_BYTES for a machine whose crossover lies elsewhere (README, "Runner options").
 MIN_BYTES_ENV = "BULK_EXPORT_MULTI_PROCESS_MIN_BYTES"
 DIRECT_FLAGS = ("--direct_running_mode", "--direct_num_workers")
@@ -86,7 +90,7 @@ def choose_workers(beam_args: Sequence[str], source_bytes: Optional[int], chunks
     workers = min(limit, chunks) if chunks is not None else limit
     if workers < 2:
         why = (f"it is {chunks} chunk" if chunks is not None and chunks < 2 else "this machine has one core"
-               if cores < 2 else f"only {max(limit, 0)} worker process is free")
+               if cores < 2 else "only 1 worker process is free" if limit == 1 else "no worker process is free")
         return WorkerChoice(1, f"the source ({size}) is large, but {why}")
     return WorkerChoice(workers, f"the source ({size}) is at least {_megabytes(min_bytes)}")
 
@@ -111,7 +115,8 @@ def _megabytes(size: int) -> str:
 
 class WorkerBudget:
     """Worker processes shared by concurrent exports: each takes what `choose_workers` allows of what is
-    still free, at least one process, and gives it back when its run ends. Thread-safe."""
+    still free, and gives it back when its run ends. Thread-safe. An export always gets its one process,
+    so with more exports running than `total` the processes held pass it by those single ones."""
 
     def __init__(self, total: int):
         if total < 1:
