@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from launcher.stores import open_store
 from pipelines.settings import LOCAL_RUNNER
 from pipelines.workers import (
     MIN_BYTES_ENV,
@@ -151,7 +152,10 @@ def _export(source: Path, out: Path, *args: str, env: dict | None = None) -> tup
 def test_a_large_source_runs_on_forked_workers_and_exports_what_one_process_does(sample_dir, tmp_path):
     large = {MIN_BYTES_ENV: "1000"}  # the sample is "large" from 1,000 bytes on
     log, forked = _export(sample_dir, tmp_path / "forked", env=large)
-    assert re.search(r"job \S+: 2 forked worker processes, because the source \([\d.]+ MB\) is at least", log), log
+    chosen = re.search(r"job (\S+): 2 forked worker processes, because the source \([\d.]+ MB\) is at least", log)
+    assert chosen, log
+    # The job records the options the user gave, none: a resume decides again.
+    assert open_store(str(tmp_path / "forked" / "state")).run_spec(chosen.group(1))["beam_args"] == []
     log, one = _export(sample_dir, tmp_path / "one", "--direct_running_mode=in_memory", env=large)
     assert "forked worker processes" not in log and "the runner's processes are as its options say" in log, log
     assert forked == one and sum(len(lines) for lines in one.values()) > 400
