@@ -22,7 +22,8 @@ LAUNCHER_MAY_IMPORT = ("transforms.fhir", "transforms.storage", "transforms.reco
                        "transforms.read.lookup")
 # Modules that must import without Beam: no module-level `import apache_beam`, neither in them nor in
 # what they import at module level (imports inside functions are fine).
-BEAM_FREE = ("transforms.fhir", "transforms.storage", "transforms.records", "pipelines.settings", "pipelines.models")
+BEAM_FREE = ("transforms.fhir", "transforms.storage", "transforms.records", "pipelines.settings", "pipelines.models",
+             "pipelines.workers")
 SHARED_FILE_NAMES = ("__init__.py", "__main__.py")
 
 

@@ -14,8 +14,10 @@ recorded resumable), from an empty folder, as its next attempt.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
-from typing import Optional
+from typing import Iterator, Optional, Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -30,10 +32,13 @@ from launcher.stores import InvalidJobState, JobNotFound, Lease, StoredJob
 from pipelines.export import ExportJob
 from pipelines.models import ExportStatus
 from pipelines.options import ExportSettings, prepare_runner
+from pipelines.workers import WorkerChoice, choose_workers, estimated_chunks, machine_cores, multi_process_min_bytes
 from transforms.errors import EngineLost
 from transforms.storage.files import create_file, is_local, local_folder, remove_tree
 from transforms.storage.pg_source import is_postgres
 from transforms.storage.source_files import match_source
+
+_LOG = logging.getLogger(__name__)
 
 
 def start_export(start: JobStart, control: RunControl) -> StoredJob:
@@ -45,8 +50,10 @@ def start_export(start: JobStart, control: RunControl) -> StoredJob:
 
 
 def check_runner_options(beam_args: tuple[str, ...] | list[str]) -> None:
-    """Refuses an unknown runner, or runner options that lose data, before any job exists or is touched."""
+    """Refuses an unknown runner, runner options that lose data or a bad worker threshold, before any job exists
+    or is touched."""
     prepare_runner(PipelineOptions(list(beam_args)))
+    multi_process_min_bytes()
 
 
 def record_export(start: JobStart, control: RunControl) -> RecordedJob:
@@ -101,12 +108,16 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
     try:
         if attempt == 1:
             store.mark_in_progress(job.job_id)
-        if not is_postgres(job.settings.source):  # a table's size is not the bytes read: no total
-            store.set_total_bytes(job.job_id, source_bytes(match_source(job.settings.source)))
+        # A table's size is not the bytes read: no total, and no size to choose its processes by.
+        files = None if is_postgres(job.settings.source) else match_source(job.settings.source)
+        size = None if files is None else source_bytes(files)
+        if size is not None:
+            store.set_total_bytes(job.job_id, size)
         _check_writable(job.job_dir, job.settings.output)
-        argv, sink = pipeline_inputs(store, job, request, patients(), beam_args, attempt)
-        run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
-                      nice=control.nice)
+        with _local_workers(control, job, beam_args, size, files) as run_args:
+            argv, sink = pipeline_inputs(store, job, request, patients(), run_args, attempt)
+            run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
+                          nice=control.nice)
         record = store.get(job.tenant, job.job_id)
         if record.status is ExportStatus.CANCELLED:
             raise JobCancelled(job.job_id)
@@ -152,6 +163,28 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
         raise ExportFailed(job.job_id, message) from exc
 
 
+@contextlib.contextmanager
+def _local_workers(control: RunControl, job: ExportJob, beam_args: Sequence[str], size: Optional[int],
+                   files: Optional[list[tuple[str, int]]]) -> Iterator[tuple[str, ...]]:
+    """This attempt's runner options: the user's, plus the local runner's processes `choose_workers` picks
+    (within the server's worker budget, held until the block ends). The recorded options stay the user's."""
+    chunks = None if files is None else estimated_chunks(files, job.settings.chunk_bytes)
+    cores = machine_cores()
+
+    def choose(allowance: Optional[int]) -> WorkerChoice:
+        return choose_workers(beam_args, size, chunks, cores, allowance)
+
+    budget = control.workers
+    with budget.hold(choose) if budget else contextlib.nullcontext((choose(None), 0)) as (choice, held):
+        if not choice.workers:
+            _LOG.info("job %s: the runner's processes are as its options say (%s)", job.job_id, choice.reason)
+        else:
+            processes = "one process" if choice.workers == 1 else f"{choice.workers} forked worker processes"
+            shared = f"; {held} of the server's {budget.total} worker processes held" if budget else ""
+            _LOG.info("job %s: %s, because %s%s", job.job_id, processes, choice.reason, shared)
+        yield (*beam_args, *choice.beam_args)
+
+
 def _check_writable(job_dir: str, output_root: str) -> None:
     """Creates the job's new folder and writes a probe in it, never through a link below `output_root`."""
     if not is_local(job_dir):
@@ -177,25 +210,23 @@ def _remove_output(job_dir: str, attempts: int = 4, first_delay_s: float = 0.2) 
     The job has already failed: a removal that still fails is logged (the job id and
     the exception's type, never a file's contents) and does not replace its first error.
     """
-    import logging  # local: only this function of the module logs
     import time
 
-    log = logging.getLogger(__name__)
     job_id = os.path.basename(job_dir.rstrip("/"))
     delay = first_delay_s
     for attempt in range(1, attempts + 1):
         try:
             remove_tree(job_dir)
             if attempt > 1:
-                log.warning("job %s: its output was removed at attempt %d of %d", job_id, attempt, attempts)
+                _LOG.warning("job %s: its output was removed at attempt %d of %d", job_id, attempt, attempts)
             return
         except Exception as exc:  # the job already failed; keep its first error
             if attempt == attempts:
-                log.warning("job %s: could not remove its output %s (%s), gave up after %d attempts; partial"
-                            " output may remain", job_id, job_dir, type(exc).__name__, attempts)
+                _LOG.warning("job %s: could not remove its output %s (%s), gave up after %d attempts; partial"
+                             " output may remain", job_id, job_dir, type(exc).__name__, attempts)
                 return
-            log.warning("job %s: could not remove its output %s (%s), attempt %d of %d; retrying in %.1f s",
-                        job_id, job_dir, type(exc).__name__, attempt, attempts, delay)
+            _LOG.warning("job %s: could not remove its output %s (%s), attempt %d of %d; retrying in %.1f s",
+                         job_id, job_dir, type(exc).__name__, attempt, attempts, delay)
             time.sleep(delay)
             delay *= 2.5
 

@@ -25,6 +25,7 @@ from launcher.core.audit import AuditLog
 from launcher.jobs.fork_server import CONTEXT, start_fork_server
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
+from pipelines.workers import WorkerBudget
 from transforms.errors import EngineLost, JobFailed
 
 POLL_S = 0.25
@@ -60,6 +61,9 @@ class RunControl:
     on_progress: Optional[ProgressCallback] = None
     # Added to the pipeline processes' niceness: a server runs them at +10, so it keeps answering.
     nice: int = 0
+    # The local runner's processes shared by this launcher's concurrent exports (a server's); None: each
+    # export may use the machine's cores.
+    workers: Optional[WorkerBudget] = None
 
 
 class JobCancelled(JobFailed, RuntimeError):

@@ -39,6 +39,7 @@ from launcher.server.metrics import Metrics
 from launcher.server.outcomes import FhirError, outcome_response
 from launcher.server.read_index import ReadIndexes
 from launcher.stores import StoreBusy, StoreUnavailable, open_store
+from pipelines.workers import WorkerBudget, machine_cores
 from transforms.errors import ExportError, Forbidden, Unauthorized
 
 _LOG = logging.getLogger(__name__)
@@ -69,7 +70,8 @@ def build_server(config: ServerConfig) -> Server:
     store.keep_connections()  # a status answer is one small read: opening a connection for it cost the most
     metrics = Metrics(lambda: server.all_jobs())
     audit = ObservedAuditLog(config.state_dir, metrics)
-    control = RunControl(audit, config.max_active, config.lease_s, nice=PIPELINE_NICENESS)
+    budget = WorkerBudget(config.worker_budget or machine_cores())
+    control = RunControl(audit, config.max_active, config.lease_s, nice=PIPELINE_NICENESS, workers=budget)
     jobs = BackgroundJobs(store, control, config.beam_args)
     settings = dataclasses.replace(config.settings, file_url_base=config.files_base)
     server = Server(config, store, audit, jobs, settings, metrics)

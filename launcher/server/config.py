@@ -30,6 +30,8 @@ class ServerConfig:
     owner: Optional[str] = None  # --auth none: the owner of every job this server records
     auth: str = "none"  # smart: SMART Backend Services; each client's jobs are its tenant's, owned by its id
     max_active: int = 4
+    # The local runner's processes all running exports share (`pipelines.workers.WorkerBudget`); None: the cores.
+    worker_budget: Optional[int] = None
     lease_s: float = 30.0
     beam_args: tuple[str, ...] = ()
     cleanup_ttl_s: float = 24 * 3600.0  # what `Expires` advertises
@@ -47,6 +49,8 @@ class ServerConfig:
         if not self.base_url.startswith(("http://", "https://")):
             raise Refused(f"--base-url must be an http(s) URL, not {self.base_url!r}")
         object.__setattr__(self, "base_url", self.base_url.rstrip("/"))
+        if self.worker_budget is not None and self.worker_budget < 1:
+            raise Refused("--worker-budget must be at least 1")
         if self.manifest_page_files < 1:
             raise Refused("--manifest-page-files must be at least 1")
         if self.admin_token is not None and (len(self.admin_token) < MIN_ADMIN_TOKEN or not self.admin_token.isprintable()

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a finished job's files are kept, as its status's Expires says (default 24h)")
     parser.add_argument("--maintenance-interval", dest="maintenance_interval", default="30s",
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
+    parser.add_argument("--worker-budget", dest="worker_budget", type=int, metavar="N",
+                        help="local runner processes shared by all running exports: each takes the forked workers"
+                        " its source's size asks for, within what is free, or else runs in one process (default:"
+                        " this machine's cores)")
     parser.add_argument("--manifest-page-files", dest="manifest_page_files", type=int, default=1000,
                         help="files per manifest page of an allowPartialManifests export (default %(default)s)")
     parser.add_argument("--read-index-interval", dest="read_index_interval", default="10s",
@@ -68,6 +72,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         owner=args.owner,
         auth=args.auth or default_auth(args.job_store or args.state_dir),
         max_active=args.max_active_per_tenant,
+        worker_budget=args.worker_budget,
         lease_s=args.lease,
         beam_args=tuple(beam_args),
         cleanup_ttl_s=parse_duration(args.cleanup_ttl, "--cleanup-ttl"),
