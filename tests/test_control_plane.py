@@ -1,4 +1,4 @@
-"""The control plane imports no Beam, pyarrow or fastavro: only the command that runs a pipeline does.
+"""The control plane imports no Beam, pyarrow or fastavro: only the pipeline's process does.
 
 Each command runs in a fresh interpreter, on real job records in a real
 SQLite store, and reports which of those heavy packages its run imported.
@@ -56,8 +56,16 @@ def test_a_refused_kickoff_imports_no_beam(tmp_path):
                  "--kickoff", url + "&_type=Nope"]) == {"code": 2, "heavy": []}
 
 
-def test_the_export_command_is_the_one_that_imports_beam(tmp_path, sample_dir):
+@pytest.mark.parametrize("kickoff, scan_bytes", [
+    ("http://x/fhir/$export?_type=Organization", None),
+    ("http://x/fhir/Patient/$export?_type=Patient", "0"),  # a source too large to scan: the pipeline resolves
+], ids=["system", "patient-unscanned"])
+def test_an_export_without_runner_options_runs_its_pipeline_and_its_launcher_imports_no_beam(
+        tmp_path, sample_dir, monkeypatch, kickoff, scan_bytes):
+    """Only the pipeline's process, forked from the fork server, imports Beam."""
+    if scan_bytes is not None:
+        monkeypatch.setenv("BULK_EXPORT_KICKOFF_SCAN_BYTES", scan_bytes)
     result = _run(["export", "--state-dir", str(tmp_path / "state"), "--source", str(sample_dir),
-                   "--output", str(tmp_path / "out"), "--kickoff", "http://x/fhir/$export?_type=Organization"])
-    assert result["code"] == 0
-    assert "apache_beam" in result["heavy"]
+                   "--output", str(tmp_path / "out"), "--kickoff", kickoff])
+    assert result == {"code": 0, "heavy": []}
+    assert list((tmp_path / "out").glob("default/*/manifest.json"))

@@ -17,8 +17,6 @@ from __future__ import annotations
 import os
 from typing import Optional
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from launcher.core.audit import SERIOUS_FAILURE
 from launcher.core.names import job_output_dir, source_bytes
 from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
@@ -27,9 +25,9 @@ from launcher.jobs.start import JobStart, RecordedJob, pipeline_inputs, record_j
 from launcher.jobs.store_sink import JobStore
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, JobNotFound, Lease, StoredJob
-from pipelines.export import ExportJob
+from pipelines.job import ExportJob
 from pipelines.models import ExportStatus
-from pipelines.options import ExportSettings, prepare_runner
+from pipelines.settings import ExportSettings
 from transforms.errors import EngineLost
 from transforms.storage.files import create_file, is_local, local_folder, remove_tree
 from transforms.storage.pg_source import is_postgres
@@ -45,8 +43,16 @@ def start_export(start: JobStart, control: RunControl) -> StoredJob:
 
 
 def check_runner_options(beam_args: tuple[str, ...] | list[str]) -> None:
-    """Refuses an unknown runner, or runner options that lose data, before any job exists or is touched."""
-    prepare_runner(PipelineOptions(list(beam_args)))
+    """Refuses an unknown runner, or runner options that lose data, before any job exists or is touched.
+
+    No runner options are the defaults, which `pipelines.options` accepts: then nothing is checked and
+    this process does not import Beam (the pipeline's process, forked from the fork server, has it).
+    """
+    if not beam_args:
+        return
+    from pipelines.options import check_runner_args  # imports Beam: only when there is something to ask it
+
+    check_runner_args(beam_args)
 
 
 def record_export(start: JobStart, control: RunControl) -> RecordedJob:
