@@ -5,11 +5,10 @@ from __future__ import annotations
 import dataclasses
 from typing import TYPE_CHECKING
 
-from apache_beam.io.filesystems import FileSystems
-
 from pipelines.declarations import MISSING, declared, option, option_text
 from pipelines.settings import ExportSettings
 from transforms.errors import Refused
+from transforms.storage.files import join
 from transforms.storage.layout import TEMP_DIR_NAME
 from transforms.storage.patients_file import FILE_NAME as PATIENTS_FILE
 from transforms.storage.pg_source import ReadAt
@@ -53,17 +52,17 @@ class ExportJob:
 
     @property
     def job_dir(self) -> str:
-        return FileSystems.join(self.settings.output, self.tenant, self.job_id)
+        return join(self.settings.output, self.tenant, self.job_id)
 
     @property
     def temp_dir(self) -> str:
         """This attempt's own hidden folder for parts, so two attempts' parts never mix."""
-        return FileSystems.join(self.job_dir, f"{TEMP_DIR_NAME}-{self.attempt}")
+        return join(self.job_dir, f"{TEMP_DIR_NAME}-{self.attempt}")
 
     @property
     def patients_path(self) -> str:
         """Where the launcher leaves the patients a Patient- or Group-level export covers."""
-        return FileSystems.join(self.temp_dir, PATIENTS_FILE)
+        return join(self.temp_dir, PATIENTS_FILE)
 
     @classmethod
     def from_options(cls, options: "ExportOptions") -> "ExportJob":

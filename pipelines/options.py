@@ -16,7 +16,7 @@ from pipelines.settings import LOCAL_RUNNER, SAFE_RUNNING_MODES, ExportSettings,
 from transforms.errors import Refused
 
 __all__ = ["LOCAL_RUNNER", "PIPELINE_OPTIONS", "ExportOptions", "ExportSettings", "UnsafeRunnerOptions",
-           "prepare_runner", "unknown_beam_args"]
+           "check_runner_args", "prepare_runner", "unknown_beam_args"]
 
 _LOG = logging.getLogger(__name__)
 # `--runner=DaskRunner` is ours; Beam's own, asked for by its full name, is refused (docs/deploy.md says why).
@@ -74,6 +74,14 @@ def prepare_runner(options: PipelineOptions) -> None:
         )
     if direct.direct_running_mode == "multi_processing" and standard.runner == LOCAL_RUNNER:
         _LOG.info("local runner: %s worker processes", direct.direct_num_workers)
+
+
+def check_runner_args(args: Sequence[str]) -> None:
+    """Refuses runner options (`--runner`, `--direct_running_mode`, ...) that `prepare_runner` would refuse.
+
+    No options at all are always accepted: the embedded local runner in its default mode.
+    """
+    prepare_runner(PipelineOptions(list(args)))
 
 
 def _check_runner_name(name: str) -> None:

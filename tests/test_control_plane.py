@@ -1,10 +1,12 @@
-"""The control plane imports no Beam, pyarrow or fastavro: only the command that runs a pipeline does.
+"""The control plane imports no Beam, pyarrow or fastavro: only the pipeline's process does.
 
 Each command runs in a fresh interpreter, on real job records in a real
 SQLite store, and reports which of those heavy packages its run imported.
 """
 
 from __future__ import annotations
+
+import gzip
 
 import pytest
 
@@ -56,8 +58,22 @@ def test_a_refused_kickoff_imports_no_beam(tmp_path):
                  "--kickoff", url + "&_type=Nope"]) == {"code": 2, "heavy": []}
 
 
-def test_the_export_command_is_the_one_that_imports_beam(tmp_path, sample_dir):
-    result = _run(["export", "--state-dir", str(tmp_path / "state"), "--source", str(sample_dir),
-                   "--output", str(tmp_path / "out"), "--kickoff", "http://x/fhir/$export?_type=Organization"])
-    assert result["code"] == 0
-    assert "apache_beam" in result["heavy"]
+@pytest.mark.parametrize("kickoff, scan_bytes, gzipped", [
+    ("http://x/fhir/$export?_type=Organization", None, False),
+    ("http://x/fhir/$export?_type=Organization", None, True),  # its content size is read from the gzip trailer
+    ("http://x/fhir/Patient/$export?_type=Patient", "0", False),  # a source too large to scan: the pipeline resolves
+], ids=["system", "system-gzip", "patient-unscanned"])
+def test_an_export_without_runner_options_runs_its_pipeline_and_its_launcher_imports_no_beam(
+        tmp_path, sample_dir, monkeypatch, kickoff, scan_bytes, gzipped):
+    """Only the pipeline's process, forked from the fork server, imports Beam."""
+    if scan_bytes is not None:
+        monkeypatch.setenv("BULK_EXPORT_KICKOFF_SCAN_BYTES", scan_bytes)
+    source = sample_dir
+    if gzipped:
+        source = tmp_path / "source"
+        source.mkdir()
+        (source / "Organization.ndjson.gz").write_bytes(gzip.compress((sample_dir / "Organization.ndjson").read_bytes()))
+    result = _run(["export", "--state-dir", str(tmp_path / "state"), "--source", str(source),
+                   "--output", str(tmp_path / "out"), "--kickoff", kickoff])
+    assert result == {"code": 0, "heavy": []}
+    assert list((tmp_path / "out").glob("default/*/manifest.json"))

@@ -15,7 +15,7 @@ from typing import Iterable, Optional
 
 from pipelines.settings import ExportSettings
 from transforms.errors import Refused
-from transforms.storage.files import is_local
+from transforms.storage.files import is_local, open_file
 from transforms.storage.locations import check_output, check_source
 
 TENANT_PLACEHOLDER = "{tenant}"
@@ -89,10 +89,8 @@ def source_bytes(files: Iterable[tuple[str, int]]) -> int:
 
 def _gzip_content_size(path: str, size: int) -> int:
     # The gzip trailer holds the content size modulo 2**32; good enough for a fraction.
-    from apache_beam.io.filesystems import FileSystems  # only an export, which runs Beam, asks
-
     try:
-        with FileSystems.open(path, compression_type="uncompressed") as f:
+        with open_file(path) as f:  # Beam's FileSystems only for a remote path
             if f.read(2) != b"\x1f\x8b" or size < 18:
                 return size
             f.seek(size - 4)

@@ -19,8 +19,6 @@ import logging
 import os
 from typing import Iterator, Optional, Sequence
 
-from apache_beam.options.pipeline_options import PipelineOptions
-
 from launcher.core.audit import SERIOUS_FAILURE
 from launcher.core.names import job_output_dir, source_bytes
 from launcher.jobs.process import ExportFailed, JobCancelled, LeaseLost, RunControl, describe, new_lease, run_and_watch
@@ -29,9 +27,9 @@ from launcher.jobs.start import JobStart, RecordedJob, pipeline_inputs, record_j
 from launcher.jobs.store_sink import JobStore
 from launcher.kickoff.patients import resolve_patients
 from launcher.stores import InvalidJobState, JobNotFound, Lease, StoredJob
-from pipelines.export import ExportJob
+from pipelines.job import ExportJob
 from pipelines.models import ExportStatus
-from pipelines.options import ExportSettings, prepare_runner
+from pipelines.settings import ExportSettings
 from pipelines.workers import WorkerChoice, choose_workers, estimated_chunks, machine_cores, multi_process_min_bytes
 from transforms.errors import EngineLost
 from transforms.storage.files import create_file, is_local, local_folder, remove_tree
@@ -51,9 +49,17 @@ def start_export(start: JobStart, control: RunControl) -> StoredJob:
 
 def check_runner_options(beam_args: tuple[str, ...] | list[str]) -> None:
     """Refuses an unknown runner, runner options that lose data or a bad worker threshold, before any job exists
-    or is touched."""
-    prepare_runner(PipelineOptions(list(beam_args)))
+    or is touched.
+
+    No runner options are the defaults, which `pipelines.options` accepts: then the runner is not checked and
+    this process does not import Beam (the pipeline's process, forked from the fork server, has it).
+    """
     multi_process_min_bytes()
+    if not beam_args:
+        return
+    from pipelines.options import check_runner_args  # imports Beam: only when there is something to ask it
+
+    check_runner_args(beam_args)
 
 
 def record_export(start: JobStart, control: RunControl) -> RecordedJob:

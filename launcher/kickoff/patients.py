@@ -22,7 +22,6 @@ from pipelines.models import ExportLevel, ExportRequest
 from transforms.errors import Refused
 from transforms.fhir.group import Membership
 from transforms.fhir.membership import MembershipRefused, membership_of
-from transforms.read.lookup import index_source
 from transforms.storage.pg_source import is_postgres
 from transforms.storage.source_files import match_source
 
@@ -47,6 +46,8 @@ def resolve_patients(
     everything) and for a PostgreSQL source or a source too large to scan here (the pipeline resolves them)."""
     if request.level is ExportLevel.SYSTEM or is_postgres(source) or source_bytes(match_source(source)) > scan_limit():
         return None
+    from transforms.read.lookup import index_source  # reads the source with Beam's readers: only for a scan
+
     index = index_source(source, source_format)
     try:
         return membership_of(request.level.value, request.group_id, request.patients, index, transaction_time,

@@ -36,6 +36,15 @@ def is_local(path: str) -> bool:
     return _SCHEME.match(path) is None
 
 
+def join(base: str, *parts: str) -> str:
+    """`base` and `parts` joined as Beam's `FileSystems.join` does; Beam is imported only for a remote path."""
+    if is_local(base):
+        return os.path.join(base, *parts)
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems.join(base, *parts)
+
+
 def split(path: str) -> tuple[str, str]:
     """`gs://bucket/name` -> `("bucket", "name")`; refuses anything else."""
     if not is_gcs(path) or "/" not in path[len(SCHEME):]:
