@@ -58,8 +58,9 @@ def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batc
 
     With `types`, only rows whose `resourceType` is one of them are read further than that column:
     a Parquet row group is skipped when its statistics or its `resourceType` column (read first, alone)
-    exclude them all, and other rows are dropped before their `resource` leaves Arrow; of an Avro file,
-    only `resourceType` is decoded, and only the blocks holding a selected record are decoded whole.
+    exclude them all, and other rows are dropped before their `resource` leaves Arrow; an Avro block in
+    whose bytes no selected type's name occurs is dropped undecoded (`BlockScreen`), and a decoded
+    record of another type is dropped before its JSON is parsed.
     """
     if kind == PARQUET:
         return _read_parquet(path, f, start, end, batch_size, types)
