@@ -80,7 +80,7 @@ def range_stream(f: IO[bytes], start: int, end: int) -> IO[bytes]:
     f.seek(0)
     head = f.read(length)
     f.seek(start)
-    return io.BytesIO(head + f.read(end - start))
+    return _Joined(head, io.BytesIO(f.read(end - start)))  # type: ignore[return-value]
 
 
 class AvroHeader(NamedTuple):
