@@ -84,13 +84,15 @@ def exported(manifest: dict) -> dict[str, Counter]:
     return found
 
 
-def write_rows(kind: str, path, rows: list[dict], rows_per_group: int = 3, schema=RECORD_SCHEMA) -> str:
-    """Writes record rows as given (bad ones included) in the documented schema."""
+def write_rows(kind: str, path, rows: list[dict], rows_per_group: int = 3, schema=RECORD_SCHEMA,
+               sync_interval: int = 64, codec: str = "null") -> str:
+    """Writes record rows as given (bad ones included) in the documented schema (Avro: in blocks of
+    about `sync_interval` bytes before `codec` compresses them)."""
     if kind == "parquet":
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=rows_per_group)
     else:
         with open(path, "wb") as f:
-            fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), rows, sync_interval=64)
+            fastavro.writer(f, fastavro.parse_schema(load_avro_schema()), rows, codec, sync_interval)
     return str(path)
 
 

@@ -8,12 +8,17 @@ blocks of about `chunk_bytes`, each with the number of records before it (so
 record numbers in error files stay those of the whole file). `range_stream`
 gives one range as a complete Avro file (the header, then its blocks), which
 fastavro reads as usual. fastavro decodes the header and the block counts.
+
+A read that keeps only some resource types walks the blocks itself (`BlockScreen`):
+a block whose bytes hold no selected type's encoded name is dropped undecoded, and
+only the others reach fastavro.
 """
 
 from __future__ import annotations
 
 import io
-from typing import IO, NamedTuple
+import zlib
+from typing import IO, Callable, Iterator, NamedTuple, Optional
 
 import fastavro
 
@@ -75,4 +80,140 @@ def range_stream(f: IO[bytes], start: int, end: int) -> IO[bytes]:
     f.seek(0)
     head = f.read(length)
     f.seek(start)
-    return io.BytesIO(head + f.read(end - start))
+    return _Joined(head, io.BytesIO(f.read(end - start)))  # type: ignore[return-value]
+
+
+class AvroHeader(NamedTuple):
+    """An Avro file's header: its bytes, its writer schema (parsed), codec and sync marker."""
+
+    data: bytes
+    schema: dict
+    codec: str
+    sync: bytes
+
+
+class _Joined:
+    """A read-only stream of `head`, then the rest of `f`; with `keep`, it keeps what it read."""
+
+    def __init__(self, head: bytes, f: IO[bytes], keep: bool = False):
+        self._head, self._f, self._kept = io.BytesIO(head), f, [] if keep else None
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._head.read(n)
+        if n < 0 or len(data) < n:
+            data += self._f.read(-1 if n < 0 else n - len(data))
+            if self._kept is None:  # `head` is spent: read `f` itself from now on
+                self.read = self._f.read  # type: ignore[method-assign]
+        if self._kept is not None:
+            self._kept.append(data)
+        return data
+
+    def kept(self) -> bytes:
+        return b"".join(self._kept or ())
+
+
+def read_header(f: IO[bytes]) -> AvroHeader:
+    """The header of the Avro file `f` (which is left at its first block); fastavro's errors when it is none."""
+    tape = _Joined(b"", f, keep=True)
+    schema = fastavro.reader(tape).writer_schema
+    data = tape.kept()
+    header = fastavro.schemaless_reader(io.BytesIO(data), _HEADER)
+    codec = header["meta"].get("avro.codec", b"null").decode()
+    return AvroHeader(data, schema, codec, header["sync"])
+
+
+def rejoined(header: AvroHeader, f: IO[bytes]) -> IO[bytes]:
+    """The Avro file `f` whole again, after `read_header` read its header."""
+    return _Joined(header.data, f)
+
+
+# How a block's records are read back from its bytes, by codec; other codecs' blocks are never screened.
+_RECORD_BYTES: dict[str, Callable[[bytes], bytes]] = {
+    "null": lambda data: data,
+    "deflate": lambda data: zlib.decompress(data, -15),
+}
+
+
+class BlockScreen:
+    """Finds the blocks of an Avro file that may hold a record of one of `types` without decoding any.
+
+    A record's `resourceType` (a string: its length as a varint, then its UTF-8 bytes) lies in its
+    block's bytes as is, so a block in which no selected type's encoding occurs holds none of them
+    and is left out undecoded; the others may still hold other types, which their reader tests.
+    When most blocks hold one, screening costs more than it saves: it stops, and `first` says where."""
+
+    DENSE = 0.75  # stop when at least this share of the blocks screened (at least `AFTER`) was kept
+    AFTER = 16
+
+    def __init__(self, f: IO[bytes], header: AvroHeader, types: frozenset[str], first: int):
+        self._f, self._header, self.first = f, header, first  # `first`: the number of the next record
+        self._markers = [_encoded(name) for name in types]
+
+    def runs(self, batch_size: int) -> Iterator[tuple[bytes, list[range]]]:
+        """The kept blocks in runs of about `batch_size` records: each run an Avro file of its own (the
+        header, then its blocks) with the numbers of its blocks' records, one range per block."""
+        record_bytes, markers = _RECORD_BYTES.get(self._header.codec), self._markers
+        blocks: list[bytes] = []
+        spans: list[range] = []
+        records = seen = kept = 0
+        while not (seen >= self.AFTER and kept >= seen * self.DENSE):
+            block = _next_block(self._f, self._header.sync)
+            if block is None:
+                break
+            raw, count, data = block
+            seen += 1
+            if record_bytes is None or any(marker in record_bytes(data) for marker in markers):
+                kept += 1
+                blocks.append(raw)
+                spans.append(range(self.first, self.first + count))
+                records += count
+            self.first += count
+            if records >= batch_size:
+                yield self._header.data + b"".join(blocks), spans
+                blocks, spans, records = [], [], 0
+        if blocks:
+            yield self._header.data + b"".join(blocks), spans
+
+
+def _encoded(text: str) -> bytes:
+    """An Avro string's encoding."""
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, "string", text)
+    return out.getvalue()
+
+
+def _next_block(f: IO[bytes], sync: bytes) -> Optional[tuple[bytes, int, bytes]]:
+    """The next block of `f`: its bytes (record count, size, data, sync marker), record count and data;
+    None at the end of the file. Raises EOFError when it is cut short, ValueError when it is malformed."""
+    head = bytearray()
+    count = _long(f, head)
+    if count is None:
+        return None
+    size = _long(f, head)
+    if size is None:
+        raise EOFError("a block header is cut short")
+    if count < 0 or size < 0:
+        raise ValueError("a negative block count or size")
+    data = f.read(size)
+    marker = f.read(16)
+    if len(data) < size or len(marker) < 16:
+        raise EOFError("a block is cut short")
+    if marker != sync:
+        raise ValueError("a block does not end with the file's sync marker")
+    return bytes(head) + data + marker, count, data
+
+
+def _long(f: IO[bytes], read: bytearray) -> Optional[int]:
+    """An Avro long (a zigzag varint) from `f`, its bytes added to `read`; None at the end of `f`."""
+    shift = value = 0
+    while True:
+        byte = f.read(1)
+        if not byte:
+            if shift:
+                raise EOFError("a block header is cut short")
+            return None
+        read += byte
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return (value >> 1) ^ -(value & 1)
+        shift += 7

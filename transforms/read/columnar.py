@@ -10,8 +10,9 @@ needs one line per resource, so such a resource is written as compact JSON.
 
 from __future__ import annotations
 
+import io
 import itertools
-from typing import IO, Iterator, Optional, Sequence, Union
+from typing import IO, Iterable, Iterator, Optional, Sequence, Union
 
 import fastavro
 import orjson
@@ -28,7 +29,7 @@ from transforms.fhir.record_schema import (
     record_id,
     schema_problem,
 )
-from transforms.read.avro_blocks import range_stream
+from transforms.read.avro_blocks import AvroHeader, BlockScreen, range_stream, read_header, rejoined
 from transforms.read.bundles import WHOLE
 from transforms.read.ndjson import json_error, to_resource
 from transforms.records import RECORDS, BadRecord, Deletions, Origin, Resource, ResourceBatch
@@ -56,8 +57,10 @@ def read_columnar(kind: str, path: str, f: IO[bytes], start: int, end: int, batc
     blocks, `first` records after its start; `end` -1: the whole file), as batches and bad records.
 
     With `types`, only rows whose `resourceType` is one of them are read further than that column:
-    a Parquet row group whose statistics exclude them all is skipped, other rows are dropped
-    before their `resource` leaves Arrow, and an Avro record is dropped before its JSON is parsed.
+    a Parquet row group is skipped when its statistics or its `resourceType` column (read first, alone)
+    exclude them all, and other rows are dropped before their `resource` leaves Arrow; an Avro block in
+    whose bytes no selected type's name occurs is dropped undecoded (`BlockScreen`), and a decoded
+    record of another type is dropped before its JSON is parsed.
     """
     if kind == PARQUET:
         return _read_parquet(path, f, start, end, batch_size, types)
@@ -88,23 +91,43 @@ def _read_parquet(path: str, f: IO[bytes], start: int, end: int, batch_size: int
     wanted = pa.array(sorted(types), pa.string()) if types is not None else None
     try:
         for group in range(start, min(end, metadata.num_row_groups)):
-            if wanted is not None and not _may_hold(metadata.row_group(group), parquet.schema_arrow, types):
-                first += metadata.row_group(group).num_rows
-                continue
-            for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
-                rows, indexes = batch.num_rows, None
-                if wanted is not None:
-                    mask = pc.is_in(batch.column("resourceType"), value_set=wanted)
-                    indexes = [first + i for i in pc.indices_nonzero(mask).to_pylist()]
-                    if len(indexes) < rows:
-                        batch = batch.filter(mask)
-                    else:
-                        indexes = None
-                if batch.num_rows:
-                    yield from to_resources(origin, first, _arrow_columns(batch), indexes)
-                first += rows
+            rows = metadata.row_group(group).num_rows
+            mask = None if wanted is None else _selected_rows(parquet, group, types, wanted)
+            if mask is None or mask.true_count:
+                yield from _parquet_group(parquet, group, columns, batch_size, origin, first, mask)
+            first += rows
     except pa.ArrowInvalid as exc:
         raise UnreadableFile(f"corrupt Parquet data ({exc})") from exc
+
+
+def _selected_rows(parquet: pq.ParquetFile, group: int, types: frozenset[str], wanted: pa.Array
+                   ) -> Optional[pa.BooleanArray]:
+    """Which rows of a row group have one of `types`, read from its `resourceType` column alone: an empty
+    mask when its statistics already exclude them all, None when every row has one."""
+    if not _may_hold(parquet.metadata.row_group(group), parquet.schema_arrow, types):
+        return pa.array([], pa.bool_())
+    names = parquet.read_row_group(group, columns=["resourceType"]).column(0)
+    mask = pc.is_in(names, value_set=wanted).combine_chunks()
+    return None if mask.true_count == len(mask) else mask
+
+
+def _parquet_group(parquet: pq.ParquetFile, group: int, columns: list[str], batch_size: int, origin: Origin,
+                   first: int, mask: Optional[pa.BooleanArray]) -> Iterator[Item]:
+    """A row group's records, numbered from `first`, in batches of `batch_size` rows; with `mask`, only
+    its rows (the others dropped in Arrow, before their `resource` becomes bytes)."""
+    offset = 0  # rows of the group before `batch`
+    for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
+        rows, indexes = batch.num_rows, None
+        if mask is not None:
+            kept = mask.slice(offset, rows)
+            if not kept.true_count:
+                offset += rows
+                continue
+            indexes = [first + offset + i for i in pc.indices_nonzero(kept).to_pylist()]
+            batch = batch.filter(kept)
+        if batch.num_rows:
+            yield from to_resources(origin, first + offset, _arrow_columns(batch), indexes)
+        offset += rows
 
 
 def _may_hold(group: pq.RowGroupMetaData, schema: pa.Schema, types: frozenset[str]) -> bool:
@@ -138,28 +161,53 @@ def _read_avro(path: str, f: IO[bytes], batch_size: int, types: Optional[frozens
     """Reads an Avro file (or one range of its blocks, `start` records into it) as batches and bad records."""
     origin = Origin(path, RECORDS)
     try:
-        reader = fastavro.reader(f)
+        header = read_header(f)
     except Exception as exc:  # fastavro reports a bad header as KeyError, ValueError, EOFError...
         raise UnreadableFile(f"not a readable Avro file ({exc})") from exc
-    problem = schema_problem(arrow_schema_of_avro(reader.writer_schema))
+    problem = schema_problem(arrow_schema_of_avro(header.schema))
     if problem:
         if start == 0:  # one error per file, not one per range
             yield BadRecord(origin, WHOLE, f"Avro file {problem}")
         return
-    records = iter(reader)
-    for first in itertools.count(start, batch_size):
+    runs = _avro_runs(f, header, batch_size, types, start)
+    while True:
         try:
-            chunk = list(itertools.islice(records, batch_size))
+            run = next(runs, None)
         except Exception as exc:  # a truncated or corrupt block: IndexError, EOFError, ValueError, zlib.error...
             raise UnreadableFile(f"corrupt Avro data ({type(exc).__name__}: {exc})") from exc
+        if run is None:
+            return
+        first, records, numbers = run
+        yield from to_resources(origin, first, _avro_columns(records), numbers)
+
+
+def _avro_runs(f: IO[bytes], header: AvroHeader, batch_size: int, types: Optional[frozenset[str]],
+               start: int) -> Iterator[tuple[int, list[dict], Optional[list[int]]]]:
+    """The records of an Avro file whose header was read, in runs of about `batch_size`: the number of
+    the first, the records, and their numbers (None: consecutive). With `types`, only those records,
+    decoded from the blocks a `BlockScreen` keeps, then (when it stops early) from the rest."""
+    if types is not None:
+        screen = BlockScreen(f, header, types, start)
+        for data, spans in screen.runs(batch_size):
+            yield from _typed_run(zip(itertools.chain.from_iterable(spans), fastavro.reader(io.BytesIO(data))), types)
+        start = screen.first
+    records = iter(fastavro.reader(rejoined(header, f)))
+    for first in itertools.count(start, batch_size):
+        chunk = list(itertools.islice(records, batch_size))
         if not chunk:
             return
         if types is None:
-            yield from to_resources(origin, first, _avro_columns(chunk))
-            continue
-        kept = [n for n, record in enumerate(chunk) if record["resourceType"] in types]
-        if kept:
-            yield from to_resources(origin, first, _avro_columns([chunk[n] for n in kept]), [first + n for n in kept])
+            yield first, chunk, None
+        else:
+            yield from _typed_run(zip(itertools.count(first), chunk), types)
+
+
+def _typed_run(numbered: Iterable[tuple[int, dict]], types: frozenset[str]
+               ) -> Iterator[tuple[int, list[dict], list[int]]]:
+    """The run of the numbered records of one of `types`, if there is any."""
+    kept = [(number, record) for number, record in numbered if record["resourceType"] in types]
+    if kept:
+        yield kept[0][0], [record for _, record in kept], [number for number, _ in kept]
 
 
 def _avro_columns(records: list[dict]) -> Columns:
