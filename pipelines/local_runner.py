@@ -264,6 +264,10 @@ def _serve(conn: socket.socket, lifeline: int) -> int:
     threading.Thread(target=_exit_with, args=(conn, lifeline), daemon=True).start()
     # The worker's logs reach the runner through Beam's logging service, as a fresh worker's do.
     logging.getLogger().handlers.clear()
+    if logging.getLogger("apache_beam").getEffectiveLevel() > logging.ERROR:
+        # Beam's worker also prints a failing bundle's traceback to stderr; the run reports the failure in one
+        # line, and while Beam's log is hidden (no -v), so is that.
+        sys.stderr = open(os.devnull, "w")
     # Beam's shared thread pool came over from the driver with idle threads that do not exist
     # here: work handed to them would never run. Start it empty.
     shared = thread_pool_executor.shared_unbounded_instance()

@@ -373,3 +373,17 @@ def test_a_relative_source_is_named_relative_to_its_folder_in_error_files(run_cl
     assert outcome["issue"][0]["code"] == "invalid"
     # Issue 14: relative to the source folder (it was the absolute path), the same wherever it is read.
     assert outcome["issue"][0]["diagnostics"].startswith("data.ndjson line 2: not valid JSON")
+
+
+def test_a_failing_export_on_forked_workers_says_one_line(sample_dir, tmp_path):
+    """Beam's worker prints a failing bundle's traceback besides logging it; without -v neither is shown."""
+    source = tmp_path / "source"
+    shutil.copytree(sample_dir, source)
+    whole = gzip.compress(b'{"resourceType":"Patient","id":"p"}\n' * 200)
+    (source / "Trunc.ndjson.gz").write_bytes(whole[: len(whole) // 2])
+    done = subprocess.run([*_console(), "export", "--source", str(source), "--output", str(tmp_path / "out"),
+                           "--state-dir", str(tmp_path / "state"), "--direct_running_mode=multi_processing",
+                           "--direct_num_workers=2"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("bulk-export: job ") and "Trunc.ndjson.gz" in lines[0], done.stderr

@@ -14,7 +14,7 @@ import json
 import httpx
 import pytest
 
-import launcher.kickoff.patients
+import transforms.read.lookup
 from launcher.kickoff.patients import SCAN_LIMIT_ENV
 from tests.helpers import job_rows, post_parameters
 from tests.server_process import FHIR_HEADERS, poll, serve
@@ -28,7 +28,7 @@ def unscanned(monkeypatch):
     def no_scan(*args, **kwargs):
         raise AssertionError("the launcher scanned the source")
 
-    monkeypatch.setattr(launcher.kickoff.patients, "index_source", no_scan)
+    monkeypatch.setattr(transforms.read.lookup, "index_source", no_scan)  # the scan imports it when it runs
 
 
 def _first_id(folder, resource_type: str) -> str:

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import signal
+import sys
 import threading
 import time
 from typing import Callable, Optional
@@ -112,8 +113,7 @@ class PipelineProcess:
         start_fork_server()
         lifeline, self._lifeline = _CTX.Pipe(duplex=False)
         self._results, results = _CTX.Pipe(duplex=False)
-        level = logging.getLogger("apache_beam").getEffectiveLevel()
-        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, level, nice),
+        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, LogSetup.here(), nice),
                                      name="export")
         self._process.start()
         lifeline.close()
@@ -147,13 +147,43 @@ class PipelineProcess:
         self._results.close()
 
 
-def _child_main(argv, sink, lifeline, results, log_level, nice=0) -> None:
+@dataclasses.dataclass(frozen=True)
+class LogSetup:
+    """How the launcher logs, for the pipeline's process (a fresh one, forked from the fork server) to log alike:
+    its handlers' format (text or the server's JSON) and the levels of ours, Beam's and psycopg's pool."""
+
+    formatter: Optional[logging.Formatter]
+    levels: tuple[tuple[str, int], ...]
+
+    NAMES = ("launcher", "pipelines", "transforms", "apache_beam", "psycopg.pool")
+
+    @classmethod
+    def here(cls) -> "LogSetup":
+        formatter = next((h.formatter for h in logging.getLogger().handlers if h.formatter is not None), None)
+        return cls(formatter, tuple((name, logging.getLogger(name).getEffectiveLevel()) for name in cls.NAMES))
+
+    def apply(self) -> None:
+        levels = dict(self.levels)
+        handler = logging.StreamHandler(sys.stderr)
+        if self.formatter is not None:
+            handler.setFormatter(self.formatter)
+        root = logging.getLogger()
+        root.handlers[:] = [handler]
+        # What reaches the root logger itself is Beam's: the log that the local runner's worker processes
+        # relay to it (a failing bundle's traceback), which is shown only when Beam's own log is.
+        root.setLevel(levels["apache_beam"])
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        # A job store's reconnect attempts: the launcher says once that the store is out of reach.
+        logging.getLogger("psycopg.pool").setLevel(max(levels["psycopg.pool"], logging.ERROR))
+
+
+def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> None:
     os.setpgid(0, 0)
     if nice:
         os.nice(nice)  # inherited by the run's worker processes
     threading.Thread(target=_die_with_launcher, args=(lifeline,), daemon=True).start()
-    logging.getLogger("apache_beam").setLevel(log_level)
-    logging.getLogger("psycopg.pool").setLevel(max(log_level, logging.ERROR))
+    log_setup.apply()
     from pipelines.export import run
 
     signal.signal(signal.SIGTERM, _cancel_run)
