@@ -45,6 +45,15 @@ HEAVY_TESTS = {
     "test_organize.py::test_a_group_export_has_blocks_only_for_its_members",
     "test_organize.py::test_a_block_is_never_split_a_large_one_gets_a_part_of_its_own",
     "test_cli_usage.py::test_verbose_export_logs_ours_at_info_and_beams_warnings_only",
+    "test_store.py::test_a_locked_sqlite_store_answers_reads_or_says_it_is_busy_within_seconds",
+    "test_progress_display.py::test_a_cancelled_export_says_so_and_never_shows_100",
+    "test_smart_auth.py::test_jwks_url_keys_are_cached_and_refreshed_for_a_new_kid",
+    "test_store_locks.py::test_writers_meeting_a_client_frozen_in_a_transaction_say_busy_then_succeed_once_it_commits",
+    "test_store_locks.py::test_the_server_maintenance_loop_logs_one_line_while_the_store_is_busy_and_recovers_after",
+    "test_gzip_downloads.py::test_an_expired_job_takes_its_copy_with_it",
+    "test_publish.py::test_four_runs_then_a_snapshot_every_consumer_holds_the_source",
+    "test_server.py::test_thousands_of_polls_do_not_take_the_server_down",
+    "test_server_observability.py::test_a_cancel_and_an_expiry_each_log_a_line",
 }
 
 
