@@ -98,7 +98,7 @@ def test_two_chained_runs_carry_every_concurrent_change_exactly_once(postgres_ds
                            "--schedule", "nightly", "--kickoff", f"{BASE}/$export?_type=Observation")
             assert done.code == 0, done.err
             runs.append(done.manifest())
-            time.sleep(0.3)
+            time.sleep(1.0)  # changes between the runs, however fast an export is
     finally:
         writer.stop.set()
         writer.join(10)
