@@ -209,6 +209,22 @@ def keys(resources: list[dict]) -> list[tuple[str, str]]:
     return sorted((r["resourceType"], r["id"]) for r in resources)
 
 
+def references(node) -> set[str]:
+    """Every `Type/id` that a reference anywhere in `node` (a resource, or a list of them) names, by a walk
+    of the JSON: the last two segments of each `reference` holding a `/`."""
+    found = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "reference" and isinstance(value, str) and "/" in value:
+                found.add("/".join(value.split("/")[-2:]))
+            else:
+                found |= references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= references(item)
+    return found
+
+
 def referenced_patients(node) -> set[str]:
     """Every patient id any reference in `node` names, by a generic walk of the JSON."""
     found = set()

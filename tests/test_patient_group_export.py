@@ -17,6 +17,7 @@ from tests.helpers import (
     post_parameters,
     read_ndjson,
     referenced_patients,
+    references,
 )
 
 REFERENCE_GROUP = SHARED_DATA / "reference-group-export"
@@ -153,24 +154,6 @@ def test_synthea_patient_parameter_gives_the_union_of_two_compartments(run_cli, 
     assert len(got) == len(set(got))
 
 
-def _all_references(resources: list[dict]) -> set[str]:
-    found = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "reference" and isinstance(value, str):
-                    found.add("/".join(value.split("/")[-2:]))
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(resources)
-    return found
-
-
 @JOIN_PATHS
 def test_include_referenced_adds_only_what_exported_resources_reference(run_cli, sample_dir, tmp_path, membership_args):
     result = run_cli("export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
@@ -179,7 +162,7 @@ def test_include_referenced_adds_only_what_exported_resources_reference(run_cli,
     assert result.code == 0, result.err
     got = exported(result.manifest())
     compartment = [r for r in got if r["resourceType"] != "Practitioner"]
-    referenced = {k for k in _all_references(compartment) if k.startswith("Practitioner/")}
+    referenced = {k for k in references(compartment) if k.startswith("Practitioner/")}
     practitioners = {f"Practitioner/{r['id']}" for r in got if r["resourceType"] == "Practitioner"}
     source_practitioners = {f"Practitioner/{r['id']}" for r in read_ndjson(sample_dir) if r["resourceType"] == "Practitioner"}
     assert practitioners and practitioners == referenced & source_practitioners
@@ -217,12 +200,12 @@ def test_synthea_group_with_referenced_types_covers_the_reference_server(run_cli
                      "--include-referenced", "Organization,Practitioner")
     assert result.code == 0, result.err
     got = exported(result.manifest())
-    references = _all_references(got)
+    named = references(got)
     reference = read_ndjson(REFERENCE_GROUP)
     for resource_type in ("Organization", "Practitioner"):
         ours = {r["id"] for r in got if r["resourceType"] == resource_type}
         theirs = {r["id"] for r in reference if r["resourceType"] == resource_type}
         # The reference server adds a subset of what is referenced; we add every referenced one.
         assert theirs <= ours
-        assert {f"{resource_type}/{i}" for i in ours} <= references
+        assert {f"{resource_type}/{i}" for i in ours} <= named
         assert len(ours) < sum(1 for r in read_ndjson(SYNTHEA) if r["resourceType"] == resource_type)

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from jwt.algorithms import ECAlgorithm
 
-from tests.helpers import SYNTHEA, read_ndjson, referenced_patients
+from tests.helpers import SYNTHEA, read_ndjson, referenced_patients, references
 from tests.server_process import serve
 from tests.smart_client import TENANT, ClientKey, register, write_jwks
 from tests.test_patient_group_export import official_compartment_types
@@ -107,33 +107,14 @@ def _oracle() -> dict[str, set[str]]:
 
     bulk = [r for r in source if r["resourceType"] in compartment and covered(r)
             and (r["resourceType"] != "Observation" or in_category(r))]
-    references = _references(bulk)
-    bulk += [r for r in source if r["resourceType"] == "Device" and (covered(r) or f"Device/{r['id']}" in references)]
-    references = _references(bulk)
+    named = references(bulk)
+    bulk += [r for r in source if r["resourceType"] == "Device" and (covered(r) or f"Device/{r['id']}" in named)]
+    named = references(bulk)
     expected: dict[str, set[str]] = {}
     for r in bulk + [r for r in source if r["resourceType"] in READ_TYPES and f"{r['resourceType']}/{r['id']}"
-                     in references]:
+                     in named]:
         expected.setdefault(r["resourceType"], set()).add(r["id"])
     return expected
-
-
-def _references(resources: list[dict]) -> set[str]:
-    """Every `Type/id` that a reference in `resources` names, by a generic walk of the JSON."""
-    found: set[str] = set()
-
-    def walk(node) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "reference" and isinstance(value, str):
-                    found.add("/".join(value.split("/")[-2:]))
-                else:
-                    walk(value)
-        elif isinstance(node, list):
-            for item in node:
-                walk(item)
-
-    walk(resources)
-    return found
 
 
 def test_smart_fetch_exits_0_after_one_group_kickoff_on_its_defaults(run):

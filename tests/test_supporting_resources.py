@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import BASE, JOIN_PATHS, exported, keys, read_ndjson, referenced_patients
+from tests.helpers import BASE, JOIN_PATHS, exported, keys, read_ndjson, referenced_patients, references
 from tests.server_process import FHIR_HEADERS, poll, serve
 
 LENIENT = {**FHIR_HEADERS, "Prefer": "respond-async, handling=lenient"}
@@ -87,21 +87,6 @@ def _in_window(resource: dict, since: str | None, until: str | None) -> bool:
             and (until is None or _instant(updated) < _instant(until)))
 
 
-def _references(node) -> set[str]:
-    """Every `Type/id` any reference in `node` names."""
-    found = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and "/" in value:
-                found.add("/".join(value.split("/")[-2:]))
-            else:
-                found |= _references(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= _references(item)
-    return found
-
-
 def oracle(source: list[dict], covered: set[str], types: list[str], since: str | None = None,
            until: str | None = None, whole: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """What a Patient- or Group-level export of `types` covering `covered` gives; `whole`: the Group
@@ -114,7 +99,7 @@ def oracle(source: list[dict], covered: set[str], types: list[str], since: str |
 
     compartment = [r for r in source if r["resourceType"] in read and mine(r)
                    and (_in_window(r, since, until) or (mine(r) & whole and _in_window(r, None, until)))]
-    referenced = set().union(*(_references(r) for r in compartment))
+    referenced = set().union(*(references(r) for r in compartment))
     chosen = compartment if named else []
     for r in source:
         if r["resourceType"] in types and r["resourceType"] not in SAMPLE_COMPARTMENT | {"Group"}:
