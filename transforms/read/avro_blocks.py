@@ -185,13 +185,15 @@ def _encoded(text: str) -> bytes:
 def _next_block(f: IO[bytes], sync: bytes) -> Optional[tuple[bytes, int, bytes]]:
     """The next block of `f`: its bytes (record count, size, data, sync marker), record count and data;
     None at the end of the file. Raises EOFError when it is cut short, ValueError when it is malformed."""
-    head = bytearray()
-    count = _long(f, head)
-    if count is None:
+    first = f.read(1)
+    if not first:
         return None
-    size = _long(f, head)
-    if size is None:
-        raise EOFError("a block header is cut short")
+    tape = _Joined(first, f, keep=True)  # the block's head, as fastavro decodes its two longs
+    try:
+        count = fastavro.schemaless_reader(tape, "long")
+        size = fastavro.schemaless_reader(tape, "long")
+    except (EOFError, IndexError):  # fastavro's IndexError: a varint cut short
+        raise EOFError("a block header is cut short") from None
     if count < 0 or size < 0:
         raise ValueError("a negative block count or size")
     data = f.read(size)
@@ -200,20 +202,4 @@ def _next_block(f: IO[bytes], sync: bytes) -> Optional[tuple[bytes, int, bytes]]
         raise EOFError("a block is cut short")
     if marker != sync:
         raise ValueError("a block does not end with the file's sync marker")
-    return bytes(head) + data + marker, count, data
-
-
-def _long(f: IO[bytes], read: bytearray) -> Optional[int]:
-    """An Avro long (a zigzag varint) from `f`, its bytes added to `read`; None at the end of `f`."""
-    shift = value = 0
-    while True:
-        byte = f.read(1)
-        if not byte:
-            if shift:
-                raise EOFError("a block header is cut short")
-            return None
-        read += byte
-        value |= (byte[0] & 0x7F) << shift
-        if byte[0] < 0x80:
-            return (value >> 1) ^ -(value & 1)
-        shift += 7
+    return tape.kept() + data + marker, count, data
