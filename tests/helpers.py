@@ -209,37 +209,32 @@ def keys(resources: list[dict]) -> list[tuple[str, str]]:
     return sorted((r["resourceType"], r["id"]) for r in resources)
 
 
-def references(node) -> set[str]:
-    """Every `Type/id` that a reference anywhere in `node` (a resource, or a list of them) names, by a walk
-    of the JSON: the last two segments of each `reference` holding a `/`."""
-    found = set()
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key == "reference" and isinstance(value, str) and "/" in value:
-                found.add("/".join(value.split("/")[-2:]))
-            else:
-                found |= references(value)
-    elif isinstance(node, list):
-        for item in node:
-            found |= references(item)
-    return found
-
-
-def referenced_patients(node) -> set[str]:
-    """Every patient id any reference in `node` names, by a generic walk of the JSON."""
-    found = set()
+def reference_values(node) -> Iterator[str]:
+    """Every `reference` string anywhere in `node` (a resource, or a list of them), by a walk of the JSON."""
     if isinstance(node, dict):
         for key, value in node.items():
             if key == "reference" and isinstance(value, str):
-                if "Patient/" in value:
-                    found.add(value.split("Patient/")[1].split("/")[0])
-                elif value.startswith("urn:uuid:"):
-                    found.add(value.removeprefix("urn:uuid:"))
+                yield value
             else:
-                found |= referenced_patients(value)
+                yield from reference_values(value)
     elif isinstance(node, list):
         for item in node:
-            found |= referenced_patients(item)
+            yield from reference_values(item)
+
+
+def references(node) -> set[str]:
+    """Every `Type/id` that a reference in `node` names: the last two segments of each holding a `/`."""
+    return {"/".join(value.split("/")[-2:]) for value in reference_values(node) if "/" in value}
+
+
+def referenced_patients(node) -> set[str]:
+    """Every patient id a reference in `node` names: `...Patient/<id>` or `urn:uuid:<id>`."""
+    found = set()
+    for value in reference_values(node):
+        if "Patient/" in value:
+            found.add(value.split("Patient/")[1].split("/")[0])
+        elif value.startswith("urn:uuid:"):
+            found.add(value.removeprefix("urn:uuid:"))
     return found
 
 
