@@ -171,6 +171,20 @@ def test_delete_removes_a_finished_job_only(store):
         store.get("acme", "j")
 
 
+def test_a_watched_runs_completion_keeps_its_launchers_lease_and_a_submitted_ones_releases_it(store):
+    """A launcher watching the run records the completion and then releases its lease (a delete waits for
+    that); a submitted run has no launcher left, so its claim releases the lease itself."""
+    _running(store, "watched", lease=Lease("launcher", FAR))
+    assert StoreJobSink(store.url, "watched", 1).complete(_manifest([("Patient", 1)]), 0)
+    assert store.get("acme", "watched").status is ExportStatus.COMPLETE and store.is_leased("watched")
+    store.release_lease("watched", "launcher")
+    assert not store.is_leased("watched")
+    _running(store, "submitted", lease=Lease("dataflow-launcher", FAR))
+    sink = StoreJobSink(store.url, "submitted", 1, lease=Lease("dataflow-launcher", FAR), lease_s=60)
+    assert sink.complete(_manifest([("Patient", 1)]), 0)
+    assert store.lease("submitted") is None
+
+
 def test_an_expired_lease_makes_the_job_a_resumable_error(store):
     _running(store, "lost", lease=Lease("dead-launcher", now_ms() - 1))
     _running(store, "alive", lease=Lease("live-launcher", FAR))

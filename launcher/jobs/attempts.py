@@ -124,12 +124,15 @@ def _run_attempt(store, control, job, request, beam_args, lease: Lease, attempt:
             argv, sink = pipeline_inputs(store, job, request, patients(), run_args, attempt)
             run_and_watch(argv, sink, store, job.tenant, job.job_id, lease, control.lease_s, control.on_progress,
                           nice=control.nice)
-        record = store.get(job.tenant, job.job_id)
-        if record.status is ExportStatus.CANCELLED:
-            raise JobCancelled(job.job_id)
-        if record.status is not ExportStatus.COMPLETE or record.attempt != attempt:
-            raise RuntimeError(f"pipeline finished but the job is {record.status.value} (attempt {record.attempt})")
-        control.audit.record("complete", record)
+        try:
+            record = store.get(job.tenant, job.job_id)
+            if record.status is ExportStatus.CANCELLED:
+                raise JobCancelled(job.job_id)
+            if record.status is not ExportStatus.COMPLETE or record.attempt != attempt:
+                raise RuntimeError(f"pipeline finished but the job is {record.status.value} (attempt {record.attempt})")
+            control.audit.record("complete", record)
+        finally:  # the completion claim kept this lease, so that a delete waits for the record above
+            store.release_lease(job.job_id, lease.holder)
         return record
     except JobCancelled:
         _remove_output(job.job_dir)

@@ -101,7 +101,8 @@ def _holder_is_gone(holder: str) -> bool:
 def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner: Owner,
                on_wait: Optional[OnWait] = None) -> StoredJob:
     """Removes a job's output files and its records (cancelling it first if it is still running, and
-    waiting, as `cancel_job` does, for the launcher of a cancelled job to stop)."""
+    waiting, as `cancel_job` does, for the launcher of a cancelled job to stop, or of a job that has
+    just completed to record its completion)."""
     record = store.get(tenant, job_id, owner)
     if not record.status.is_terminal:
         try:
@@ -110,6 +111,8 @@ def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
             record = store.get(tenant, job_id, owner)
     if record.status is ExportStatus.CANCELLED:  # its launcher may still be stopping and removing its files
         _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
+    elif record.status is ExportStatus.COMPLETE:  # its launcher may not have recorded the completion yet
+        _await_launcher(store, record, _CANCEL_WAIT_S, None)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)
     audit.record("delete", record, description="output files and job records deleted")

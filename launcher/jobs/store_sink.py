@@ -120,7 +120,8 @@ class StoreJobSink:
         def claim() -> bool:
             store = self._job_store()
             try:
-                store.complete(self._job_id, manifest, bad_records, self._attempt)
+                # A watched run's launcher releases the lease once it has recorded the completion.
+                store.complete(self._job_id, manifest, bad_records, self._attempt, keep_lease=self._holder is None)
             except InvalidJobState:  # cancelled, failed or restarted meanwhile: the claim is lost, unless ours
                 return store.completed_by(self._job_id, self._attempt)
             return True

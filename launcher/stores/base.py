@@ -194,7 +194,7 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
         row = self._row(db, job_id, "status, attempt", self.lock_suffix)
         return row["status"] == ExportStatus.IN_PROGRESS.value and attempt in (None, row["attempt"])
 
-    def complete(self, job_id, manifest, bad_records, attempt=None) -> None:
+    def complete(self, job_id, manifest, bad_records, attempt=None, keep_lease=False) -> None:
         totals: dict[str, int] = {}
         for entry in manifest.output:
             totals[entry.type] = totals.get(entry.type, 0) + (entry.count or 0)
@@ -202,8 +202,8 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
         with self._tx() as db:
             self._transition(
                 db, job_id, ACTIVE[1:], ExportStatus.COMPLETE,
-                "completed_at = ?, ended_ms = ?, manifest_json = ?, bad_records = ?, read_bytes = total_bytes,"
-                " lease_holder = NULL",
+                "completed_at = ?, ended_ms = ?, manifest_json = ?, bad_records = ?, read_bytes = total_bytes"
+                + ("" if keep_lease else ", lease_holder = NULL"),
                 (now_instant(), now_ms(), stored, bad_records), attempt,
             )
             self._advance_schedule(db, job_id)
