@@ -33,6 +33,7 @@ setup(
         # `bulk-export serve`: the Bulk Data HTTP server (ASGI) and its client in tests and benchmarks.
         "fastapi>=0.115,<1",
         "uvicorn>=0.30,<1",
+        "httptools>=0.6,<1",  # uvicorn's HTTP parser in C (`serve` asks for it)
         "httpx>=0.27,<1",
         # `serve`'s GET /metrics: the Prometheus text format, counters and histograms.
         "prometheus-client>=0.20,<1",

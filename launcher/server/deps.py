@@ -6,6 +6,7 @@ import dataclasses
 from typing import Optional, Union
 
 from fastapi import Depends, Request
+from starlette.concurrency import run_in_threadpool
 
 from launcher.auth.access_tokens import AccessTokens, InvalidToken
 from launcher.auth.scopes import EVERYTHING, Grant
@@ -95,16 +96,20 @@ def prefer(request: Request) -> list[str]:
     return [part.strip() for header in request.headers.getlist("prefer") for part in header.split(",")]
 
 
-def caller(request: Request, app: Server = Depends(server)) -> Caller:
+async def caller(request: Request, app: Server = Depends(server)) -> Caller:
     """The caller: with `--auth smart`, the client a valid bearer token names (else 401); without,
-    the server's own tenant and owner. It is kept in `request.state.caller` (whose refusal is audited)."""
-    request.state.caller = who = _caller(request, app)
+    the server's own tenant and owner. It is kept in `request.state.caller` (whose refusal is audited).
+    Async, so that without auth a request makes no thread hop for it; a token's client is looked up in
+    the store in a worker thread."""
+    if app.tokens is None:
+        who = Caller(app.config.tenant, app.config.owner)
+    else:
+        who = await run_in_threadpool(_bearer, request, app)
+    request.state.caller = who
     return who
 
 
-def _caller(request: Request, app: Server) -> Caller:
-    if app.tokens is None:
-        return Caller(app.config.tenant, app.config.owner)
+def _bearer(request: Request, app: Server) -> Caller:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized(app, "an access token is required: Authorization: Bearer <token>", None)
