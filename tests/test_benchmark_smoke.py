@@ -4,6 +4,7 @@ It checks that the benchmark runs and that its two cases agree (the script
 exits 1 on `OUTPUT MISMATCH`); the speed figures themselves are not tested.
 """
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,18 @@ def test_a_small_server_benchmark_run_prints_its_figures():
                                                     "machine:"], done.stdout
     assert "target <= 0.2 s" in lines[0] and "target p99 <= 50 ms" in lines[1] and "0 errors" in lines[1]
     assert "target <= 10 %" in lines[2] and "target >= 0.8x" in lines[3] and "target >= 0.5x" in lines[4]
+
+
+def test_the_status_benchmark_prints_a_round_per_tree():
+    """benchmarks/bench_status.py: ab polls a real server's status URL; the server's CPU per answer."""
+    if shutil.which("ab") is None:
+        pytest.skip("no ab on PATH: `apt-get install apache2-utils` (.ci/run installs it)")
+    done = subprocess.run([sys.executable, str(BENCH.parent / "bench_status.py"), "--rounds", "1", "--seconds", "1",
+                           "--before", str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rounds = [line for line in done.stdout.splitlines() if line.startswith("round 1 ")]
+    assert [line.split()[2] for line in rounds] == ["[before]", "[after]"], done.stdout
+    assert all(" 0 failed" in line and "ms per answer" in line for line in rounds), done.stdout
 
 
 def test_a_small_launcher_benchmark_run_prints_its_table(data_dir):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional, Union
+from typing import Callable, Optional, TypeVar, Union
 
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
@@ -21,6 +21,8 @@ from pipelines.settings import ExportSettings
 from transforms.errors import Forbidden, Unauthorized
 from transforms.fhir.group import GROUP
 
+T = TypeVar("T")
+
 
 @dataclasses.dataclass
 class Server:
@@ -35,6 +37,14 @@ class Server:
     tokens: Optional[AccessTokens] = None  # with --auth smart
     token_service: Optional[TokenService] = None
     reads: Optional[ReadIndexes] = None  # the read and Group search indexes, by tenant
+
+    async def read(self, work: Callable[..., T], *args) -> T:
+        """`work(*args)`, a handler's reads of the store: on the event loop when they wait on no network
+        (`JobStore.quick_reads`; a worker thread's hop and its GIL hand-offs cost a status answer two
+        thirds of its CPU), else in a worker thread, so that a slow store never holds up other requests."""
+        if self.store.quick_reads:
+            return work(*args)
+        return await run_in_threadpool(work, *args)
 
     def job_owners(self) -> list[tuple[str, Optional[str]]]:
         """Whose jobs this server serves: its own tenant and owner's, and with `--auth smart` every
@@ -99,12 +109,11 @@ def prefer(request: Request) -> list[str]:
 async def caller(request: Request, app: Server = Depends(server)) -> Caller:
     """The caller: with `--auth smart`, the client a valid bearer token names (else 401); without,
     the server's own tenant and owner. It is kept in `request.state.caller` (whose refusal is audited).
-    Async, so that without auth a request makes no thread hop for it; a token's client is looked up in
-    the store in a worker thread."""
+    Async, so that it makes no thread hop unless the store's reads need one (`Server.read`)."""
     if app.tokens is None:
         who = Caller(app.config.tenant, app.config.owner)
     else:
-        who = await run_in_threadpool(_bearer, request, app)
+        who = await app.read(_bearer, request, app)
     request.state.caller = who
     return who
 

@@ -34,8 +34,12 @@ router = APIRouter()
 
 
 @router.get(STATUS_PATH + "/{job_id}")
-def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server),
-           who: Caller = Depends(caller)) -> Response:
+async def status(job_id: str, page: Optional[int] = None, app: Server = Depends(server),
+                 who: Caller = Depends(caller)) -> Response:
+    return await app.read(_status, app, who, job_id, page)  # the hot path of every client: see `Server.read`
+
+
+def _status(app: Server, who: Caller, job_id: str, page: Optional[int]) -> Response:
     record = _job(app, who, job_id)
     if record.request.allow_partial_manifests and record.status in (ExportStatus.IN_PROGRESS, ExportStatus.COMPLETE):
         return _page(app, who, record, 1 if page is None else page)

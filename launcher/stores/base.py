@@ -53,6 +53,9 @@ class SqlJobStore(ScheduleQueries, ClientQueries, RunnerJobQueries, PublishedQue
     # Appended to SELECTs whose answer a later statement of the transaction relies on; PostgreSQL
     # locks the rows read (SQLite's writers are serialised already).
     lock_suffix = ""
+    # True when a read never waits on a network, only on a local file (SQLite's WAL readers wait for no
+    # writer): `serve` then answers a status poll on its event loop instead of in a worker thread.
+    quick_reads = False
 
     _ready = False
     # A read-only store (`open_store(..., read_only=True)` on a store that cannot be written) is

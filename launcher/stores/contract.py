@@ -122,6 +122,7 @@ class JobStore(Protocol):
     """What the launcher and the pipeline's job sink need from a job store."""
 
     url: str
+    quick_reads: bool  # a read waits on no network (SQLite): `serve` may run it on its event loop
 
     def create(self, record: JobRecord, *, run_spec: Optional[dict] = None, lease: Optional[Lease] = None,
                max_active: Optional[int] = None, total_bytes: int = 0) -> None: ...

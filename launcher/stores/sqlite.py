@@ -39,6 +39,8 @@ def _dict_row(cursor: sqlite3.Cursor, row: tuple) -> dict:
 class SqliteJobStore(SqlJobStore):
     """Jobs in `<state_dir>/jobs.sqlite3` (WAL; writers serialised by `BEGIN IMMEDIATE`)."""
 
+    quick_reads = True
+
     def __init__(self, state_dir: str, read_only: bool = False):
         self.url = os.path.abspath(state_dir)
         self.path = os.path.join(state_dir, DB_NAME)  # nothing touches the disk until first used
