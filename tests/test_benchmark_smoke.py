@@ -55,16 +55,18 @@ def test_a_small_server_benchmark_run_prints_its_figures():
     assert "target <= 10 %" in lines[2] and "target >= 0.8x" in lines[3] and "target >= 0.5x" in lines[4]
 
 
-def test_the_status_benchmark_prints_a_round_per_tree():
+def test_the_status_benchmark_prints_a_round_per_tree_and_case():
     """benchmarks/bench_status.py: ab polls a real server's status URL; the server's CPU per answer."""
     if shutil.which("ab") is None:
         pytest.skip("no ab on PATH: `apt-get install apache2-utils` (.ci/run installs it)")
     done = subprocess.run([sys.executable, str(BENCH.parent / "bench_status.py"), "--rounds", "1", "--seconds", "1",
-                           "--before", str(ROOT)], capture_output=True, text=True, timeout=300)
+                           "--exports", "2", "--patients", "40", "--before", str(ROOT)],
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rounds = [line for line in done.stdout.splitlines() if line.startswith("round 1 ")]
-    assert [line.split()[2] for line in rounds] == ["[before]", "[after]"], done.stdout
-    assert all(" 0 failed" in line and "ms per answer" in line for line in rounds), done.stdout
+    assert [line.split()[2:4] for line in rounds] == [["[before]", "idle:"], ["[before]", "busy:"],
+                                                      ["[after]", "idle:"], ["[after]", "busy:"]], done.stdout
+    assert all("; 0 failed, 0 not 2xx)" in line and "ms per answer" in line for line in rounds), done.stdout
 
 
 def test_a_small_launcher_benchmark_run_prints_its_table(data_dir):
