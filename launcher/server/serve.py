@@ -96,8 +96,8 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         logging.getLogger(__name__).warning("--auth none: anyone who can reach this server can export and"
                                             " download its data")
     # Our access log replaces uvicorn's; `log_config=None` keeps uvicorn's records in our handler and format.
-    # httptools parses HTTP in C: a status answer costs ~25 % less CPU than with h11. uvloop was measured
-    # no faster for handlers that run in worker threads, so the loop stays asyncio's, whatever is installed.
+    # httptools parses HTTP in C (a status answer measured 2.6-3.2 ms of CPU instead of 3.3-3.5 with h11);
+    # uvloop was measured no faster, so the loop stays asyncio's, whatever is installed.
     server = uvicorn.Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_config=None,
                                            log_level=uvicorn_level, access_log=False, http="httptools",
                                            loop="asyncio"))
