@@ -316,6 +316,25 @@ def test_cancel_says_why_it_waits_and_stops_when_the_lease_ends(tmp_path):
     assert not folder.exists()
 
 
+def test_delete_of_a_just_completed_job_says_why_it_waits_and_stops_when_the_lease_ends(tmp_path):
+    """The completion claim leaves the launcher's lease until it has recorded the completion: a launcher on
+    another machine that never does is waited for until its lease ends, and `delete` says so."""
+    state = tmp_path / "state"
+    store = SqliteJobStore(str(state))
+    ends = now_ms() + 3000
+    folder = _job(store, tmp_path, "finished", ExportStatus.IN_PROGRESS, lease=Lease("other-host:4242:ef56", ends))
+    store.complete("finished", _manifest([("Patient", 1)]), 0, keep_lease=True)
+    started = time.monotonic()
+    done = subprocess.run([*_console(), "delete", "finished", "--state-dir", str(state)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "job finished deleted\n", done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith("bulk-export: waiting for the launcher running job finished to record its completion")
+    assert "other-host:4242:ef56" in line
+    assert 1 < time.monotonic() - started < 15  # until the lease's end, not the 30 s cap
+    assert not folder.exists()
+
+
 def test_cancel_does_not_wait_for_a_launcher_of_this_machine_that_is_gone(tmp_path):
     state = tmp_path / "state"
     store = SqliteJobStore(str(state))

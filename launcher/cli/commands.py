@@ -228,8 +228,9 @@ def _no_jobs(store: JobStore, args: argparse.Namespace, owner: Owner) -> str:
 
 
 def _say_wait(record: StoredJob, lease: Lease, until_ms: int) -> None:
-    """Tells, before `cancel` waits, what it waits for and until when at most."""
-    print(f"bulk-export: waiting for the launcher running job {record.job_id} to stop it and remove its output:"
+    """Tells, before `cancel` or `delete` waits, what it waits for and until when at most."""
+    what = "record its completion" if record.status is ExportStatus.COMPLETE else "stop it and remove its output"
+    print(f"bulk-export: waiting for the launcher running job {record.job_id} to {what}:"
           f" the job's lease is held by {lease.holder}, a launcher that may be gone, until {_instant(lease.expires_ms)}"
           f" unless it renews it; waiting at most until {_instant(until_ms)}", file=sys.stderr, flush=True)
 

@@ -112,7 +112,7 @@ def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
     if record.status is ExportStatus.CANCELLED:  # its launcher may still be stopping and removing its files
         _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
     elif record.status is ExportStatus.COMPLETE:  # its launcher may not have recorded the completion yet
-        _await_launcher(store, record, _CANCEL_WAIT_S, None)
+        _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)
     audit.record("delete", record, description="output files and job records deleted")
