@@ -109,9 +109,9 @@ def delete_job(store: JobStore, audit: AuditLog, tenant: str, job_id: str, owner
             cancel_job(store, audit, tenant, job_id, owner, on_wait=on_wait)
         except InvalidJobState:  # it ended meanwhile, maybe cancelled by a concurrent request
             record = store.get(tenant, job_id, owner)
-    if record.status is ExportStatus.CANCELLED:  # its launcher may still be stopping and removing its files
-        _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
-    elif record.status is ExportStatus.COMPLETE:  # its launcher may not have recorded the completion yet
+    # The launcher of a cancelled job may still be removing its files; that of a complete one may not
+    # have recorded the completion yet (its claim left the lease held until then).
+    if record.status in (ExportStatus.CANCELLED, ExportStatus.COMPLETE):
         _await_launcher(store, record, _CANCEL_WAIT_S, on_wait)
     remove_tree(job_output_dir(record.output_dir, tenant, job_id))
     record = store.delete(tenant, job_id, owner)

@@ -250,7 +250,7 @@ def run_and_watch(
                     continue  # the pipeline's last step claimed completion; it is exiting
                 if now >= renew_at:
                     renewed = store.renew_lease(job_id, Lease(lease.holder, now_ms() + int(lease_s * 1000)))
-                    # A submitted run's completion releases the lease: between the status read and the renewal.
+                    # A claim that releases the lease (as a submitted run's does) may land in between.
                     if not renewed and store.status(job_id) is not ExportStatus.COMPLETE:
                         raise LeaseLost(f"job {job_id}: this launcher's lease was taken over")
                     renew_at = now + lease_s / 3
