@@ -87,7 +87,7 @@ def export(args: argparse.Namespace, beam_args: list[str]) -> int:
 def _warm_pipeline_process() -> None:
     """Starts the process the pipeline will be forked from (`launcher.jobs.process`), so that it imports
     Beam while this process does too, on another core, instead of after it."""
-    from launcher.jobs.process import start_fork_server
+    from launcher.jobs.fork_server import start_fork_server
 
     start_fork_server()
 
@@ -267,6 +267,35 @@ def cleanup(args: argparse.Namespace, _: list[str]) -> int:
     return 0
 
 
+def warm(args: argparse.Namespace, _: list[str]) -> int:
+    """Starts, stops or reports this user's warm process (`launcher.jobs.warm`)."""
+    from launcher.jobs import fork_server, warm as warm_process
+
+    if args.stop:
+        pid = warm_process.stop(lambda pid: print(f"waiting for the exports that use warm process {pid} to end",
+                                                   file=sys.stderr))
+        print(f"stopped the warm process {pid}" if pid else f"no warm process runs {_WARM_KEY}")
+        return 0
+    if args.status:
+        pid, used = warm_process.status()
+        if pid is None:
+            print(f"no warm process runs {_WARM_KEY}")
+            return 1
+        used_at = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(used))
+        print(f"warm process {pid} runs {_WARM_KEY}; last used {used_at}")
+        return 0
+    pid, started = fork_server.start_warm(args.idle)
+    if started:
+        print(f"warm process {pid} ready: export and resume start from it until it has been idle {args.idle:g} s"
+              " (bulk-export warm --stop ends it)")
+    else:
+        print(f"warm process {pid} already runs {_WARM_KEY}, with the --idle it was started with")
+    return 0
+
+
+_WARM_KEY = "for this interpreter, code and environment"
+
+
 def sample_data(args: argparse.Namespace, _: list[str]) -> int:
     from launcher.tools.sample_data import generate
 
@@ -279,4 +308,4 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-__all__ = ["cancel", "cleanup", "delete", "export", "list_jobs", "manifest", "resume", "sample_data", "status"]
+__all__ = ["cancel", "cleanup", "delete", "export", "list_jobs", "manifest", "resume", "sample_data", "status", "warm"]

@@ -160,7 +160,8 @@ def _exporter(args: argparse.Namespace, beam_args: list[str]):
     """The export one run makes: an ordinary recorded job, run and watched here, its output in `work`."""
     from launcher.cli.progress import ProgressDisplay
     from launcher.core.audit import AuditLog
-    from launcher.jobs.process import RunControl, start_fork_server
+    from launcher.jobs.fork_server import start_fork_server
+    from launcher.jobs.process import RunControl
     from launcher.publish.runs import Exported
     from launcher.stores import open_store
     from pipelines.settings import ExportSettings

@@ -23,7 +23,7 @@ import time
 from typing import Callable, Optional
 
 from launcher.core.audit import AuditLog
-from launcher.jobs.fork_server import CONTEXT, start_fork_server
+from launcher.jobs.fork_server import CONTEXT, start_process
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 from pipelines.workers import WorkerBudget
@@ -100,22 +100,17 @@ def new_lease(seconds: float) -> Lease:
 def warm_fork_server(timeout_s: float = 300.0) -> None:
     """Starts the fork server and waits until it has imported what it preloads, by forking one run that
     does nothing: afterwards a run starts in milliseconds."""
-    start_fork_server()
-    probe = _CTX.Process(target=os.getpid, name="warm-up")
-    probe.start()
-    probe.join(timeout_s)
+    start_process(os.getpid, (), "warm-up", _CTX).join(timeout_s)
 
 
 class PipelineProcess:
     """One pipeline run in a child process; `wait` polls it, `stop` ends it and its workers."""
 
     def __init__(self, argv: list[str], sink: object, nice: int = 0):
-        start_fork_server()
         lifeline, self._lifeline = _CTX.Pipe(duplex=False)
         self._results, results = _CTX.Pipe(duplex=False)
-        self._process = _CTX.Process(target=_child_main, args=(argv, sink, lifeline, results, LogSetup.here(), nice),
-                                     name="export")
-        self._process.start()
+        self._process = start_process(_child_main, (argv, sink, lifeline, results, LogSetup.here(), nice), "export",
+                                      _CTX)
         lifeline.close()
         results.close()
         self.failure: Optional[str] = None
