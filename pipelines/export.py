@@ -26,7 +26,6 @@ from pipelines.plan_steps import (
     add_supporting,
     apply_steps,
     attachment_steps,
-    binaries_selection,
     deletion_steps,
     guard_steps,
     read_blocks,
@@ -70,11 +69,9 @@ def build_pipeline(
     settings = job.settings
     part_format = part_sink(request.output_format)
     plan = build_plan(request, job, part_format.needs_bodies)
-    # A file source's Binaries (for attachments) are found by this same read, not by a second one.
-    binaries = None if is_postgres(settings.source) else binaries_selection(plan)
     read = pipeline | "Read" >> ReadResources(
         settings.source, settings.source_format, settings.chunk_bytes, selection=plan.selection,
-        deletions=plan.deletions, at=job.read_at, binaries=binaries,
+        deletions=plan.deletions, at=job.read_at,
     )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
@@ -89,8 +86,8 @@ def build_pipeline(
     # The guard is the last step of each branch that selects (before a Flatten: a side input read after
     # one lost every resource on our DaskRunner), so it judges what every step above let through; then
     # what it lets through has its attachments served.
-    staged = stage_binaries(pipeline, plan, job, read.binaries if binaries is not None else None)
-    served = attachment_steps(job, staged, sink)
+    binaries = stage_binaries(pipeline, plan, job)
+    served = attachment_steps(job, binaries, sink)
     if plan.writes_compartment:
         batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside), *served],
                               errors)

@@ -112,26 +112,16 @@ def guard_steps(plan: ExportPlan, patients: Patients, outside: Patients = None) 
     return [("PatientGuard", GuardPatients(patients, outside))] if plan.patient_guard else []
 
 
-def binaries_selection(plan: ExportPlan) -> Optional[ReadSelection]:
-    """What `stage_binaries` needs read when the plan serves attachments: the source's Binaries within
-    `_until` and `transactionTime` (whatever `_since`); else None."""
-    return ReadSelection.of((BINARY,), plan.window.without_since()) if plan.attachments else None
-
-
-def stage_binaries(pipeline: beam.Pipeline, plan: ExportPlan, job: ExportJob,
-                   found: Optional[beam.PCollection] = None) -> Optional[beam.pvalue.AsSideInput]:
-    """When the plan serves attachments: the source's Binaries (`binaries_selection`), `found` by the
-    main read (a file source) or read here (a PostgreSQL table, queried per selection), staged in the
-    attempt's temporary folder, as a side input id -> `Stored`; else None."""
-    selection = binaries_selection(plan)
-    if selection is None:
+def stage_binaries(pipeline: beam.Pipeline, plan: ExportPlan, job: ExportJob) -> Optional[beam.pvalue.AsSideInput]:
+    """When the plan serves attachments: the source's Binaries (within `_until` and `transactionTime`)
+    staged in the attempt's temporary folder, as a side input id -> `Stored`; else None."""
+    if not plan.attachments:
         return None
-    if found is None:
-        settings = job.settings
-        found = (pipeline | "ReadBinaries" >> ReadResources(
-            settings.source, settings.source_format, settings.chunk_bytes, selection=selection,
-            at=job.read_at)).batches
-    staged = found | "StageBinaries" >> StageBinaries(_staging(job))
+    settings = job.settings
+    again = pipeline | "ReadBinaries" >> ReadResources(
+        settings.source, settings.source_format, settings.chunk_bytes,
+        selection=ReadSelection.of((BINARY,), plan.window.without_since()), at=job.read_at)
+    staged = again.batches | "StageBinaries" >> StageBinaries(_staging(job))
     return beam.pvalue.AsSingleton(staged, default_value={})
 
 

@@ -10,7 +10,7 @@ slow path and becomes resources or a `BadRecord`.
 
 from __future__ import annotations
 
-from typing import IO, Callable, Iterator, Optional, Union
+from typing import IO, Iterator, Optional, Union
 
 import orjson
 
@@ -66,8 +66,7 @@ def span_texts(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
 
 
 def parse_lines(
-    texts: Iterator[bytes], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None,
-    reported: Optional[Callable[[bytes], bool]] = None,
+    texts: Iterator[bytes], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
 ) -> Iterator[Union[ResourceBatch, BadRecord, ChunkLines]]:
     """Parses the texts of `span_texts` into `ResourceBatch`es and `BadRecord`s, then a `ChunkLines`.
 
@@ -79,9 +78,7 @@ def parse_lines(
     A line holding a `transaction`, `batch`, `collection` or `searchset` Bundle is
     read as its entries, as a Bundle file is (`transforms.read.bundles`). Lines that
     cannot be of a selected type are not parsed, nor most split (`transforms.read.line_screen`).
-    The `ChunkLines` counts the range's lines. `reported` (None: every line) says of a line whether
-    the bad records it makes itself (not JSON, not a resource, a Bundle's) are reported: a read for
-    two selections (`transforms.read.resources`) reports only those of lines its main one may hold.
+    The `ChunkLines` counts the range's lines.
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, _PLAIN_TYPES
     types = selection.types if selection is not None else None
@@ -98,7 +95,7 @@ def parse_lines(
             try:
                 body = loads(line)  # a CRLF line's "\r" is JSON whitespace
             except decode_error as exc:
-                if line.strip() and (reported is None or reported(line)):
+                if line.strip():
                     yield BadRecord(origin, index, json_error(exc))
                 continue
             if type(body) is dict:
@@ -130,8 +127,7 @@ def parse_lines(
             # The slow path: not a resource, or a Bundle (whose entries may be the resources).
             for item in _unusual_line(body, line, index, origin, selection):
                 if type(item) is not Resource:
-                    if reported is None or reported(line):
-                        yield item
+                    yield item
                     continue
                 batch.append(item if bodies else item._replace(body=None))
                 if len(batch) >= batch_size:

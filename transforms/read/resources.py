@@ -11,7 +11,7 @@ key ranges instead of chunks, and read the same way.
 from __future__ import annotations
 
 import gzip
-from typing import IO, Iterable, Iterator, NamedTuple, Optional, Union
+from typing import IO, Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -39,10 +39,6 @@ class ReadResources(beam.PTransform):
     which the line numbers of its bad records are found without reading the file again.
     Tag `deletions` has the `ResourceBatch`es of resources the source marks deleted that
     `deletions` (a selection, None: none) keeps; NDJSON and Bundle files mark none.
-    Tag `binaries` has the resources `binaries` (a selection of Binary, None: none) keeps, found
-    by the same read (a file source is read once, not once more for them); only the main
-    selection's bad records are reported, as if each were read alone. A PostgreSQL source, whose
-    read is a query per selection, refuses `binaries`.
     """
 
     def __init__(
@@ -54,7 +50,6 @@ class ReadResources(beam.PTransform):
         selection: Optional[ReadSelection] = None,
         deletions: Optional[ReadSelection] = None,
         at: Optional[ReadAt] = None,
-        binaries: Optional[ReadSelection] = None,
     ):
         super().__init__()
         if source_format not in SOURCE_FORMATS:
@@ -66,10 +61,7 @@ class ReadResources(beam.PTransform):
         self._selection = selection
         self._deletions = deletions
         self._at = at
-        self._binaries = binaries
         if is_postgres(source):
-            if binaries is not None:
-                raise ValueError("a PostgreSQL source reads Binaries with a selection of their own")
             parse_source(source)  # refuses a bad URL (or one holding a password) before the pipeline runs
             if at is None:
                 raise ValueError("reading a PostgreSQL source needs the job's transactionTime (at=ReadAt(...))")
@@ -85,9 +77,9 @@ class ReadResources(beam.PTransform):
             | "PlanChunks" >> plan
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
-            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions, self._at, self._binaries))
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions, self._at))
             .with_output_types(ResourceBatch)
-            .with_outputs("errors", "lines", "deletions", "binaries", main="batches")
+            .with_outputs("errors", "lines", "deletions", main="batches")
         )
 
 
@@ -98,20 +90,12 @@ class _ReadChunkFn(beam.DoFn):
     """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
     def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None,
-                 deletions: Optional[ReadSelection] = None, at: Optional[ReadAt] = None,
-                 binaries: Optional[ReadSelection] = None):
+                 deletions: Optional[ReadSelection] = None, at: Optional[ReadAt] = None):
         self._batch_size = batch_size
         self._at = at
         self._selection = selection
         self._deletions = deletions
-        self._binaries = binaries
-        # With `binaries`, lines are parsed for both selections (no window: each applies its own after),
-        # and only the main one's lines report their own bad records.
-        self._parsed = selection if binaries is None else union(selection, binaries)
-        main = selection or _EVERY
-        self._reported = None if binaries is None else main.screen()
-        self._main_types = main.types
-        self._types = read_types(self._parsed, deletions)  # what a columnar read keeps past `resourceType`
+        self._types = read_types(selection, deletions)  # what a columnar read keeps past `resourceType`
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
         self._deleted = Metrics.counter("bulk_export", "deletions_selected")
@@ -155,38 +139,24 @@ class _ReadChunkFn(beam.DoFn):
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
         texts = span_texts(f, chunk.start, chunk.end if chunk.end >= 0 else None)
         origin = Origin(chunk.path, next(texts))
-        items = parse_lines(texts, origin, self._batch_size, self._parsed, self._reported)
-        yield from self._emit(items if self._binaries is None else self._selected(items, sized=True))
+        yield from self._emit(parse_lines(texts, origin, self._batch_size, self._selection))
 
-    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]], windowed: bool = False,
-                  sized: bool = False) -> Iterator:
-        """Applies the selection to batches read whole (NDJSON applies it while parsing, unless it reads
-        Binaries too); `windowed`: see `ReadSelection.select`; `sized`: the batches carry their
-        `source_bytes` already (NDJSON's, some of them none)."""
+    def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]], windowed: bool = False) -> Iterator:
+        """Applies the selection to batches read whole (NDJSON applies it while parsing); `windowed`:
+        see `ReadSelection.select`."""
         for item in items:
             if type(item) is Deletions:
                 yield from self._selected_deletions(item.batch, windowed)
                 continue
             if type(item) is not ResourceBatch:
-                if self._reports(item):
-                    yield item
+                yield item
                 continue
-            if not item.source_bytes and not sized:
+            if not item.source_bytes:
                 item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
             # every selection drops resources without an id
             batch, bad = (self._selection or _EVERY).select(item, windowed)
             yield from bad
             yield batch
-            if self._binaries is not None:
-                found, _ = self._binaries.select(item, windowed)  # bad Binaries are not the export's
-                if found.resources:
-                    yield Binaries(found)
-
-    def _reports(self, item: object) -> bool:
-        """Whether a record the read made is reported: always, but a bad record of a type only the
-        Binaries' selection reads."""
-        return (self._binaries is None or type(item) is not BadRecord or item.resource_type is None
-                or self._main_types is None or item.resource_type in self._main_types)
 
     def _selected_deletions(self, batch: ResourceBatch, windowed: bool = False) -> Iterator:
         if self._deletions is None:
@@ -209,8 +179,6 @@ class _ReadChunkFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("deletions", item.batch)
             elif type(item) is ChunkLines:
                 yield beam.pvalue.TaggedOutput("lines", item)
-            elif type(item) is Binaries:
-                yield beam.pvalue.TaggedOutput("binaries", item.batch)
             else:
                 self._bad.inc()
                 yield beam.pvalue.TaggedOutput("errors", item)
@@ -221,18 +189,6 @@ class _ReadChunkFn(beam.DoFn):
         yield from bad
         for start in range(0, len(resources), self._batch_size):
             yield ResourceBatch(origin, resources[start : start + self._batch_size])
-
-
-class Binaries(NamedTuple):
-    """The Binaries a read for two selections found in one batch (`ReadResources(binaries=...)`)."""
-
-    batch: ResourceBatch
-
-
-def union(selection: Optional[ReadSelection], binaries: ReadSelection) -> ReadSelection:
-    """What a read for both selections parses: either's types, at any time, with bodies."""
-    types = None if selection is None or selection.types is None else selection.types | binaries.types
-    return ReadSelection(types)
 
 
 def read_chunk(chunk: Chunk, batch_size: int = BATCH_SIZE,
