@@ -162,3 +162,23 @@ def test_a_folder_too_long_for_a_socket_is_refused_in_one_line(home):
     assert refused.returncode == 4
     assert refused.stderr.strip() == f"bulk-export: {deep}/bulk-export is too long a folder for a socket:" \
         " set XDG_RUNTIME_DIR to a shorter one"
+
+
+def test_the_key_changes_with_the_code_and_the_environment_but_not_with_the_shells_folder(tmp_path, monkeypatch):
+    from launcher.jobs import warm
+
+    package = tmp_path / "fakepkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "data.json").write_text("{}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(warm, "OUR_PACKAGES", ("fakepkg",))
+    first = warm.key()
+    monkeypatch.setenv("PWD", "/elsewhere")  # the shell's own bookkeeping
+    monkeypatch.setenv("OLDPWD", "/before")
+    assert warm.key() == first
+    os.utime(package / "data.json", ns=(1, 1))  # a definition file rewritten
+    assert warm.key() != first
+    second = warm.key()
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "/other/key.json")  # another setting, another key
+    assert warm.key() != second

@@ -7,8 +7,8 @@ it when one is running for the same key, and start their own fork server otherwi
 never what it does.
 
 - **Key.** The interpreter (executable, version, flags, `sys.path`), the installed distributions (the
-  names in each site folder), our own code (path, size and mtime of every module of `launcher`,
-  `pipelines` and `transforms`) and the environment (but `PWD`, `OLDPWD`, `SHLVL`, `_`). A change to
+  names in each site folder), our own code (path, size and mtime of every file of `launcher`,
+  `pipelines` and `transforms`, the R4 definitions included) and the environment (but `PWD`, `OLDPWD`, `SHLVL`, `_`). A change to
   any of them is another key, so an old process is never asked to run new code.
 - **Who may use it.** Its socket lives in a folder of the user's own, mode 0700 (`$XDG_RUNTIME_DIR/
   bulk-export`, else `/tmp/bulk-export-UID`); a folder of another owner, or open to others, is not used.
@@ -76,11 +76,13 @@ def key() -> str:
     for name in OUR_PACKAGES:
         spec = importlib.util.find_spec(name)
         for root in (spec.submodule_search_locations or []) if spec else []:
-            for folder, subfolders, files in sorted(os.walk(root)):
-                subfolders[:] = sorted(d for d in subfolders if d != "__pycache__")
-                for file in sorted(f for f in files if f.endswith(".py")):
-                    info = os.stat(os.path.join(folder, file))
-                    digest.update(f"{folder}/{file}:{info.st_size}:{info.st_mtime_ns}\0".encode())
+            modules = []
+            for folder, subfolders, files in os.walk(root):
+                subfolders[:] = [d for d in subfolders if d != "__pycache__"]
+                modules += (os.path.join(folder, file) for file in files)  # the R4 definitions too
+            for module in sorted(modules):
+                info = os.stat(module)
+                digest.update(f"{module}:{info.st_size}:{info.st_mtime_ns}\0".encode())
     env = sorted((k, v) for k, v in os.environ.items() if k not in _VOLATILE_ENV)
     digest.update(repr(env).encode())
     return digest.hexdigest()[:_KEY_CHARS]
