@@ -18,6 +18,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 import time
 from typing import Callable, Optional
@@ -28,9 +29,11 @@ from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 from pipelines.workers import WorkerBudget
 from transforms.errors import EngineLost, JobFailed
+from transforms.steps.last_step import LOCK_ENV, wait_for_last_step
 
 POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
+LAST_STEP_WAIT_S = 30.0  # how long a run whose launcher died may take to publish a manifest it has claimed
 _LOG = logging.getLogger(__name__)
 _CTX = CONTEXT
 
@@ -177,7 +180,11 @@ def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> N
     os.setpgid(0, 0)
     if nice:
         os.nice(nice)  # inherited by the run's worker processes
-    threading.Thread(target=_die_with_launcher, args=(lifeline,), daemon=True).start()
+    # The lock of the run's last step (`transforms.steps.last_step`), named for the workers forked from here.
+    fd, last_step = tempfile.mkstemp(prefix="bulk-export-last-step-")
+    os.close(fd)
+    os.environ[LOCK_ENV] = last_step
+    threading.Thread(target=_die_with_launcher, args=(lifeline, last_step), daemon=True).start()
     log_setup.apply()
     from pipelines.export import run
 
@@ -188,6 +195,9 @@ def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> N
     except BaseException as exc:  # reported to the launcher, which records it
         results.send((describe(exc), isinstance(exc, EngineLost)))
         return
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(last_step)
     results.send(None)
 
 
@@ -204,11 +214,14 @@ def _cancel_run(signum, frame) -> None:
     os.killpg(0, signal.SIGKILL)
 
 
-def _die_with_launcher(lifeline) -> None:
+def _die_with_launcher(lifeline, last_step: str) -> None:
     try:
         lifeline.recv()  # the launcher never sends: this returns only when it has gone
     except (EOFError, OSError):
         pass
+    wait_for_last_step(last_step, LAST_STEP_WAIT_S)  # a claimed completion gets its manifest first
+    with contextlib.suppress(OSError):
+        os.unlink(last_step)
     os.killpg(0, signal.SIGKILL)
 
 

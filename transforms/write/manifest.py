@@ -26,6 +26,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
 from transforms.steps.fence import Fence, check_fence
+from transforms.steps.last_step import kept_whole
 from transforms.storage.files import ObjectExists, create_file, make_folders, move, publish_once, remove_tree
 from transforms.storage.layout import (
     DELETED_DIR,
@@ -110,16 +111,17 @@ class _AssembleFn(beam.DoFn):
         self._remove_hidden(MANIFEST_NAME)
         temp = self._write_hidden(self._path(MANIFEST_NAME), manifest, MANIFEST_MIME, self._output_root)
         bad_records = sum(f.count for f in error)
-        if self._on_complete is not None and self._on_complete(manifest, bad_records) is False:
-            FileSystems.delete([temp])
-            return
-        # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never
-        # overwritten. A retried step whose claim was this attempt's own earlier one finds its
-        # manifest published already: the job is complete, and so is this step.
-        try:
-            publish_once(temp, self._path(MANIFEST_NAME), self._output_root)
-        except ObjectExists:
-            pass
+        with kept_whole():  # a launcher dying now never leaves a complete job without its manifest
+            if self._on_complete is not None and self._on_complete(manifest, bad_records) is False:
+                FileSystems.delete([temp])
+                return
+            # On GCS the manifest is created only if absent (ifGenerationMatch=0): it is never
+            # overwritten. A retried step whose claim was this attempt's own earlier one finds its
+            # manifest published already: the job is complete, and so is this step.
+            try:
+                publish_once(temp, self._path(MANIFEST_NAME), self._output_root)
+            except ObjectExists:
+                pass
         yield manifest
 
     def _write_notices(self) -> list[FinalFile]:
