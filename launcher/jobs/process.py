@@ -211,6 +211,8 @@ def _cancel_run(signum, frame) -> None:
     if result is not None:
         with contextlib.suppress(Exception):  # the group is killed whatever the engine says
             result.cancel()
+    with contextlib.suppress(OSError, KeyError):
+        os.unlink(os.environ[LOCK_ENV])  # no step of a cancelled run begins, and no lock file is left
     os.killpg(0, signal.SIGKILL)
 
 
