@@ -1,4 +1,4 @@
-"""The last step kept whole (`transforms.steps.last_step`): a launcher dying while the run claims its
+"""The last step kept whole (`transforms.storage.last_step`): a launcher dying while the run claims its
 completion and publishes its manifest lets both finish before the run is killed; one that died before
 keeps the step from beginning. The fault-injection test found the window these close: a job complete in
 the store with no `manifest.json`."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import launcher.jobs.process as process
-from transforms.steps.last_step import LOCK_ENV, LauncherGone, kept_whole
+from transforms.storage.last_step import LOCK_ENV, LauncherGone, kept_whole
 
 _FORK = multiprocessing.get_context("fork")
 

@@ -29,7 +29,7 @@ from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
 from pipelines.workers import WorkerBudget
 from transforms.errors import EngineLost, JobFailed
-from transforms.steps.last_step import LOCK_ENV, wait_for_last_step
+from transforms.storage.last_step import LOCK_ENV, wait_for_last_step
 
 POLL_S = 0.25
 STOP_GRACE_S = 5.0  # how long a stopped run may take to cancel its engine's work before it is killed
@@ -180,7 +180,7 @@ def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> N
     os.setpgid(0, 0)
     if nice:
         os.nice(nice)  # inherited by the run's worker processes
-    # The lock of the run's last step (`transforms.steps.last_step`), named for the workers forked from here.
+    # The lock of the run's last step (`transforms.storage.last_step`), named for the workers forked from here.
     fd, last_step = tempfile.mkstemp(prefix="bulk-export-last-step-")
     os.close(fd)
     os.environ[LOCK_ENV] = last_step
