@@ -100,8 +100,9 @@ def test_another_environment_or_a_dead_warm_process_is_not_used_and_changes_noth
 
 
 def test_a_warm_process_stops_once_idle(home, sample_dir):
-    assert _cli(home, {}, "warm", "--idle", "2s").returncode == 0
-    pid = _keeper_pid(home)
+    started = _cli(home, {}, "warm", "--idle", "2s")
+    assert started.returncode == 0 and started.stdout.startswith("warm process "), started.stderr
+    pid = int(started.stdout.split()[2])  # from its own line: under load, a later command may come too late
     deadline = time.monotonic() + 30
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
