@@ -116,19 +116,21 @@ def _keeper_alive(paths: _Paths) -> Optional[int]:
         return None
 
 
-def attach() -> bool:
-    """Uses the warm process of this command's key, if one runs: later runs are forked from it. False (and
-    nothing changed) when there is none, or its folder cannot be trusted."""
+def attach(paths: Optional[_Paths] = None) -> bool:
+    """Uses the warm process of this command's key (`paths`: its files, when known already), if one runs:
+    later runs are forked from it. False (and nothing changed) when there is none, or its folder cannot
+    be trusted."""
     try:
-        paths = _paths()
-        if _keeper_alive(paths) is None or not os.path.exists(paths.socket):
+        paths = paths or _paths()
+        pid = _keeper_alive(paths)
+        if pid is None or not os.path.exists(paths.socket):
             return False
         use = os.open(paths.use, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError:
         return False
     fcntl.flock(use, fcntl.LOCK_SH)  # held while this command runs: the keeper does not stop meanwhile
     os.utime(use)
-    _ATTACHED.update(socket=paths.socket, use=use, pid=_keeper_alive(paths))
+    _ATTACHED.update(socket=paths.socket, use=use, pid=pid)
     return True
 
 
@@ -251,7 +253,7 @@ def start(idle_s: float, preload: list[str]) -> tuple[int, bool]:
             keeper = subprocess.Popen([sys.executable, *util._args_from_interpreter_flags(), "-c", code], cwd="/",
                                       stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
     deadline = time.monotonic() + READY_TIMEOUT_S
-    while not attach():
+    while not attach(paths):  # the key once, not at each look
         if time.monotonic() > deadline or (keeper is not None and keeper.poll() is not None):
             raise WarmRefused(f"the warm process did not start; its log: {paths.log}")
         time.sleep(0.05)

@@ -26,8 +26,8 @@ from apache_beam.io.filesystems import FileSystems
 
 from transforms.records import PartFile
 from transforms.steps.fence import Fence, check_fence
-from transforms.storage.last_step import kept_whole
 from transforms.storage.files import ObjectExists, create_file, make_folders, move, publish_once, remove_tree
+from transforms.storage.last_step import kept_whole
 from transforms.storage.layout import (
     DELETED_DIR,
     ERROR_DIR,
