@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -55,6 +56,20 @@ def _cluster(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
         _kill(scheduler)
 
 
+@contextlib.contextmanager
+def _held(address: str) -> Iterator[None]:
+    """The dead scheduler's port kept bound but not listening, so that the export's probe of it meets a
+    refusal: without it another process of the suite may be given the freed port and accept the probe."""
+    host, port = address.removeprefix("tcp://").rsplit(":", 1)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the dead scheduler's connections in TIME_WAIT
+    try:
+        holder.bind((host, int(port)))
+        yield
+    finally:
+        holder.close()
+
+
 def _wait_for_written_parts(store_dir: Path, export: subprocess.Popen) -> str:
     """The job's id, once its first resources have been written on the workers."""
     deadline = time.monotonic() + 120
@@ -84,7 +99,8 @@ def test_a_lost_scheduler_is_named_in_one_line_and_the_job_resumes_on_another_cl
         try:
             job_id = _wait_for_written_parts(state, export)
             _kill(scheduler)
-            _, err = export.communicate(timeout=120)
+            with _held(address):
+                _, err = export.communicate(timeout=120)
         finally:
             if export.poll() is None:
                 export.kill()
