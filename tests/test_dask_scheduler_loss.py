@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -28,6 +29,21 @@ distributed = pytest.importorskip("distributed", reason="the dask extra is not i
 from tests.test_dask_runner import _contents  # noqa: E402  (after the importorskip: it needs distributed)
 
 
+def _unassigned_port() -> int:
+    """A free port below the kernel's ephemeral range, which no `bind(0)` or outgoing connection of the
+    suite's other processes is ever given: once the scheduler there dies, a probe of it is refused
+    (a port of the range could be handed to another test's server at once and accept it)."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for port in random.sample(range(max(1024, low - 10000), low), 200):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise AssertionError("no free port below the ephemeral range")
+
+
 def _kill(process: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGKILL)
@@ -35,15 +51,16 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def _cluster(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
-    """A scheduler (on a port it picks) and 2 workers on loopback; yields its address and its process."""
+def _cluster(folder: Path, port: int = 0) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A scheduler (on `port`, 0: one it picks) and 2 workers on loopback; yields its address and its
+    process."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "start_new_session": True, "cwd": ROOT,
              "env": env}
     folder.mkdir()
     where = ["--scheduler-file", str(folder / "scheduler.json")]
     scheduler = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                  "--port", "0", "--no-dashboard", *where], **quiet)
+                                  "--port", str(port), "--no-dashboard", *where], **quiet)
     workers = subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", *where, "--host", "127.0.0.1",
                                 "--nworkers", "2", "--nthreads", "1", "--no-dashboard"], **quiet)
     try:
@@ -54,20 +71,6 @@ def _cluster(folder: Path) -> Iterator[tuple[str, subprocess.Popen]]:
     finally:
         _kill(workers)
         _kill(scheduler)
-
-
-@contextlib.contextmanager
-def _held(address: str) -> Iterator[None]:
-    """The dead scheduler's port kept bound but not listening, so that the export's probe of it meets a
-    refusal: without it another process of the suite may be given the freed port and accept the probe."""
-    host, port = address.removeprefix("tcp://").rsplit(":", 1)
-    holder = socket.socket()
-    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # the dead scheduler's connections in TIME_WAIT
-    try:
-        holder.bind((host, int(port)))
-        yield
-    finally:
-        holder.close()
 
 
 def _wait_for_written_parts(store_dir: Path, export: subprocess.Popen) -> str:
@@ -90,7 +93,7 @@ def test_a_lost_scheduler_is_named_in_one_line_and_the_job_resumes_on_another_cl
                     state_dir=tmp_path / "state-local")
     assert local.code == 0, local.err
 
-    with _cluster(tmp_path / "cluster") as (address, scheduler):
+    with _cluster(tmp_path / "cluster", _unassigned_port()) as (address, scheduler):
         export = subprocess.Popen(
             [sys.executable, "-m", "launcher", "export", "--state-dir", str(state), "--source", str(source),
              "--output", str(output), *shape, "--dask_npartitions=2", "--runner=DaskRunner",
@@ -99,8 +102,7 @@ def test_a_lost_scheduler_is_named_in_one_line_and_the_job_resumes_on_another_cl
         try:
             job_id = _wait_for_written_parts(state, export)
             _kill(scheduler)
-            with _held(address):
-                _, err = export.communicate(timeout=120)
+            _, err = export.communicate(timeout=120)
         finally:
             if export.poll() is None:
                 export.kill()
