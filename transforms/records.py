@@ -70,6 +70,13 @@ class ResourceBatch(NamedTuple):
         return ResourceBatch(self.origin, resources, self.source_bytes)
 
 
+class Binaries(NamedTuple):
+    """The Binaries a read found besides its selection, for the attachment step
+    (`transforms.read.resources.ReadResources(binaries=...)`)."""
+
+    batch: ResourceBatch
+
+
 class Deletions(NamedTuple):
     """Resources a source marks deleted, read from one span of one source file.
 

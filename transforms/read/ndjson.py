@@ -18,8 +18,8 @@ from transforms.fhir.instant import InvalidInstant
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.window import LATE
 from transforms.read.line_screen import line_finder
-from transforms.read.pushdown import ReadSelection, late_record, no_id_record, window_error
-from transforms.records import BadRecord, ChunkLines, Origin, Resource, ResourceBatch
+from transforms.read.pushdown import ReadSelection, late_record, no_id_record, union, window_error
+from transforms.records import BadRecord, Binaries, ChunkLines, Origin, Resource, ResourceBatch
 
 # Small enough that a block's lines are parsed while still in the CPU cache (1 MiB
 # blocks made parsing about 15% slower than reading line by line).
@@ -66,8 +66,9 @@ def span_texts(f: IO[bytes], start: int, end: Optional[int]) -> Iterator:
 
 
 def parse_lines(
-    texts: Iterator[bytes], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None
-) -> Iterator[Union[ResourceBatch, BadRecord, ChunkLines]]:
+    texts: Iterator[bytes], origin: Origin, batch_size: int, selection: Optional[ReadSelection] = None,
+    binaries: Optional[ReadSelection] = None,
+) -> Iterator[Union[ResourceBatch, BadRecord, ChunkLines, Binaries]]:
     """Parses the texts of `span_texts` into `ResourceBatch`es and `BadRecord`s, then a `ChunkLines`.
 
     `Resource.index` counts every line of the range, blank ones included, so
@@ -79,12 +80,19 @@ def parse_lines(
     read as its entries, as a Bundle file is (`transforms.read.bundles`). Lines that
     cannot be of a selected type are not parsed, nor most split (`transforms.read.line_screen`).
     The `ChunkLines` counts the range's lines.
+
+    `binaries` (a selection of Binary, None: none) makes the same pass also yield, as `Binaries`, the
+    resources it keeps, with their bodies; a line that only it may hold reports nothing of its own
+    (not JSON, no id, a bad `meta.lastUpdated`), as a read of `selection` alone would not.
     """
     loads, decode_error, known = orjson.loads, orjson.JSONDecodeError, _PLAIN_TYPES
     types = selection.types if selection is not None else None
     in_window = selection.window.classify if selection is not None and selection.window is not None else None
     bodies = selection is None or selection.keep_bodies
-    find_lines = line_finder(selection)
+    also = binaries.types if binaries is not None else frozenset()
+    reported = (selection.screen() if selection is not None else None) if also else None  # None: every line
+    find_lines = line_finder(selection if not also else union(selection, binaries))
+    found: list[Resource] = []  # the Binaries, given after the batch they were read with
     batch: list[Resource] = []
     first = 0  # the index of the text's first line
     unreported = 0  # source bytes not yet carried by a batch
@@ -95,12 +103,15 @@ def parse_lines(
             try:
                 body = loads(line)  # a CRLF line's "\r" is JSON whitespace
             except decode_error as exc:
-                if line.strip():
+                if line.strip() and (reported is None or reported(line)):
                     yield BadRecord(origin, index, json_error(exc))
                 continue
             if type(body) is dict:
                 resource_type = body.get("resourceType")
                 if type(resource_type) is str and resource_type in known:
+                    if resource_type in also:
+                        found.extend(_kept(binaries, origin, Resource(resource_type, line.removesuffix(b"\r"),
+                                                                      body, index)))
                     if types is not None and resource_type not in types:
                         continue
                     if in_window is not None:
@@ -123,11 +134,18 @@ def parse_lines(
                     if len(batch) >= batch_size:
                         yield ResourceBatch(origin, batch, unreported)
                         batch, unreported = [], 0
+                        if found:
+                            yield Binaries(ResourceBatch(origin, found))
+                            found = []
                     continue
             # The slow path: not a resource, or a Bundle (whose entries may be the resources).
+            if also:
+                found.extend(item for item in _unusual_line(body, line, index, origin, binaries)
+                             if type(item) is Resource)
             for item in _unusual_line(body, line, index, origin, selection):
                 if type(item) is not Resource:
-                    yield item
+                    if reported is None or reported(line):
+                        yield item
                     continue
                 batch.append(item if bodies else item._replace(body=None))
                 if len(batch) >= batch_size:
@@ -136,11 +154,18 @@ def parse_lines(
         first += count
     if batch or unreported:
         yield ResourceBatch(origin, batch, unreported)
+    if found:
+        yield Binaries(ResourceBatch(origin, found))
     yield ChunkLines(origin.path, origin.offset, first)
 
 
 # Every R4 type but Bundle takes the hot path; a Bundle line may hold the resources as entries.
 _PLAIN_TYPES = RESOURCE_TYPES - {"Bundle"}
+
+
+def _kept(selection: ReadSelection, origin: Origin, resource: Resource) -> list[Resource]:
+    """`resource` if `selection` keeps it; its bad records are not the read's, so none is reported."""
+    return selection.select(ResourceBatch(origin, [resource]))[0].resources
 
 
 def json_error(exc: orjson.JSONDecodeError, what: str = "not valid JSON") -> str:

@@ -143,6 +143,12 @@ def read_types(selection: Optional[ReadSelection], deletions: Optional[ReadSelec
     return None if live is None or gone is None else live | gone
 
 
+def union(selection: Optional[ReadSelection], also: ReadSelection) -> Optional[ReadSelection]:
+    """What a read for both selections looks at: either's types, at any time (None: every type)."""
+    types = read_types(selection, also)
+    return None if types is None else ReadSelection(types)
+
+
 def _id(value: object) -> Optional[str]:
     return value if type(value) is str else None
 

@@ -22,8 +22,8 @@ from transforms.read.chunks import Chunk, NotListed, SourceError, open_chunk, pl
 from transforms.read.columnar import read_columnar
 from transforms.read.ndjson import parse_lines, span_texts
 from transforms.read.postgres import PgRange, located, plan_ranges, read_range
-from transforms.read.pushdown import ReadSelection, read_types
-from transforms.records import BadRecord, ChunkLines, Deletions, Origin, ResourceBatch
+from transforms.read.pushdown import ReadSelection, read_types, union
+from transforms.records import BadRecord, Binaries, ChunkLines, Deletions, Origin, ResourceBatch
 from transforms.steps import coders  # noqa: F401  (registers the ResourceBatch coder with Beam)
 from transforms.storage.pg_source import ReadAt, is_postgres, parse_source
 from transforms.storage.source_formats import AUTO, BATCH_SIZE, CHUNK_BYTES, SOURCE_FORMATS
@@ -39,6 +39,10 @@ class ReadResources(beam.PTransform):
     which the line numbers of its bad records are found without reading the file again.
     Tag `deletions` has the `ResourceBatch`es of resources the source marks deleted that
     `deletions` (a selection, None: none) keeps; NDJSON and Bundle files mark none.
+    Tag `binaries` has the resources `binaries` (a selection of Binary, None: none) keeps, found
+    by the same read (a file source is read once, not once more for them); only the main
+    selection's bad records are reported, as if each were read alone. A PostgreSQL source, whose
+    read is a query per selection, refuses `binaries`.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class ReadResources(beam.PTransform):
         selection: Optional[ReadSelection] = None,
         deletions: Optional[ReadSelection] = None,
         at: Optional[ReadAt] = None,
+        binaries: Optional[ReadSelection] = None,
     ):
         super().__init__()
         if source_format not in SOURCE_FORMATS:
@@ -61,7 +66,10 @@ class ReadResources(beam.PTransform):
         self._selection = selection
         self._deletions = deletions
         self._at = at
+        self._binaries = binaries
         if is_postgres(source):
+            if binaries is not None:
+                raise ValueError("a PostgreSQL source reads Binaries with a selection of their own")
             parse_source(source)  # refuses a bad URL (or one holding a password) before the pipeline runs
             if at is None:
                 raise ValueError("reading a PostgreSQL source needs the job's transactionTime (at=ReadAt(...))")
@@ -77,9 +85,9 @@ class ReadResources(beam.PTransform):
             | "PlanChunks" >> plan
             | "Spread" >> beam.Reshuffle()
             | "ReadChunks"
-            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions, self._at))
+            >> beam.ParDo(_ReadChunkFn(self._batch_size, self._selection, self._deletions, self._at, self._binaries))
             .with_output_types(ResourceBatch)
-            .with_outputs("errors", "lines", "deletions", main="batches")
+            .with_outputs("errors", "lines", "deletions", "binaries", main="batches")
         )
 
 
@@ -90,12 +98,16 @@ class _ReadChunkFn(beam.DoFn):
     """Reads one chunk and emits batches of the selected parsed resources, plus bad records."""
 
     def __init__(self, batch_size: int, selection: Optional[ReadSelection] = None,
-                 deletions: Optional[ReadSelection] = None, at: Optional[ReadAt] = None):
+                 deletions: Optional[ReadSelection] = None, at: Optional[ReadAt] = None,
+                 binaries: Optional[ReadSelection] = None):
         self._batch_size = batch_size
         self._at = at
         self._selection = selection
         self._deletions = deletions
-        self._types = read_types(selection, deletions)  # what a columnar read keeps past `resourceType`
+        self._binaries = binaries
+        self._main_types = (selection or _EVERY).types
+        # what a columnar read keeps past `resourceType`
+        self._types = read_types(selection if binaries is None else union(selection, binaries), deletions)
         self._read = Metrics.counter("bulk_export", "resources_selected")  # those the selection kept
         self._bad = Metrics.counter("bulk_export", "bad_records")
         self._deleted = Metrics.counter("bulk_export", "deletions_selected")
@@ -139,17 +151,18 @@ class _ReadChunkFn(beam.DoFn):
     def _ndjson(self, chunk: Chunk, f: IO[bytes]) -> Iterator:
         texts = span_texts(f, chunk.start, chunk.end if chunk.end >= 0 else None)
         origin = Origin(chunk.path, next(texts))
-        yield from self._emit(parse_lines(texts, origin, self._batch_size, self._selection))
+        yield from self._emit(parse_lines(texts, origin, self._batch_size, self._selection, self._binaries))
 
     def _selected(self, items: Iterable[Union[ResourceBatch, BadRecord]], windowed: bool = False) -> Iterator:
-        """Applies the selection to batches read whole (NDJSON applies it while parsing); `windowed`:
-        see `ReadSelection.select`."""
+        """Applies the selection, and `binaries`, to batches read whole (NDJSON applies them while
+        parsing); `windowed`: see `ReadSelection.select`."""
         for item in items:
             if type(item) is Deletions:
                 yield from self._selected_deletions(item.batch, windowed)
                 continue
             if type(item) is not ResourceBatch:
-                yield item
+                if self._reports(item):
+                    yield item
                 continue
             if not item.source_bytes:
                 item = item._replace(source_bytes=sum(len(r.raw) + 1 for r in item.resources))
@@ -157,6 +170,16 @@ class _ReadChunkFn(beam.DoFn):
             batch, bad = (self._selection or _EVERY).select(item, windowed)
             yield from bad
             yield batch
+            if self._binaries is not None:
+                found, _ = self._binaries.select(item, windowed)  # bad Binaries are not the export's
+                if found.resources:
+                    yield Binaries(found)
+
+    def _reports(self, item: object) -> bool:
+        """Whether a record the read made is reported: always, but a bad record of a type only the
+        Binaries' selection reads."""
+        return (self._binaries is None or type(item) is not BadRecord or item.resource_type is None
+                or self._main_types is None or item.resource_type in self._main_types)
 
     def _selected_deletions(self, batch: ResourceBatch, windowed: bool = False) -> Iterator:
         if self._deletions is None:
@@ -179,6 +202,8 @@ class _ReadChunkFn(beam.DoFn):
                 yield beam.pvalue.TaggedOutput("deletions", item.batch)
             elif type(item) is ChunkLines:
                 yield beam.pvalue.TaggedOutput("lines", item)
+            elif type(item) is Binaries:
+                yield beam.pvalue.TaggedOutput("binaries", item.batch)
             else:
                 self._bad.inc()
                 yield beam.pvalue.TaggedOutput("errors", item)
