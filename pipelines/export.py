@@ -10,6 +10,7 @@ metadata into the manifest assembly, which runs last.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import apache_beam as beam
@@ -26,6 +27,7 @@ from pipelines.plan_steps import (
     add_supporting,
     apply_steps,
     attachment_steps,
+    binaries_selection,
     deletion_steps,
     guard_steps,
     read_blocks,
@@ -69,9 +71,10 @@ def build_pipeline(
     settings = job.settings
     part_format = part_sink(request.output_format)
     plan = build_plan(request, job, part_format.needs_bodies)
+    one_read = binaries_selection(plan, settings)  # the Binaries for attachments found by this same read
     read = pipeline | "Read" >> ReadResources(
         settings.source, settings.source_format, settings.chunk_bytes, selection=plan.selection,
-        deletions=plan.deletions, at=job.read_at,
+        deletions=plan.deletions, at=job.read_at, binaries=one_read,
     )
     batches, errors = read.batches, [read.errors]
     if sink is not None:
@@ -86,11 +89,13 @@ def build_pipeline(
     # The guard is the last step of each branch that selects (before a Flatten: a side input read after
     # one lost every resource on our DaskRunner), so it judges what every step above let through; then
     # what it lets through has its attachments served.
-    binaries = stage_binaries(pipeline, plan, job)
-    served = attachment_steps(job, binaries, sink)
+    # With one read, the resources that name a Binary are served, and written, in a later stage (`later`).
+    binaries = stage_binaries(pipeline, plan, job, read.binaries if one_read is not None else None)
+    served = attachment_steps(job, binaries, sink, defer=one_read is not None)
+    later: list[beam.PCollection] = []
     if plan.writes_compartment:
         batches = apply_steps(batches, [*shaping_steps(plan, blocks), *guard_steps(plan, patients, outside), *served],
-                              errors)
+                              errors, later=later)
     if referenced is not None:
         referenced = apply_steps(referenced, [*guard_steps(plan, patients, outside), *served], errors,
                                  prefix="Referenced")
@@ -101,22 +106,19 @@ def build_pipeline(
     batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings, plan.supporting_types):
-        errors.append(batches | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
-                                                                 output_root=settings.output))
+        errors.append((batches, *later) | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
+                                                                           output_root=settings.output))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
     if request.allow_partial_manifests and sink is not None:
         publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=plan.layout.typed)
     if plan.layout.typed:
-        parts = batches | "WriteParts" >> WriteParts(
-            job.temp_dir,
-            settings.max_lines_per_part,
-            settings.max_bytes_per_part,
-            progress=sink,
-            sink=part_format,
-            fence=sink,
-            publish=publish,
-            output_root=settings.output,
-        )
+        write = functools.partial(
+            WriteParts, job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink,
+            sink=part_format, fence=sink, publish=publish, output_root=settings.output)
+        parts = batches | "WriteParts" >> write()
+        if later:  # each branch written where it is, never flattened (which would hold every resource)
+            parts = (parts, *(branch | f"WriteLaterParts{i}" >> write() for i, branch in enumerate(later))
+                     ) | "AllParts" >> beam.Flatten()
     else:  # the one shuffle of resource bodies, spilled to disk
         parts = batches | "WriteBlocks" >> WriteBlocks(
             job.temp_dir, settings.max_lines_per_part, settings.max_bytes_per_part, progress=sink, fence=sink,

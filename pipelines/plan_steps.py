@@ -21,7 +21,7 @@ from transforms.select.last_guard import GuardPatients
 from transforms.select.subset_elements import SubsetElements
 from transforms.select.type_filter import FilterTypeFilter
 from transforms.steps.fence import Fence
-from transforms.storage.pg_source import ReadAt
+from transforms.storage.pg_source import ReadAt, is_postgres
 from transforms.storage.source_files import source_root
 from transforms.write.attachment_step import AttachmentPlaces, ServeAttachments, StageBinaries
 from transforms.write.organized import InstanceIds, KeyBlocks
@@ -112,41 +112,66 @@ def guard_steps(plan: ExportPlan, patients: Patients, outside: Patients = None) 
     return [("PatientGuard", GuardPatients(patients, outside))] if plan.patient_guard else []
 
 
-def stage_binaries(pipeline: beam.Pipeline, plan: ExportPlan, job: ExportJob) -> Optional[beam.pvalue.AsSideInput]:
-    """When the plan serves attachments: the source's Binaries (within `_until` and `transactionTime`)
-    staged in the attempt's temporary folder, as a side input id -> `Stored`; else None."""
+def binaries_selection(plan: ExportPlan, settings: ExportSettings) -> Optional[ReadSelection]:
+    """The Binaries the export's main read finds for the attachment step, when one read can serve:
+    the plan serves attachments, the source is files, and the main read's resources are all that is
+    written (no supporting or associated resources, no `organizeOutputBy`). None: `stage_binaries`
+    reads them apart, or there are none to read."""
+    if (not plan.attachments or is_postgres(settings.source) or plan.supporting_types or plan.provenance
+            or not plan.writes_compartment or not plan.layout.typed):
+        return None
+    return _binaries(plan)
+
+
+def _binaries(plan: ExportPlan) -> ReadSelection:
+    """The source's Binaries within `_until` and `transactionTime`, whatever `_since` says (an old
+    Binary of a new resource is still its content)."""
+    return ReadSelection.of((BINARY,), plan.window.without_since())
+
+
+def stage_binaries(pipeline: beam.Pipeline, plan: ExportPlan, job: ExportJob,
+                   found: Optional[beam.PCollection] = None) -> Optional[beam.pvalue.AsSideInput]:
+    """When the plan serves attachments: the source's Binaries, `found` by the main read
+    (`binaries_selection`) or read here, staged in the attempt's temporary folder, as a side input
+    id -> `Stored`; else None."""
     if not plan.attachments:
         return None
-    settings = job.settings
-    again = pipeline | "ReadBinaries" >> ReadResources(
-        settings.source, settings.source_format, settings.chunk_bytes,
-        selection=ReadSelection.of((BINARY,), plan.window.without_since()), at=job.read_at)
-    staged = again.batches | "StageBinaries" >> StageBinaries(_staging(job))
+    if found is None:
+        settings = job.settings
+        found = (pipeline | "ReadBinaries" >> ReadResources(
+            settings.source, settings.source_format, settings.chunk_bytes, selection=_binaries(plan),
+            at=job.read_at)).batches
+    staged = found | "StageBinaries" >> StageBinaries(_staging(job))
     return beam.pvalue.AsSingleton(staged, default_value={})
 
 
-def attachment_steps(job: ExportJob, binaries: Optional[beam.pvalue.AsSideInput], fence: Optional[Fence]
-                     ) -> list[Step]:
+def attachment_steps(job: ExportJob, binaries: Optional[beam.pvalue.AsSideInput], fence: Optional[Fence],
+                     defer: bool = False) -> list[Step]:
     """The attachment step (after the guard: only what is exported has its attachments served), when
-    `stage_binaries` gave a side input."""
+    `stage_binaries` gave a side input; `defer` when the main read found the Binaries (see
+    `ServeAttachments`: some batches come out `later`)."""
     if binaries is None:
         return []
     settings = job.settings
     places = AttachmentPlaces(source_root(settings.source), job.job_dir, _staging(job), settings.output,
                               settings.urls, settings.max_inline_attachment_bytes)
-    return [("Attachments", ServeAttachments(places, binaries, fence))]
+    return [("Attachments", ServeAttachments(places, binaries, fence, defer))]
 
 
 def _staging(job: ExportJob) -> str:
     return f"{job.temp_dir}/binaries"
 
 
-def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "") -> beam.PCollection:
-    """Applies `chosen` in order, adding each step's bad records to `errors`."""
+def apply_steps(batches: beam.PCollection, chosen: list[Step], errors: list, prefix: str = "",
+                later: Optional[list] = None) -> beam.PCollection:
+    """Applies `chosen` in order, adding each step's bad records to `errors`, and the batches a step
+    left for a later stage (`StepOutputs.later`: the steps after it never see them) to `later`."""
     for label, step in chosen:
         out = batches | prefix + label >> step
         batches = out.batches
         errors.append(out.errors)
+        if out.later is not None:
+            later.append(out.later)
     return batches
 
 

@@ -25,7 +25,7 @@ import functools
 import re
 import zlib
 from collections import defaultdict
-from typing import Iterable, Iterator, Optional
+from typing import Iterable, Iterator, Optional, Union
 
 import apache_beam as beam
 import orjson
@@ -47,11 +47,16 @@ class ReportDuplicates(beam.PTransform):
         super().__init__()
         self._folder, self._buckets, self._output_root = folder, buckets, output_root
 
-    def expand(self, batches: beam.PCollection[ResourceBatch]) -> beam.PCollection[BadRecord]:
+    def expand(self, batches: Union[beam.PCollection[ResourceBatch], tuple[beam.PCollection[ResourceBatch], ...]]
+               ) -> beam.PCollection[BadRecord]:
+        """`batches`: one PCollection, or several whose keys are spilled where each is (never flattened)."""
+        branches = batches if isinstance(batches, tuple) else (batches,)
+        keyed = [branch | f"Keys{i or ''}" >> beam.ParDo(SpillRecords(
+                     self._folder, functools.partial(key_records, self._buckets), output_root=self._output_root))
+                 for i, branch in enumerate(branches)]
+        runs = keyed[0] if len(keyed) == 1 else tuple(keyed) | "AllKeys" >> beam.Flatten()
         return (
-            batches
-            | "Keys" >> beam.ParDo(SpillRecords(self._folder, functools.partial(key_records, self._buckets),
-                                                 output_root=self._output_root))
+            runs
             | "ByBucket" >> beam.GroupByKey()
             | "Copies" >> beam.FlatMap(_duplicates).with_output_types(BadRecord)
         )

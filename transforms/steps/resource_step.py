@@ -22,20 +22,24 @@ _LOG = logging.getLogger(__name__)
 
 
 class StepOutputs(NamedTuple):
-    """The kept batches and the records the step could not handle."""
+    """The kept batches and the records the step could not handle; `later`: the batches a step
+    made with `later=True` left for a later stage (None: none)."""
 
     batches: beam.PCollection
     errors: beam.PCollection
+    later: Optional[beam.PCollection] = None
 
 
 class ResourceStep(beam.PTransform):
-    """Applies `fn` (with any side inputs) to batches; returns `StepOutputs(batches, errors)`."""
+    """Applies `fn` (with any side inputs) to batches; returns `StepOutputs(batches, errors)`, and
+    with `later=True` the batches `fn` tags `later` too."""
 
-    def __init__(self, step: str, fn: beam.DoFn, *side_inputs: beam.pvalue.AsSideInput):
+    def __init__(self, step: str, fn: beam.DoFn, *side_inputs: beam.pvalue.AsSideInput, later: bool = False):
         super().__init__()
         self._step = step
         self._fn = fn
         self._side_inputs = side_inputs
+        self._tags = ("errors", "later") if later else ("errors",)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
         out = (
@@ -43,12 +47,12 @@ class ResourceStep(beam.PTransform):
             | "Apply"
             >> beam.ParDo(self._fn, *self._side_inputs)
             .with_output_types(ResourceBatch, errors=BadRecord)
-            .with_outputs("errors", main="batches")
+            .with_outputs(*self._tags, main="batches")
             .with_exception_handling(dead_letter_tag="failed", on_failure_callback=_log_failure)
         )
         dead = out.failed | "DeadLetters" >> beam.FlatMap(_dead_letter_records, self._step)
         errors = (out.errors, dead) | "Errors" >> beam.Flatten()
-        return StepOutputs(out.batches, errors)
+        return StepOutputs(out.batches, errors, out.later if "later" in self._tags else None)
 
 
 def _log_failure(exc: Exception, batch: ResourceBatch) -> None:

@@ -82,21 +82,43 @@ class _StageFn(beam.DoFn):
                 yield body["id"], write_content([content], self._staging)
 
 
+def _may_name_binary(raw: bytes) -> bool:
+    """A byte test: False when no `Attachment.url` of the resource can be `Binary/<id>` (written
+    plainly, with `\\/`, or with a `\\u` escape)."""
+    return b"Binary" in raw or b"\\u" in raw
+
+
 class ServeAttachments(beam.PTransform):
     """The attachment step: `StepOutputs` of the batches, rewritten where needed, and the warnings,
-    with at most one notice of attachments at absolute URLs."""
+    with at most one notice of attachments at absolute URLs.
 
-    def __init__(self, places: AttachmentPlaces, binaries: beam.pvalue.AsSideInput, fence: Optional[Fence] = None):
+    With `defer`, `binaries` comes from the stage that feeds this step (the export's one read), so
+    only the resources that may name a Binary (a byte test) wait for it: they are served in a later
+    stage and given as `later`; every other resource is served at once, in its own stage, so the
+    runner never holds the export's resources until the Binaries are staged.
+    """
+
+    def __init__(self, places: AttachmentPlaces, binaries: beam.pvalue.AsSideInput, fence: Optional[Fence] = None,
+                 defer: bool = False):
         super().__init__()
-        self._step = ResourceStep("Attachments", _ServeFn(places, fence), binaries)
+        self._defer = defer
+        if defer:
+            self._step = ResourceStep("Attachments", _ServeFn(places, fence, defer=True), later=True)
+            self._later_step = ResourceStep("Attachments", _ServeFn(places, fence), binaries)
+        else:
+            self._step = ResourceStep("Attachments", _ServeFn(places, fence), binaries)
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
         out = batches | "Serve" >> self._step
-        warnings, notes = out.errors | "Split" >> beam.Partition(
+        later, errors = None, out.errors
+        if self._defer:
+            served = out.later | "ServeNamingBinaries" >> self._later_step
+            later, errors = served.batches, (out.errors, served.errors) | "AllServed" >> beam.Flatten()
+        warnings, notes = errors | "Split" >> beam.Partition(
             lambda record, _: int(record.location == EXTERNAL_LOCATION), 2)
         note = (notes | "OneNote" >> beam.CombineGlobally(_first)
                 | "IfAny" >> beam.Filter(lambda record: record is not None))
-        return StepOutputs(out.batches, (warnings, note) | "Errors" >> beam.Flatten())
+        return StepOutputs(out.batches, (warnings, note) | "Errors" >> beam.Flatten(), later)
 
 
 def _first(records) -> Optional[BadRecord]:
@@ -104,9 +126,10 @@ def _first(records) -> Optional[BadRecord]:
 
 
 class _ServeFn(beam.DoFn):
-    def __init__(self, places: AttachmentPlaces, fence: Optional[Fence]):
+    def __init__(self, places: AttachmentPlaces, fence: Optional[Fence], defer: bool = False):
         self._places = places
         self._fence = fence
+        self._defer = defer  # resources that may name a Binary are tagged `later`, not served
 
     def setup(self) -> None:
         self._name = self._places.urls.namer(self._places.output_root)
@@ -115,13 +138,18 @@ class _ServeFn(beam.DoFn):
     def start_bundle(self) -> None:
         self._noted = False
 
-    def process(self, batch: ResourceBatch, binaries: dict[str, Stored]) -> Iterator:
-        kept = []
+    def process(self, batch: ResourceBatch, binaries: Optional[dict[str, Stored]] = None) -> Iterator:
+        kept, later = [], []
         for resource in batch.resources:
             markers = _MARKERS.get(resource.type)
             if markers is not None and self._may_hold(resource.raw, markers):
-                resource = yield from self._serve(batch.origin, resource, binaries)
+                if self._defer and _may_name_binary(resource.raw):
+                    later.append(resource)
+                    continue
+                resource = yield from self._serve(batch.origin, resource, binaries or {})
             kept.append(resource)
+        if later:
+            yield beam.pvalue.TaggedOutput("later", ResourceBatch(batch.origin, later, 0))  # its bytes counted once
         yield batch.replace(kept)
 
     def _may_hold(self, raw: bytes, markers: tuple[bytes, ...]) -> bool:
