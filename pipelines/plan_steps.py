@@ -154,7 +154,7 @@ def attachment_steps(job: ExportJob, binaries: Optional[beam.pvalue.AsSideInput]
         return []
     settings = job.settings
     places = AttachmentPlaces(source_root(settings.source), job.job_dir, _staging(job), settings.output,
-                              settings.urls, settings.max_inline_attachment_bytes)
+                              settings.urls, settings.max_inline_attachment_bytes, f"{job.temp_dir}/attachments-later")
     return [("Attachments", ServeAttachments(places, binaries, fence, defer))]
 
 

@@ -78,12 +78,9 @@ class SpillRecords(beam.DoFn):
 
 
 def read_partition(paths: Iterable[str]) -> Iterator[tuple]:
-    """The records of one partition's run files, file by file."""
+    """The records of one partition's run files, file by file, one marshalled list at a time (memory
+    holds one list, however large the file)."""
     for path in sorted(paths):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            data = memoryview(f.read())
-        offset = 0
-        while offset < len(data):  # each list framed by its length: `marshal.load` from a file is slow
-            size = int.from_bytes(data[offset:offset + 8], "little")
-            yield from marshal.loads(data[offset + 8:offset + 8 + size])
-            offset += 8 + size
+            while header := f.read(8):  # each list framed by its length: `marshal.load` from a file is slow
+                yield from marshal.loads(f.read(int.from_bytes(header, "little")))

@@ -34,6 +34,7 @@ from transforms.fhir.attachments import ATTACHMENT_PATHS, BINARY, attachments, d
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
 from transforms.steps.fence import Fence, check_fence
 from transforms.steps.resource_step import ResourceStep, StepOutputs
+from transforms.steps.spill import SpillRecords, read_partition
 from transforms.storage.attachment_files import Stored, folder, place_file, place_staged, write_content
 from transforms.storage.source_files import AttachmentNotServed, open_below
 from transforms.storage.urls import ManifestUrls
@@ -55,6 +56,7 @@ class AttachmentPlaces(NamedTuple):
     output_root: str
     urls: ManifestUrls
     max_inline: int = 0  # 0: inline data is always kept
+    later: str = ""  # the attempt's spilled resources that wait for the Binaries (`ServeAttachments(defer=True)`)
 
 
 class StageBinaries(beam.PTransform):
@@ -93,15 +95,16 @@ class ServeAttachments(beam.PTransform):
     with at most one notice of attachments at absolute URLs.
 
     With `defer`, `binaries` comes from the stage that feeds this step (the export's one read), so
-    only the resources that may name a Binary (a byte test) wait for it: they are served in a later
-    stage and given as `later`; every other resource is served at once, in its own stage, so the
-    runner never holds the export's resources until the Binaries are staged.
+    only the resources that may name a Binary (a byte test) wait for it: they are spilled to run
+    files under `places.later` (only the files' names are shuffled), then read back, served and
+    given as `later` in a stage of their own; every other resource is served at once, where it is
+    read. The runner never holds resources until the Binaries are staged.
     """
 
     def __init__(self, places: AttachmentPlaces, binaries: beam.pvalue.AsSideInput, fence: Optional[Fence] = None,
                  defer: bool = False):
         super().__init__()
-        self._defer = defer
+        self._places, self._fence, self._defer = places, fence, defer
         if defer:
             self._step = ResourceStep("Attachments", _ServeFn(places, fence, defer=True), later=True)
             self._later_step = ResourceStep("Attachments", _ServeFn(places, fence), binaries)
@@ -112,13 +115,31 @@ class ServeAttachments(beam.PTransform):
         out = batches | "Serve" >> self._step
         later, errors = None, out.errors
         if self._defer:
-            served = out.later | "ServeNamingBinaries" >> self._later_step
+            spill = SpillRecords(self._places.later, _spill_records, self._fence, write_every=1,
+                                 output_root=self._places.output_root)
+            waiting = (out.later | "Spill" >> beam.ParDo(spill) | "RunFiles" >> beam.Reshuffle()
+                       | "ReadBack" >> beam.FlatMap(_spilled_batches).with_output_types(ResourceBatch))
+            served = waiting | "ServeNamingBinaries" >> self._later_step
             later, errors = served.batches, (out.errors, served.errors) | "AllServed" >> beam.Flatten()
         warnings, notes = errors | "Split" >> beam.Partition(
             lambda record, _: int(record.location == EXTERNAL_LOCATION), 2)
         note = (notes | "OneNote" >> beam.CombineGlobally(_first)
                 | "IfAny" >> beam.Filter(lambda record: record is not None))
         return StepOutputs(out.batches, (warnings, note) | "Errors" >> beam.Flatten(), later)
+
+
+def _spill_records(batch: ResourceBatch) -> dict[int, list]:
+    """A batch as one marshallable record (bodies are parsed again when read back)."""
+    resources = [(r.type, r.raw, r.index, r.last_updated, r.entry, r.body is not None) for r in batch.resources]
+    return {0: [(batch.origin.path, batch.origin.offset, resources)]}
+
+
+def _spilled_batches(run_file: tuple[int, str]) -> Iterator[ResourceBatch]:
+    """The batches `_spill_records` wrote to one run file."""
+    for path, offset, resources in read_partition([run_file[1]]):
+        yield ResourceBatch(Origin(path, offset), [
+            Resource(kind, raw, orjson.loads(raw) if parsed else None, index, last_updated, entry)
+            for kind, raw, index, last_updated, entry, parsed in resources])
 
 
 def _first(records) -> Optional[BadRecord]:
