@@ -92,7 +92,7 @@ def parse_lines(
     also = binaries.types if binaries is not None else frozenset()
     reported = (selection.screen() if selection is not None else None) if also else None  # None: every line
     find_lines = line_finder(selection if not also else union(selection, binaries))
-    found: list[Resource] = []  # the Binaries, given after the batch they were read with
+    found: list[Resource] = []  # the Binaries, given in batches of their own
     batch: list[Resource] = []
     first = 0  # the index of the text's first line
     unreported = 0  # source bytes not yet carried by a batch
@@ -112,6 +112,9 @@ def parse_lines(
                     if resource_type in also:
                         found.extend(_kept(binaries, origin, Resource(resource_type, line.removesuffix(b"\r"),
                                                                       body, index)))
+                        if len(found) >= batch_size:
+                            yield Binaries(ResourceBatch(origin, found))
+                            found = []
                     if types is not None and resource_type not in types:
                         continue
                     if in_window is not None:
@@ -134,9 +137,6 @@ def parse_lines(
                     if len(batch) >= batch_size:
                         yield ResourceBatch(origin, batch, unreported)
                         batch, unreported = [], 0
-                        if found:
-                            yield Binaries(ResourceBatch(origin, found))
-                            found = []
                     continue
             # The slow path: not a resource, or a Bundle (whose entries may be the resources).
             if also:
