@@ -82,5 +82,16 @@ def read_partition(paths: Iterable[str]) -> Iterator[tuple]:
     holds one list, however large the file)."""
     for path in sorted(paths):
         with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as f:
-            while header := f.read(8):  # each list framed by its length: `marshal.load` from a file is slow
-                yield from marshal.loads(f.read(int.from_bytes(header, "little")))
+            while header := _read(f, 8):  # each list framed by its length: `marshal.load` from a file is slow
+                yield from marshal.loads(_read(f, int.from_bytes(header, "little")))
+
+
+def _read(f, size: int) -> bytes:
+    """`size` bytes of `f` (b"" at its end), whatever a stream's single `read` returns."""
+    data = f.read(size)
+    while data and len(data) < size:
+        more = f.read(size - len(data))
+        if not more:
+            raise EOFError(f"a run file ends inside a list ({len(data)} of {size} bytes)")
+        data += more
+    return data
