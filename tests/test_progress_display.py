@@ -32,9 +32,10 @@ ESCAPES = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")  # control characters other th
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """Enough data that, read in small chunks, an export runs past the launcher's first reports."""
+    """Enough data that, read in small chunks, an export runs past the launcher's first reports (the run
+    reports every 2 s; with 2,000 patients a run that reads the source once could end before its first)."""
     out = tmp_path_factory.mktemp("source")
-    generate(out, patients=2000, seed=3)
+    generate(out, patients=5000, seed=3)
     return out
 
 
