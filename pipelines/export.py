@@ -106,8 +106,8 @@ def build_pipeline(
     batches = add_associated(pipeline, batches, plan, job.read_at, settings, errors, patients, outside, blocks)
     # Copies of one Type/id that differ are all written; each is reported (metadata only).
     if not _cannot_repeat(request, settings, plan.supporting_types):
-        errors.append((batches, *later) | "Duplicates" >> ReportDuplicates(f"{job.temp_dir}/duplicates",
-                                                                           output_root=settings.output))
+        errors.append((batches, *later) | "Duplicates" >> ReportDuplicates(
+            f"{job.temp_dir}/duplicates", output_root=settings.output, fence=sink))
     publish = None  # allowPartialManifests: each part final and listed as soon as it is closed
     if request.allow_partial_manifests and sink is not None:
         publish = Publisher(job.job_dir, settings.output, settings.urls, sink, typed=plan.layout.typed)

@@ -122,3 +122,46 @@ def test_a_bundle_that_loses_the_job_after_closing_a_part_removes_it_too(tmp_pat
     with pytest.raises(StaleAttempt, match="no longer owns the job"):
         list(fn.process(ResourceBatch(Origin("mem", 1), patients[:1])))
     assert not temp.exists() and not temp.parent.exists()
+
+
+def test_a_bundle_that_loses_the_job_hands_on_no_run_file_and_removes_those_it_wrote(tmp_path):
+    """The duplicate check's run files follow the writers' rule: a bundle whose attempt lost the job before
+    its end writes no more run files, removes those it wrote (which may have made the folders a cancel's
+    clean-up removed again), and raises, so no file of a cancelled job is left behind (seen on Dask: a
+    bundle's 32 run files written after the clean-up)."""
+    from transforms.select.duplicates import ReportDuplicates
+
+    store = SqliteJobStore(str(tmp_path / "state"))
+    store.create(_record("job-1"), lease=Lease("launcher-1", now_ms() - 1))
+    store.mark_in_progress("job-1")
+    temp = tmp_path / "out" / "acme" / "job-1" / ".parts-tmp-1"
+    duplicates = ReportDuplicates(str(temp / "duplicates"), buckets=1, fence=_sink(tmp_path, 1))
+    pipeline = beam.Pipeline()
+    _ = pipeline | beam.Create([]) | duplicates
+    [spill] = _spill_steps(pipeline)  # the Keys step's, as the export builds it
+    patients = [Resource("Patient", b'{"resourceType":"Patient","id":"p%d"}' % n, None, n) for n in range(3000)]
+    spill.start_bundle()
+    list(spill.process(ResourceBatch(Origin("mem", 0), patients)))  # more than a list: run files written
+    assert any(path.suffix == ".run" for path in temp.rglob("*"))
+    store.reap_expired()
+    store.claim_resume("acme", "job-1", None, Lease("launcher-2", now_ms() + 60_000))
+    with pytest.raises(StaleAttempt, match="no longer owns the job"):
+        list(spill.finish_bundle())
+    assert not temp.exists() and not temp.parent.exists()
+
+
+def _spill_steps(pipeline: beam.Pipeline) -> list:
+    """The `SpillRecords` DoFns of a built pipeline."""
+    from apache_beam.pipeline import PipelineVisitor
+
+    from transforms.steps.spill import SpillRecords
+
+    found = []
+
+    class _Find(PipelineVisitor):
+        def visit_transform(self, node) -> None:
+            if isinstance(getattr(node.transform, "fn", None), SpillRecords):
+                found.append(node.transform.fn)
+
+    pipeline.visit(_Find())
+    return found

@@ -32,6 +32,7 @@ import orjson
 
 from transforms.fhir.references import ID_PATTERN
 from transforms.records import BadRecord, Origin, Resource, ResourceBatch
+from transforms.steps.fence import Fence
 from transforms.steps.spill import SpillRecords, read_partition
 
 BUCKETS = 32  # a bucket's keys, about 60 bytes a resource, are what one worker holds at once
@@ -43,16 +44,17 @@ class ReportDuplicates(beam.PTransform):
     The keys are spilled to run files under `folder` (`transforms.steps.spill`), one per hash
     bucket of the id, so no worker holds more than a bucket's keys at once."""
 
-    def __init__(self, folder: str, buckets: int = BUCKETS, output_root: str = ""):
+    def __init__(self, folder: str, buckets: int = BUCKETS, output_root: str = "", fence: Optional[Fence] = None):
         super().__init__()
-        self._folder, self._buckets, self._output_root = folder, buckets, output_root
+        self._folder, self._buckets, self._output_root, self._fence = folder, buckets, output_root, fence
 
     def expand(self, batches: Union[beam.PCollection[ResourceBatch], tuple[beam.PCollection[ResourceBatch], ...]]
                ) -> beam.PCollection[BadRecord]:
         """`batches`: one PCollection, or several whose keys are spilled where each is (never flattened)."""
         branches = batches if isinstance(batches, tuple) else (batches,)
         keyed = [branch | f"Keys{i or ''}" >> beam.ParDo(SpillRecords(
-                     self._folder, functools.partial(key_records, self._buckets), output_root=self._output_root))
+                     self._folder, functools.partial(key_records, self._buckets), self._fence,
+                     output_root=self._output_root))
                  for i, branch in enumerate(branches)]
         runs = keyed[0] if len(keyed) == 1 else tuple(keyed) | "AllKeys" >> beam.Flatten()
         return (

@@ -12,6 +12,8 @@ temporary folder, which the manifest assembly removes.
 from __future__ import annotations
 
 import marshal
+import os
+import time
 import uuid
 from typing import Callable, Iterable, Iterator, Optional
 
@@ -21,11 +23,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.transforms.window import GlobalWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
-from transforms.steps.fence import Fence, check_fence
-from transforms.storage.files import create_file
+from transforms.steps.fence import Fence, StaleAttempt, check_fence
+from transforms.storage.files import create_file, remove_abandoned
 
 Records = Callable[[object], dict[int, list]]  # an element's records, by partition
 WRITE_EVERY = 2000  # records a partition gathers before they are written, as one marshalled list
+FENCE_EVERY_S = 1.0  # how often a bundle opening run files asks whether its attempt still owns the job
 
 
 class SpillRecords(beam.DoFn):
@@ -43,6 +46,7 @@ class SpillRecords(beam.DoFn):
         self._files: dict[int, tuple[str, object]] = {}
         self._pending: dict[int, list] = {}
         self._bundle = uuid.uuid4().hex
+        self._checked_at = float("-inf")
 
     def process(self, element) -> Iterator:
         pending = self._pending
@@ -57,6 +61,8 @@ class SpillRecords(beam.DoFn):
         return iter(())
 
     def finish_bundle(self) -> Iterator[WindowedValue]:
+        if self._pending or self._files:  # the run files are handed on only by an attempt that owns the job
+            self._check_fence("handing its run files on")
         for partition in list(self._pending):
             self._write(partition)
         window = GlobalWindow()
@@ -70,11 +76,29 @@ class SpillRecords(beam.DoFn):
         records = self._pending.pop(partition)
         handle = self._files.get(partition)
         if handle is None:
-            check_fence(self._fence, "spilling records")
+            self._check_fence("spilling records", FENCE_EVERY_S)
             path = f"{self._folder}/{partition:03d}/{self._bundle}.run"
             handle = self._files[partition] = (path, create_file(path, "application/octet-stream", self._output_root))
         blob = marshal.dumps(records)
         handle[1].write(len(blob).to_bytes(8, "little") + blob)
+
+    def _check_fence(self, doing: str, unless_within: float = 0.0) -> None:
+        """Checks the fence (not again within `unless_within` seconds); an attempt that lost the job removes
+        this bundle's run files (and the folders a cancel's clean-up removed, if writing them made them
+        again), then stops."""
+        now = time.monotonic()
+        if self._fence is None or now - self._checked_at < unless_within:
+            return
+        self._checked_at = now
+        try:
+            check_fence(self._fence, doing)
+        except StaleAttempt:
+            for path, handle in self._files.values():
+                handle.close()
+            remove_abandoned([path for path, _ in self._files.values()], os.path.dirname(self._folder),
+                             within=self._folder)
+            self._files, self._pending = {}, {}
+            raise
 
 
 def read_partition(paths: Iterable[str]) -> Iterator[tuple]:

@@ -114,16 +114,18 @@ def remove_tree(path: str) -> None:
         FileSystems.delete([path])
 
 
-def remove_abandoned(paths: list[str], temp_dir: str) -> None:
+def remove_abandoned(paths: list[str], temp_dir: str, within: str = "") -> None:
     """Removes the parts a stale attempt wrote, then its temp folder and the job folder above it if
-    they are empty (writing a part may have created them again after a cancel removed them)."""
+    they are empty (writing a part may have created them again after a cancel removed them); with
+    `within` (a folder of the temp folder), first the files' own folders and it, if empty."""
     from apache_beam.io.filesystems import FileSystems
 
     for path in paths:
         if FileSystems.exists(path):
             FileSystems.delete([path])
     if is_local(temp_dir):
-        for folder in (temp_dir, os.path.dirname(temp_dir.rstrip("/"))):
+        inner = sorted({os.path.dirname(path) for path in paths}, reverse=True) + [within] if within else []
+        for folder in (*inner, temp_dir, os.path.dirname(temp_dir.rstrip("/"))):
             try:
                 os.rmdir(folder)
             except OSError:  # not empty (another bundle's parts, a live attempt's), or gone
