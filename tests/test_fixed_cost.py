@@ -1,6 +1,7 @@
 """What cuts a small export's fixed cost (issue 28) changes no answer: options views made once, Beam's
 DoFn specs looked up once per DoFn, Beam imported without MongoDB's client, the fork server started
-before the command line's imports."""
+before the command line's imports, and its preload without the clients only some runs need (GCS,
+PostgreSQL, Arrow's compute functions)."""
 
 from __future__ import annotations
 
@@ -84,6 +85,24 @@ def test_beam_imports_without_mongodb_client_and_says_nothing():
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["[]", "None"]
     assert "bson" not in done.stderr and "apitools" not in done.stderr
+
+
+def test_the_fork_servers_preload_leaves_out_gcs_postgresql_and_arrow_compute_until_a_run_needs_them():
+    # What the fork server imports (`fork_server._PRELOAD`), then what a run forked from it does first.
+    script = ("import sys; from launcher.jobs import fork_server;"
+              " [__import__(m) for m in fork_server._PRELOAD];"
+              " left_out = ['google.cloud.storage', 'apache_beam.io.gcp.gcsio', 'psycopg', 'pyarrow.compute'];"
+              " print(*[m for m in left_out if sys.modules.get(m) is not None]);"
+              " from apache_beam.io.filesystems import FileSystems;"
+              " print(type(FileSystems.get_filesystem('/tmp/x')).__name__);"
+              " from launcher.core.beam_notice import allow_gcs; allow_gcs();"
+              " print(*(type(FileSystems.get_filesystem(f'gs://bucket/{n}')).__name__ for n in 'ab'));"
+              " print('google.cloud.storage' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    # None imported; a local path is Beam's local filesystem; gs:// is Beam's GCS filesystem, each time.
+    assert done.stdout.splitlines() == ["", "LocalFileSystem", "GCSFileSystem GCSFileSystem", "True"]
 
 
 def _fork_server_pid_after(argv: list[str]) -> str:

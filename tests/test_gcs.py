@@ -154,6 +154,29 @@ def test_export_from_and_to_gcs_writes_parts_then_the_manifest(bucket, gcs_sourc
     assert set(types.values()) == {"application/fhir+ndjson"}
 
 
+def test_a_command_line_export_runs_from_gcs_to_gcs_in_its_fork_server(bucket, gcs_source, tmp_path):
+    # The run is forked from the fork server, which imported Beam without its GCS client
+    # (`launcher.jobs.fork_preload`); the emulator's anonymous credentials are preloaded there too.
+    source, lines = gcs_source
+    script = ("import sys; from launcher.jobs import fork_server; fork_server._PRELOAD.append('tests.gcs_emulator');"
+              " from launcher.cli.main import main; sys.exit(main(sys.argv[1:]))")
+    output = f"gs://{BUCKET}/cli-{time.monotonic_ns()}"
+    done = subprocess.run([sys.executable, "-c", script, "export", "--source", source, "--output", output,
+                           "--state-dir", str(tmp_path / "state")],
+                          capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1],
+                          env=os.environ.copy())
+    assert done.returncode == 0, done.stderr
+    [path] = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("manifest: ")]
+    assert path.startswith(output + "/")
+    manifest = json.loads(_read(bucket, path))
+    exported: dict[str, list[bytes]] = {}
+    for entry in manifest["output"]:
+        data = _read(bucket, entry["url"])
+        assert data.count(b"\n") == entry["count"]
+        exported.setdefault(entry["type"], []).extend(data.splitlines())
+    assert {t: sorted(ls) for t, ls in exported.items()} == {t: sorted(ls) for t, ls in lines.items()}
+
+
 def test_signed_urls_verify_with_the_key_and_download_the_parts(bucket, gcs_source, key):
     key_path, public_key = key
     source, lines = gcs_source

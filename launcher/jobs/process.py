@@ -24,6 +24,7 @@ import time
 from typing import Callable, Optional
 
 from launcher.core.audit import AuditLog
+from launcher.core.beam_notice import allow_gcs
 from launcher.jobs.fork_server import CONTEXT, start_process
 from launcher.stores import JobStore, Lease, StoredJob, StoreUnavailable, now_ms
 from pipelines.models import ExportStatus
@@ -178,6 +179,7 @@ class LogSetup:
 
 def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> None:
     os.setpgid(0, 0)
+    allow_gcs()  # the fork server imported Beam without it (`launcher.jobs.fork_preload`)
     if nice:
         os.nice(nice)  # inherited by the run's worker processes
     # The lock of the run's last step (`transforms.storage.last_step`), named for the workers forked from here.

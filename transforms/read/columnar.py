@@ -17,7 +17,6 @@ from typing import IO, Iterable, Iterator, Optional, Sequence, Union
 import fastavro
 import orjson
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from transforms.fhir.deleted import deleted_body
@@ -106,6 +105,8 @@ def _selected_rows(parquet: pq.ParquetFile, group: int, types: frozenset[str], w
     mask when its statistics already exclude them all, None when every row has one."""
     if not _may_hold(parquet.metadata.row_group(group), parquet.schema_arrow, types):
         return pa.array([], pa.bool_())
+    import pyarrow.compute as pc  # here: importing it costs every export 0.06 s, and few need it
+
     names = parquet.read_row_group(group, columns=["resourceType"]).column(0)
     mask = pc.is_in(names, value_set=wanted).combine_chunks()
     return None if mask.true_count == len(mask) else mask
@@ -115,6 +116,8 @@ def _parquet_group(parquet: pq.ParquetFile, group: int, columns: list[str], batc
                    first: int, mask: Optional[pa.BooleanArray]) -> Iterator[Item]:
     """A row group's records, numbered from `first`, in batches of `batch_size` rows; with `mask`, only
     its rows (the others dropped in Arrow, before their `resource` becomes bytes)."""
+    import pyarrow.compute as pc  # see `_selected_rows`
+
     offset = 0  # rows of the group before `batch`
     for batch in parquet.iter_batches(batch_size=batch_size, row_groups=[group], columns=columns):
         rows, indexes = batch.num_rows, None

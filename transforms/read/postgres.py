@@ -18,13 +18,11 @@ table and its key. The URL and connections are `transforms.storage.pg_source`'s.
 
 from __future__ import annotations
 
+import functools
 import math
 import queue
 import threading
 from typing import Iterable, Iterator, NamedTuple, Optional
-
-from psycopg.adapt import Loader
-from psycopg.pq import Format
 
 from transforms.fhir.r4 import RESOURCE_TYPES
 from transforms.fhir.references import FHIR_ID
@@ -38,7 +36,7 @@ from transforms.storage.pg_source import PgSource, ReadAt, begin, connect, parse
 BYTES_PER_ROW = 256
 FETCH_ROWS = 5000  # rows per round trip to the server
 FIRST_FETCH_ROWS = 500
-# `resource` arrives as bytes: a jsonb value's text through `_RawJsonb`, a text column's converted by the server;
+# `resource` arrives as bytes: a jsonb value's text through `_raw_jsonb()`, a text column's converted by the server;
 # `last_updated` as a FHIR instant, rendered by the server (which has the time to spare; Python's is slower).
 _INSTANT = """to_char(last_updated AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"""
 _COLUMNS = "resource_type, id, " + _INSTANT + ", deleted, {resource}"
@@ -213,7 +211,7 @@ def read_range(rng: PgRange, selection: Optional[ReadSelection], deletions: Opti
     with connect(pg) as conn:
         begin(conn, at)
         with conn.cursor(name="bulk_export_range", binary=True) as cursor:
-            cursor.adapters.register_loader("jsonb", _RawJsonb)
+            cursor.adapters.register_loader("jsonb", _raw_jsonb())
             cursor.execute(sql, params)
             for fetched in _fetched(cursor):
                 for start in range(0, len(fetched), batch_size):
@@ -250,15 +248,22 @@ def located(rng: PgRange, items: Iterable) -> Iterator:
         yield item
 
 
-class _RawJsonb(Loader):
-    """Loads a jsonb value (binary: a version byte, then its text) as that text's bytes, unparsed."""
+@functools.cache
+def _raw_jsonb() -> type:
+    """A psycopg loader of a jsonb value (binary: a version byte, then its text) as that text's bytes,
+    unparsed; made on first use, so that an export of files never imports psycopg (0.1 s)."""
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
 
-    format = Format.BINARY
+    class _RawJsonb(Loader):
+        format = Format.BINARY
 
-    def load(self, data) -> bytes:
-        if data[:1] != b"\x01":
-            raise ValueError("unknown jsonb binary version")
-        return bytes(data[1:])
+        def load(self, data) -> bytes:
+            if data[:1] != b"\x01":
+                raise ValueError("unknown jsonb binary version")
+            return bytes(data[1:])
+
+    return _RawJsonb
 
 
 def _trusted(origin: Origin, first: int, rows: list[tuple]) -> tuple[ResourceBatch, list[int]]:
