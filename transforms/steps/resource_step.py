@@ -39,20 +39,20 @@ class ResourceStep(beam.PTransform):
         self._step = step
         self._fn = fn
         self._side_inputs = side_inputs
-        self._tags = ("errors", "later") if later else ("errors",)
+        self._types = {"errors": BadRecord, "later": ResourceBatch} if later else {"errors": BadRecord}
 
     def expand(self, batches: beam.PCollection[ResourceBatch]) -> StepOutputs:
         out = (
             batches
             | "Apply"
             >> beam.ParDo(self._fn, *self._side_inputs)
-            .with_output_types(ResourceBatch, errors=BadRecord)
-            .with_outputs(*self._tags, main="batches")
+            .with_output_types(ResourceBatch, **self._types)
+            .with_outputs(*self._types, main="batches")
             .with_exception_handling(dead_letter_tag="failed", on_failure_callback=_log_failure)
         )
         dead = out.failed | "DeadLetters" >> beam.FlatMap(_dead_letter_records, self._step)
         errors = (out.errors, dead) | "Errors" >> beam.Flatten()
-        return StepOutputs(out.batches, errors, out.later if "later" in self._tags else None)
+        return StepOutputs(out.batches, errors, out.later if "later" in self._types else None)
 
 
 def _log_failure(exc: Exception, batch: ResourceBatch) -> None:
