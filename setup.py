@@ -28,6 +28,7 @@ setup(
         "fastavro>=0.23.6,<2",
         "google-cloud-storage>=2.18.2,<4",
         "orjson>=3.10",
+        "numpy>=1.14.3,<2.5",  # as Beam bounds it: the read's vectorised newline count
         "fhirpathpy>=2.2.4,<3",
         "psycopg[binary,pool]>=3.2,<4",
         # `bulk-export serve`: the Bulk Data HTTP server (ASGI) and its client in tests and benchmarks.
