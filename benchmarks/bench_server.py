@@ -8,7 +8,8 @@
    pollers, alternating. Target <= 10 %.
 4. Download throughput of one NDJSON part by curl, beside a raw read of the same bytes in this process:
    identity (target >= 0.8x), and gzip (the first download compresses and stores; later ones send the
-   stored bytes; beside a raw read of the compressed bytes, target >= 0.5x).
+   stored bytes; beside a raw read of the compressed bytes, target >= 0.5x); and curl reading the same
+   files itself (file://), the client's own ceiling.
 
 `--before TREE` runs every case on a second source tree too (e.g. `git archive` of the code before a
 change), the two trees alternating case by case, so the machine's drift hits both alike.
@@ -207,8 +208,12 @@ def download_case(root: Path, code: Path, source: Path, size: int, tries: int) -
             stored.write_bytes(zlib.compress(local.read_bytes(), 1, wbits=31))
         raw = max(_raw_read(local) for _ in range(tries))
         raw_gz = max(_raw_read(stored) for _ in range(tries))
+        # The client's own ceiling: curl reading the same files with no server and no socket.
+        curl_file = max(_curl(local.as_uri(), False) for _ in range(tries))
+        curl_file_gz = max(_curl(stored.as_uri(), False) for _ in range(tries))
     return {"bytes": local.stat().st_size, "gz_bytes": stored.stat().st_size, "identity": identity, "raw": raw,
-            "first_gzip": first_gzip, "gzip": gzip, "raw_gz": raw_gz}
+            "first_gzip": first_gzip, "gzip": gzip, "raw_gz": raw_gz, "curl_file": curl_file,
+            "curl_file_gz": curl_file_gz}
 
 
 def _raw_read(path: Path) -> float:
@@ -288,6 +293,9 @@ def _report(tag: str, kick: dict, latency: dict, cost: dict, download: dict, arg
     print(f"gzip     {tag}{download['gzip'] / _MIB:.0f} MB/s on the wire vs raw read {download['raw_gz'] / _MIB:.0f} MB/s"
           f" of the same {download['gz_bytes'] / _MIB:.1f} MiB compressed: {download['gzip'] / download['raw_gz']:.2f}x"
           f" (target >= 0.5x); the first download, which compresses, {download['first_gzip'] / _MIB:.0f} MB/s")
+    print(f"curl     {tag}reading the same files itself (file://, no server): {download['curl_file'] / _MIB:.0f} MB/s,"
+          f" {download['curl_file'] / download['raw']:.2f}x the raw read; compressed {download['curl_file_gz'] / _MIB:.0f}"
+          f" MB/s, {download['curl_file_gz'] / download['raw_gz']:.2f}x (the client's own ceiling)")
 
 
 if __name__ == "__main__":
