@@ -43,8 +43,9 @@ def _argparse(spec: Option) -> dict[str, Any]:
     return {"type": spec.type, "default": default, "choices": spec.choices or None, "help": spec.help}
 
 
-def prepare_runner(options: PipelineOptions) -> None:
-    """Picks the embedded local runner by default and refuses options that lose data."""
+def prepare_runner(options: PipelineOptions, say: bool = True) -> None:
+    """Picks the embedded local runner by default and refuses options that lose data; `say`: logs the
+    local runner's worker count (the run does; a check of the options before it does not)."""
     standard = options.view_as(StandardOptions)
     if standard.runner in (None, "DirectRunner"):
         standard.runner = LOCAL_RUNNER
@@ -72,7 +73,7 @@ def prepare_runner(options: PipelineOptions) -> None:
             "multi_threading was seen to drop records after a GroupByKey without any error "
             "(74,955 records in, 74,787 out); use in_memory or multi_processing"
         )
-    if direct.direct_running_mode == "multi_processing" and standard.runner == LOCAL_RUNNER:
+    if say and direct.direct_running_mode == "multi_processing" and standard.runner == LOCAL_RUNNER:
         _LOG.info("local runner: %s worker processes", direct.direct_num_workers)
 
 
@@ -81,7 +82,7 @@ def check_runner_args(args: Sequence[str]) -> None:
 
     No options at all are always accepted: the embedded local runner in its default mode.
     """
-    prepare_runner(PipelineOptions(list(args)))
+    prepare_runner(PipelineOptions(list(args)), say=False)
 
 
 def _check_runner_name(name: str) -> None:

@@ -5,7 +5,8 @@ import logging
 import sys
 
 _GCSIO = "apache_beam.io.gcp.gcsio"  # imported by `apache_beam.io` and its GCS filesystem, each in try/except
-_MONGODB_IO = "apache_beam.io.mongodbio"  # imports bson and pymongo inside try/except ImportError
+_MONGODB_IO = "apache_beam.io.mongodbio"
+_JOB_SERVICE = "apache_beam.runners.portability.local_job_service"  # relays the local workers' log lines  # imports bson and pymongo inside try/except ImportError
 
 
 class _DropApitoolsNotice(logging.Filter):
@@ -13,6 +14,15 @@ class _DropApitoolsNotice(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not record.getMessage().startswith("apitools not found")
+
+
+class _DropSemiPersistentNotice(logging.Filter):
+    """Each local worker warns at start that it has no `semi_persistent_directory` (where a remote
+    worker finds the main session's pickled registrations); the run registers none, and the warning,
+    relayed by Beam's job service, would show once per worker under -v."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No semi_persistent_directory found" not in record.getMessage()
 
 
 class _DropMongoNotice(logging.Filter):
@@ -55,7 +65,15 @@ def allow_gcs() -> None:
         del sys.modules[_GCSIO]
 
 
+def drop_semi_persistent_notice() -> None:
+    """Keeps the local workers' `semi_persistent_directory` warning off Beam's job service logger."""
+    relay = logging.getLogger(_JOB_SERVICE)
+    if not any(isinstance(f, _DropSemiPersistentNotice) for f in relay.filters):
+        relay.addFilter(_DropSemiPersistentNotice())
+
+
 def before_beam_import() -> None:
     """What an entry point calls before anything imports Beam."""
     drop_apitools_notice()
+    drop_semi_persistent_notice()
     skip_mongodb_client()
