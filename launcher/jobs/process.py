@@ -113,8 +113,12 @@ class PipelineProcess:
     def __init__(self, argv: list[str], sink: object, nice: int = 0):
         lifeline, self._lifeline = _CTX.Pipe(duplex=False)
         self._results, results = _CTX.Pipe(duplex=False)
-        self._process = start_process(_child_main, (argv, sink, lifeline, results, LogSetup.here(), nice), "export",
-                                      _CTX)
+        # The lock of the run's last step (`transforms.storage.last_step`), made here so that `stop` removes it
+        # whatever ended the run (a run SIGKILLed from outside cannot).
+        fd, self._last_step = tempfile.mkstemp(prefix="bulk-export-last-step-")
+        os.close(fd)
+        self._process = start_process(
+            _child_main, (argv, sink, lifeline, results, LogSetup.here(), nice, self._last_step), "export", _CTX)
         lifeline.close()
         results.close()
         self.failure: Optional[str] = None
@@ -144,6 +148,8 @@ class PipelineProcess:
             self._process.join(30)
         self._lifeline.close()
         self._results.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._last_step)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -177,15 +183,12 @@ class LogSetup:
         logging.getLogger("psycopg.pool").setLevel(max(levels["psycopg.pool"], logging.ERROR))
 
 
-def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice=0) -> None:
+def _child_main(argv, sink, lifeline, results, log_setup: LogSetup, nice: int, last_step: str) -> None:
     os.setpgid(0, 0)
     allow_gcs()  # the fork server imported Beam without it (`launcher.jobs.fork_preload`)
     if nice:
         os.nice(nice)  # inherited by the run's worker processes
-    # The lock of the run's last step (`transforms.storage.last_step`), named for the workers forked from here.
-    fd, last_step = tempfile.mkstemp(prefix="bulk-export-last-step-")
-    os.close(fd)
-    os.environ[LOCK_ENV] = last_step
+    os.environ[LOCK_ENV] = last_step  # named for the workers forked from here
     threading.Thread(target=_die_with_launcher, args=(lifeline, last_step), daemon=True).start()
     log_setup.apply()
     from pipelines.export import run
