@@ -45,6 +45,7 @@ from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
 from pipelines import _worker_client  # stdlib only: what Beam runs as each worker's command
 from transforms.read import gc_pause
+from transforms.storage.socket_folder import socket_folder
 
 try:  # imported before the fork, so that workers start warm
     from apache_beam.portability import python_urns
@@ -161,7 +162,7 @@ class WarmWorkers:
 
     def __enter__(self) -> "WarmWorkers":
         _sweep_stale_folders()
-        self._folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-")  # 0700: only we can connect
+        self._folder = tempfile.mkdtemp(prefix=f"{FOLDER_PREFIX}{os.getpid()}-", dir=socket_folder())  # 0700: ours
         address = self.address = os.path.join(self._folder, "workers.sock")
         lifeline_in, self._lifeline = os.pipe()
         try:
@@ -197,7 +198,7 @@ class WarmWorkers:
 
 def _sweep_stale_folders() -> None:
     """Removes the socket folders of runs killed before they could (their process is gone)."""
-    for entry in os.scandir(tempfile.gettempdir()):
+    for entry in os.scandir(socket_folder()):
         pid = entry.name[len(FOLDER_PREFIX):].split("-", 1)[0] if entry.name.startswith(FOLDER_PREFIX) else ""
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(entry.path, ignore_errors=True)

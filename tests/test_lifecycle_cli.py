@@ -119,6 +119,68 @@ def test_a_killed_launcher_leaves_an_error_job_that_resumes_to_complete(run_cli,
     assert _events(state, job_id) == ["kickoff", "error", "complete"]
 
 
+def _pipeline_process(launcher: int, timeout: float = 60) -> int:
+    """The pid of the launcher's run: a descendant that leads its own process group (`launcher.jobs.process`)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parent, group = {}, {}
+        for entry in os.scandir("/proc"):
+            try:
+                stat = Path(entry.path, "stat").read_bytes() if entry.name.isdigit() else None
+            except OSError:
+                continue
+            if stat is not None:
+                fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) "
+                parent[int(entry.name)], group[int(entry.name)] = int(fields[1]), int(fields[2])
+        for pid in parent:
+            ancestor = parent[pid]
+            while ancestor not in (0, 1, launcher) and ancestor in parent:
+                ancestor = parent[ancestor]
+            if ancestor == launcher and group[pid] == pid:
+                return pid
+        time.sleep(0.1)
+    raise AssertionError("the launcher has no run")
+
+
+def test_a_run_killed_from_outside_fails_its_job_and_leaves_no_lock_file(run_cli, big_source, tmp_path):
+    state, out, temp = tmp_path / "state", tmp_path / "out", tmp_path / "temp"
+    temp.mkdir()
+    export = subprocess.Popen(
+        [*_console(), "export", "--source", str(big_source), "--chunk-bytes", "256", "--output", str(out),
+         "--state-dir", str(state)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "TMPDIR": str(temp)})
+    try:
+        job_id = _wait_running(run_cli, state)["job_id"]
+    except AssertionError:
+        export.kill()
+        raise AssertionError(export.communicate()[1]) from None
+    [lock] = temp.glob("bulk-export-last-step-*")  # the run's last step's lock
+    assert lock.exists()
+    os.kill(_pipeline_process(export.pid), signal.SIGKILL)  # the run alone, not its launcher
+    _, err = export.communicate(timeout=60)
+    assert export.returncode == 1
+    assert err.strip().splitlines()[-1].startswith(f"bulk-export: job {job_id} failed: the pipeline process died"), err
+    assert json.loads(run_cli("status", job_id, "--json", state_dir=state).out)["status"] == "error"
+    assert list(temp.glob("bulk-export-last-step-*")) == []
+
+
+@pytest.mark.parametrize("workers", [[], ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]])
+def test_an_export_runs_with_a_temporary_folder_too_long_for_a_socket(run_cli, sample_dir, tmp_path, workers):
+    # The fork server's and the workers' sockets go to /tmp instead (`transforms.storage.socket_folder`);
+    # before, the command ended in a traceback: "OSError: AF_UNIX path too long".
+    temp = tmp_path / ("t" * max(1, 110 - len(str(tmp_path))))
+    temp.mkdir()
+    assert len(str(temp)) > 107
+    done = subprocess.run([*_console(), "export", "--source", str(sample_dir), "--output", str(tmp_path / "out"),
+                           "--state-dir", str(tmp_path / "state"), *workers], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "TMPDIR": str(temp)})
+    assert done.returncode == 0, done.stderr
+    [manifest] = [line.split(": ", 1)[1] for line in done.stdout.splitlines() if line.startswith("manifest: ")]
+    exported = sum(entry["count"] for entry in json.loads(Path(manifest).read_text())["output"])
+    assert exported == sum(len(lines) for lines in _source_lines(sample_dir).values())
+    assert list(temp.iterdir()) == []
+
+
 def test_the_fifth_concurrent_kickoff_is_refused_with_nothing_started(run_cli, sample_dir, tmp_path):
     state, out = tmp_path / "state", tmp_path / "out"
     store = SqliteJobStore(str(state))
