@@ -75,14 +75,20 @@ def test_dofn_specs_are_beams_own_answer_once_cached():
         _ = pipeline | beam.Create([("k", 1), ("k", 2)]) | beam.ParDo(_Stateful())
 
 
+def _python(script: str) -> subprocess.CompletedProcess:
+    """`script` run by a fresh interpreter from the repository; it must succeed."""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_beam_imports_without_mongodb_client_and_says_nothing():
     script = ("import sys; from launcher.core.beam_notice import before_beam_import; before_beam_import();"
               " import apache_beam, apache_beam.io.mongodbio as m;"
               " print(sorted({'bson', 'pymongo'} & {k for k, v in sys.modules.items() if v is not None}),"
               " m.MongoClient)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _python(script)
     assert done.stdout.split() == ["[]", "None"]
     assert "bson" not in done.stderr and "apitools" not in done.stderr
 
@@ -98,9 +104,7 @@ def test_the_fork_servers_preload_leaves_out_gcs_postgresql_and_arrow_compute_un
               " from launcher.core.beam_notice import allow_gcs; allow_gcs();"
               " print(*(type(FileSystems.get_filesystem(f'gs://bucket/{n}')).__name__ for n in 'ab'));"
               " print('google.cloud.storage' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _python(script)
     # None imported; a local path is Beam's local filesystem; gs:// is Beam's GCS filesystem, each time.
     assert done.stdout.splitlines() == ["", "LocalFileSystem", "GCSFileSystem GCSFileSystem", "True"]
 
@@ -109,9 +113,7 @@ def _fork_server_pid_after(argv: list[str]) -> str:
     script = ("import sys; from multiprocessing import forkserver;"
               " from launcher.jobs.fork_server import start_for_command_line;"
               f" start_for_command_line({argv!r}); print(forkserver._forkserver._forkserver_pid)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, cwd=ROOT,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr
+    done = _python(script)
     return done.stdout.strip()
 
 
