@@ -5,8 +5,8 @@ import logging
 import sys
 
 _GCSIO = "apache_beam.io.gcp.gcsio"  # imported by `apache_beam.io` and its GCS filesystem, each in try/except
-_MONGODB_IO = "apache_beam.io.mongodbio"
-_JOB_SERVICE = "apache_beam.runners.portability.local_job_service"  # relays the local workers' log lines  # imports bson and pymongo inside try/except ImportError
+_MONGODB_IO = "apache_beam.io.mongodbio"  # imports bson and pymongo inside try/except ImportError
+_JOB_SERVICE = "apache_beam.runners.portability.local_job_service"  # relays the local workers' log lines
 
 
 class _DropApitoolsNotice(logging.Filter):
