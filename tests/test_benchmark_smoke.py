@@ -49,10 +49,11 @@ def test_a_small_server_benchmark_run_prints_its_figures():
     done = subprocess.run([sys.executable, str(bench), "--small"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert [line.split()[0] for line in lines] == ["kick-off", "status", "polling", "download", "gzip",
+    assert [line.split()[0] for line in lines] == ["kick-off", "status", "polling", "download", "gzip", "curl",
                                                     "machine:"], done.stdout
     assert "target <= 0.2 s" in lines[0] and "target p99 <= 50 ms" in lines[1] and "0 errors" in lines[1]
     assert "target <= 10 %" in lines[2] and "target >= 0.8x" in lines[3] and "target >= 0.5x" in lines[4]
+    assert "file://" in lines[5] and "the client's own ceiling" in lines[5]
 
 
 def test_the_status_benchmark_prints_a_round_per_tree_and_case():

@@ -177,7 +177,9 @@ def test_socket_folders_of_killed_runs_are_swept_and_live_ones_kept(monkeypatch)
         shutil.rmtree(root)
 
 
-def test_a_temp_folder_too_deep_for_a_socket_path_falls_back_to_beams_workers(tmp_path, monkeypatch):
+def test_a_temp_folder_too_deep_for_a_socket_path_still_forks_the_workers_with_their_socket_below_tmp(
+        tmp_path, monkeypatch):
+    # Before `transforms.storage.socket_folder`, the socket could not be bound and Beam started its own workers.
     deep = tmp_path / ("d" * 100)
     deep.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(deep))
@@ -186,8 +188,10 @@ def test_a_temp_folder_too_deep_for_a_socket_path_falls_back_to_beams_workers(tm
         _ = pipeline | beam.Create(range(10)) | beam.Reshuffle() | beam.ParDo(_WhoRuns(str(log)))
     rows = [line.split("\t") for line in log.read_text().splitlines()]
     assert sorted(int(r[0]) for r in rows) == list(range(10))
-    assert all("sdk_worker_main" in r[3] for r in rows)
-    assert list(deep.iterdir()) == []  # its socket folder was removed
+    driver = Path("/proc/self/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    assert {r[3] for r in rows} == {driver} and {int(r[2]) for r in rows} == {os.getpid()}  # forked from here
+    assert list(deep.iterdir()) == []
+    assert not list(Path("/tmp").glob(f"{FOLDER_PREFIX}{os.getpid()}-*"))  # its socket folder was removed
 
 
 def test_a_missing_beam_internal_falls_back_to_beams_own_workers(tmp_path, monkeypatch, caplog):
