@@ -35,12 +35,13 @@ from multiprocessing import forkserver, popen_forkserver, reduction, resource_tr
 from multiprocessing.context import ForkServerProcess, set_spawning_popen
 from typing import Callable, Optional
 
+from transforms.storage.socket_folder import SOCKET_PATH_MAX
+
 OUR_PACKAGES = ("launcher", "pipelines", "transforms")
 _VOLATILE_ENV = {"PWD", "OLDPWD", "SHLVL", "_"}
 READY_TIMEOUT_S = 120.0
 _KEY_CHARS = 24
 _SOCKET_NAME_BYTES = len("/") + _KEY_CHARS + len(".sock.new")
-_SOCKET_PATH_MAX = 107  # sun_path's 108 bytes, with its NUL
 _ATTACHED: dict = {}  # the warm process this command forks from: its socket, and the open use-lock
 
 
@@ -59,7 +60,7 @@ def runtime_dir(create: bool = False) -> str:
     info = os.lstat(path)
     if not os.path.isdir(path) or os.path.islink(path) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         raise WarmRefused(f"{path} is not a folder of this user's alone (mode 0700): no warm process is used")
-    if len(os.fsencode(path)) + _SOCKET_NAME_BYTES > _SOCKET_PATH_MAX:
+    if len(os.fsencode(path)) + _SOCKET_NAME_BYTES > SOCKET_PATH_MAX:
         raise WarmRefused(f"{path} is too long a folder for a socket: set XDG_RUNTIME_DIR to a shorter one")
     return path
 
