@@ -3,6 +3,7 @@ cancel from a second process, SIGKILL and resume, the concurrency cap, tenants, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.bench_common import tree_pids
 from launcher.stores import Lease, SqliteJobStore, now_ms
 from launcher.tools.sample_data import generate
 from tests.helpers import _console, _record, _source_lines, job_rows
@@ -123,21 +125,10 @@ def _pipeline_process(launcher: int, timeout: float = 60) -> int:
     """The pid of the launcher's run: a descendant that leads its own process group (`launcher.jobs.process`)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        parent, group = {}, {}
-        for entry in os.scandir("/proc"):
-            try:
-                stat = Path(entry.path, "stat").read_bytes() if entry.name.isdigit() else None
-            except OSError:
-                continue
-            if stat is not None:
-                fields = stat[stat.rindex(b")") + 2:].split()  # after "pid (comm) "
-                parent[int(entry.name)], group[int(entry.name)] = int(fields[1]), int(fields[2])
-        for pid in parent:
-            ancestor = parent[pid]
-            while ancestor not in (0, 1, launcher) and ancestor in parent:
-                ancestor = parent[ancestor]
-            if ancestor == launcher and group[pid] == pid:
-                return pid
+        for pid in tree_pids(launcher)[1:]:
+            with contextlib.suppress(ProcessLookupError):
+                if os.getpgid(pid) == pid:
+                    return pid
         time.sleep(0.1)
     raise AssertionError("the launcher has no run")
 

@@ -12,7 +12,7 @@ from multiprocessing import forkserver
 from typing import Callable, Sequence
 
 from launcher.jobs import warm
-from transforms.storage.socket_folder import multiprocessing_sockets
+from transforms.storage.socket_folder import place_multiprocessing_sockets
 
 CONTEXT = multiprocessing.get_context("forkserver")
 # What the fork server imports before it forks a run: the log filter first, then Beam, the export and the
@@ -30,8 +30,8 @@ def start_fork_server() -> None:
     if warm.attached():
         return
     CONTEXT.set_forkserver_preload(_PRELOAD)
-    with multiprocessing_sockets():
-        forkserver.ensure_running()
+    place_multiprocessing_sockets()
+    forkserver.ensure_running()
 
 
 def start_process(target: Callable, args: tuple, name: str,

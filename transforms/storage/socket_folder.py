@@ -8,11 +8,9 @@ imports it before anything else (`launcher.jobs.fork_server`).
 
 from __future__ import annotations
 
-import contextlib
 import multiprocessing.util
 import os
 import tempfile
-from typing import Iterator
 
 SOCKET_PATH_MAX = 107  # sun_path's 108 bytes, less the NUL
 # The longest name put below the folder: multiprocessing's "/pymp-XXXXXXXX/listener-XXXXXXXX" and the
@@ -30,17 +28,14 @@ def socket_folder() -> str:
     return next((path for path in _FALLBACKS if os.access(path, os.W_OK | os.X_OK)), folder)
 
 
-@contextlib.contextmanager
-def multiprocessing_sockets() -> Iterator[None]:
-    """Makes multiprocessing's own temporary folder (its fork server's socket) below `socket_folder()`;
-    it makes that folder once per process, on first use, inside this block."""
+def place_multiprocessing_sockets() -> None:
+    """Has multiprocessing make its own temporary folder (its fork server's socket) below `socket_folder()`;
+    it makes that folder once per process, on first use, which this is when called before the fork server."""
     folder = socket_folder()
     if folder == tempfile.gettempdir():
-        yield
         return
     before, tempfile.tempdir = tempfile.tempdir, folder
     try:
         multiprocessing.util.get_temp_dir()
     finally:
         tempfile.tempdir = before
-    yield
