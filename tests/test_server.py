@@ -12,13 +12,13 @@ import concurrent.futures
 import email.utils
 import gzip
 import json
+import time
 from pathlib import Path
 from urllib.parse import quote
 
 import httpx
 import pytest
 
-from launcher.tools.sample_data import generate
 from tests.helpers import _levels
 from tests.server_process import FHIR_HEADERS, poll, serve
 
@@ -30,14 +30,6 @@ def server(tmp_path_factory, sample_dir):
     root = tmp_path_factory.mktemp("server")
     with serve(sample_dir, root / "out", root / "state") as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def big_source(tmp_path_factory) -> Path:
-    """Enough data that, read in tiny chunks, an export runs for several seconds."""
-    out = tmp_path_factory.mktemp("big")
-    generate(out, patients=2500, seed=2)
-    return out
 
 
 def _outcome(response: httpx.Response, status: int) -> str:
@@ -163,6 +155,31 @@ def test_range_and_gzip_downloads(server):
             raw = b"".join(response.iter_raw())
         assert gzip.decompress(raw) == data and len(raw) < len(data)
         assert client.get(entry["url"], headers={"Range": f"bytes={len(data) + 10}-"}).status_code == 416
+
+
+def _local_port(response: httpx.Response) -> int:
+    """The client's port of the connection that carried `response`."""
+    return response.extensions["network_stream"].get_extra_info("client_addr")[1]
+
+
+def test_a_connection_left_idle_longer_than_a_clients_own_limit_stays_open(server):
+    """httpx drops an idle connection after 5 s; a server that closed at 5 s too would race it, and a
+    client reusing the connection just then would get "Connection reset by peer"."""
+    with httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=60)) as client:
+        first = client.get(server.fhir + "/metadata")
+        port = _local_port(first)
+        time.sleep(6)
+        again = client.get(server.fhir + "/metadata")
+        assert first.status_code == again.status_code == 200
+        assert _local_port(again) == port
+
+
+def test_keep_alive_sets_how_long_an_idle_connection_stays_open(sample_dir, tmp_path):
+    with serve(sample_dir, tmp_path / "out", tmp_path / "state", "--keep-alive", "1s") as short, \
+            httpx.Client(timeout=30, limits=httpx.Limits(keepalive_expiry=60)) as client:
+        port = _local_port(client.get(short.fhir + "/metadata"))
+        time.sleep(2.5)
+        assert _local_port(client.get(short.fhir + "/metadata")) != port
 
 
 def test_thousands_of_polls_do_not_take_the_server_down(server):

@@ -29,6 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how long a finished job's files are kept, as its status's Expires says (default 24h)")
     parser.add_argument("--maintenance-interval", dest="maintenance_interval", default="30s",
                         help="how often jobs whose lease lapsed are ended and expired jobs removed (default 30s)")
+    parser.add_argument("--keep-alive", dest="keep_alive", default="75s",
+                        help="how long an idle client connection is kept open; longer than a client's or a proxy's"
+                        " own idle limit, so the server never closes a connection as the client reuses it"
+                        " (default 75s)")
     parser.add_argument("--worker-budget", dest="worker_budget", type=int, metavar="N",
                         help="local runner processes shared by all running exports: each takes the forked workers"
                         " its source's size asks for, within what is free, or else runs in one process (default:"
@@ -86,6 +90,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
         from launcher.jobs.attempts import check_runner_options
 
         check_runner_options(beam_args)
+    keep_alive_s = parse_duration(args.keep_alive, "--keep-alive")
     verbosity = -1 if getattr(args, "quiet", False) else int(getattr(args, "verbose", 0) or 0)
     uvicorn_level = configure_logging(args.log_format, verbosity)
     listening = _listen(args.host, args.port)
@@ -100,7 +105,7 @@ def serve(args: argparse.Namespace, beam_args: list[str]) -> int:
     # uvloop was measured no faster, so the loop stays asyncio's, whatever is installed.
     server = uvicorn.Server(uvicorn.Config(create_app(config), host=args.host, port=args.port, log_config=None,
                                            log_level=uvicorn_level, access_log=False, http="httptools",
-                                           loop="asyncio"))
+                                           loop="asyncio", timeout_keep_alive=keep_alive_s))
     try:
         server.run(sockets=[listening])
     except KeyboardInterrupt:  # Ctrl-C: uvicorn has shut down, and raises it again once done
