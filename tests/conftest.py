@@ -95,6 +95,14 @@ def sample_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def big_source(tmp_path_factory) -> Path:
+    """Generated R4 NDJSON of 2,500 patients: read in tiny chunks, an export of it runs for several seconds."""
+    out = tmp_path_factory.mktemp("big")
+    generate(out, patients=2500, seed=2)
+    return out
+
+
 class CliResult:
     def __init__(self, code: int, out: str, err: str):
         self.code, self.out, self.err = code, out, err

@@ -16,16 +16,7 @@ import pytest
 
 from benchmarks.bench_common import tree_pids
 from launcher.stores import Lease, SqliteJobStore, now_ms
-from launcher.tools.sample_data import generate
 from tests.helpers import _console, _record, _source_lines, job_rows
-
-
-@pytest.fixture(scope="module")
-def big_source(tmp_path_factory) -> Path:
-    """Enough data that, read in tiny chunks, an export runs for several seconds."""
-    out = tmp_path_factory.mktemp("big")
-    generate(out, patients=2500, seed=2)
-    return out
 
 
 def _start(source: Path, out: Path, state: Path, *extra: str) -> subprocess.Popen:

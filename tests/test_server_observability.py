@@ -97,11 +97,11 @@ def test_json_lines_and_a_failed_job(tmp_path, sample_dir):
     assert jobs["error"]["export_level"] == "system" and jobs["error"]["duration_s"] >= 0
 
 
-def test_a_cancel_and_an_expiry_each_log_a_line(tmp_path, sample_dir):
-    args = ("--cleanup-ttl", "1s", "--maintenance-interval", "1s", "--chunk-bytes", "4096")
-    with serve(sample_dir, tmp_path / "out", tmp_path / "state", *args) as running, \
+def test_a_cancel_and_an_expiry_each_log_a_line(tmp_path, big_source):
+    args = ("--cleanup-ttl", "1s", "--maintenance-interval", "1s", "--chunk-bytes", "256")
+    with serve(big_source, tmp_path / "out", tmp_path / "state", *args) as running, \
             httpx.Client(timeout=60) as client:
-        cancelled = _kick_off(client, running)
+        cancelled = _kick_off(client, running, "")  # every type of 2,500 patients: still running when deleted
         assert client.delete(cancelled).status_code == 202
         expiring = _job_id(_kick_off(client, running, "_type=Organization"))
         assert _lines(running, f"job {expiring} expired and removed:", timeout_s=120)
