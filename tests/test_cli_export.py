@@ -328,11 +328,10 @@ def _job_statuses(db: Path) -> list[str]:
         return []
 
 
-def test_ctrl_c_records_the_job_as_error_without_a_manifest(run_cli, tmp_path):
-    generate(tmp_path / "big", patients=300, seed=2)  # with tiny chunks: seconds of work
+def test_ctrl_c_records_the_job_as_error_without_a_manifest(run_cli, tmp_path, big_source):
     state, out = tmp_path / "state", tmp_path / "out"
     export = subprocess.Popen(
-        [*_console(), "export", "--source", str(tmp_path / "big"), "--chunk-bytes", "256",
+        [*_console(), "export", "--source", str(big_source), "--chunk-bytes", "256",
          "--output", str(out), "--state-dir", str(state)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
